@@ -1,0 +1,90 @@
+"""The batching rule: close a batch on message count, encoded bytes or linger.
+
+One publisher fills at a time (``fill_lock``), so under light load a single
+batch lingers instead of N partial ones; under load batches fill instantly
+and the other publishers are already sending theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from ingest.queue import EventQueue
+
+# Upper bound of the protobuf framing one message adds to a PublishRequest:
+# tag(1) + len(<=3) for the PubsubMessage, tag(1) + len(<=3) for its data.
+# Lengths stay below 2 MiB because datagrams are capped at 1 MiB (config).
+MESSAGE_OVERHEAD_BYTES = 8
+
+
+@dataclass(slots=True)
+class Batch:
+    """Events taken from the queue: in flight until published or dropped."""
+
+    messages: list[bytes] = field(default_factory=list)
+    nbytes: int = 0  # sum of len(message)
+    oldest_received_at: float = 0.0
+    newest_received_at: float = 0.0
+    resolved: int = 0  # messages already published or dropped
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+class Batcher:
+    """Fills batches from the queue under the count, byte and linger bounds."""
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        max_messages: int,
+        max_request_bytes: int,
+        reserved_bytes: int,
+        linger_s: float,
+    ) -> None:
+        self._queue = queue
+        self._max_messages = max_messages
+        # Bytes left for messages once the request's own fields are encoded.
+        self._max_bytes = max_request_bytes - reserved_bytes
+        self._linger_s = linger_s
+        self._fill_lock = asyncio.Lock()
+
+    async def fill(self, batch: Batch) -> bool:
+        """Fill ``batch`` in place; False when the queue is closed and empty.
+
+        Filling in place means events are never in neither place: the moment
+        they leave the queue they are in the caller's batch, which the caller
+        counts as in flight and, if cancelled, as dropped.
+        """
+        queue = self._queue
+        async with self._fill_lock:
+            while not queue.events:
+                if queue.closed:
+                    return False
+                await queue.wait_nonempty()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._linger_s
+            while True:
+                room = self._max_bytes - batch.nbytes - MESSAGE_OVERHEAD_BYTES * len(batch)
+                chunk = queue.take(self._max_messages - len(batch), room, MESSAGE_OVERHEAD_BYTES)
+                if chunk is not None:
+                    if not batch.messages:
+                        batch.oldest_received_at = chunk.received_at
+                    batch.messages += chunk.events
+                    batch.nbytes += chunk.nbytes
+                    batch.newest_received_at = chunk.received_at
+                    if queue.events:
+                        continue  # more queued: keep taking until a bound stops us
+                if len(batch) >= self._max_messages or queue.events:
+                    return True  # full by count, or the next event does not fit
+                if queue.closed:
+                    return True
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return True
+                try:
+                    async with asyncio.timeout(remaining):
+                        await queue.wait_nonempty()
+                except TimeoutError:
+                    return True

@@ -1,0 +1,144 @@
+"""Command line: ``ingest serve`` and ``ingest send``; flags, INGEST_* env, exit codes.
+
+Exit codes: 0 ok; 1 runtime failure (serve: a crashed task; send: nothing
+listens there); 2 bad configuration or startup error (one line naming the
+flag); 3 serve stopped but dropped events at the drain deadline; 130 serve
+stopped at once by a second SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ingest import __version__
+from ingest.config import (
+    DEFAULT_UNIX_PATH,
+    ENV_PREFIX,
+    SERVE_OPTIONS,
+    ConfigError,
+    Settings,
+    build_settings,
+    load_file,
+)
+
+EXIT_USAGE = 2
+log = logging.getLogger("ingest")
+
+
+def _serve_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="receive datagrams and publish them to Pub/Sub (foreground)",
+        description="Every flag has an INGEST_* environment twin (--queue-max-events: "
+        "INGEST_QUEUE_MAX_EVENTS; lists comma-separated) and a key of the same name in "
+        "the --config TOML file. Precedence: flags > environment > file > defaults.",
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML file with the same keys")
+    for option in SERVE_OPTIONS:
+        if option.is_flag:
+            parser.add_argument(
+                option.flag,
+                dest=option.key,
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help=option.help,
+            )
+        else:
+            parser.add_argument(
+                option.flag,
+                dest=option.key,
+                action="append" if option.repeat else "store",
+                default=argparse.SUPPRESS,
+                metavar=option.key.split("_")[-1].upper() if not option.repeat else "ADDR",
+                help=option.help,
+            )
+
+
+def _send_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "send",
+        help="send JSON events as datagrams (for scripts and trying it by hand)",
+        description="Sends each EVENT, or each line of stdin when none is given, as one "
+        "datagram. Invalid JSON is refused locally (exit 2). Exit 1 when nothing listens.",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--unix", metavar="PATH", help=f"unix socket (default {DEFAULT_UNIX_PATH})")
+    target.add_argument("--udp", metavar="HOST:PORT", help="UDP address")
+    parser.add_argument("events", nargs="*", metavar="EVENT", help="a JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingest", description="Datagram relay from web workers and emitters to Pub/Sub."
+    )
+    parser.add_argument("--version", action="version", version=f"ingest {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    _send_parser(sub)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Flags > env > file > defaults. Raises ConfigError."""
+    flags = {o.key: getattr(args, o.key) for o in SERVE_OPTIONS if hasattr(args, o.key)}
+    for key in ("udp", "unix"):
+        if key in flags:  # repeated flags may also carry comma-separated lists
+            flags[key] = [part for item in flags[key] for part in item.split(",")]
+    config_path = args.config or env.get(ENV_PREFIX + "CONFIG")
+    file_values = load_file(config_path) if config_path else None
+    return build_settings(flags, env, file_values)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    # journald stamps each line itself; a terminal user wants the time.
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _fail(message: str) -> int:
+    print(f"ingest: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def serve(args: argparse.Namespace) -> int:
+    setup_logging("info")  # config warnings (unknown INGEST_* variables) must show
+    try:
+        settings = settings_from(args, os.environ)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    logging.getLogger().setLevel(settings.log_level.upper())
+    import uvloop
+
+    from ingest.daemon import Daemon
+
+    daemon = Daemon(settings)
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(daemon.run())
+    except ConfigError as exc:
+        return _fail(str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    from ingest.send import send_command
+
+    return send_command(args.unix, args.udp, args.events, sys.stdin)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Datagram decoding: pure functions, no I/O.
+
+A datagram carries one JSON object, or several separated by newlines
+(statsd-style emitters pack lines into one packet). Each non-blank line is an
+*event*: it must parse with orjson and be a JSON object. A valid event is kept
+as its ORIGINAL bytes, never re-serialised. One bad line does not spoil the
+good lines of the same datagram.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+
+from orjson import JSONDecodeError, loads
+
+# Reject reasons: a fixed vocabulary (they become metric labels).
+INVALID_JSON = "invalid_json"
+INVALID_UTF8 = "invalid_utf8"
+NOT_OBJECT = "not_object"
+TOO_LARGE = "too_large"  # a whole datagram over --max-datagram-bytes
+REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE)
+
+# JSON's insignificant whitespace (RFC 8259); a line of only these is blank.
+_JSON_WHITESPACE = b" \t\r"
+
+
+def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str, int]) -> int:
+    """Append the valid event lines of ``data`` to ``out`` and count rejects.
+
+    Returns the number of events (non-blank lines) the datagram held, valid or
+    not, so callers can keep received = accepted + rejected. Never raises.
+    """
+    if b"\n" not in data:  # the common case: one event per datagram
+        try:
+            obj = loads(data)
+        except JSONDecodeError:
+            if not data.strip(_JSON_WHITESPACE):
+                return 0
+            rejected[_reason(data)] += 1
+            return 1
+        if type(obj) is dict:
+            out.append(data)
+        else:
+            rejected[NOT_OBJECT] += 1
+        return 1
+    events = 0
+    for line in data.split(b"\n"):
+        try:
+            obj = loads(line)
+        except JSONDecodeError:
+            if not line.strip(_JSON_WHITESPACE):
+                continue
+            rejected[_reason(line)] += 1
+            events += 1
+            continue
+        events += 1
+        if type(obj) is dict:
+            out.append(line)
+        else:
+            rejected[NOT_OBJECT] += 1
+    return events
+
+
+def _reason(line: bytes) -> str:
+    """Why a line failed to parse; runs only on the error path."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return INVALID_UTF8
+    return INVALID_JSON

@@ -1,0 +1,371 @@
+"""Settings: one frozen, validated object built at the edge.
+
+Every setting has a flag, an ``INGEST_*`` environment twin and a TOML key of
+the same name; precedence is flags > environment > file > defaults. Values are
+validated here, once, and every error names the flag that fixes it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Pub/Sub quotas and limits (cloud.google.com/pubsub/quotas, "Resource limits").
+PUBSUB_MAX_REQUEST_MESSAGES = 1000  # messages per PublishRequest
+PUBSUB_MAX_REQUEST_BYTES = 10_000_000  # encoded bytes per PublishRequest
+# Datagram ceiling: UDP carries at most 65,507 payload bytes over IPv4; unix
+# datagrams can be larger, but a protobuf length prefix of <= 3 bytes (lengths
+# below 2 MiB) keeps the batcher's per-message overhead a fixed bound.
+MAX_DATAGRAM_CEILING = 1 << 20
+
+DEFAULT_UNIX_PATH = "/run/ingest/ingest.sock"
+DEFAULT_UDP = "127.0.0.1:5140"
+DEFAULT_ENDPOINT = "pubsub.googleapis.com:443"
+ENV_PREFIX = "INGEST_"
+
+
+class ConfigError(Exception):
+    """A bad setting; ``str()`` is one line naming the flag."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(f"{flag}: {message}")
+        self.flag = flag
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One configured endpoint; ``label`` is the bounded metrics label."""
+
+    kind: str  # "udp" or "unix"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"udp:{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: str
+    topic: str
+    listeners: tuple[Listener, ...]
+    create_topic: bool = False
+    queue_max_events: int = 100_000
+    queue_max_bytes: int = 64 << 20
+    publishers: int = 4
+    batch_max_messages: int = PUBSUB_MAX_REQUEST_MESSAGES
+    batch_max_bytes: int = PUBSUB_MAX_REQUEST_BYTES
+    batch_linger_ms: float = 5.0
+    max_datagram_bytes: int = 65_535
+    udp_rcvbuf_bytes: int = 4 << 20
+    unix_mode: int = 0o660
+    drain_timeout_s: float = 10.0
+    publish_timeout_s: float = 10.0
+    pubsub_endpoint: str = DEFAULT_ENDPOINT
+    log_level: str = "info"
+
+    @property
+    def topic_path(self) -> str:
+        return f"projects/{self.project}/topics/{self.topic}"
+
+
+# --- value parsers: take a raw value (str from flag/env, or a TOML value) ---
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError(f"must be an integer (got {raw!r})")
+        if isinstance(raw, str):
+            try:
+                value = int(raw.replace("_", ""), 10)
+            except ValueError:
+                raise ValueError(f"must be an integer (got {raw!r})") from None
+        elif isinstance(raw, int):
+            value = raw
+        else:
+            raise ValueError(f"must be an integer (got {raw!r})")
+        if not lo <= value <= hi:
+            raise ValueError(f"must be between {lo:,} and {hi:,} (got {value:,})")
+        return value
+
+    return parse
+
+
+def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError(f"must be a number (got {raw!r})")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number (got {raw!r})") from None
+        if not lo <= value <= hi:  # also rejects NaN
+            raise ValueError(f"must be between {lo:g} and {hi:g} (got {raw!r})")
+        return value
+
+    return parse
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+    raise ValueError(f"must be true or false (got {raw!r})")
+
+
+def _octal_mode(raw: Any) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    elif isinstance(raw, str):
+        try:
+            value = int(raw, 8)
+        except ValueError:
+            raise ValueError(f"must be an octal file mode such as 0660 (got {raw!r})") from None
+    else:
+        raise ValueError(f"must be an octal file mode such as 0660 (got {raw!r})")
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"must be an octal file mode between 000 and 777 (got {raw!r})")
+    return value
+
+
+def _name(what: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str) or not raw.strip():
+            raise ValueError(f"must be a non-empty {what}")
+        if any(c.isspace() or c == "/" for c in raw):
+            raise ValueError(f"must be a {what} without spaces or '/' (got {raw!r})")
+        return raw
+
+    return parse
+
+
+def _topic_id(raw: Any) -> str:
+    # Pub/Sub resource names: 3-255 characters, starting with a letter.
+    value = _name("topic ID")(raw)
+    if not 3 <= len(value) <= 255 or not value[0].isalpha():
+        raise ValueError(f"must be 3-255 characters starting with a letter (got {raw!r})")
+    return value
+
+
+def _log_level(raw: Any) -> str:
+    value = str(raw).strip().lower()
+    if value not in ("debug", "info", "warning", "error"):
+        raise ValueError(f"must be one of debug, info, warning, error (got {raw!r})")
+    return value
+
+
+def _endpoint(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be HOST:PORT (got {raw!r})")
+    parse_host_port(raw)
+    return raw
+
+
+def parse_host_port(raw: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[V6]:PORT``; raises ValueError with a reason."""
+    text = raw.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ValueError(f"must be HOST:PORT or [IPV6]:PORT (got {raw!r})")
+        port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"must be HOST:PORT or [IPV6]:PORT (got {raw!r})")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"port must be a number (got {raw!r})") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be between 0 and 65535 (got {raw!r})")
+    return host, port
+
+
+def _udp_listeners(raw: Any) -> tuple[Listener, ...]:
+    out = []
+    for item in _as_list(raw):
+        host, port = parse_host_port(item)
+        out.append(Listener("udp", host=host, port=port))
+    return tuple(out)
+
+
+def _unix_listeners(raw: Any) -> tuple[Listener, ...]:
+    out = []
+    for item in _as_list(raw):
+        if not item.startswith("/"):
+            raise ValueError(f"must be an absolute path (got {item!r})")
+        out.append(Listener("unix", path=item))
+    return tuple(out)
+
+
+def _as_list(raw: Any) -> list[str]:
+    if isinstance(raw, str):
+        items = [part.strip() for part in raw.split(",")]
+    elif isinstance(raw, list | tuple):
+        items = [str(part).strip() for part in raw]
+    else:
+        raise ValueError(f"must be a list (got {raw!r})")
+    return [item for item in items if item]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: Settings field ``key``; flag ``--name``; env ``INGEST_NAME``; TOML ``name``."""
+
+    key: str
+    parse: Callable[[Any], Any]
+    help: str
+    repeat: bool = False
+    is_flag: bool = False  # store_true on the command line
+    name: str = ""  # flag name when it differs from key (units read better unsaid)
+
+    @property
+    def file_key(self) -> str:
+        return self.name or self.key
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.file_key.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.file_key.upper()
+
+
+SERVE_OPTIONS: tuple[Option, ...] = (
+    Option("project", _name("project ID"), "Google Cloud project ID (required)"),
+    Option("topic", _topic_id, "Pub/Sub topic ID (required)"),
+    Option(
+        "udp", _udp_listeners, f"UDP listen HOST:PORT, repeatable (default {DEFAULT_UDP})", True
+    ),
+    Option(
+        "unix",
+        _unix_listeners,
+        f"unix datagram socket path, repeatable (default {DEFAULT_UNIX_PATH})",
+        True,
+    ),
+    Option("create_topic", _bool, "create the topic if it does not exist", is_flag=True),
+    Option("queue_max_events", _int_range(1, 100_000_000), "memory queue bound in events (100000)"),
+    Option("queue_max_bytes", _int_range(1024, 1 << 40), "memory queue bound in bytes (64 MiB)"),
+    Option("publishers", _int_range(1, 256), "publisher coroutines (4)"),
+    Option(
+        "batch_max_messages",
+        _int_range(1, PUBSUB_MAX_REQUEST_MESSAGES),
+        "messages per publish request (1000, the Pub/Sub maximum)",
+    ),
+    Option(
+        "batch_max_bytes",
+        _int_range(MAX_DATAGRAM_CEILING + 1024, PUBSUB_MAX_REQUEST_BYTES),
+        "encoded bytes per publish request (10000000, the Pub/Sub maximum)",
+    ),
+    Option("batch_linger_ms", _float_range(0, 10_000), "how long a partial batch waits (5 ms)"),
+    Option(
+        "max_datagram_bytes",
+        _int_range(16, MAX_DATAGRAM_CEILING),
+        "largest datagram accepted; larger ones are rejected whole (65535)",
+    ),
+    Option("udp_rcvbuf_bytes", _int_range(4096, 1 << 30), "UDP SO_RCVBUF to request (4 MiB)"),
+    Option("unix_mode", _octal_mode, "file mode of unix sockets, octal (0660)"),
+    Option(
+        "drain_timeout_s",
+        _float_range(0, 3600),
+        "seconds to publish what is queued at shutdown (10)",
+        name="drain_timeout",
+    ),
+    Option(
+        "publish_timeout_s",
+        _float_range(0.1, 600),
+        "deadline of one publish request in seconds (10)",
+        name="publish_timeout",
+    ),
+    Option("pubsub_endpoint", _endpoint, f"Pub/Sub gRPC endpoint ({DEFAULT_ENDPOINT})"),
+    Option("log_level", _log_level, "debug, info, warning or error (info)"),
+)
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a TOML config file; errors name --config."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+    known = {o.file_key for o in SERVE_OPTIONS}
+    for key in data:
+        if key not in known:
+            raise ConfigError("--config", f"{path}: unknown key {key!r}")
+    return data
+
+
+def build_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file_values: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge flags > env > file > defaults and validate.
+
+    ``flags`` holds only the options given on the command line, keyed by
+    Settings field. Unknown ``INGEST_*`` variables only warn, so a newer
+    setting in the environment cannot stop an older daemon.
+    """
+    file_values = file_values or {}
+    known_env = {o.env for o in SERVE_OPTIONS} | {ENV_PREFIX + "CONFIG"}
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known_env:
+            log.warning("ignoring unknown environment variable %s", name)
+    values: dict[str, Any] = {}
+    for option in SERVE_OPTIONS:
+        if option.key in flags:
+            raw, where = flags[option.key], option.flag
+        elif option.env in env:
+            raw, where = env[option.env], f"{option.flag} (from {option.env})"
+        elif option.file_key in file_values:
+            raw, where = (
+                file_values[option.file_key],
+                f"{option.flag} (config key {option.file_key})",
+            )
+        else:
+            continue
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(where, str(exc)) from None
+    for option in SERVE_OPTIONS[:2]:  # project, topic
+        if option.key not in values:
+            raise ConfigError(option.flag, f"is required (or set {option.env})")
+    listeners = values.pop("udp", ()) + values.pop("unix", ())
+    if not listeners:
+        host, port = parse_host_port(DEFAULT_UDP)
+        listeners = (
+            Listener("udp", host=host, port=port),
+            Listener("unix", path=DEFAULT_UNIX_PATH),
+        )
+    labels = [item.label for item in listeners]
+    for item in listeners:
+        if labels.count(item.label) > 1:
+            raise ConfigError(f"--{item.kind}", f"{item.label} is given twice")
+    return Settings(listeners=listeners, **values)

@@ -1,0 +1,296 @@
+"""The daemon's lifecycle, top to bottom: startup(), main_loop(), shutdown().
+
+startup   check config-dependent resources (Pub/Sub topic) BEFORE binding any
+          socket, bind, start publishers, start readers, log ``ready: ...``
+main_loop wait for a stop signal or a crashed task
+shutdown  1. stop intake: read what the kernel already queued, close sockets
+          2. close the queue; publishers drain it within --drain-timeout
+          3. cancel stragglers, count what they held as dropped (``shutdown``)
+          4. close the channel; return the exit code
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.auth.exceptions import DefaultCredentialsError
+
+from ingest.batch import Batcher
+from ingest.config import ConfigError, Settings
+from ingest.publisher import SHUTDOWN, PublisherPool
+from ingest.pubsub import PubSubClient, create_channel, emulator_host
+from ingest.queue import EventQueue
+from ingest.sources import DatagramSource, bind_listener
+from ingest.stats import Stats
+
+log = logging.getLogger(__name__)
+
+# Exit codes (documented in the README).
+EXIT_OK = 0  # stopped cleanly; everything accepted was published
+EXIT_FAILURE = 1  # a task crashed at runtime (a bug: the traceback is logged)
+EXIT_CONFIG = 2  # startup error: bad setting, address in use, missing topic, ...
+EXIT_DRAIN_INCOMPLETE = 3  # stopped, but events were dropped at the drain deadline
+EXIT_FORCED = 130  # a second SIGINT: stopped at once, unpublished events dropped
+
+STARTUP_PROBE_TIMEOUT_S = 5.0
+TOPIC_RETRY_S = 5.0
+
+
+class Daemon:
+    """Owns every task, socket and the channel of one ``ingest serve`` run."""
+
+    def __init__(self, settings: Settings, stats: Stats | None = None) -> None:
+        self.settings = settings
+        self.stats = stats or Stats()
+        self.queue = EventQueue(settings.queue_max_events, settings.queue_max_bytes, self.stats)
+        self.sources: list[DatagramSource] = []
+        self.pool: PublisherPool | None = None
+        self._client: PubSubClient | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._crashed = False
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        """Serve until stopped; returns the exit code. ConfigError escapes
+        from startup for the CLI to report (exit 2)."""
+        loop = asyncio.get_running_loop()
+        self._install_signal_handlers(loop)
+        loop.set_exception_handler(self._on_loop_exception)
+        try:
+            await self.startup()
+        except BaseException:
+            await self._close_partial_startup()
+            raise
+        await self.main_loop()
+        return await self.shutdown()
+
+    # -------------------------------------------------------------- startup
+    async def startup(self) -> None:
+        settings = self.settings
+        emulator = emulator_host()
+        try:
+            channel = create_channel(settings.pubsub_endpoint, emulator)
+        except DefaultCredentialsError:
+            raise ConfigError(
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                "no Google credentials found; set it to a key file, or set "
+                "PUBSUB_EMULATOR_HOST to use the emulator",
+            ) from None
+        self._client = PubSubClient(channel, settings.topic_path)
+        where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
+        topic_ready = await self._check_topic(where)
+
+        for listener in settings.listeners:  # after the checks: bind
+            sock = bind_listener(listener, settings.udp_rcvbuf_bytes, settings.unix_mode)
+            self.sources.append(
+                DatagramSource(listener, sock, self.queue, self.stats, settings.max_datagram_bytes)
+            )
+
+        encoder_reserved = len(settings.topic_path.encode()) + 8
+        batcher = Batcher(
+            self.queue,
+            settings.batch_max_messages,
+            settings.batch_max_bytes,
+            encoder_reserved,
+            settings.batch_linger_ms / 1000,
+        )
+        self.pool = PublisherPool(self._client, batcher, self.stats, settings.publish_timeout_s)
+        for index in range(settings.publishers):
+            task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
+            self._workers.append(task)
+        if not topic_ready:
+            self._background.append(
+                asyncio.create_task(self._ensure_topic(where), name="topic-probe")
+            )
+
+        loop = asyncio.get_running_loop()
+        for source in self.sources:
+            source.start(loop)
+        log.info(
+            "ready: %s -> %s on %s (publishers=%d)",
+            " ".join(source.label for source in self.sources),
+            settings.topic_path,
+            where,
+            settings.publishers,
+        )
+
+    async def _check_topic(self, where: str) -> bool:
+        """True when the topic is known to exist. A missing topic is a startup
+        error (or is created); an unreachable Pub/Sub is not: a host booting
+        during an outage must still accept its events."""
+        assert self._client is not None
+        try:
+            await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
+            return True
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                log.warning(
+                    "Pub/Sub (%s) not usable at startup: %s %s; accepting events and retrying",
+                    where,
+                    exc.code().name,
+                    exc.details(),
+                )
+                return False
+        if not self.settings.create_topic:
+            raise ConfigError(
+                "--topic",
+                f"{self.settings.topic_path} does not exist on {where} "
+                "(create it, or pass --create-topic)",
+            )
+        await self._create_topic()
+        return True
+
+    async def _create_topic(self) -> None:
+        assert self._client is not None
+        try:
+            await self._client.create_topic(STARTUP_PROBE_TIMEOUT_S)
+            log.info("created topic %s", self.settings.topic_path)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
+                raise
+
+    async def _ensure_topic(self, where: str) -> None:
+        """Started when Pub/Sub was unreachable at startup: keep probing (and
+        creating, with --create-topic) until the topic is confirmed."""
+        assert self._client is not None
+        while True:
+            await asyncio.sleep(TOPIC_RETRY_S)
+            try:
+                await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.NOT_FOUND and self.settings.create_topic:
+                    try:
+                        await self._create_topic()
+                        return
+                    except grpc.aio.AioRpcError:
+                        continue
+                if exc.code() is grpc.StatusCode.NOT_FOUND:
+                    log.error(
+                        "topic %s does not exist on %s; events are kept and retried",
+                        self.settings.topic_path,
+                        where,
+                    )
+                    return
+                continue
+            log.info("Pub/Sub (%s) reachable; topic %s exists", where, self.settings.topic_path)
+            return
+
+    # ------------------------------------------------------------ main loop
+    async def main_loop(self) -> None:
+        stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
+        try:
+            done, _ = await asyncio.wait(
+                [stop, *self._workers], return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stop.cancel()
+        for task in self._workers:
+            if task in done:  # a publisher must never end while we serve
+                self._crashed = True
+                exc = task.exception()
+                log.error(
+                    "%s stopped unexpectedly; shutting down",
+                    task.get_name(),
+                    exc_info=exc,
+                )
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------- shutdown
+    async def shutdown(self) -> int:
+        settings = self.settings
+        # 1. Stop intake: take what the kernel already queued, then close.
+        for source in self.sources:
+            source.drain_until_empty()
+            source.close()
+        for task in self._background:
+            task.cancel()
+        # 2. Publishers drain the queue within the deadline.
+        self.queue.close()
+        log.info(
+            "stopping: draining %d queued and %d in-flight events (deadline %.1fs)",
+            self.queue.events,
+            self.pool.in_flight if self.pool else 0,
+            settings.drain_timeout_s,
+        )
+        pending = [task for task in self._workers if not task.done()]
+        if pending:
+            force: asyncio.Future[Any] = asyncio.create_task(self._force.wait(), name="force")
+            drained: asyncio.Future[Any] = asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(
+                {force, drained},
+                timeout=settings.drain_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            force.cancel()
+            # 3. Cancel stragglers; each counts what it held as dropped.
+            stragglers = [task for task in pending if not task.done()]
+            for task in stragglers:
+                task.cancel()
+            await asyncio.gather(*stragglers, return_exceptions=True)
+            if stragglers:
+                log.warning("cancelled %d publishers at the drain deadline", len(stragglers))
+        left = sum(len(chunk.events) for chunk in self.queue.drain_all())
+        if left:
+            self.stats.dropped[SHUTDOWN] += left
+        await asyncio.gather(*self._background, return_exceptions=True)
+        # 4. Close the channel and report.
+        if self._client is not None:
+            await self._client.close()
+        lost = self.stats.dropped.get(SHUTDOWN, 0)
+        log.info(
+            "stopped: received=%d published=%d rejected=%d dropped=%d (shutdown=%d)",
+            self.stats.received_total(),
+            self.stats.published,
+            self.stats.rejected_total(),
+            self.stats.dropped_total(),
+            lost,
+        )
+        if self._crashed:
+            return EXIT_FAILURE
+        if self._force.is_set():
+            return EXIT_FORCED
+        return EXIT_DRAIN_INCOMPLETE if lost else EXIT_OK
+
+    async def _close_partial_startup(self) -> None:
+        for source in self.sources:
+            source.close()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+
+    # -------------------------------------------------------------- signals
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+
+    def _on_stop_signal(self, name: str) -> None:
+        # Signal handlers only flip state; the main loop acts on it.
+        if self._stop.is_set() and name == "SIGINT":
+            log.warning("second SIGINT: stopping at once")
+            self._force.set()
+            return
+        log.info("%s received: stopping", name)
+        self._stop.set()
+
+    def _on_hup(self) -> None:
+        log.info("SIGHUP received: configuration reload is not supported; still running")
+
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # An exception escaping a reader callback is a bug: say so and stop,
+        # rather than leave a socket spinning on the same error.
+        loop.default_exception_handler(context)
+        self._crashed = True
+        self._stop.set()

@@ -1,0 +1,181 @@
+"""The publisher pool: N coroutines turning queued events into PublishRequests.
+
+Each worker fills a batch (batch.py), encodes it once, and publishes it until
+Pub/Sub accepts it. Failures are classified once, by gRPC code (RETRY_POLICY):
+
+- transient codes are retried with capped exponential backoff and jitter;
+- NOT_FOUND, PERMISSION_DENIED, UNAUTHENTICATED (and any code we do not know)
+  mean the *sink* is unavailable, not that the events are bad: keep them and
+  retry slowly, logging the server's reason once per interval;
+- INVALID_ARGUMENT fails a whole request for one bad message: bisect, so the
+  good messages go through and only the offending ones are dropped.
+
+Events leave this module only as published or as dropped with a named reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+
+import grpc
+import grpc.aio
+
+from ingest.batch import Batch, Batcher
+from ingest.pubsub import PubSubClient, RequestEncoder
+from ingest.ratelimit import LogLimiter
+from ingest.stats import Stats
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0  # keeps recovery after an outage within seconds
+SINK_UNAVAILABLE_RETRY_S = 5.0
+# Drop reasons this module owns.
+INVALID_MESSAGE = "invalid_message"  # Pub/Sub said INVALID_ARGUMENT for it alone
+SHUTDOWN = "shutdown"  # still unpublished when the drain deadline passed
+
+
+class Retry(enum.Enum):
+    TRANSIENT = "transient"
+    SINK_UNAVAILABLE = "sink_unavailable"
+    SPLIT = "split"
+
+
+# The codes Google's own clients retry are TRANSIENT; INVALID_ARGUMENT is the
+# only code that can drop an event, after bisecting down to it. Anything else
+# is treated as the sink being unavailable: events are kept.
+RETRY_POLICY: dict[grpc.StatusCode, Retry] = {
+    grpc.StatusCode.UNAVAILABLE: Retry.TRANSIENT,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Retry.TRANSIENT,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Retry.TRANSIENT,
+    grpc.StatusCode.ABORTED: Retry.TRANSIENT,
+    grpc.StatusCode.INTERNAL: Retry.TRANSIENT,
+    grpc.StatusCode.UNKNOWN: Retry.TRANSIENT,
+    grpc.StatusCode.CANCELLED: Retry.TRANSIENT,
+    grpc.StatusCode.INVALID_ARGUMENT: Retry.SPLIT,
+    grpc.StatusCode.NOT_FOUND: Retry.SINK_UNAVAILABLE,
+    grpc.StatusCode.PERMISSION_DENIED: Retry.SINK_UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: Retry.SINK_UNAVAILABLE,
+}
+
+
+def classify(code: grpc.StatusCode) -> Retry:
+    return RETRY_POLICY.get(code, Retry.SINK_UNAVAILABLE)
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """Capped exponential backoff with jitter: attempt 0 -> 50-100 ms ... cap 5 s."""
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * (2**attempt))
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+class PublisherPool:
+    """Owns the publisher coroutines' batches; ``in_flight`` is what they hold."""
+
+    def __init__(
+        self,
+        client: PubSubClient,
+        batcher: Batcher,
+        stats: Stats,
+        timeout_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._batcher = batcher
+        self._stats = stats
+        self._timeout_s = timeout_s
+        self._encoder = RequestEncoder(client.topic_path)
+        self._rng = rng or random.Random()
+        self._limiter = LogLimiter()
+        self._active: dict[int, Batch] = {}
+        self.last_success_at: float | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(batch) - batch.resolved for batch in self._active.values())
+
+    async def run_worker(self, index: int) -> None:
+        """One publisher: fill, publish, repeat until the queue is closed and empty.
+
+        Cancellation (the drain deadline) counts whatever it still held as
+        dropped with reason ``shutdown`` before it propagates.
+        """
+        while True:
+            batch = Batch()
+            self._active[index] = batch
+            try:
+                if not await self._batcher.fill(batch):
+                    return
+                await self.publish(batch)
+            except asyncio.CancelledError:
+                self._stats.dropped[SHUTDOWN] += len(batch) - batch.resolved
+                raise
+            finally:
+                del self._active[index]
+
+    async def publish(self, batch: Batch) -> None:
+        """Publish ``batch`` until each message is published or dropped.
+
+        Bisects on INVALID_ARGUMENT; ``batch.resolved`` counts what is done so
+        the in-flight gauge and a cancellation see only what is not.
+        """
+        pending = [batch.messages]
+        while pending:
+            part = pending.pop()
+            code = await self._publish_until_resolved(part)
+            if code is grpc.StatusCode.OK:
+                self._stats.published += len(part)
+            elif len(part) == 1:
+                self._stats.dropped[INVALID_MESSAGE] += 1
+                self._limiter.log(
+                    log,
+                    INVALID_MESSAGE,
+                    logging.WARNING,
+                    "Pub/Sub rejected a message as invalid (%d bytes); dropped",
+                    len(part[0]),
+                )
+            else:
+                mid = len(part) // 2
+                pending.append(part[mid:])
+                pending.append(part[:mid])
+                continue
+            batch.resolved += len(part)
+
+    async def _publish_until_resolved(self, messages: list[bytes]) -> grpc.StatusCode:
+        """Send one request, retrying until OK or INVALID_ARGUMENT."""
+        request = self._encoder.encode(messages)
+        attempt = 0
+        stats = self._stats
+        while True:
+            try:
+                await self._client.publish(request, self._timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                stats.publish_requests[code.name] += 1
+                policy = classify(code)
+                if policy is Retry.SPLIT:
+                    return code
+                stats.publish_retries += 1
+                if policy is Retry.TRANSIENT:
+                    delay = backoff_s(attempt, self._rng)
+                    attempt += 1
+                else:
+                    delay = SINK_UNAVAILABLE_RETRY_S
+                self._limiter.log(
+                    log,
+                    code.name,
+                    logging.WARNING,
+                    "publish failed with %s (%s); %d events kept, retrying in %.1fs",
+                    code.name,
+                    exc.details(),
+                    len(messages),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            stats.publish_requests["OK"] += 1
+            self.last_success_at = asyncio.get_running_loop().time()
+            return grpc.StatusCode.OK

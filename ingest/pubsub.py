@@ -1,0 +1,141 @@
+"""Pub/Sub over grpc.aio: the channel, the wire encoding, and the three RPCs we use.
+
+Publish requests are hand-encoded protobuf (``encode_publish_request``):
+~0.8 us a message against 1.8 us for raw protobuf objects and 7.5 us for
+proto-plus ones (shared/DESIGN.md). Tests check the bytes against protobuf.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import grpc
+import grpc.aio
+from google.pubsub_v1.types import pubsub as pubsub_types
+
+log = logging.getLogger(__name__)
+
+EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
+PUBSUB_SCOPES = ("https://www.googleapis.com/auth/pubsub",)
+_PUBLISH = "/google.pubsub.v1.Publisher/Publish"
+_GET_TOPIC = "/google.pubsub.v1.Publisher/GetTopic"
+_CREATE_TOPIC = "/google.pubsub.v1.Publisher/CreateTopic"
+_Topic = pubsub_types.Topic.pb()
+_GetTopicRequest = pubsub_types.GetTopicRequest.pb()
+
+# Keepalive notices a black-holed connection within ~40 s even with no call
+# outstanding long enough for its deadline; the reconnect backoff cap keeps
+# recovery after an outage within seconds (gRPC's default cap is 120 s).
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.max_send_message_length", 16 << 20),
+    ("grpc.max_receive_message_length", 16 << 20),
+)
+
+
+def emulator_host() -> str | None:
+    """The process-level protocol: PUBSUB_EMULATOR_HOST selects the emulator."""
+    return os.environ.get(EMULATOR_ENV) or None
+
+
+def create_channel(endpoint: str, emulator: str | None) -> grpc.aio.Channel:
+    """An insecure channel to the emulator, or TLS with Application Default
+    Credentials (token refresh included) to the real service.
+
+    Raises google.auth.exceptions.DefaultCredentialsError when no credentials
+    can be found.
+    """
+    if emulator:
+        return grpc.aio.insecure_channel(emulator, options=CHANNEL_OPTIONS)
+    from google.api_core import grpc_helpers_async
+
+    channel: grpc.aio.Channel = grpc_helpers_async.create_channel(
+        endpoint,
+        scopes=PUBSUB_SCOPES,
+        default_scopes=PUBSUB_SCOPES,
+        default_host=endpoint.rpartition(":")[0],
+        options=list(CHANNEL_OPTIONS),
+    )
+    return channel
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _message_header(size: int) -> bytes:
+    # PublishRequest.messages (field 2, LEN) wrapping PubsubMessage.data
+    # (field 1, LEN) of ``size`` bytes.
+    data_len = _varint(size)
+    return b"\x12" + _varint(1 + len(data_len) + size) + b"\x0a" + data_len
+
+
+def encode_topic_field(topic_path: str) -> bytes:
+    """PublishRequest.topic (field 1): the part every request repeats."""
+    raw = topic_path.encode()
+    return b"\x0a" + _varint(len(raw)) + raw
+
+
+class RequestEncoder:
+    """Encodes PublishRequests for one topic; headers are cached by length."""
+
+    def __init__(self, topic_path: str) -> None:
+        self.topic_field = encode_topic_field(topic_path)
+        self._headers: dict[int, bytes] = {}
+
+    def encode(self, messages: list[bytes]) -> bytes:
+        headers = self._headers
+        parts = [self.topic_field]
+        append = parts.append
+        for message in messages:
+            size = len(message)
+            header = headers.get(size)
+            if header is None:
+                header = headers[size] = _message_header(size)
+            append(header)
+            append(message)
+        return b"".join(parts)
+
+
+class PubSubClient:
+    """The RPCs ingest needs, on one channel. Raises grpc.aio.AioRpcError."""
+
+    def __init__(self, channel: grpc.aio.Channel, topic_path: str) -> None:
+        self.channel = channel
+        self.topic_path = topic_path
+        # Request bytes go out as they are; the response (message IDs) is not
+        # decoded, since nothing reads it.
+        self._publish = channel.unary_unary(_PUBLISH)
+        self._get_topic = channel.unary_unary(
+            _GET_TOPIC,
+            request_serializer=_GetTopicRequest.SerializeToString,
+            response_deserializer=_Topic.FromString,
+        )
+        self._create_topic = channel.unary_unary(
+            _CREATE_TOPIC,
+            request_serializer=_Topic.SerializeToString,
+            response_deserializer=_Topic.FromString,
+        )
+
+    async def publish(self, request: bytes, timeout_s: float) -> None:
+        await self._publish(request, timeout=timeout_s)
+
+    async def get_topic(self, timeout_s: float) -> None:
+        await self._get_topic(_GetTopicRequest(topic=self.topic_path), timeout=timeout_s)
+
+    async def create_topic(self, timeout_s: float) -> None:
+        await self._create_topic(_Topic(name=self.topic_path), timeout=timeout_s)
+
+    async def close(self) -> None:
+        await self.channel.close()
