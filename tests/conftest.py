@@ -1,0 +1,53 @@
+"""Shared fixtures: the real Pub/Sub emulator, started once per test session.
+
+Emulator tests skip (with the reason) only where the emulator is not
+installed; on our machines and in CI it is, and they run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tools.emulator import Emulator, launcher_path
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Emulator]:
+    if launcher_path() is None:
+        pytest.skip(
+            "the Google Pub/Sub emulator (google-cloud-cli-pubsub-emulator) is not installed"
+        )
+    with Emulator() as emu:
+        yield emu
+
+
+@dataclass(frozen=True)
+class PubSubNames:
+    project: str
+    topic_id: str
+    topic: str  # projects/P/topics/T
+    subscription: str  # projects/P/subscriptions/S
+
+
+@pytest.fixture
+def pubsub(emulator: Emulator) -> PubSubNames:
+    """A fresh topic with a subscription (created first: a message published
+    to a topic without one is gone)."""
+    n = next(_counter)
+    project = "ingest-test"
+    topic_id = f"events-{n}"
+    names = PubSubNames(
+        project,
+        topic_id,
+        f"projects/{project}/topics/{topic_id}",
+        f"projects/{project}/subscriptions/sub-{n}",
+    )
+    emulator.create_topic(names.topic)
+    emulator.create_subscription(names.subscription, names.topic)
+    return names
