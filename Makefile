@@ -29,10 +29,10 @@ test: lint typecheck
 # Development run: starts the real emulator in the background unless
 # PUBSUB_EMULATOR_HOST is set, creates the topic, serves on dev defaults.
 run: $(STAMP)
-	$(BIN)/python tools/devrun.py
+	$(BIN)/python -m tools.devrun
 
 bench: $(STAMP)
-	$(BIN)/python tools/bench.py
+	$(BIN)/python -m tools.bench
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
