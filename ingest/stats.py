@@ -8,8 +8,57 @@ one callback, and between callbacks the accounting identity holds::
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
+
+# Seconds; spans a local emulator (sub-ms) to a slow retry storm (a minute).
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+
+
+class Histogram:
+    """A lock-free histogram for the event loop thread: observed per request
+    or per batch, never per event. Exported cumulatively at scrape time."""
+
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last bucket is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """[(le, cumulative count)], ending with ("+Inf", count)."""
+        out = []
+        running = 0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((repr(bound), running))
+        out.append(("+Inf", self.count))
+        return out
 
 
 def _counter() -> defaultdict[str, int]:
@@ -30,6 +79,8 @@ class Stats:
     published: int = 0
     publish_retries: int = 0
     receive_errors: int = 0
+    publish_latency: Histogram = field(default_factory=Histogram)
+    event_latency: Histogram = field(default_factory=Histogram)
 
     def received_total(self) -> int:
         return sum(self.events_received.values())

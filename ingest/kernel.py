@@ -1,0 +1,51 @@
+"""Kernel facts the operator must see: UDP drops, queue and buffer limits.
+
+All readers return None (or skip) where /proc does not have the file, so the
+daemon runs the same on a kernel or container without them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+UNIX_QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
+RMEM_MAX_PATH = "/proc/sys/net/core/rmem_max"
+# Below this, non-blocking same-host senders lose events to EAGAIN at load:
+# measured 83 % failed sends at 50k events/s with the default 10, none with 512.
+UNIX_QLEN_RECOMMENDED = 512
+
+
+def read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def unix_max_dgram_qlen() -> int | None:
+    return read_int(UNIX_QLEN_PATH)
+
+
+def rmem_max() -> int | None:
+    return read_int(RMEM_MAX_PATH)
+
+
+def socket_inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+def udp_drops_by_inode() -> dict[int, int]:
+    """{socket inode: datagrams the kernel dropped before we read them}, from
+    the ``drops`` column of /proc/net/udp and /proc/net/udp6."""
+    drops: dict[int, int] = {}
+    for path in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError), open(path) as fh:
+            next(fh, None)  # header
+            for line in fh:
+                fields = line.split()
+                if len(fields) >= 13:
+                    with contextlib.suppress(ValueError):
+                        drops[int(fields[9])] = int(fields[12])
+    return drops
