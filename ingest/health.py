@@ -47,6 +47,10 @@ class PubSubHealth:
         self._outstanding.pop(token, None)
         self.record(now, code)
 
+    def abandon(self, token: int) -> None:
+        """A request cancelled at shutdown: neither success nor failure."""
+        self._outstanding.pop(token, None)
+
     def record(self, now: float, code: str) -> None:
         """A finished publish or probe; ``code`` is the gRPC code name."""
         self.last_activity_at = now

@@ -24,6 +24,7 @@ import grpc
 import grpc.aio
 
 from ingest.batch import Batch, Batcher
+from ingest.health import PubSubHealth
 from ingest.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
@@ -81,7 +82,9 @@ class PublisherPool:
         batcher: Batcher,
         stats: Stats,
         timeout_s: float,
+        *,
         rng: random.Random | None = None,
+        health: PubSubHealth | None = None,
     ) -> None:
         self._client = client
         self._batcher = batcher
@@ -91,7 +94,7 @@ class PublisherPool:
         self._rng = rng or random.Random()
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}
-        self.last_success_at: float | None = None
+        self.health = health or PubSubHealth()
 
     @property
     def in_flight(self) -> int:
@@ -123,11 +126,13 @@ class PublisherPool:
         the in-flight gauge and a cancellation see only what is not.
         """
         pending = [batch.messages]
+        published = 0
         while pending:
             part = pending.pop()
             code = await self._publish_until_resolved(part)
             if code is grpc.StatusCode.OK:
                 self._stats.published += len(part)
+                published += len(part)
             elif len(part) == 1:
                 self._stats.dropped[INVALID_MESSAGE] += 1
                 self._limiter.log(
@@ -143,39 +148,56 @@ class PublisherPool:
                 pending.append(part[:mid])
                 continue
             batch.resolved += len(part)
+        if published:
+            # End-to-end latency, observed per batch: its oldest and newest event.
+            now = asyncio.get_running_loop().time()
+            self._stats.event_latency.observe(now - batch.oldest_received_at)
+            self._stats.event_latency.observe(now - batch.newest_received_at)
 
     async def _publish_until_resolved(self, messages: list[bytes]) -> grpc.StatusCode:
         """Send one request, retrying until OK or INVALID_ARGUMENT."""
         request = self._encoder.encode(messages)
         attempt = 0
-        stats = self._stats
         while True:
-            try:
-                await self._client.publish(request, self._timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                stats.publish_requests[code.name] += 1
-                policy = classify(code)
-                if policy is Retry.SPLIT:
-                    return code
-                stats.publish_retries += 1
-                if policy is Retry.TRANSIENT:
-                    delay = backoff_s(attempt, self._rng)
-                    attempt += 1
-                else:
-                    delay = SINK_UNAVAILABLE_RETRY_S
-                self._limiter.log(
-                    log,
-                    code.name,
-                    logging.WARNING,
-                    "publish failed with %s (%s); %d events kept, retrying in %.1fs",
-                    code.name,
-                    exc.details(),
-                    len(messages),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            stats.publish_requests["OK"] += 1
-            self.last_success_at = asyncio.get_running_loop().time()
-            return grpc.StatusCode.OK
+            code, details = await self._attempt(request)
+            if code is grpc.StatusCode.OK:
+                return code
+            policy = classify(code)
+            if policy is Retry.SPLIT:
+                return code
+            self._stats.publish_retries += 1
+            if policy is Retry.TRANSIENT:
+                delay = backoff_s(attempt, self._rng)
+                attempt += 1
+            else:
+                delay = SINK_UNAVAILABLE_RETRY_S
+            self._limiter.log(
+                log,
+                code.name,
+                logging.WARNING,
+                "publish failed with %s (%s); %d events kept, retrying in %.1fs",
+                code.name,
+                details,
+                len(messages),
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, request: bytes) -> tuple[grpc.StatusCode, str]:
+        """One Publish call, with its bookkeeping: per-code count, latency, health."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        token = self.health.started(started)
+        try:
+            await self._client.publish(request, self._timeout_s)
+            code, details = grpc.StatusCode.OK, ""
+        except grpc.aio.AioRpcError as exc:
+            code, details = exc.code(), exc.details() or ""
+        except asyncio.CancelledError:
+            self.health.abandon(token)
+            raise
+        now = loop.time()
+        self.health.finished(token, now, code.name)
+        self._stats.publish_requests[code.name] += 1
+        self._stats.publish_latency.observe(now - started)
+        return code, details
