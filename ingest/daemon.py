@@ -20,8 +20,12 @@ import grpc
 import grpc.aio
 from google.auth.exceptions import DefaultCredentialsError
 
+from ingest import kernel
 from ingest.batch import Batcher
 from ingest.config import ConfigError, Settings
+from ingest.health import PubSubHealth, Verdict, evaluate
+from ingest.httpd import HttpServer
+from ingest.metrics import build_registry
 from ingest.publisher import SHUTDOWN, PublisherPool
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import EventQueue
@@ -38,7 +42,7 @@ EXIT_DRAIN_INCOMPLETE = 3  # stopped, but events were dropped at the drain deadl
 EXIT_FORCED = 130  # a second SIGINT: stopped at once, unpublished events dropped
 
 STARTUP_PROBE_TIMEOUT_S = 5.0
-TOPIC_RETRY_S = 5.0
+HOUSEKEEPING_INTERVAL_S = 1.0
 
 
 class Daemon:
@@ -50,12 +54,15 @@ class Daemon:
         self.queue = EventQueue(settings.queue_max_events, settings.queue_max_bytes, self.stats)
         self.sources: list[DatagramSource] = []
         self.pool: PublisherPool | None = None
+        self.health = PubSubHealth()
+        self.http: HttpServer | None = None
         self._client: PubSubClient | None = None
-        self._workers: list[asyncio.Task[None]] = []
-        self._background: list[asyncio.Task[None]] = []
+        self._workers: list[asyncio.Task[None]] = []  # supervised: must not end
+        self._background: list[asyncio.Task[None]] = []  # cancelled at shutdown
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._crashed = False
+        self._topic_confirmed = False
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
@@ -93,6 +100,16 @@ class Daemon:
             self.sources.append(
                 DatagramSource(listener, sock, self.queue, self.stats, settings.max_datagram_bytes)
             )
+        self._warn_unix_qlen()
+        if settings.metrics is not None:
+            host, port = settings.metrics
+            self.http = HttpServer(host, port, build_registry(self), self.verdict)
+            try:
+                await self.http.start()
+            except OSError as exc:
+                raise ConfigError(
+                    "--metrics", f"{host}:{port}: cannot listen: {exc.strerror}"
+                ) from None
 
         encoder_reserved = len(settings.topic_path.encode()) + 8
         batcher = Batcher(
@@ -102,24 +119,25 @@ class Daemon:
             encoder_reserved,
             settings.batch_linger_ms / 1000,
         )
-        self.pool = PublisherPool(self._client, batcher, self.stats, settings.publish_timeout_s)
+        self.pool = PublisherPool(
+            self._client, batcher, self.stats, settings.publish_timeout_s, health=self.health
+        )
         for index in range(settings.publishers):
             task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
             self._workers.append(task)
-        if not topic_ready:
-            self._background.append(
-                asyncio.create_task(self._ensure_topic(where), name="topic-probe")
-            )
+        self._background.append(asyncio.create_task(self._housekeeping(where), name="housekeeping"))
+        self._topic_confirmed = topic_ready
 
         loop = asyncio.get_running_loop()
         for source in self.sources:
             source.start(loop)
         log.info(
-            "ready: %s -> %s on %s (publishers=%d)",
+            "ready: %s -> %s on %s (publishers=%d%s)",
             " ".join(source.label for source in self.sources),
             settings.topic_path,
             where,
             settings.publishers,
+            f", metrics=http://{self.http.host}:{self.http.port}/metrics" if self.http else "",
         )
 
     async def _check_topic(self, where: str) -> bool:
@@ -127,10 +145,13 @@ class Daemon:
         error (or is created); an unreachable Pub/Sub is not: a host booting
         during an outage must still accept its events."""
         assert self._client is not None
+        loop = asyncio.get_running_loop()
         try:
             await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
+            self.health.record(loop.time(), "OK")
             return True
         except grpc.aio.AioRpcError as exc:
+            self.health.record(loop.time(), exc.code().name)
             if exc.code() is not grpc.StatusCode.NOT_FOUND:
                 log.warning(
                     "Pub/Sub (%s) not usable at startup: %s %s; accepting events and retrying",
@@ -157,50 +178,108 @@ class Daemon:
             if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
                 raise
 
-    async def _ensure_topic(self, where: str) -> None:
-        """Started when Pub/Sub was unreachable at startup: keep probing (and
-        creating, with --create-topic) until the topic is confirmed."""
+    async def _confirm_topic(self, where: str) -> None:
+        """Pub/Sub was unreachable at startup: confirm (or, with --create-topic,
+        create) the topic once it answers. Events are kept meanwhile."""
+        assert self._client is not None
+        try:
+            await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is not grpc.StatusCode.NOT_FOUND:
+                return  # still unreachable: next time
+            if not self.settings.create_topic:
+                log.error(
+                    "topic %s does not exist on %s; events are kept and retried "
+                    "(create it, or restart with --create-topic)",
+                    self.settings.topic_path,
+                    where,
+                )
+                self._topic_confirmed = True  # said once; publishers keep retrying
+                return
+            try:
+                await self._create_topic()
+            except grpc.aio.AioRpcError:
+                return
+        log.info("Pub/Sub (%s) reachable; topic %s exists", where, self.settings.topic_path)
+        self._topic_confirmed = True
+
+    def _warn_unix_qlen(self) -> None:
+        qlen = kernel.unix_max_dgram_qlen()
+        if (
+            qlen is not None
+            and qlen < kernel.UNIX_QLEN_RECOMMENDED
+            and any(source.kind == "unix" for source in self.sources)
+        ):
+            log.warning(
+                "net.unix.max_dgram_qlen is %d: non-blocking same-host senders get EAGAIN "
+                "(and drop events) once %d datagrams are queued. Fix: sysctl -w "
+                "net.unix.max_dgram_qlen=%d (per network namespace)",
+                qlen,
+                qlen + 1,
+                kernel.UNIX_QLEN_RECOMMENDED,
+            )
+
+    async def _housekeeping(self, where: str) -> None:
+        """Once a second, off the hot path: re-create vanished unix socket
+        files, confirm the topic if startup could not, and probe Pub/Sub
+        (GetTopic, never a publish) when idle."""
+        loop = asyncio.get_running_loop()
         assert self._client is not None
         while True:
-            await asyncio.sleep(TOPIC_RETRY_S)
-            try:
-                await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() is grpc.StatusCode.NOT_FOUND and self.settings.create_topic:
-                    try:
-                        await self._create_topic()
-                        return
-                    except grpc.aio.AioRpcError:
-                        continue
-                if exc.code() is grpc.StatusCode.NOT_FOUND:
-                    log.error(
-                        "topic %s does not exist on %s; events are kept and retried",
-                        self.settings.topic_path,
-                        where,
-                    )
-                    return
-                continue
-            log.info("Pub/Sub (%s) reachable; topic %s exists", where, self.settings.topic_path)
-            return
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            for source in self.sources:
+                source.check_path(self.settings.unix_mode)
+            if not self._topic_confirmed:
+                await self._confirm_topic(where)
+            if self.health.probe_due(loop.time()):
+                try:
+                    await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
+                    self.health.record(loop.time(), "OK")
+                except grpc.aio.AioRpcError as exc:
+                    self.health.record(loop.time(), exc.code().name)
+
+    # ---------------------------------------------------------------- views
+    # What /metrics, /healthz and the dashboard read (metrics.PipelineView).
+    @property
+    def in_flight(self) -> int:
+        return self.pool.in_flight if self.pool else 0
+
+    @property
+    def listener_views(self) -> list[DatagramSource]:
+        return self.sources
+
+    @property
+    def topic_path(self) -> str:
+        return self.settings.topic_path
+
+    def verdict(self) -> Verdict:
+        queue = self.queue
+        fill = max(queue.events / queue.max_events, queue.bytes / queue.max_bytes)
+        problems = tuple(source.problem for source in self.sources if source.problem)
+        if not self.sources:
+            problems += ("no listener is bound",)
+        return evaluate(
+            self.health,
+            asyncio.get_running_loop().time(),
+            queue.events + self.in_flight,
+            fill,
+            problems,
+        )
 
     # ------------------------------------------------------------ main loop
     async def main_loop(self) -> None:
+        """Wait for a stop signal; a supervised task that ends first is a crash."""
         stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
+        supervised = [*self._workers, *self._background]
         try:
-            done, _ = await asyncio.wait(
-                [stop, *self._workers], return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait([stop, *supervised], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-        for task in self._workers:
-            if task in done:  # a publisher must never end while we serve
+        for task in supervised:
+            if task in done:
                 self._crashed = True
-                exc = task.exception()
-                log.error(
-                    "%s stopped unexpectedly; shutting down",
-                    task.get_name(),
-                    exc_info=exc,
-                )
+                error = None if task.cancelled() else task.exception()
+                log.error("%s ended unexpectedly; shutting down", task.get_name(), exc_info=error)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -209,11 +288,12 @@ class Daemon:
     async def shutdown(self) -> int:
         settings = self.settings
         # 1. Stop intake: take what the kernel already queued, then close.
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for source in self.sources:
             source.drain_until_empty()
             source.close()
-        for task in self._background:
-            task.cancel()
         # 2. Publishers drain the queue within the deadline.
         self.queue.close()
         log.info(
@@ -242,10 +322,11 @@ class Daemon:
         left = sum(len(chunk.events) for chunk in self.queue.drain_all())
         if left:
             self.stats.dropped[SHUTDOWN] += left
-        await asyncio.gather(*self._background, return_exceptions=True)
-        # 4. Close the channel and report.
+        # 4. Close the channel and the HTTP endpoint, and report.
         if self._client is not None:
             await self._client.close()
+        if self.http is not None:
+            await self.http.close()
         lost = self.stats.dropped.get(SHUTDOWN, 0)
         log.info(
             "stopped: received=%d published=%d rejected=%d dropped=%d (shutdown=%d)",
@@ -264,6 +345,8 @@ class Daemon:
     async def _close_partial_startup(self) -> None:
         for source in self.sources:
             source.close()
+        if self.http is not None:
+            await self.http.close()
         for task in self._workers:
             task.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)

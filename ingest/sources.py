@@ -124,8 +124,22 @@ class DatagramSource:
         self._max_bytes = max_datagram_bytes
         self._limiter = LogLimiter()
         self._loop: asyncio.AbstractEventLoop | None = None
-        st = os.stat(listener.path) if listener.kind == "unix" else None
-        self._inode = (st.st_dev, st.st_ino) if st else None
+        self.kind = listener.kind
+        self.problem: str | None = None  # shown in /healthz and on the dashboard
+        self.udp_inode: int | None = None
+        self.rcvbuf_granted: int | None = None
+        if listener.kind == "udp":
+            self.udp_inode = os.fstat(sock.fileno()).st_ino
+            # Linux reports double the usable size it granted (man 7 socket).
+            self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        self._inode = self._path_inode() if listener.kind == "unix" else None
+
+    def _path_inode(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.listener.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -183,6 +197,33 @@ class DatagramSource:
         self.sock.close()
         if self._inode is not None:
             self._unlink_if_ours()
+
+    def check_path(self, mode: int) -> None:
+        """A unix socket file removed while we run (tmpfiles clean-up, a stray
+        rm) makes every sender fail with ENOENT forever: notice it and bind a
+        fresh socket at the path. Called periodically, off the hot path."""
+        if self._inode is None or self._path_inode() == self._inode:
+            return
+        log.warning("%s: socket file disappeared or was replaced; re-creating it", self.label)
+        self.drain_until_empty()  # what the old socket still holds
+        try:
+            _remove_stale_socket(self.listener.path)
+            fresh = bind_unix(self.listener, mode)
+        except ConfigError as exc:
+            self.problem = f"socket file {self.listener.path} is gone: {exc}"
+            self._limiter.log(
+                log, "rebind", logging.ERROR, "%s: cannot re-create: %s", self.label, exc
+            )
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock = fresh
+        self._inode = self._path_inode()
+        self.problem = None
+        if self._loop is not None:
+            self._loop.add_reader(self.sock.fileno(), self.drain)
+        log.info("%s: socket file re-created", self.label)
 
     def _unlink_if_ours(self) -> None:
         # Another daemon may have replaced the file since; remove only ours.

@@ -1,0 +1,207 @@
+"""Prometheus exposition: a collector that reads the pipeline's plain counters
+at scrape time, so the hot path never touches a metrics library or a lock.
+
+The metric names are a contract (dashboards, alerts, `ingest top`, tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from ingest import __version__, kernel
+from ingest.codec import REJECT_REASONS
+from ingest.health import Verdict
+from ingest.queue import EventQueue
+from ingest.stats import Histogram, Stats
+
+
+class ListenerView(Protocol):
+    label: str
+    kind: str
+    udp_inode: int | None
+    rcvbuf_granted: int | None
+    problem: str | None
+
+
+class PipelineView(Protocol):
+    """What the collector reads; the Daemon provides it."""
+
+    stats: Stats
+    queue: EventQueue
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def listener_views(self) -> Iterable[ListenerView]: ...
+
+    @property
+    def topic_path(self) -> str: ...
+
+    def verdict(self) -> Verdict: ...
+
+
+# Reasons exported at 0 before they first happen, so rates and alerts work.
+KNOWN_DROP_REASONS = ("queue_full", "invalid_message", "shutdown")
+
+
+def _counter(
+    name: str, doc: str, label: str, values: Mapping[str, int], known: Iterable[str] = ()
+) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    merged = dict.fromkeys(known, 0)
+    merged.update(values)
+    for key, value in sorted(merged.items()):
+        family.add_metric([key], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _histogram(name: str, doc: str, hist: Histogram) -> HistogramMetricFamily:
+    return HistogramMetricFamily(
+        name,
+        doc,
+        buckets=[(le, float(count)) for le, count in hist.cumulative()],
+        sum_value=hist.sum,
+    )
+
+
+class IngestCollector(Collector):
+    def __init__(self, view: PipelineView) -> None:
+        self._view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view
+        stats = view.stats
+        queue = view.queue
+        listeners = list(view.listener_views)
+        labels = [item.label for item in listeners]
+
+        info = GaugeMetricFamily("ingest_build_info", "ingest version", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        topic = GaugeMetricFamily(
+            "ingest_topic_info", "the Pub/Sub topic published to", labels=["topic"]
+        )
+        topic.add_metric([view.topic_path], 1)
+        yield topic
+
+        yield _counter(
+            "ingest_datagrams_received",
+            "datagrams read from a listener",
+            "listener",
+            stats.datagrams_received,
+            labels,
+        )
+        yield _counter(
+            "ingest_events_received",
+            "events (non-blank lines, plus oversized datagrams) read from a listener",
+            "listener",
+            stats.events_received,
+            labels,
+        )
+        yield _counter(
+            "ingest_datagrams_ignored",
+            "datagrams without any event (empty or blank)",
+            "reason",
+            stats.datagrams_ignored,
+            ("empty",),
+        )
+        yield _counter(
+            "ingest_events_rejected",
+            "events refused as invalid input, never forwarded",
+            "reason",
+            stats.rejected,
+            REJECT_REASONS,
+        )
+        yield _counter(
+            "ingest_events_dropped",
+            "accepted events lost, by reason",
+            "reason",
+            stats.dropped,
+            KNOWN_DROP_REASONS,
+        )
+        published = CounterMetricFamily("ingest_events_published", "events Pub/Sub acknowledged")
+        published.add_metric([], stats.published)
+        yield published
+        yield _counter(
+            "ingest_publish_requests",
+            "Publish RPCs by gRPC status code",
+            "code",
+            stats.publish_requests,
+            ("OK",),
+        )
+        retries = CounterMetricFamily("ingest_publish_retries", "Publish RPCs retried")
+        retries.add_metric([], stats.publish_retries)
+        yield retries
+        errors = CounterMetricFamily("ingest_receive_errors", "socket receive errors")
+        errors.add_metric([], stats.receive_errors)
+        yield errors
+        yield _histogram(
+            "ingest_publish_latency_seconds", "duration of one Publish RPC", stats.publish_latency
+        )
+        yield _histogram(
+            "ingest_event_latency_seconds",
+            "datagram received -> publish acknowledged (each batch's oldest and newest event)",
+            stats.event_latency,
+        )
+
+        yield _gauge("ingest_queue_events", "events in the memory queue", queue.events)
+        yield _gauge("ingest_queue_bytes", "bytes in the memory queue", queue.bytes)
+        yield _gauge("ingest_queue_capacity_events", "memory queue bound, events", queue.max_events)
+        yield _gauge("ingest_queue_capacity_bytes", "memory queue bound, bytes", queue.max_bytes)
+        yield _gauge(
+            "ingest_inflight_events", "events taken by publishers, not yet resolved", view.in_flight
+        )
+
+        drops = kernel.udp_drops_by_inode()
+        kernel_drops = CounterMetricFamily(
+            "ingest_kernel_drops",
+            "datagrams the kernel dropped on a UDP listener before ingest read them",
+            labels=["listener"],
+        )
+        rcvbuf = GaugeMetricFamily(
+            "ingest_udp_rcvbuf_bytes", "SO_RCVBUF the kernel granted", labels=["listener"]
+        )
+        up = GaugeMetricFamily(
+            "ingest_listener_up", "1 while the listener can receive", labels=["listener"]
+        )
+        for item in listeners:
+            up.add_metric([item.label], 0 if item.problem else 1)
+            if item.udp_inode is not None:
+                kernel_drops.add_metric([item.label], drops.get(item.udp_inode, 0))
+            if item.rcvbuf_granted is not None:
+                rcvbuf.add_metric([item.label], item.rcvbuf_granted)
+        yield kernel_drops
+        yield rcvbuf
+        yield up
+        qlen = kernel.unix_max_dgram_qlen()
+        if qlen is not None:
+            yield _gauge(
+                "ingest_unix_max_dgram_qlen",
+                "net.unix.max_dgram_qlen: datagrams a unix socket queues before senders get EAGAIN",
+                qlen,
+            )
+        yield _gauge(
+            "ingest_healthy", "1 when /healthz answers 200", 1 if view.verdict().healthy else 0
+        )
+
+
+def build_registry(view: PipelineView) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(IngestCollector(view))
+    ProcessCollector(registry=registry)
+    return registry
