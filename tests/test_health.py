@@ -1,0 +1,84 @@
+"""The health rule (ingest/health.py) on a fake clock: pure state, no I/O."""
+
+from __future__ import annotations
+
+from ingest.health import (
+    OUTSTANDING_LIMIT_S,
+    PROBE_INTERVAL_S,
+    QUEUE_FILL_LIMIT,
+    PubSubHealth,
+    evaluate,
+)
+
+
+def test_fresh_daemon_is_healthy_and_due_a_probe() -> None:
+    health = PubSubHealth()
+    assert evaluate(health, 0.0, 0, 0.0).healthy
+    assert health.probe_due(0.0)
+
+
+def test_publish_outstanding_too_long_is_unhealthy_until_it_finishes() -> None:
+    health = PubSubHealth()
+    token = health.started(100.0)
+    assert evaluate(health, 100.0 + OUTSTANDING_LIMIT_S - 0.1, 10, 0.0).healthy
+    verdict = evaluate(health, 100.0 + OUTSTANDING_LIMIT_S + 0.1, 10, 0.0)
+    assert not verdict.healthy
+    assert "outstanding" in verdict.reasons[0]
+    health.finished(token, 106.0, "OK")
+    assert evaluate(health, 106.0, 10, 0.0).healthy
+
+
+def test_failing_while_events_wait_then_first_success_recovers() -> None:
+    health = PubSubHealth()
+    health.finished(health.started(1.0), 2.0, "UNAVAILABLE")
+    verdict = evaluate(health, 2.0, 5, 0.0)
+    assert not verdict.healthy
+    assert verdict.reasons == ("publishing is failing (UNAVAILABLE)",)
+    health.finished(health.started(3.0), 3.5, "OK")
+    assert evaluate(health, 3.5, 5, 0.0).healthy
+
+
+def test_idle_daemon_follows_its_last_probe() -> None:
+    health = PubSubHealth()
+    health.record(10.0, "OK")
+    assert not health.probe_due(10.0 + PROBE_INTERVAL_S - 0.1)
+    assert health.probe_due(10.0 + PROBE_INTERVAL_S)
+    health.record(15.0, "DEADLINE_EXCEEDED")
+    verdict = evaluate(health, 15.0, 0, 0.0)
+    assert not verdict.healthy
+    assert "probe" in verdict.reasons[0]
+    health.record(20.0, "OK")
+    assert evaluate(health, 20.0, 0, 0.0).healthy
+
+
+def test_no_probe_while_a_publish_is_outstanding() -> None:
+    health = PubSubHealth()
+    health.started(0.0)
+    assert not health.probe_due(1000.0)
+
+
+def test_invalid_argument_means_pubsub_answered() -> None:
+    health = PubSubHealth()
+    health.finished(health.started(0.0), 0.1, "INVALID_ARGUMENT")
+    assert evaluate(health, 0.1, 3, 0.0).healthy
+
+
+def test_abandoned_request_is_neither_success_nor_failure() -> None:
+    health = PubSubHealth()
+    health.abandon(health.started(0.0))
+    assert health.oldest_outstanding_s(100.0) == 0.0
+    assert not health.failing
+
+
+def test_queue_nearly_full_is_unhealthy() -> None:
+    health = PubSubHealth()
+    assert evaluate(health, 0.0, 1, QUEUE_FILL_LIMIT).healthy
+    verdict = evaluate(health, 0.0, 1, QUEUE_FILL_LIMIT + 0.01)
+    assert not verdict.healthy
+    assert "queue" in verdict.reasons[0]
+
+
+def test_listener_problems_are_reasons() -> None:
+    verdict = evaluate(PubSubHealth(), 0.0, 0, 0.0, ("socket file /x is gone",))
+    assert not verdict.healthy
+    assert verdict.reasons == ("socket file /x is gone",)
