@@ -1,0 +1,275 @@
+"""Test helpers: run ``ingest serve`` / ``ingest send`` as real subprocesses.
+
+``DaemonProcess`` starts the daemon with PUBSUB_EMULATOR_HOST set, captures
+its stderr to a file, and waits (polling, bounded) for the documented
+``ready:`` line. ``Daemons`` owns every process a test started and kills
+whatever is still running at teardown, so no subprocess outlives its test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+# The console script installed next to the interpreter (.venv/bin/ingest).
+INGEST = str(Path(sys.executable).with_name("ingest"))
+READY_TIMEOUT_S = 30.0
+POLL_S = 0.02
+# sun_path holds 108 bytes on Linux; stay well inside it.
+MAX_UNIX_PATH = 100
+
+STOPPED_RE = re.compile(
+    r"stopped: received=(?P<received>\d+) published=(?P<published>\d+) "
+    r"rejected=(?P<rejected>\d+) dropped=(?P<dropped>\d+) \(shutdown=(?P<shutdown>\d+)\)"
+)
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` until it is true; AssertionError after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(POLL_S)
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port nobody is bound to right now on ``host``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def closed_tcp_port() -> int:
+    """A loopback TCP port with no listener (connections are refused)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def udp_addr(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def ipv6_loopback_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def short_dir(tmp_path: Path) -> Iterator[Path]:
+    """``tmp_path`` when a socket path inside it stays short, else a short
+    temporary directory under /tmp (removed afterwards)."""
+    if len(str(tmp_path)) + 20 < MAX_UNIX_PATH:
+        yield tmp_path
+        return
+    with tempfile.TemporaryDirectory(prefix="ingest-", dir="/tmp") as path:
+        yield Path(path)
+
+
+def stale_socket_file(path: Path) -> None:
+    """Leave a socket file nobody listens on: bind, close, do not unlink."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.close()
+
+
+def send_unix(path: str | Path, data: bytes) -> None:
+    """One datagram over a blocking unix socket: with net.unix.max_dgram_qlen
+    as low as 10, a non-blocking sender would get EAGAIN; a blocking one waits."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.sendto(data, str(path))
+
+
+def send_udp(addr: tuple[str, int], data: bytes) -> None:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(data, addr)
+
+
+class UnixSender:
+    """A connected, blocking unix datagram sender for many datagrams."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> UnixSender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DaemonProcess:
+    """One ``ingest serve`` subprocess; stderr goes to ``log_path``."""
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        *,
+        emulator_host: str | None,
+        env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+    ) -> None:
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("INGEST_") and k != "PUBSUB_EMULATOR_HOST"
+        }
+        if emulator_host is not None:
+            full_env["PUBSUB_EMULATOR_HOST"] = emulator_host
+        full_env.update(env or {})
+        self.args = [*wrapper, INGEST, "serve", *args]
+        self.log_path = log_path
+        with open(log_path, "wb") as stderr:
+            self.proc = subprocess.Popen(
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                env=full_env,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_for_log(self, pattern: str, timeout_s: float = 10.0) -> re.Match[str]:
+        """Wait for a regex in the log; fails early if the process exits."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            match = regex.search(self.log)
+            if match:
+                return match
+            if not self.running():
+                # One more look: the line may have been written just before exit.
+                match = regex.search(self.log)
+                if match:
+                    return match
+                raise AssertionError(
+                    f"ingest exited with {self.proc.returncode} before logging "
+                    f"{pattern!r}; log:\n{self.log}"
+                )
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {pattern!r} after {timeout_s}s; log:\n{self.log}")
+            time.sleep(POLL_S)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
+        """Wait for the documented ``ready: ...`` line; returns it."""
+        return self.wait_for_log(r"ready: [^\n]*", timeout_s).group(0)
+
+    def send_signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = 20.0) -> int:
+        """Exit code; AssertionError (after killing it) if it does not exit in time."""
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(
+                f"ingest did not exit within {timeout_s}s; log:\n{self.log}"
+            ) from None
+
+    def stop(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM and wait for the exit code."""
+        self.terminate()
+        return self.wait(timeout_s)
+
+    def stopped_counts(self) -> dict[str, int]:
+        """The numbers of the final ``stopped: ...`` line."""
+        match = STOPPED_RE.search(self.log)
+        assert match, f"no stopped: line in log:\n{self.log}"
+        return {key: int(value) for key, value in match.groupdict().items()}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class Daemons:
+    """Starts daemons for one test and kills any left running at teardown."""
+
+    def __init__(self, tmp_path: Path, emulator_host: str | None) -> None:
+        self.tmp_path = tmp_path
+        self.emulator_host = emulator_host
+        self.started: list[DaemonProcess] = []
+
+    def start(
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        emulator_host: str | None = "",
+        wrapper: Sequence[str] = (),
+    ) -> DaemonProcess:
+        """Start ``ingest serve ARGS`` (not waiting for ready). The emulator
+        is the session's unless ``emulator_host`` is given (None: unset);
+        ``wrapper`` is a command prefix (e.g. setpriv)."""
+        host = self.emulator_host if emulator_host == "" else emulator_host
+        log_path = self.tmp_path / f"ingest-{len(self.started)}.log"
+        daemon = DaemonProcess(args, log_path, emulator_host=host, env=env, wrapper=wrapper)
+        self.started.append(daemon)
+        return daemon
+
+    def run_failing(
+        self, *args: str, wrapper: Sequence[str] = (), timeout_s: float = 20.0
+    ) -> tuple[int, str]:
+        """Run a daemon expected to fail at startup; (exit code, stderr)."""
+        daemon = self.start(*args, wrapper=wrapper)
+        code = daemon.wait(timeout_s)
+        return code, daemon.log
+
+    def close(self) -> None:
+        for daemon in self.started:
+            daemon.kill()
+
+
+def run_send(
+    *args: str, stdin: bytes = b"", timeout_s: float = 20.0
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``ingest send ARGS`` to completion (bounded)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    return subprocess.run(
+        [INGEST, "send", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout_s,
+        env=env,
+        check=False,
+    )
