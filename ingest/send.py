@@ -7,6 +7,7 @@ sent line by line (a pipe may never end), stopping at the first bad line.
 from __future__ import annotations
 
 import contextlib
+import io
 import select
 import socket
 import sys
@@ -30,7 +31,9 @@ class InvalidEvent(Exception):
 
 
 def validate(line: str, where: str) -> bytes:
-    data = line.encode()
+    # argv (and stdin, see _stdin_events) carry undecodable bytes as lone
+    # surrogates; surrogateescape restores them, and orjson refuses them.
+    data = line.encode("utf-8", "surrogateescape")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -55,6 +58,9 @@ def _open(unix: str | None, udp: str | None) -> tuple[socket.socket, str]:
 
 
 def _stdin_events(stdin: TextIO) -> Iterator[bytes]:
+    if isinstance(stdin, io.TextIOWrapper):
+        # Invalid UTF-8 on stdin is a bad line (exit 2), not a UnicodeDecodeError.
+        stdin.reconfigure(errors="surrogateescape")
     for number, line in enumerate(stdin, 1):
         if line.strip():
             yield validate(line.rstrip("\r\n"), f"stdin line {number}")

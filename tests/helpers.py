@@ -261,7 +261,7 @@ class Daemons:
 
 
 def run_send(
-    *args: str, stdin: bytes = b"", timeout_s: float = 20.0
+    *args: str | bytes, stdin: bytes = b"", timeout_s: float = 20.0
 ) -> subprocess.CompletedProcess[bytes]:
     """Run ``ingest send ARGS`` to completion (bounded)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}

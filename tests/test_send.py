@@ -113,6 +113,25 @@ def test_invalid_stdin_line_stops_there(receiver: Receiver) -> None:
     receiver.assert_empty()
 
 
+def test_invalid_utf8_argument_is_refused(receiver: Receiver) -> None:
+    result = run_send(*receiver.target, b'{"bytes":"\xff\xfe"}')
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "event 1" in stderr and "UTF-8" in stderr, stderr
+    assert "Traceback" not in stderr
+    receiver.assert_empty()
+
+
+def test_invalid_utf8_stdin_line_is_refused(receiver: Receiver) -> None:
+    result = run_send(*receiver.target, stdin=b'{"ok":"\xc3\xa9"}\n{"bad":"\xc3\x28"}\n{"n":3}\n')
+    assert result.returncode == 2
+    stderr = result.stderr.decode()
+    assert "stdin line 2" in stderr and "UTF-8" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert receiver.recv_all(1) == ['{"ok":"é"}'.encode()]
+    receiver.assert_empty()
+
+
 def test_invalid_arguments_win_over_an_unreachable_target(sockdir: Path) -> None:
     result = run_send("--unix", str(sockdir / "missing.sock"), "not json")
     assert result.returncode == 2

@@ -314,6 +314,33 @@ def test_stale_socket_file_is_replaced_and_removed_at_stop(
     assert not path.exists()
 
 
+def test_removed_socket_file_is_recreated_while_running(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
+) -> None:
+    path = sockdir / "in.sock"
+    daemon = daemons.start(*serve_args(pubsub, "--unix", str(path)))
+    daemon.wait_ready()
+    path.unlink()  # a tmpfiles clean-up or a stray rm
+    daemon.wait_for_log("socket file re-created", timeout_s=10)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    send_unix(path, b'{"after":"re-creation"}')
+    assert emulator.pull_until(pubsub.subscription, 1) == [b'{"after":"re-creation"}']
+    assert daemon.stop() == EXIT_OK
+    assert not path.exists()
+
+
+def test_failed_startup_removes_the_sockets_it_bound(
+    daemons: Daemons, pubsub: PubSubNames, sockdir: Path
+) -> None:
+    bound = sockdir / "first.sock"
+    missing = sockdir / "missing" / "second.sock"
+    code, stderr = daemons.run_failing(
+        *serve_args(pubsub, "--unix", str(bound), "--unix", str(missing))
+    )
+    assert_startup_error(code, stderr, "--unix", str(missing))
+    assert not bound.exists()
+
+
 def test_socket_in_use_is_a_startup_error(
     daemons: Daemons, pubsub: PubSubNames, sockdir: Path
 ) -> None:
