@@ -69,7 +69,9 @@ def classify(code: grpc.StatusCode) -> Retry:
 
 def backoff_s(attempt: int, rng: random.Random) -> float:
     """Capped exponential backoff with jitter: attempt 0 -> 50-100 ms ... cap 5 s."""
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * (2**attempt))
+    # The exponent is capped as well: 0.1 * 2**1024 overflows a float, which
+    # would crash a publisher after ~1 hour of UNAVAILABLE (1024 attempts).
+    ceiling = min(BACKOFF_MAX_S, BACKOFF_INITIAL_S * (2 ** min(attempt, 32)))
     return rng.uniform(ceiling / 2, ceiling)
 
 
