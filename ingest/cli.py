@@ -1,4 +1,4 @@
-"""Command line: ``ingest serve`` and ``ingest send``; flags, INGEST_* env, exit codes.
+"""Command line: ``ingest serve``, ``ingest send`` and ``ingest top``; flags, INGEST_* env, exit codes.
 
 Exit codes: 0 ok; 1 runtime failure (serve: a crashed task; send: nothing
 listens there); 2 bad configuration or startup error (one line naming the
@@ -18,6 +18,7 @@ from typing import Any
 
 from ingest import __version__
 from ingest.config import (
+    DEFAULT_METRICS,
     DEFAULT_UNIX_PATH,
     ENV_PREFIX,
     SERVE_OPTIONS,
@@ -73,6 +74,20 @@ def _send_parser(sub: Any) -> None:
     parser.add_argument("events", nargs="*", metavar="EVENT", help="a JSON object")
 
 
+def _top_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "top",
+        help="live dashboard of a running daemon, read from its /metrics and /healthz",
+        description="Full-terminal view of a running daemon; q or Ctrl-C quits.",
+    )
+    parser.add_argument(
+        "--url",
+        default=f"http://{DEFAULT_METRICS}",
+        help="the daemon's --metrics base URL; a trailing /metrics is accepted "
+        f"(default http://{DEFAULT_METRICS})",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest", description="Datagram relay from web workers and emitters to Pub/Sub."
@@ -81,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     _send_parser(sub)
+    _top_parser(sub)
     return parser
 
 
@@ -135,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "top":
+        from ingest.top import run_top  # rich's live display: only `top` pays for it
+
+        return run_top(args.url)
     from ingest.send import send_command
 
     return send_command(args.unix, args.udp, args.events, sys.stdin)
