@@ -74,7 +74,7 @@ class Settings:
     drain_timeout_s: float = 10.0
     publish_timeout_s: float = 10.0
     pubsub_endpoint: str = DEFAULT_ENDPOINT
-    metrics: tuple[str, int] | None = None  # TEMP: default 127.0.0.1:9464 once tests pass --metrics
+    metrics: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: disabled
     log_level: str = "info"
 
     @property
