@@ -76,6 +76,7 @@ class Settings:
     pubsub_endpoint: str = DEFAULT_ENDPOINT
     metrics: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: disabled
     log_level: str = "info"
+    dashboard: bool = False
 
     @property
     def topic_path(self) -> str:
@@ -317,6 +318,12 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         f"serve /metrics and /healthz on HOST:PORT; empty disables ({DEFAULT_METRICS})",
     ),
     Option("log_level", _log_level, "debug, info, warning or error (info)"),
+    Option(
+        "dashboard",
+        _bool,
+        "show the live dashboard below the log when stdout is a terminal",
+        is_flag=True,
+    ),
 )
 
 

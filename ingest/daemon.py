@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from typing import Any
 
 import grpc
@@ -58,7 +59,8 @@ class Daemon:
         self.http: HttpServer | None = None
         self._client: PubSubClient | None = None
         self._workers: list[asyncio.Task[None]] = []  # supervised: must not end
-        self._background: list[asyncio.Task[None]] = []  # cancelled at shutdown
+        self._background: list[asyncio.Task[None]] = []  # supervised; cancelled at shutdown
+        self._dashboard: asyncio.Task[None] | None = None  # a UI: not supervised
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._crashed = False
@@ -101,9 +103,10 @@ class Daemon:
                 DatagramSource(listener, sock, self.queue, self.stats, settings.max_datagram_bytes)
             )
         self._warn_unix_qlen()
+        registry = build_registry(self)
         if settings.metrics is not None:
             host, port = settings.metrics
-            self.http = HttpServer(host, port, build_registry(self), self.verdict)
+            self.http = HttpServer(host, port, registry, self.verdict)
             try:
                 await self.http.start()
             except OSError as exc:
@@ -127,6 +130,15 @@ class Daemon:
             self._workers.append(task)
         self._background.append(asyncio.create_task(self._housekeeping(where), name="housekeeping"))
         self._topic_confirmed = topic_ready
+
+        if settings.dashboard and sys.stdout.isatty():
+            from ingest.dashboard import InlineDashboard  # rich's Live only when asked
+
+            view = InlineDashboard(registry.collect, lambda: self.verdict().reasons)
+            self._dashboard = asyncio.create_task(view.run(), name="dashboard")
+            self._dashboard.add_done_callback(_log_dashboard_failure)
+        elif settings.dashboard:
+            log.info("--dashboard: stdout is not a terminal; not drawing it")
 
         loop = asyncio.get_running_loop()
         for source in self.sources:
@@ -288,9 +300,10 @@ class Daemon:
     async def shutdown(self) -> int:
         settings = self.settings
         # 1. Stop intake: take what the kernel already queued, then close.
-        for task in self._background:
+        ended = [*self._background, *([self._dashboard] if self._dashboard else [])]
+        for task in ended:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*ended, return_exceptions=True)
         for source in self.sources:
             source.drain_until_empty()
             source.close()
@@ -377,3 +390,9 @@ class Daemon:
         loop.default_exception_handler(context)
         self._crashed = True
         self._stop.set()
+
+
+def _log_dashboard_failure(task: asyncio.Task[None]) -> None:
+    # The dashboard is a view: if it breaks, say so and keep serving.
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the dashboard failed; still serving", exc_info=task.exception())
