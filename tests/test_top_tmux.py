@@ -256,3 +256,31 @@ def test_top_without_a_daemon_says_so_and_quits_on_ctrl_c(tmux: Tmux, tmp_path: 
     tmux.run("send-keys", "-t", tmux.session, "C-c")
     poll(lambda: not tmux.alive(), "exit on Ctrl-C", 10, tmux.screen)
     assert rc_file.read_text().strip() == "0"
+
+
+def test_serve_dashboard_draws_below_the_log(
+    emulator: Emulator, pubsub: PubSubNames, tmux: Tmux, tmp_path: Path
+) -> None:
+    """``ingest serve --dashboard`` on a terminal: log lines above, the live
+    view below; SIGINT removes the view and the stop lines are logged."""
+    port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    rc_file = tmp_path / "serve.rc"
+    serve = (
+        f"PUBSUB_EMULATOR_HOST={emulator.host} {shlex.quote(sys.executable)} -m ingest serve "
+        f"--project {pubsub.project} --topic {pubsub.topic_id} --udp 127.0.0.1:{port} "
+        f"--metrics 127.0.0.1:{free_port()} --dashboard"
+    )
+    started = tmux.run(
+        "new-session", "-d", "-s", tmux.session, "-x", "120", "-y", "50", "-c", str(ROOT),
+        f"{serve}; echo $? > {shlex.quote(str(rc_file))}; sleep 60",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    poll(lambda: "health OK" in tmux.screen(), "the inline dashboard", 30, tmux.screen)
+    send_paced(port, 321, 1000)
+    poll(lambda: row(tmux.screen(), "published", "321"), "321 published", 20, tmux.screen)
+    screen = tmux.screen()
+    assert screen.index("ready: ") < screen.index("health OK")  # the log is above the view
+    tmux.run("send-keys", "-t", tmux.session, "C-c")
+    poll(lambda: rc_file.exists(), "serve to exit", 20, tmux.screen)
+    assert rc_file.read_text().strip() == "0"
+    assert "stopped: received=321 published=321" in tmux.screen()
