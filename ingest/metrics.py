@@ -144,9 +144,12 @@ class IngestCollector(Collector):
             stats.publish_requests,
             ("OK",),
         )
-        retries = CounterMetricFamily("ingest_publish_retries", "Publish RPCs retried")
-        retries.add_metric([], stats.publish_retries)
-        yield retries
+        yield _counter(
+            "ingest_publish_retries",
+            "Publish RPCs retried, by the gRPC code that failed them",
+            "code",
+            stats.publish_retries,
+        )
         errors = CounterMetricFamily("ingest_receive_errors", "socket receive errors")
         errors.add_metric([], stats.receive_errors)
         yield errors

@@ -167,7 +167,7 @@ class PublisherPool:
             policy = classify(code)
             if policy is Retry.SPLIT:
                 return code
-            self._stats.publish_retries += 1
+            self._stats.publish_retries[code.name] += 1
             if policy is Retry.TRANSIENT:
                 delay = backoff_s(attempt, self._rng)
                 attempt += 1

@@ -3,7 +3,11 @@
 The event loop is single-threaded, so no locks: every update happens inside
 one callback, and between callbacks the accounting identity holds::
 
-    received == published + rejected + dropped + queued + in_flight
+    received + spool_recovered
+        == published + rejected + dropped + queued + in_flight + spooled_now
+
+(``spooled_now`` is the spool's current event count; without a spool, or
+with one that started empty, ``spool_recovered`` is 0.)
 """
 
 from __future__ import annotations
@@ -76,8 +80,13 @@ class Stats:
     rejected: defaultdict[str, int] = field(default_factory=_counter)  # events, by reason
     dropped: defaultdict[str, int] = field(default_factory=_counter)  # events, by reason
     publish_requests: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
+    publish_retries: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     published: int = 0
-    publish_retries: int = 0
+    # The disk spool (spool.py): events written to it, handed back from it to
+    # the memory queue, and found in it at startup (left by an earlier run).
+    spooled: int = 0
+    replayed: int = 0
+    spool_recovered: int = 0
     receive_errors: int = 0
     publish_latency: Histogram = field(default_factory=Histogram)
     event_latency: Histogram = field(default_factory=Histogram)
