@@ -1,4 +1,4 @@
-"""Command line: ``ingest serve``, ``ingest send`` and ``ingest top``; flags, INGEST_* env, exit codes.
+"""Command line: ``ingest serve``, ``check-config``, ``send`` and ``top``; flags, INGEST_* env, exit codes.
 
 Exit codes: 0 ok; 1 runtime failure (serve: a crashed task; send: nothing
 listens there); 2 bad configuration or startup error (one line naming the
@@ -32,14 +32,34 @@ EXIT_USAGE = 2
 log = logging.getLogger("ingest")
 
 
+_SETTINGS_HELP = (
+    "Every flag has an INGEST_* environment twin (--queue-max-events: "
+    "INGEST_QUEUE_MAX_EVENTS; lists comma-separated) and a key of the same name in "
+    "the --config TOML file. Precedence: flags > environment > file > defaults."
+)
+
+
 def _serve_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "serve",
         help="receive datagrams and publish them to Pub/Sub (foreground)",
-        description="Every flag has an INGEST_* environment twin (--queue-max-events: "
-        "INGEST_QUEUE_MAX_EVENTS; lists comma-separated) and a key of the same name in "
-        "the --config TOML file. Precedence: flags > environment > file > defaults.",
+        description=_SETTINGS_HELP,
     )
+    _add_settings_options(parser)
+
+
+def _check_config_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "check-config",
+        help="validate serve's settings (flags, INGEST_* env, --config) and exit",
+        description="Takes exactly serve's settings, validates them and prints a one-line "
+        "summary (exit 0), or the one-line error naming the flag (exit 2). Binds nothing "
+        "and contacts nothing: for ExecStartPre= and before a restart. " + _SETTINGS_HELP,
+    )
+    _add_settings_options(parser)
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with the same keys")
     for option in SERVE_OPTIONS:
         if option.is_flag:
@@ -56,7 +76,8 @@ def _serve_parser(sub: Any) -> None:
                 dest=option.key,
                 action="append" if option.repeat else "store",
                 default=argparse.SUPPRESS,
-                metavar=option.key.split("_")[-1].upper() if not option.repeat else "ADDR",
+                metavar=option.metavar
+                or (option.key.split("_")[-1].upper() if not option.repeat else "ADDR"),
                 help=option.help,
             )
 
@@ -95,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ingest {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    _check_config_parser(sub)
     _send_parser(sub)
     _top_parser(sub)
     return parser
@@ -103,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Flags > env > file > defaults. Raises ConfigError."""
     flags = {o.key: getattr(args, o.key) for o in SERVE_OPTIONS if hasattr(args, o.key)}
-    for key in ("udp", "unix"):
-        if key in flags:  # repeated flags may also carry comma-separated lists
-            flags[key] = [part for item in flags[key] for part in item.split(",")]
+    for option in SERVE_OPTIONS:
+        if option.repeat and option.key in flags:  # may also carry comma-separated lists
+            flags[option.key] = [part for item in flags[option.key] for part in item.split(",")]
     config_path = args.config or env.get(ENV_PREFIX + "CONFIG")
     file_values = load_file(config_path) if config_path else None
     return build_settings(flags, env, file_values)
@@ -147,10 +169,43 @@ def serve(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
+def check_config(args: argparse.Namespace) -> int:
+    setup_logging("warning")  # unknown INGEST_* variables still warn
+    try:
+        settings = settings_from(args, os.environ)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    print(f"ingest: configuration ok: {summary(settings)}")
+    return 0
+
+
+def summary(settings: Settings) -> str:
+    """One line: what ``serve`` would do with these settings."""
+    listeners = " ".join(listener.label for listener in settings.listeners)
+    if settings.default_listeners:
+        listeners += " (defaults; sockets passed by systemd replace them)"
+    parts = [
+        f"{settings.topic_path} on {settings.pubsub_endpoint}",
+        f"listeners {listeners}",
+        f"publishers={settings.publishers}",
+        f"queue {settings.queue_max_events} events/{settings.queue_max_bytes} bytes",
+        f"drain-timeout={settings.drain_timeout_s:g}s",
+    ]
+    if settings.udp_allow:
+        parts.append("udp-allow " + ",".join(str(net) for net in settings.udp_allow))
+    if settings.unix_gid is not None:
+        parts.append(f"unix-group gid {settings.unix_gid}")
+    metrics = f"{settings.metrics[0]}:{settings.metrics[1]}" if settings.metrics else "off"
+    parts.append(f"metrics {metrics}")
+    return "; ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "check-config":
+        return check_config(args)
     if args.command == "top":
         from ingest.top import run_top  # rich's live display: only `top` pays for it
 

@@ -18,7 +18,8 @@ INVALID_JSON = "invalid_json"
 INVALID_UTF8 = "invalid_utf8"
 NOT_OBJECT = "not_object"
 TOO_LARGE = "too_large"  # a whole datagram over --max-datagram-bytes
-REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE)
+SOURCE_DENIED = "source_denied"  # a UDP sender outside --udp-allow (never decoded)
+REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, SOURCE_DENIED)
 
 # JSON's insignificant whitespace (RFC 8259); a line of only these is blank.
 _JSON_WHITESPACE = b" \t\r"

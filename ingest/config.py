@@ -7,6 +7,7 @@ validated here, once, and every error names the flag that fixes it.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import logging
 import tomllib
@@ -56,11 +57,17 @@ class Listener:
         return f"udp:{host}:{self.port}"
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class Settings:
     project: str
     topic: str
     listeners: tuple[Listener, ...]
+    # True when no --udp/--unix was given and the defaults stood in: sockets
+    # passed by systemd then replace them all (systemd.plan_listeners).
+    default_listeners: bool = False
     create_topic: bool = False
     queue_max_events: int = 100_000
     queue_max_bytes: int = 64 << 20
@@ -71,6 +78,8 @@ class Settings:
     max_datagram_bytes: int = 65_535
     udp_rcvbuf_bytes: int = 4 << 20
     unix_mode: int = 0o660
+    unix_gid: int | None = None  # --unix-group, resolved; None: the daemon's group
+    udp_allow: tuple[IPNetwork, ...] = ()  # empty: every sender
     drain_timeout_s: float = 10.0
     publish_timeout_s: float = 10.0
     pubsub_endpoint: str = DEFAULT_ENDPOINT
@@ -146,6 +155,36 @@ def _octal_mode(raw: Any) -> int:
     if not 0 <= value <= 0o777:
         raise ValueError(f"must be an octal file mode between 000 and 777 (got {raw!r})")
     return value
+
+
+def _group(raw: Any) -> int:
+    """A group name (or numeric gid) that exists here; returns the gid."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("must be a group name")
+    name = raw.strip()
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        pass
+    if name.isdigit():
+        return int(name)
+    raise ValueError(f"group {name!r} does not exist")
+
+
+def _networks(raw: Any) -> tuple[IPNetwork, ...]:
+    """CIDRs (IPv4 or IPv6); a bare address is a /32 or /128."""
+    out = []
+    for item in _as_list(raw):
+        try:
+            out.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            if "has host bits set" in str(exc):
+                net = ipaddress.ip_network(item, strict=False)
+                raise ValueError(f"{item!r} has host bits set; did you mean {net}?") from None
+            raise ValueError(f"{item!r} is not an IP network such as 10.0.0.0/8") from None
+    return tuple(out)
 
 
 def _name(what: str) -> Callable[[Any], str]:
@@ -251,6 +290,7 @@ class Option:
     repeat: bool = False
     is_flag: bool = False  # store_true on the command line
     name: str = ""  # flag name when it differs from key (units read better unsaid)
+    metavar: str = ""  # in --help, when the default (from the name) reads wrong
 
     @property
     def file_key(self) -> str:
@@ -299,6 +339,22 @@ SERVE_OPTIONS: tuple[Option, ...] = (
     ),
     Option("udp_rcvbuf_bytes", _int_range(4096, 1 << 30), "UDP SO_RCVBUF to request (4 MiB)"),
     Option("unix_mode", _octal_mode, "file mode of unix sockets, octal (0660)"),
+    Option(
+        "unix_gid",
+        _group,
+        "group of the unix socket files (who may send, with --unix-mode); "
+        "default the daemon's group",
+        name="unix_group",
+        metavar="GROUP",
+    ),
+    Option(
+        "udp_allow",
+        _networks,
+        "accept UDP only from this CIDR, repeatable; others are rejected and counted "
+        "(source_denied). Default: every sender",
+        True,
+        metavar="CIDR",
+    ),
     Option(
         "drain_timeout_s",
         _float_range(0, 3600),
@@ -380,6 +436,7 @@ def build_settings(
         if option.key not in values:
             raise ConfigError(option.flag, f"is required (or set {option.env})")
     listeners = values.pop("udp", ()) + values.pop("unix", ())
+    values["default_listeners"] = not listeners
     if not listeners:
         host, port = parse_host_port(DEFAULT_UDP)
         listeners = (

@@ -21,7 +21,7 @@ import grpc
 import grpc.aio
 from google.auth.exceptions import DefaultCredentialsError
 
-from ingest import kernel
+from ingest import kernel, systemd
 from ingest.batch import Batcher
 from ingest.config import ConfigError, Settings
 from ingest.health import PubSubHealth, Verdict, evaluate
@@ -65,6 +65,8 @@ class Daemon:
         self._force = asyncio.Event()
         self._crashed = False
         self._topic_confirmed = False
+        self.notifier = systemd.Notifier()  # disabled until startup reads NOTIFY_SOCKET
+        self._status = systemd.RateStatus()
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
@@ -84,6 +86,7 @@ class Daemon:
     # -------------------------------------------------------------- startup
     async def startup(self) -> None:
         settings = self.settings
+        self.notifier = systemd.Notifier.from_environ()
         emulator = emulator_host()
         try:
             channel = create_channel(settings.pubsub_endpoint, emulator)
@@ -97,10 +100,26 @@ class Daemon:
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
         topic_ready = await self._check_topic(where)
 
-        for listener in settings.listeners:  # after the checks: bind
-            sock = bind_listener(listener, settings.udp_rcvbuf_bytes, settings.unix_mode)
+        # After the checks: adopt what systemd passed, bind the rest.
+        passed = systemd.listen_fds()
+        for listener, adopted in systemd.plan_listeners(
+            settings.listeners, settings.default_listeners, passed
+        ):
+            sock = adopted or bind_listener(
+                listener, settings.udp_rcvbuf_bytes, settings.unix_mode, settings.unix_gid
+            )
+            if adopted is not None:
+                sock.setblocking(False)
             self.sources.append(
-                DatagramSource(listener, sock, self.queue, self.stats, settings.max_datagram_bytes)
+                DatagramSource(
+                    listener,
+                    sock,
+                    self.queue,
+                    self.stats,
+                    settings.max_datagram_bytes,
+                    allow=settings.udp_allow,
+                    adopted=adopted is not None,
+                )
             )
         self._warn_unix_qlen()
         registry = build_registry(self)
@@ -129,6 +148,9 @@ class Daemon:
             task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
             self._workers.append(task)
         self._background.append(asyncio.create_task(self._housekeeping(where), name="housekeeping"))
+        if self.notifier.watchdog_interval_s:  # WATCHDOG=1 from the loop: a stall stops it
+            watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
+            self._background.append(watchdog)
         self._topic_confirmed = topic_ready
 
         if settings.dashboard and sys.stdout.isatty():
@@ -145,12 +167,16 @@ class Daemon:
             source.start(loop)
         log.info(
             "ready: %s -> %s on %s (publishers=%d%s)",
-            " ".join(source.label for source in self.sources),
+            " ".join(
+                source.label + (systemd.SYSTEMD_MARK if source.adopted else "")
+                for source in self.sources
+            ),
             settings.topic_path,
             where,
             settings.publishers,
             f", metrics=http://{self.http.host}:{self.http.port}/metrics" if self.http else "",
         )
+        self.notifier.ready()
 
     async def _check_topic(self, where: str) -> bool:
         """True when the topic is known to exist. A missing topic is a startup
@@ -233,14 +259,21 @@ class Daemon:
 
     async def _housekeeping(self, where: str) -> None:
         """Once a second, off the hot path: re-create vanished unix socket
-        files, confirm the topic if startup could not, and probe Pub/Sub
-        (GetTopic, never a publish) when idle."""
+        files, tell systemd the rates (STATUS=), confirm the topic if startup
+        could not, and probe Pub/Sub (GetTopic, never a publish) when idle."""
         loop = asyncio.get_running_loop()
         assert self._client is not None
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             for source in self.sources:
-                source.check_path(self.settings.unix_mode)
+                source.check_path(self.settings.unix_mode, self.settings.unix_gid)
+            if self.notifier.enabled:
+                stats = self.stats
+                self.notifier.status(
+                    self._status.line(
+                        loop.time(), stats.received_total(), stats.published, self.queue.events
+                    )
+                )
             if not self._topic_confirmed:
                 await self._confirm_topic(where)
             if self.health.probe_due(loop.time()):
@@ -299,6 +332,7 @@ class Daemon:
     # ------------------------------------------------------------- shutdown
     async def shutdown(self) -> int:
         settings = self.settings
+        self.notifier.stopping()
         # 1. Stop intake: take what the kernel already queued, then close.
         ended = [*self._background, *([self._dashboard] if self._dashboard else [])]
         for task in ended:

@@ -10,13 +10,15 @@ counters updated once.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
 import stat
+from collections.abc import Callable, Sequence
 
-from ingest.codec import TOO_LARGE, decode_datagram
-from ingest.config import ConfigError, Listener
+from ingest.codec import SOURCE_DENIED, TOO_LARGE, decode_datagram
+from ingest.config import ConfigError, IPNetwork, Listener
 from ingest.queue import EventQueue
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
@@ -58,8 +60,9 @@ def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
     return sock
 
 
-def bind_unix(listener: Listener, mode: int) -> socket.socket:
-    """Bind a unix datagram socket, replacing a stale socket file.
+def bind_unix(listener: Listener, mode: int, gid: int | None = None) -> socket.socket:
+    """Bind a unix datagram socket, replacing a stale socket file; its mode
+    (and group, when ``gid`` is given) decide who may send.
 
     A file that is not a socket, or a socket someone still listens on, is an
     error rather than something to delete.
@@ -78,6 +81,15 @@ def bind_unix(listener: Listener, mode: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError("--unix", f"{path}: cannot bind: {exc.strerror}") from None
+    if gid is not None:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as exc:
+            sock.close()
+            os.unlink(path)
+            raise ConfigError(
+                "--unix-group", f"{path}: cannot set group {gid}: {exc.strerror}"
+            ) from None
     sock.setblocking(False)
     return sock
 
@@ -105,8 +117,45 @@ def _remove_stale_socket(path: str) -> None:
     raise ConfigError("--unix", f"{path} is in use by another process")
 
 
+class AllowList:
+    """Which UDP senders may send (--udp-allow). An IPv4 network also admits
+    its IPv4-mapped IPv6 senders (::ffff:a.b.c.d on a dual-stack socket).
+    Verdicts are cached per sender address; the cache is bounded, since
+    denied senders choose their own addresses."""
+
+    MAX_CACHED = 4096
+
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        nets: list[IPNetwork] = list(networks)
+        for net in networks:
+            if isinstance(net, ipaddress.IPv4Network):
+                mapped = f"::ffff:{net.network_address}/{96 + net.prefixlen}"
+                nets.append(ipaddress.IPv6Network(mapped))
+        self.networks = tuple(nets)
+        self.verdicts: dict[str, bool] = {}
+
+    def decide(self, host: str) -> bool:
+        """Whether ``host`` (as recvfrom reports it) is allowed; cached."""
+        try:
+            address = ipaddress.ip_address(host.partition("%")[0])  # no IPv6 scope
+        except ValueError:
+            allowed = False
+        else:
+            allowed = any(address in net for net in self.networks)
+        if len(self.verdicts) >= self.MAX_CACHED:
+            self.verdicts.clear()
+        self.verdicts[host] = allowed
+        return allowed
+
+
 class DatagramSource:
-    """One bound socket and its drain callback. Never blocks, never awaits."""
+    """One bound socket and its drain callback. Never blocks, never awaits.
+
+    ``drain`` is chosen once, at construction: with an allow-list a UDP
+    source reads with recvfrom and checks the sender; without one it keeps
+    the plain recv path, untouched. ``adopted``: the socket was passed by
+    systemd, which owns it — never unlinked, chmodded or re-created here.
+    """
 
     def __init__(
         self,
@@ -115,10 +164,16 @@ class DatagramSource:
         queue: EventQueue,
         stats: Stats,
         max_datagram_bytes: int,
+        *,
+        allow: Sequence[IPNetwork] = (),
+        adopted: bool = False,
     ) -> None:
         self.listener = listener
         self.label = listener.label
         self.sock = sock
+        self.adopted = adopted
+        self.allow = AllowList(allow) if allow and listener.kind == "udp" else None
+        self.drain: Callable[[], int] = self._drain_allowed if self.allow else self._drain_all
         self._queue = queue
         self._stats = stats
         self._max_bytes = max_datagram_bytes
@@ -145,7 +200,7 @@ class DatagramSource:
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self.drain)
 
-    def drain(self) -> int:
+    def _drain_all(self) -> int:
         """Read up to DRAIN_BATCH datagrams (until EAGAIN); returns how many."""
         events: list[bytes] = []
         stats = self._stats
@@ -186,6 +241,61 @@ class DatagramSource:
                 self._queue.put(events, self._loop.time())
         return datagrams
 
+    def _drain_allowed(self) -> int:
+        """``_drain_all`` with a sender check: a datagram from outside the
+        allow-list counts as one event received and rejected (source_denied)
+        and is never decoded. A separate method so that the path without an
+        allow-list pays nothing for it."""
+        assert self.allow is not None
+        verdicts = self.allow.verdicts
+        decide = self.allow.decide
+        events: list[bytes] = []
+        stats = self._stats
+        rejected = stats.rejected
+        recvfrom = self.sock.recvfrom
+        limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
+        max_bytes = self._max_bytes
+        decode = decode_datagram
+        datagrams = received = empty = denied = 0
+        for _ in range(DRAIN_BATCH):
+            try:
+                data, address = recvfrom(limit)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                stats.receive_errors += 1
+                self._limiter.log(
+                    log, "recv", logging.WARNING, "%s: receive failed: %s", self.label, exc
+                )
+                break
+            datagrams += 1
+            allowed = verdicts.get(address[0])
+            if allowed is None:
+                allowed = decide(address[0])
+            if not allowed:
+                denied += 1
+                continue
+            if len(data) > max_bytes:  # rejected whole, never forwarded truncated
+                rejected[TOO_LARGE] += 1
+                received += 1
+                continue
+            count = decode(data, events, rejected)
+            if count:
+                received += count
+            else:
+                empty += 1
+        if datagrams:
+            stats.datagrams_received[self.label] += datagrams
+            stats.events_received[self.label] += received + denied
+            if denied:
+                rejected[SOURCE_DENIED] += denied
+            if empty:
+                stats.datagrams_ignored[EMPTY] += empty
+            if events:
+                assert self._loop is not None
+                self._queue.put(events, self._loop.time())
+        return datagrams
+
     def drain_until_empty(self) -> None:
         """Read everything the kernel already queued (shutdown)."""
         while self.drain() == DRAIN_BATCH:
@@ -195,20 +305,32 @@ class DatagramSource:
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        if self._inode is not None:
+        if self._inode is not None and not self.adopted:  # systemd owns adopted files
             self._unlink_if_ours()
 
-    def check_path(self, mode: int) -> None:
+    def check_path(self, mode: int, gid: int | None = None) -> None:
         """A unix socket file removed while we run (tmpfiles clean-up, a stray
         rm) makes every sender fail with ENOENT forever: notice it and bind a
-        fresh socket at the path. Called periodically, off the hot path."""
+        fresh socket at the path. Called periodically, off the hot path. An
+        adopted socket's file belongs to systemd: report, do not re-create."""
         if self._inode is None or self._path_inode() == self._inode:
+            if self.adopted:
+                self.problem = None
+            return
+        if self.adopted:
+            self.problem = (
+                f"socket file {self.listener.path} (passed by systemd) is gone or replaced; "
+                "senders cannot reach it: systemctl restart ingest.socket ingest.service"
+            )
+            self._limiter.log(
+                log, "adopted-path", logging.ERROR, "%s: %s", self.label, self.problem
+            )
             return
         log.warning("%s: socket file disappeared or was replaced; re-creating it", self.label)
         self.drain_until_empty()  # what the old socket still holds
         try:
             _remove_stale_socket(self.listener.path)
-            fresh = bind_unix(self.listener, mode)
+            fresh = bind_unix(self.listener, mode, gid)
         except ConfigError as exc:
             self.problem = f"socket file {self.listener.path} is gone: {exc}"
             self._limiter.log(
@@ -237,7 +359,9 @@ class DatagramSource:
             log.warning("could not remove %s: %s", self.listener.path, exc.strerror)
 
 
-def bind_listener(listener: Listener, rcvbuf_bytes: int, unix_mode: int) -> socket.socket:
+def bind_listener(
+    listener: Listener, rcvbuf_bytes: int, unix_mode: int, unix_gid: int | None = None
+) -> socket.socket:
     if listener.kind == "udp":
         return bind_udp(listener, rcvbuf_bytes)
-    return bind_unix(listener, unix_mode)
+    return bind_unix(listener, unix_mode, unix_gid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ def test_defaults() -> None:
             Listener("udp", host="127.0.0.1", port=5140),
             Listener("unix", path=DEFAULT_UNIX_PATH),
         ),
+        default_listeners=True,  # none configured: sockets passed by systemd replace them
     )
     assert DEFAULT_UDP == "127.0.0.1:5140"
     assert settings.queue_max_events == 100_000
@@ -138,6 +140,17 @@ def test_unknown_env_variable_only_warns(caplog: pytest.LogCaptureFixture) -> No
         ("log_level", "WARNING", "warning"),
         ("pubsub_endpoint", "localhost:8085", "localhost:8085"),
         ("max_datagram_bytes", str(MAX_DATAGRAM_CEILING), MAX_DATAGRAM_CEILING),
+        ("unix_gid", "root", 0),  # --unix-group: a name, resolved to its gid
+        ("unix_gid", "4242", 4242),  # or a numeric gid
+        (
+            "udp_allow",
+            "10.0.0.0/8, 192.168.1.7,2001:db8::/32",
+            (
+                ipaddress.ip_network("10.0.0.0/8"),
+                ipaddress.ip_network("192.168.1.7/32"),
+                ipaddress.ip_network("2001:db8::/32"),
+            ),
+        ),
     ],
 )
 def test_valid_values(key: str, raw: Any, value: Any) -> None:
@@ -186,6 +199,11 @@ INVALID: list[tuple[str, Any]] = [
     ("pubsub_endpoint", "pubsub.googleapis.com"),
     ("metrics", "9464"),
     ("log_level", "verbose"),
+    ("unix_gid", "no-such-group-for-ingest"),
+    ("udp_allow", "10.0.0.1/8"),  # host bits set: a typo for 10.0.0.0/8?
+    ("udp_allow", "10.0.0.0/33"),
+    ("udp_allow", "lan"),
+    ("dashboard", "maybe"),
 ]
 
 
