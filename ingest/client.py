@@ -148,6 +148,7 @@ class Emitter:
         self._datagrams = 0
         self._dropped: dict[str, int] = {}
         self._connects = 0
+        self._connect_attempts = 0
         self._buf: list[bytes] = []
         self._buf_bytes = 0
 
@@ -225,6 +226,7 @@ class Emitter:
         now = _monotonic()
         if now < self._next_connect_at:
             return None
+        self._connect_attempts += 1
         sock: socket.socket | None = None
         try:
             address = self._address
@@ -315,7 +317,8 @@ class Emitter:
     def stats(self) -> dict[str, Any]:
         """Counters of this process: ``sent`` and ``dropped`` are events,
         ``dropped_by_reason`` maps reason to events, ``pending`` is events in
-        the unsent batch; ``datagrams`` and ``connects`` are for diagnosis."""
+        the unsent batch; ``datagrams``, ``connects`` (successful) and
+        ``connect_attempts`` are for diagnosis."""
         with self._lock:
             if self._pid != _getpid():
                 self._forked_locked()
@@ -327,6 +330,7 @@ class Emitter:
                 "pending": len(self._buf),
                 "datagrams": self._datagrams,
                 "connects": self._connects,
+                "connect_attempts": self._connect_attempts,
             }
 
     def __repr__(self) -> str:
