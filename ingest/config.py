@@ -86,6 +86,9 @@ class Settings:
     metrics: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: disabled
     log_level: str = "info"
     dashboard: bool = False
+    spool_dir: str | None = None  # None: no disk spool
+    spool_max_bytes: int = 1 << 30
+    spool_fsync: str = "roll"
 
     @property
     def topic_path(self) -> str:
@@ -203,6 +206,22 @@ def _topic_id(raw: Any) -> str:
     value = _name("topic ID")(raw)
     if not 3 <= len(value) <= 255 or not value[0].isalpha():
         raise ValueError(f"must be 3-255 characters starting with a letter (got {raw!r})")
+    return value
+
+
+def _optional_dir(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a directory path, or empty to disable (got {raw!r})")
+    value = raw.strip()
+    if value and not value.startswith("/"):
+        raise ValueError(f"must be an absolute path (got {raw!r})")
+    return value or None
+
+
+def _fsync_policy(raw: Any) -> str:
+    value = str(raw).strip().lower()
+    if value not in ("roll", "always", "never"):  # spool.FSYNC_POLICIES
+        raise ValueError(f"must be one of roll, always, never (got {raw!r})")
     return value
 
 
@@ -374,6 +393,22 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         f"serve /metrics and /healthz on HOST:PORT; empty disables ({DEFAULT_METRICS})",
     ),
     Option("log_level", _log_level, "debug, info, warning or error (info)"),
+    Option(
+        "spool_dir",
+        _optional_dir,
+        "disk spool directory: events the memory queue cannot hold, and what is "
+        "unpublished at shutdown, go there (off when unset)",
+    ),
+    Option(
+        "spool_max_bytes",
+        _int_range(1 << 20, 1 << 50),
+        "disk spool bound in bytes; beyond it events are dropped (1 GiB)",
+    ),
+    Option(
+        "spool_fsync",
+        _fsync_policy,
+        "when the spool fsyncs: roll (each segment roll and shutdown), always, never (roll)",
+    ),
     Option(
         "dashboard",
         _bool,

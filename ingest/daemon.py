@@ -5,7 +5,8 @@ startup   check config-dependent resources (Pub/Sub topic) BEFORE binding any
 main_loop wait for a stop signal or a crashed task
 shutdown  1. stop intake: read what the kernel already queued, close sockets
           2. close the queue; publishers drain it within --drain-timeout
-          3. cancel stragglers, count what they held as dropped (``shutdown``)
+          3. cancel stragglers: what they held, and what is still queued, goes
+             to the spool (fsynced), or without one is dropped (``shutdown``)
           4. close the channel; return the exit code
 """
 
@@ -30,7 +31,10 @@ from ingest.metrics import build_registry
 from ingest.publisher import SHUTDOWN, PublisherPool
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import EventQueue
+from ingest.replay import run_replay
 from ingest.sources import DatagramSource, bind_listener
+from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
+from ingest.spool import Spool
 from ingest.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,7 @@ class Daemon:
         self.pool: PublisherPool | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None
+        self.spool: Spool | None = None
         self._client: PubSubClient | None = None
         self._workers: list[asyncio.Task[None]] = []  # supervised: must not end
         self._background: list[asyncio.Task[None]] = []  # supervised; cancelled at shutdown
@@ -99,6 +104,11 @@ class Daemon:
         self._client = PubSubClient(channel, settings.topic_path)
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
         topic_ready = await self._check_topic(where)
+        if settings.spool_dir is not None:  # before binding: a locked spool is exit 2
+            self.spool = Spool.open(
+                settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync, self.stats
+            )
+            self.queue.spill = self.spool.append
 
         # After the checks: adopt what systemd passed, bind the rest.
         passed = systemd.listen_fds()
@@ -142,12 +152,20 @@ class Daemon:
             settings.batch_linger_ms / 1000,
         )
         self.pool = PublisherPool(
-            self._client, batcher, self.stats, settings.publish_timeout_s, health=self.health
+            self._client,
+            batcher,
+            self.stats,
+            settings.publish_timeout_s,
+            health=self.health,
+            spill=self.spool.append if self.spool else None,
         )
         for index in range(settings.publishers):
             task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
             self._workers.append(task)
         self._background.append(asyncio.create_task(self._housekeeping(where), name="housekeeping"))
+        if self.spool is not None:
+            replay = run_replay(self.spool, self.queue, lambda: self.health.failing)
+            self._background.append(asyncio.create_task(replay, name="spool-replay"))
         if self.notifier.watchdog_interval_s:  # WATCHDOG=1 from the loop: a stall stops it
             watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
             self._background.append(watchdog)
@@ -297,12 +315,17 @@ class Daemon:
     def topic_path(self) -> str:
         return self.settings.topic_path
 
+    def outage_s(self) -> float:
+        return self.health.outage_s(asyncio.get_running_loop().time())
+
     def verdict(self) -> Verdict:
         queue = self.queue
         fill = max(queue.events / queue.max_events, queue.bytes / queue.max_bytes)
         problems = tuple(source.problem for source in self.sources if source.problem)
         if not self.sources:
             problems += ("no listener is bound",)
+        if self.spool is not None and self.spool.problem:
+            problems += (self.spool.problem,)
         return evaluate(
             self.health,
             asyncio.get_running_loop().time(),
@@ -342,6 +365,7 @@ class Daemon:
             source.drain_until_empty()
             source.close()
         # 2. Publishers drain the queue within the deadline.
+        dropped_before = sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)
         self.queue.close()
         log.info(
             "stopping: draining %d queued and %d in-flight events (deadline %.1fs)",
@@ -366,22 +390,32 @@ class Daemon:
             await asyncio.gather(*stragglers, return_exceptions=True)
             if stragglers:
                 log.warning("cancelled %d publishers at the drain deadline", len(stragglers))
-        left = sum(len(chunk.events) for chunk in self.queue.drain_all())
-        if left:
-            self.stats.dropped[SHUTDOWN] += left
+        for chunk in self.queue.drain_all():
+            if self.spool is not None:
+                self.spool.append(chunk.events)
+            else:
+                self.stats.dropped[SHUTDOWN] += len(chunk.events)
+        if self.spool is not None:
+            self.spool.close()  # fsync per --spool-fsync; releases the lock
         # 4. Close the channel and the HTTP endpoint, and report.
         if self._client is not None:
             await self._client.close()
         if self.http is not None:
             await self.http.close()
-        lost = self.stats.dropped.get(SHUTDOWN, 0)
+        # Lost at shutdown: dropped as ``shutdown``, or refused by the spool.
+        lost = (
+            self.stats.dropped.get(SHUTDOWN, 0)
+            + sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)
+            - dropped_before
+        )
         log.info(
-            "stopped: received=%d published=%d rejected=%d dropped=%d (shutdown=%d)",
+            "stopped: received=%d published=%d rejected=%d dropped=%d (shutdown=%d) spooled=%d",
             self.stats.received_total(),
             self.stats.published,
             self.stats.rejected_total(),
             self.stats.dropped_total(),
             lost,
+            self.spool.events if self.spool else 0,
         )
         if self._crashed:
             return EXIT_FAILURE
@@ -399,6 +433,8 @@ class Daemon:
         await asyncio.gather(*self._workers, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
+        if self.spool is not None:
+            self.spool.close()
 
     # -------------------------------------------------------------- signals
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:

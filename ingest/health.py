@@ -37,6 +37,7 @@ class PubSubHealth:
         self.last_failure_at: float | None = None
         self.last_failure_code = ""
         self.last_activity_at: float | None = None  # any finished publish or probe
+        self.failing_since: float | None = None  # the first failure after the last success
 
     def started(self, now: float) -> int:
         token = next(self._ids)
@@ -57,7 +58,10 @@ class PubSubHealth:
         # INVALID_ARGUMENT is Pub/Sub answering about a message: it is up.
         if code in ("OK", "INVALID_ARGUMENT"):
             self.last_ok_at = now
+            self.failing_since = None
         else:
+            if self.failing_since is None:
+                self.failing_since = now
             self.last_failure_at = now
             self.last_failure_code = code
 
@@ -65,6 +69,17 @@ class PubSubHealth:
         if not self._outstanding:
             return 0.0
         return now - min(self._outstanding.values())
+
+    def outage_s(self, now: float) -> float:
+        """How long Pub/Sub has not been accepting: since the first failure
+        after the last success, or since the oldest request outstanding past
+        OUTSTANDING_LIMIT_S (a frozen server fails nothing until deadlines
+        pass); 0 when healthy."""
+        outage = now - self.failing_since if self.failing_since is not None else 0.0
+        outstanding = self.oldest_outstanding_s(now)
+        if outstanding > OUTSTANDING_LIMIT_S:
+            outage = max(outage, outstanding)
+        return outage
 
     @property
     def failing(self) -> bool:

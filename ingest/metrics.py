@@ -22,6 +22,8 @@ from ingest import __version__, kernel
 from ingest.codec import REJECT_REASONS
 from ingest.health import Verdict
 from ingest.queue import EventQueue
+from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
+from ingest.spool import Spool
 from ingest.stats import Histogram, Stats
 
 
@@ -38,6 +40,7 @@ class PipelineView(Protocol):
 
     stats: Stats
     queue: EventQueue
+    spool: Spool | None
 
     @property
     def in_flight(self) -> int: ...
@@ -50,9 +53,11 @@ class PipelineView(Protocol):
 
     def verdict(self) -> Verdict: ...
 
+    def outage_s(self) -> float: ...
+
 
 # Reasons exported at 0 before they first happen, so rates and alerts work.
-KNOWN_DROP_REASONS = ("queue_full", "invalid_message", "shutdown")
+KNOWN_DROP_REASONS = ("queue_full", "invalid_message", "shutdown", *SPOOL_DROP_REASONS)
 
 
 def _counter(
@@ -169,6 +174,12 @@ class IngestCollector(Collector):
         yield _gauge(
             "ingest_inflight_events", "events taken by publishers, not yet resolved", view.in_flight
         )
+        yield from _spool_metrics(view.spool, stats)
+        yield _gauge(
+            "ingest_outage_seconds",
+            "how long Pub/Sub has not been accepting publishes; 0 when healthy",
+            view.outage_s(),
+        )
 
         drops = kernel.udp_drops_by_inode()
         kernel_drops = CounterMetricFamily(
@@ -201,6 +212,33 @@ class IngestCollector(Collector):
         yield _gauge(
             "ingest_healthy", "1 when /healthz answers 200", 1 if view.verdict().healthy else 0
         )
+
+
+def _spool_metrics(spool: Spool | None, stats: Stats) -> Iterator[Metric]:
+    """Exported at 0 without a spool, so the accounting identity reads the
+    same either way."""
+    yield _gauge("ingest_spool_events", "events in the disk spool", spool.events if spool else 0)
+    yield _gauge(
+        "ingest_spool_bytes", "bytes of spool segments on disk", spool.bytes if spool else 0
+    )
+    yield _gauge("ingest_spool_segments", "spool segment files", spool.segments if spool else 0)
+    for name, doc, number in (
+        ("ingest_events_spooled", "events written to the disk spool", stats.spooled),
+        ("ingest_events_replayed", "events moved from the spool back to the queue", stats.replayed),
+        (
+            "ingest_spool_recovered_events",
+            "events found in the spool at startup, left by an earlier run",
+            stats.spool_recovered,
+        ),
+        (
+            "ingest_spool_corrupt_records",
+            "damaged spool records (torn writes, corruption) skipped",
+            spool.corrupt_records if spool else 0,
+        ),
+    ):
+        family = CounterMetricFamily(name, doc)
+        family.add_metric([], number)
+        yield family
 
 
 def build_registry(view: PipelineView) -> CollectorRegistry:

@@ -19,6 +19,7 @@ import asyncio
 import enum
 import logging
 import random
+from collections.abc import Callable
 
 import grpc
 import grpc.aio
@@ -87,6 +88,7 @@ class PublisherPool:
         *,
         rng: random.Random | None = None,
         health: PubSubHealth | None = None,
+        spill: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self._client = client
         self._batcher = batcher
@@ -97,6 +99,9 @@ class PublisherPool:
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}
         self.health = health or PubSubHealth()
+        # Where a cancelled batch's unresolved events go (spool.Spool.append);
+        # without one they are dropped as ``shutdown``.
+        self._spill = spill
 
     @property
     def in_flight(self) -> int:
@@ -105,8 +110,10 @@ class PublisherPool:
     async def run_worker(self, index: int) -> None:
         """One publisher: fill, publish, repeat until the queue is closed and empty.
 
-        Cancellation (the drain deadline) counts whatever it still held as
-        dropped with reason ``shutdown`` before it propagates.
+        Cancellation (the drain deadline) hands whatever it still held to the
+        spool, or counts it as dropped with reason ``shutdown``, before it
+        propagates. ``publish`` resolves a batch front to back (bisection
+        included), so what is left is always ``messages[resolved:]``.
         """
         while True:
             batch = Batch()
@@ -116,7 +123,11 @@ class PublisherPool:
                     return
                 await self.publish(batch)
             except asyncio.CancelledError:
-                self._stats.dropped[SHUTDOWN] += len(batch) - batch.resolved
+                if self._spill is not None:
+                    self._spill(batch.messages[batch.resolved :])
+                else:
+                    self._stats.dropped[SHUTDOWN] += len(batch) - batch.resolved
+                batch.resolved = len(batch)
                 raise
             finally:
                 del self._active[index]

@@ -3,14 +3,16 @@
 Items are *chunks*: the list of events one drain wake-up produced (one list
 per wake-up rather than one item per event measured +36-40 % throughput).
 The bounds are still accounted in events and bytes, never in items.
-Overflow policy: ``queue_full`` -- new events that do not fit are dropped and
-counted; what is already queued is never evicted.
+Overflow policy: new events that do not fit go to ``spill`` (the disk spool,
+when configured), else they are dropped and counted as ``queue_full``; what is
+already queued is never evicted.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.stats import Stats
@@ -37,14 +39,20 @@ class EventQueue:
         self._chunks: deque[Chunk] = deque()
         self._stats = stats
         self._nonempty = asyncio.Event()
+        # Where the overflow goes instead of being dropped (spool.Spool.append).
+        self.spill: Callable[[list[bytes]], None] | None = None
 
     def put(self, events: list[bytes], received_at: float) -> None:
-        """Enqueue what fits; count the rest as dropped (``queue_full``)."""
+        """Enqueue what fits; spill the rest, or count it dropped (``queue_full``)."""
         nbytes = sum(map(len, events))
         count = len(events)
-        if self.events + count > self.max_events or self.bytes + nbytes > self.max_bytes:
-            events, nbytes = self._prefix_that_fits(events)
-            self._stats.dropped[QUEUE_FULL] += count - len(events)
+        if not self.fits(count, nbytes):
+            fitting, nbytes = self._prefix_that_fits(events)
+            if self.spill is not None:
+                self.spill(events[len(fitting) :])
+            else:
+                self._stats.dropped[QUEUE_FULL] += count - len(fitting)
+            events = fitting
             count = len(events)
             if not count:
                 return
@@ -52,6 +60,9 @@ class EventQueue:
         self.events += count
         self.bytes += nbytes
         self._nonempty.set()
+
+    def fits(self, count: int, nbytes: int) -> bool:
+        return self.events + count <= self.max_events and self.bytes + nbytes <= self.max_bytes
 
     def _prefix_that_fits(self, events: list[bytes]) -> tuple[list[bytes], int]:
         room_events = self.max_events - self.events

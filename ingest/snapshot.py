@@ -56,6 +56,8 @@ class Snapshot:
     healthy: bool | None
     publish_latency: Buckets
     event_latency: Buckets
+    spool_events: int = 0  # events in the disk spool
+    spool_recovered: int = 0  # found in the spool at startup
 
     @classmethod
     def from_families(
@@ -105,6 +107,8 @@ class Snapshot:
             capacity_events=int(one("ingest_queue_capacity_events") or 0),
             capacity_bytes=int(one("ingest_queue_capacity_bytes") or 0),
             inflight=int(one("ingest_inflight_events") or 0),
+            spool_events=int(one("ingest_spool_events") or 0),
+            spool_recovered=int(one("ingest_spool_recovered_events_total") or 0),
             unix_qlen=None if qlen is None else int(qlen),
             healthy=None if healthy is None else healthy >= 1,
             publish_latency=buckets("ingest_publish_latency_seconds_bucket"),
@@ -117,14 +121,19 @@ class Snapshot:
 
     @property
     def unaccounted(self) -> int:
-        """received - (published + rejected + dropped + queued + in flight): 0 when every
-        event is accounted for."""
-        return self.received_total - (
-            self.published
-            + sum(self.rejected.values())
-            + sum(self.dropped.values())
-            + self.queue_events
-            + self.inflight
+        """received + recovered from the spool - (published + rejected + dropped
+        + queued + in flight + spooled): 0 when every event is accounted for."""
+        return (
+            self.received_total
+            + self.spool_recovered
+            - (
+                self.published
+                + sum(self.rejected.values())
+                + sum(self.dropped.values())
+                + self.queue_events
+                + self.inflight
+                + self.spool_events
+            )
         )
 
     @property

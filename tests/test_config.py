@@ -204,6 +204,9 @@ INVALID: list[tuple[str, Any]] = [
     ("udp_allow", "10.0.0.0/33"),
     ("udp_allow", "lan"),
     ("dashboard", "maybe"),
+    ("spool_dir", "relative/spool"),
+    ("spool_max_bytes", "1000"),
+    ("spool_fsync", "sometimes"),
 ]
 
 

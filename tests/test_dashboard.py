@@ -299,9 +299,13 @@ class _View:
         self.in_flight = 3
         self.listener_views: list[object] = []
         self.topic_path = "projects/p/topics/t"
+        self.spool = None
 
     def verdict(self) -> Verdict:
         return Verdict(True, ())
+
+    def outage_s(self) -> float:
+        return 0.0
 
 
 def test_registry_and_parsed_text_give_the_same_snapshot() -> None:

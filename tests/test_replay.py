@@ -1,0 +1,64 @@
+"""Spill and replay between the memory queue and the spool: state only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ingest.queue import QUEUE_FULL, EventQueue
+from ingest.replay import REPLAY_EVENTS_PER_STEP, replay_step
+from ingest.spool import Spool
+from ingest.stats import Stats
+
+
+def accounted(stats: Stats, queue: EventQueue, spool: Spool, received: int) -> bool:
+    return received == (stats.published + stats.dropped_total() + queue.events + spool.events)
+
+
+@pytest.fixture
+def parts(tmp_path: Path) -> tuple[EventQueue, Spool, Stats]:
+    stats = Stats()
+    queue = EventQueue(10, 1 << 20, stats)
+    spool = Spool.open(str(tmp_path), 1 << 20, "roll", stats)
+    queue.spill = spool.append
+    return queue, spool, stats
+
+
+def test_overflow_spills_instead_of_dropping(parts: tuple[EventQueue, Spool, Stats]) -> None:
+    queue, spool, stats = parts
+    queue.put([b'{"i":%d}' % i for i in range(25)], 0.0)
+    assert (queue.events, spool.events, stats.spooled) == (10, 15, 15)
+    assert stats.dropped[QUEUE_FULL] == 0
+    assert accounted(stats, queue, spool, 25)
+    spool.close()
+
+
+def test_replay_waits_for_half_room_and_moves_whole_records_oldest_first(
+    parts: tuple[EventQueue, Spool, Stats],
+) -> None:
+    queue, spool, stats = parts
+    queue.put([b"live"] * 10, 0.0)
+    spool.append([b"old-1", b"old-2"])
+    spool.append([b"old-3"])
+    assert replay_step(spool, queue, 1.0) == 0  # full: live traffic keeps its room
+    queue.take(6, 1 << 20, 0)
+    assert queue.events == 4
+    assert replay_step(spool, queue, 1.0) == 2  # up to half: one whole record
+    assert (queue.events, spool.events, stats.replayed) == (6, 1, 2)
+    assert [e for c in queue.drain_all() for e in c.events] == [b"live"] * 4 + [b"old-1", b"old-2"]
+    assert replay_step(spool, queue, 2.0) == 1
+    assert [e for c in queue.drain_all() for e in c.events] == [b"old-3"]
+    assert spool.events == 0
+    spool.close()
+
+
+def test_a_step_is_bounded(tmp_path: Path) -> None:
+    stats = Stats()
+    queue = EventQueue(10 * REPLAY_EVENTS_PER_STEP, 1 << 30, stats)
+    spool = Spool.open(str(tmp_path), 1 << 30, "never", stats)
+    for _ in range(2 * REPLAY_EVENTS_PER_STEP // 100):
+        spool.append([b"{}"] * 100)
+    assert replay_step(spool, queue, 0.0) == REPLAY_EVENTS_PER_STEP
+    assert spool.events == REPLAY_EVENTS_PER_STEP
+    spool.close()
