@@ -36,3 +36,51 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+
+# ---------------------------------------------------------------------------
+# System install (operators; never run by tests or CI). `install` above is the
+# development virtualenv, which `make` builds by default, so the system
+# install has its own name:
+#   sudo make install-system                  # /usr/local + /etc
+#   make install-system DESTDIR=/tmp/stage    # staged, for packaging
+# ingest and its dependencies go into their own virtualenv, $(SYS_LIBDIR), so
+# they never touch the system Python (Debian's is externally managed, PEP
+# 668); $(SYS_BINDIR)/ingest is a symlink to its console script. The units
+# name /usr/local/bin/ingest; another PREFIX is substituted while copying.
+# The configuration file is installed only if none exists; the sysctl drop-in
+# is copied, not applied (run `sysctl --system`).
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYS_LIBDIR := $(PREFIX)/lib/ingest
+SYS_BINDIR := $(PREFIX)/bin
+UNITDIR ?= /etc/systemd/system
+SYSCTLDIR ?= /etc/sysctl.d
+CONFDIR ?= /etc/ingest
+
+.PHONY: install-system uninstall-system
+
+install-system:
+	$(PYTHON) -m venv $(DESTDIR)$(SYS_LIBDIR)
+	$(DESTDIR)$(SYS_LIBDIR)/bin/pip install --quiet .
+	@# A staged venv must name its final home in its scripts' #! lines.
+	if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlI -- "$(DESTDIR)$(SYS_LIBDIR)" $(DESTDIR)$(SYS_LIBDIR)/bin $(DESTDIR)$(SYS_LIBDIR)/pyvenv.cfg \
+	    | xargs -r sed -i "s|$(DESTDIR)$(SYS_LIBDIR)|$(SYS_LIBDIR)|g"; fi
+	install -m 0644 README.md $(DESTDIR)$(SYS_LIBDIR)/README.md
+	install -d $(DESTDIR)$(SYS_BINDIR)
+	ln -sfn $(SYS_LIBDIR)/bin/ingest $(DESTDIR)$(SYS_BINDIR)/ingest
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCTLDIR) $(DESTDIR)$(CONFDIR)
+	for unit in ingest.service ingest.socket; do \
+	  sed -e "s|/usr/local/bin/ingest|$(SYS_BINDIR)/ingest|g" \
+	      -e "s|/usr/local/lib/ingest|$(SYS_LIBDIR)|g" systemd/$$unit > $(DESTDIR)$(UNITDIR)/$$unit; \
+	  chmod 0644 $(DESTDIR)$(UNITDIR)/$$unit; done
+	install -m 0644 systemd/99-ingest.conf $(DESTDIR)$(SYSCTLDIR)/99-ingest.conf
+	[ -e $(DESTDIR)$(CONFDIR)/ingest.toml ] || install -m 0644 systemd/ingest.toml $(DESTDIR)$(CONFDIR)/ingest.toml
+	@echo "installed. Next: edit $(CONFDIR)/ingest.toml; sysctl --system;"
+	@echo "  systemctl daemon-reload && systemctl enable --now ingest.socket ingest.service"
+
+uninstall-system:
+	rm -f $(DESTDIR)$(UNITDIR)/ingest.service $(DESTDIR)$(UNITDIR)/ingest.socket
+	rm -f $(DESTDIR)$(SYSCTLDIR)/99-ingest.conf $(DESTDIR)$(SYS_BINDIR)/ingest
+	rm -rf $(DESTDIR)$(SYS_LIBDIR)
+	@echo "kept $(CONFDIR)/ingest.toml"
