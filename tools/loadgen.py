@@ -1,0 +1,167 @@
+"""Paced datagram sender for `make bench`: a FIXED offered rate, never blocking.
+
+    python -m tools.loadgen --udp 127.0.0.1:5140 --rate 150000 --seconds 5
+    python -m tools.loadgen --unix /run/ingest/ingest.sock --rate 150000 --seconds 5
+
+Time is cut into slots (1 ms by default); at each wake-up the sender sends
+every event due by now, so a late wake-up is caught up rather than lost, and
+the schedule never drifts. Sends are non-blocking: EAGAIN (a full unix
+receive queue, see net.unix.max_dgram_qlen) and ENOBUFS are counted as
+sender-side failures, as a web worker would see them, and never retried.
+
+Each event is one ~120-byte JSON object carrying a unique sequence number and
+the slot's send time in microseconds (for latency): ``event_bytes`` is the
+exact payload, so the verifier can check delivery byte for byte. With several
+sender processes, sender ``index`` of ``count`` sends the sequence numbers
+``first + index + count * k``.
+
+Prints one JSON object with the counts on stdout when done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import socket
+import sys
+import time
+from collections import Counter
+
+# A typical event (7-digit seq, 16-digit time) is 124 bytes.
+EVENT_TEMPLATE = (
+    b'{"seq":%d,"sent_us":%d,"host":"web-01","method":"GET",'
+    b'"path":"/api/v1/orders","status":200,"dur_ms":12.5}'
+)
+SEQ_OFFSET = len(b'{"seq":')
+
+
+def event_bytes(seq: int, sent_us: int) -> bytes:
+    return EVENT_TEMPLATE % (seq, sent_us)
+
+
+def parse_event(data: bytes) -> tuple[int, int]:
+    """(seq, sent_us) of an event made by ``event_bytes``; ValueError otherwise."""
+    comma = data.index(b",", SEQ_OFFSET)
+    seq = int(data[SEQ_OFFSET:comma])
+    start = comma + len(b',"sent_us":')
+    sent_us = int(data[start : data.index(b",", start)])
+    return seq, sent_us
+
+
+def connect(udp: str | None, unix: str | None) -> socket.socket:
+    if unix:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.connect(unix)
+    else:
+        assert udp is not None
+        host, _, port = udp.rpartition(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect((host.strip("[]"), int(port)))
+    sock.setblocking(False)
+    return sock
+
+
+def run(
+    sock: socket.socket,
+    *,
+    rate: float,
+    total: int,
+    first: int,
+    step: int,
+    slot_s: float,
+    start_at: float,
+    give_up_s: float,
+) -> dict[str, object]:
+    """Send ``total`` events at ``rate``/s from ``start_at`` (time.monotonic)."""
+    send = sock.send
+    template = EVENT_TEMPLATE
+    monotonic = time.monotonic
+    attempted = ok = eagain = 0
+    errors: Counter[str] = Counter()
+    max_lag_s = 0.0
+    seq = first
+    delay = start_at - monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    t0 = monotonic()
+    wall_t0 = time.time()
+    cpu0 = time.process_time()
+    deadline = t0 + give_up_s
+    while attempted < total:
+        now = monotonic()
+        if now > deadline:
+            break
+        due = min(total, int((now - t0) * rate) + 1) - attempted
+        if due <= 0:
+            time.sleep(max(0.0, t0 + (attempted + 1) / rate - now))
+            continue
+        # How far behind schedule this slot starts (first due event's time).
+        max_lag_s = max(max_lag_s, now - (t0 + attempted / rate))
+        sent_us = int((wall_t0 + (now - t0)) * 1e6)
+        for _ in range(due):
+            try:
+                send(template % (seq, sent_us))
+                ok += 1
+            except BlockingIOError:
+                eagain += 1
+            except OSError as exc:
+                errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
+            seq += step
+        attempted += due
+        sleep_s = t0 + attempted / rate + slot_s - monotonic()
+        if sleep_s > 0:
+            time.sleep(sleep_s)
+    elapsed = monotonic() - t0
+    return {
+        "attempted": attempted,
+        "ok": ok,
+        "eagain": eagain,
+        "errors": dict(errors),
+        "elapsed_s": elapsed,
+        "start_wall": wall_t0,
+        "max_lag_ms": max_lag_s * 1000,
+        "cpu_s": time.process_time() - cpu0,
+        "completed": attempted == total,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--udp", metavar="HOST:PORT")
+    target.add_argument("--unix", metavar="PATH")
+    parser.add_argument("--rate", type=float, required=True, help="events/s of this sender")
+    parser.add_argument("--seconds", type=float, required=True)
+    parser.add_argument("--first-seq", type=int, default=0)
+    parser.add_argument("--index", type=int, default=0, help="this sender's index")
+    parser.add_argument("--count", type=int, default=1, help="number of senders")
+    parser.add_argument("--slot-ms", type=float, default=1.0)
+    parser.add_argument(
+        "--start-at", type=float, default=0.0, help="time.monotonic() to start at (sync)"
+    )
+    args = parser.parse_args(argv)
+    total = int(args.rate * args.seconds)
+    sock = connect(args.udp, args.unix)
+    try:
+        result = run(
+            sock,
+            rate=args.rate,
+            total=total,
+            first=args.first_seq + args.index,
+            step=args.count,
+            slot_s=args.slot_ms / 1000,
+            start_at=args.start_at or time.monotonic(),
+            give_up_s=args.seconds * 2 + 5,
+        )
+    finally:
+        sock.close()
+    result["pid"] = os.getpid()
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
