@@ -25,7 +25,8 @@ Routes: ``/`` and anything else records ``{"event": "request", "request_id",
 when given, so a caller can find its event — and answers 200 with the id; the
 ``X-Ingest-Sent`` response header says whether the Emitter handed the event to
 the kernel (``1``) or dropped and counted it (``0``; exact under the sync
-worker, which serves one request at a time). ``/_stats`` answers this
+worker, which serves one request at a time), and ``X-Record-Us`` what
+recording the event took inside the handler. ``/_stats`` answers this
 worker's ``Emitter.stats()`` as JSON.
 """
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -98,11 +100,17 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     )
     headers = [("Content-Type", "text/plain")]
     if MODE == "direct":
+        t0 = time.perf_counter()
         # The app learns that Pub/Sub has the message, and pays for it here.
         _publisher_client().publish(TOPIC, event).result(timeout=PUBLISH_TIMEOUT_S)
+        spent_s = time.perf_counter() - t0
     else:
         before = emitter.stats()["sent"]
+        t0 = time.perf_counter()
         emitter.emit(event)
+        spent_s = time.perf_counter() - t0
         headers.append(("X-Ingest-Sent", "1" if emitter.stats()["sent"] > before else "0"))
+    # What recording the event cost this request, for tools/bench_gunicorn.py.
+    headers.append(("X-Record-Us", f"{spent_s * 1e6:.1f}"))
     start_response("200 OK", headers)
     return [request_id.encode()]
