@@ -69,9 +69,9 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[PassedSo
     names += [None] * (count - len(names))
     passed = []
     for offset in range(count):
-        fd = SD_LISTEN_FDS_START + offset
-        os.set_inheritable(fd, False)  # sd_listen_fds sets FD_CLOEXEC too
-        passed.append(identify(fd, names[offset]))
+        item = identify(SD_LISTEN_FDS_START + offset, names[offset])
+        item.sock.set_inheritable(False)  # sd_listen_fds sets FD_CLOEXEC too
+        passed.append(item)
     return passed
 
 
