@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install lint typecheck test run bench clean
+.PHONY: all install lint typecheck test run bench clean faults soak
 
 all: install
 
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingest tests tools
-	$(BIN)/ruff format --check ingest tests tools
+	$(BIN)/ruff check ingest tests tools examples
+	$(BIN)/ruff format --check ingest tests tools examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -30,6 +30,15 @@ test: lint typecheck
 # PUBSUB_EMULATOR_HOST is set, creates the topic, serves on dev defaults.
 run: $(STAMP)
 	$(BIN)/python -m tools.devrun
+
+# The fault-injection suite alone (part of `make test` too): real emulator,
+# TCP proxy, SIGSTOP/SIGKILL/SIGTERM, the disk spool.
+faults: $(STAMP)
+	$(BIN)/pytest -q tests/test_faults.py
+
+# ~60 s of steady load with the emulator frozen every 15 s: zero loss, flat RSS.
+soak: $(STAMP)
+	$(BIN)/python -m tools.soak
 
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
