@@ -47,7 +47,7 @@ class EventQueue:
         nbytes = sum(map(len, events))
         count = len(events)
         if not self.fits(count, nbytes):
-            fitting, nbytes = self._prefix_that_fits(events)
+            fitting, nbytes = self.prefix_that_fits(events)
             if self.spill is not None:
                 self.spill(events[len(fitting) :])
             else:
@@ -64,7 +64,7 @@ class EventQueue:
     def fits(self, count: int, nbytes: int) -> bool:
         return self.events + count <= self.max_events and self.bytes + nbytes <= self.max_bytes
 
-    def _prefix_that_fits(self, events: list[bytes]) -> tuple[list[bytes], int]:
+    def prefix_that_fits(self, events: list[bytes]) -> tuple[list[bytes], int]:
         room_events = self.max_events - self.events
         room_bytes = self.max_bytes - self.bytes
         taken = 0

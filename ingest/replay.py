@@ -30,15 +30,20 @@ def has_room(queue: EventQueue) -> bool:
 
 
 def replay_step(spool: Spool, queue: EventQueue, now: float) -> int:
-    """Move whole records from the spool to the queue while the pacing rule
-    allows; returns the number of events moved."""
+    """Move records (or, when one is larger than the queue's room, the prefix
+    of it that fits) from the spool to the queue while the pacing rule allows;
+    returns the number of events moved."""
     moved = 0
     while moved < REPLAY_EVENTS_PER_STEP and has_room(queue):
         events = spool.peek()
-        if events is None or not queue.fits(len(events), sum(map(len, events))):
+        if events is None:
+            break
+        # Fill at most to half the event bound: the other half stays for live traffic.
+        events, _ = queue.prefix_that_fits(events[: max(1, queue.max_events // 2 - queue.events)])
+        if not events:
             break
         # No await between the two: the events are counted in exactly one place.
-        spool.consume()
+        spool.consume(len(events))
         queue.put(events, now)
         moved += len(events)
     return moved

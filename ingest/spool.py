@@ -101,6 +101,7 @@ class Spool:
         self._next_seq = 0
         self._read_off = spoolfmt.HEADER_BYTES  # in self._segments[0]
         self._pending: spoolfmt.Record | None = None
+        self._pending_taken = 0  # events of the pending record already consumed
         self._failed_at: float | None = None
         self._limiter = LogLimiter()
         self._cursor_fd = os.open(
@@ -338,18 +339,25 @@ class Spool:
                 self._save_cursor()
                 continue
             self._pending = self._read_record(segment)
-        return self._pending.events
+        return self._pending.events[self._pending_taken :]
 
-    def consume(self) -> None:
-        """The events ``peek`` returned were handed to the pipeline."""
+    def consume(self, count: int | None = None) -> None:
+        """The first ``count`` (default: all) of the events ``peek`` returned
+        were handed to the pipeline. The cursor passes a record only once all
+        of it is consumed: a crash in between replays its prefix again."""
         record = self._pending
         assert record is not None
-        self._pending = None
-        count = len(record.events)
+        left = len(record.events) - self._pending_taken
+        count = left if count is None else min(count, left)
         segment = self._segments[0]
         segment.events -= count
         self.events -= count
         self._stats.replayed += count
+        if count < left:
+            self._pending_taken += count
+            return
+        self._pending = None
+        self._pending_taken = 0
         self._read_off = record.end
         if self._read_off >= segment.size:
             if self._active_fd is not None and segment is self._segments[-1]:

@@ -34,7 +34,7 @@ def test_overflow_spills_instead_of_dropping(parts: tuple[EventQueue, Spool, Sta
     spool.close()
 
 
-def test_replay_waits_for_half_room_and_moves_whole_records_oldest_first(
+def test_replay_waits_for_room_and_refills_only_half_oldest_first(
     parts: tuple[EventQueue, Spool, Stats],
 ) -> None:
     queue, spool, stats = parts
@@ -42,13 +42,16 @@ def test_replay_waits_for_half_room_and_moves_whole_records_oldest_first(
     spool.append([b"old-1", b"old-2"])
     spool.append([b"old-3"])
     assert replay_step(spool, queue, 1.0) == 0  # full: live traffic keeps its room
-    queue.take(6, 1 << 20, 0)
-    assert queue.events == 4
-    assert replay_step(spool, queue, 1.0) == 2  # up to half: one whole record
-    assert (queue.events, spool.events, stats.replayed) == (6, 1, 2)
-    assert [e for c in queue.drain_all() for e in c.events] == [b"live"] * 4 + [b"old-1", b"old-2"]
-    assert replay_step(spool, queue, 2.0) == 1
-    assert [e for c in queue.drain_all() for e in c.events] == [b"old-3"]
+    queue.take(9, 1 << 20, 0)
+    assert queue.events == 1
+    assert replay_step(spool, queue, 1.0) == 3  # refilled up to half, oldest first
+    assert (queue.events, spool.events, stats.replayed) == (4, 0, 3)
+    assert [e for c in queue.drain_all() for e in c.events] == [
+        b"live",
+        b"old-1",
+        b"old-2",
+        b"old-3",
+    ]
     assert spool.events == 0
     spool.close()
 
@@ -61,4 +64,18 @@ def test_a_step_is_bounded(tmp_path: Path) -> None:
         spool.append([b"{}"] * 100)
     assert replay_step(spool, queue, 0.0) == REPLAY_EVENTS_PER_STEP
     assert spool.events == REPLAY_EVENTS_PER_STEP
+    spool.close()
+
+
+def test_a_record_larger_than_the_queue_is_replayed_in_parts(tmp_path: Path) -> None:
+    stats = Stats()
+    queue = EventQueue(10, 1 << 20, stats)
+    spool = Spool.open(str(tmp_path), 1 << 20, "roll", stats)
+    spool.append([b"%d" % i for i in range(25)])  # one record, 2.5 queues long
+    out: list[bytes] = []
+    for _ in range(10):
+        replay_step(spool, queue, 0.0)
+        out += [e for c in queue.drain_all() for e in c.events]
+    assert out == [b"%d" % i for i in range(25)]
+    assert (spool.events, stats.replayed) == (0, 25)
     spool.close()
