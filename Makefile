@@ -40,15 +40,6 @@ faults: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tools.soak
 
-# The fault-injection suite alone (part of `make test` too): real emulator,
-# TCP proxy, SIGSTOP/SIGKILL/SIGTERM, the disk spool.
-faults: $(STAMP)
-	$(BIN)/pytest -q tests/test_faults.py
-
-# ~60 s of steady load with the emulator frozen every 15 s: zero loss, flat RSS.
-soak: $(STAMP)
-	$(BIN)/python -m tools.soak
-
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
 
