@@ -45,7 +45,7 @@ from typing import Any
 from ingest.pubsub import RequestEncoder
 from tools.daemonproc import STOPPED_RE, DaemonProcess, Metrics
 from tools.emulator import Emulator, free_port
-from tools.procfs import group_cpu_s, machine_busy_s, peak_rss_kib, process_cpu_s, read_text
+from tools.procfs import group_cpu_s, machine_cpu_s, peak_rss_kib, process_cpu_s, read_text
 from tools.verify import Verification, verify
 
 TARGET_RATE = 150_000  # events/s offered over UDP ...
@@ -103,6 +103,7 @@ class Phase:
     daemon_cpu_s: float = 0.0
     emulator_cpu_s: float | None = None
     machine_busy_s: float = 0.0
+    interrupts_s: float = 0.0  # irq + softirq: loopback UDP delivery, charged to no process
     busy_before_cores: float = 0.0  # the machine just before the phase
     peak_rss_kib: int | None = None
     metrics: Metrics = field(default_factory=Metrics)
@@ -151,11 +152,11 @@ class Phase:
 
     @property
     def others_cores(self) -> float | None:
-        """CPU that neither the daemon, the senders nor the emulator used
-        during the phase: other processes on the machine (contamination)."""
+        """CPU that neither the daemon, the senders, the emulator nor interrupts
+        used during the phase: other processes on the machine (contamination)."""
         if not self.window_s or self.emulator_cpu_s is None:
             return None
-        ours = self.daemon_cpu_s + self.senders.cpu_s + self.emulator_cpu_s
+        ours = self.daemon_cpu_s + self.senders.cpu_s + self.emulator_cpu_s + self.interrupts_s
         return max(0.0, self.machine_busy_s - ours) / self.window_s
 
 
@@ -237,9 +238,9 @@ def wait_for_quiet(timeout_s: float) -> float:
     deadline = time.monotonic() + timeout_s
     said = False
     while True:
-        before = machine_busy_s()
+        before = machine_cpu_s()[0]
         time.sleep(0.5)
-        busy = (machine_busy_s() - before) / 0.5
+        busy = (machine_cpu_s()[0] - before) / 0.5
         if busy < QUIET_BUSY_CORES or time.monotonic() > deadline:
             return busy
         if not said:
@@ -280,7 +281,11 @@ def run_phase(bench: Bench, phase: Phase, index: int) -> Phase:
             target = ["--udp", f"127.0.0.1:{udp_port}"]
             if phase.transport == "unix":
                 target = ["--unix", unix_path]
-            cpu0, emu0, busy0 = process_cpu_s(daemon.pid), bench.emulator_cpu_s(), machine_busy_s()
+            cpu0, emu0, (busy0, irq0) = (
+                process_cpu_s(daemon.pid),
+                bench.emulator_cpu_s(),
+                machine_cpu_s(),
+            )
             start_at = time.monotonic() + 1.0  # once every sender has imported
             run_senders(bench, phase, target, first_seq, start_at)
             phase.drained, phase.metrics = daemon.wait_drained(args.drain_timeout_s)
@@ -289,7 +294,8 @@ def run_phase(bench: Bench, phase: Phase, index: int) -> Phase:
             emu1 = bench.emulator_cpu_s()
             if emu0 is not None and emu1 is not None:
                 phase.emulator_cpu_s = emu1 - emu0
-            phase.machine_busy_s = machine_busy_s() - busy0
+            busy1, irq1 = machine_cpu_s()
+            phase.machine_busy_s, phase.interrupts_s = busy1 - busy0, irq1 - irq0
             phase.peak_rss_kib = peak_rss_kib(daemon.pid)
         finally:
             phase.exit_code = daemon.stop()
@@ -389,6 +395,7 @@ def phase_cells(p: Phase) -> dict[str, str]:
         "sender CPU µs/event": per_event(s.cpu_s, s.attempted),
         "emulator CPU µs/event": per_event(p.emulator_cpu_s, p.delivered),
         "machine busy (cores)": cores(p.machine_busy_s),
+        "  of which irq+softirq": cores(p.interrupts_s),
         "  of which other processes": _n(p.others_cores, 2),
         "  busy before the phase": _n(p.busy_before_cores, 2),
         "drained before deadline": "yes" if p.drained else "NO",
