@@ -1,0 +1,83 @@
+"""A bounded fuzz run against a live daemon: hostile datagrams over unix
+(random bytes, deep nesting, huge numbers, invalid UTF-8, NUL bytes, 64 KiB
+lines, floods of empty datagrams). The daemon stays up and responsive, every
+datagram is counted, and the events identity holds. Seeded: reproducible."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PubSubNames
+from tests.helpers import Daemons, UnixSender, short_dir, wait_for
+from tests.test_metrics_http import get, scrape, start, total, unaccounted
+from tools.emulator import Emulator
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
+    manager = Daemons(tmp_path, emulator.host)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+def hostile(rng: random.Random) -> Iterator[bytes]:
+    for _ in range(300):
+        yield rng.randbytes(rng.randint(1, 2000))
+    # Deep nesting, kept under 64 KiB so it is parsed (orjson's depth limit),
+    # and once far beyond it (rejected whole as too_large).
+    yield b"[" * 32_000 + b"]" * 32_000
+    yield b"[" * 100_000 + b"]" * 100_000
+    for depth in (10, 1000, 10_000):
+        yield b"[" * depth + b"]" * depth
+        yield b'{"a":' * depth + b"1" + b"}" * depth
+        yield b"[" * depth  # unterminated
+    yield b'{"n":' + b"9" * 60_000 + b"}"
+    yield b'{"n":1e999999}'
+    yield b'{"n":-' + b"1" * 5000 + b".5e-99999}"
+    yield b'{"s":"\xff\xfe\xed"}'
+    yield b'{"s":"\xed\xa0\x80"}'  # a UTF-8 encoded surrogate
+    yield b'{"s":"a\x00b"}'
+    yield b"\x00" * 1000
+    yield b'{"a":1}\x00\n{"b":2}'
+    yield b'{"big":"' + b"x" * (64 * 1024 - 10) + b'"}'  # a 64 KiB line: too large
+    yield b'{"ok":"' + b"x" * 60_000 + b'"}'  # large but allowed
+    yield b"\n" * 5000
+    for _ in range(2000):
+        yield b""
+    for _ in range(200):
+        line = bytes(rng.choice(b'{}[]":,0123456789.eE-+ \\nutrfals\x00\xff') for _ in range(50))
+        yield b"\n".join([line, b'{"valid":true}', line])
+
+
+def test_hostile_datagrams_are_counted_and_survived(
+    daemons: Daemons, pubsub: PubSubNames, tmp_path: Path
+) -> None:
+    with short_dir(tmp_path) as directory:
+        sock = directory / "in.sock"
+        daemon, base = start(daemons, pubsub, "--unix", str(sock))
+        sent = 0
+        with UnixSender(sock) as sender:
+            for datagram in hostile(random.Random(4)):
+                sender.send(datagram)
+                sent += 1
+                if sent % 500 == 0:
+                    assert get(base + "/healthz")[0] in (200, 503)  # it answers
+        wait_for(
+            lambda: total(scrape(base), "ingest_datagrams_received_total") == sent,
+            20,
+            "every datagram counted",
+        )
+        wait_for(lambda: total(scrape(base), "ingest_queue_events") == 0, 20, "published")
+        samples = scrape(base)
+        assert unaccounted(samples) == 0
+        assert total(samples, "ingest_events_rejected_total") > 300, samples
+        assert total(samples, "ingest_events_published_total") >= 200  # the valid lines
+        assert get(base + "/healthz")[0] == 200
+        assert daemon.running()
+        assert daemon.stop() == 0
