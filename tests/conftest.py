@@ -9,9 +9,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from tests.helpers import Daemons, short_dir
 from tools.emulator import Emulator, launcher_path
 
 _counter = itertools.count()
@@ -51,3 +53,21 @@ def pubsub(emulator: Emulator) -> PubSubNames:
     emulator.create_topic(names.topic)
     emulator.create_subscription(names.subscription, names.topic)
     return names
+
+
+@pytest.fixture
+def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
+    """``ingest serve`` processes pointed at the session's emulator; every one
+    still running is killed at teardown."""
+    manager = Daemons(tmp_path, emulator.host)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture
+def sockdir(tmp_path: Path) -> Iterator[Path]:
+    """A directory short enough for unix socket paths (sun_path is 108 bytes)."""
+    with short_dir(tmp_path) as path:
+        yield path

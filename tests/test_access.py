@@ -12,7 +12,6 @@ import os
 import socket
 import stat
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,27 +24,11 @@ from tests.helpers import (
     free_udp_port,
     ipv6_loopback_available,
     send_unix,
-    short_dir,
 )
 from tools.emulator import Emulator, free_port
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def send_from(source: str, target: tuple[str, int], data: bytes) -> None:

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import pytest
 import ingest.client as client_module
 from ingest.client import Emitter
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, free_udp_port, short_dir, stale_socket_file, wait_for
+from tests.helpers import Daemons, free_udp_port, stale_socket_file, wait_for
 from tools.emulator import Emulator
 
 CHILDREN = 4
@@ -41,21 +40,6 @@ NETNS_QLEN = 2048
 # 150k/s (one sender); with the default 10, 83 % failed at 50k/s. Unpaced,
 # four children outrun any receiver and a finite queue must overflow.
 NETNS_RATE = 2_500.0
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def serve_args(names: PubSubNames, *listeners: str) -> list[str]:

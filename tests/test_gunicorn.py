@@ -18,15 +18,13 @@ import sys
 import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import orjson
-import pytest
 
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, short_dir, wait_for
+from tests.helpers import Daemons, wait_for
 from tests.test_client import pull_distinct, serve_args
 from tools.emulator import Emulator
 
@@ -98,21 +96,6 @@ class Gunicorn:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)  # the session it leads
             self.proc.wait(10)
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def get(url: str, request_id: str | None = None) -> tuple[bytes, dict[str, str]]:

@@ -12,11 +12,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PubSubNames
@@ -26,25 +24,9 @@ from tests.helpers import (
     UnixSender,
     free_udp_port,
     send_udp,
-    short_dir,
     wait_for,
 )
 from tools.emulator import Emulator, free_port
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def get(url: str) -> tuple[int, bytes]:

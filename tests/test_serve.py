@@ -28,7 +28,6 @@ from tests.helpers import (
     ipv6_loopback_available,
     send_udp,
     send_unix,
-    short_dir,
     stale_socket_file,
     udp_addr,
 )
@@ -40,16 +39,6 @@ EXIT_DRAIN_INCOMPLETE = 3
 
 
 @pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    """Daemons pointed at the session's emulator; killed at teardown."""
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
 def offline_daemons(tmp_path: Path) -> Iterator[Daemons]:
     """Daemons for config errors, which fail before Pub/Sub is contacted."""
     manager = Daemons(tmp_path, emulator_host=None)
@@ -57,12 +46,6 @@ def offline_daemons(tmp_path: Path) -> Iterator[Daemons]:
         yield manager
     finally:
         manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def serve_args(names: PubSubNames, *extra: str) -> list[str]:

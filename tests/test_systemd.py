@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +30,6 @@ from tests.helpers import (
     free_udp_port,
     send_udp,
     send_unix,
-    short_dir,
     wait_for,
 )
 from tools.emulator import Emulator
@@ -40,21 +38,6 @@ REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 EXIT_OK = 0
 EXIT_CONFIG = 2
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def base_args(names: PubSubNames, *extra: str) -> list[str]:
