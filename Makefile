@@ -40,8 +40,15 @@ faults: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python -m tools.soak
 
+# Speed and memory: throughput, loss, CPU per event against the naive
+# publisher; then what watching costs, the client's emit cost, a gunicorn app's
+# request latency with and without ingest, and the spool's throughput.
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
+	$(BIN)/python -m tools.bench_scrape
+	$(BIN)/python -m tools.bench_client
+	$(BIN)/python -m tools.bench_gunicorn
+	$(BIN)/python -m tools.bench_spool
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
