@@ -16,18 +16,31 @@ sender processes, sender ``index`` of ``count`` sends the sequence numbers
 ``first + index + count * k``.
 
 Prints one JSON object with the counts on stdout when done.
+
+The same sender in C (tools/loadgen.c: same events, schedule, arguments and
+report) is built with the machine's C compiler on first use and run instead:
+it costs ~2.8 us per event (mostly the kernel's loopback path, which is
+charged to the sender) against ~4 us here, CPU the daemon under test gets
+back on a 2-core machine. ``--engine python`` forces this one; without a C
+compiler it is used anyway.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+
+C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.c")
 
 # A typical event (7-digit seq, 16-digit time) is 124 bytes.
 EVENT_TEMPLATE = (
@@ -127,7 +140,35 @@ def run(
     }
 
 
+def c_sender() -> str | None:
+    """Path of the compiled C sender (built once per source version), or None."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    with open(C_SOURCE, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
+    binary = os.path.join(tempfile.gettempdir(), f"ingest-loadgen-{digest}")
+    if not os.access(binary, os.X_OK):
+        partial = f"{binary}.{os.getpid()}"
+        result = subprocess.run(
+            [compiler, "-O2", "-o", partial, C_SOURCE], capture_output=True, check=False
+        )
+        if result.returncode:
+            return None
+        os.replace(partial, binary)  # atomic: parallel senders may race to build
+    return binary
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--engine" in argv:
+        at = argv.index("--engine")
+        engine, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
+    else:
+        engine = "c"
+    binary = c_sender() if engine == "c" else None
+    if binary is not None:
+        os.execv(binary, [binary, *argv])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--udp", metavar="HOST:PORT")
