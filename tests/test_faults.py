@@ -26,7 +26,7 @@ import pytest
 from ingest import spoolfmt
 from ingest.spool import Spool
 from ingest.stats import Stats
-from tests.helpers import DaemonProcess, Daemons, UnixSender, short_dir, wait_for
+from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted
 from tools.emulator import Emulator, free_port, launcher_path
 from tools.tcpproxy import TcpProxy
@@ -78,17 +78,12 @@ def case(rig: Rig) -> Rig:
 
 @pytest.fixture
 def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Unlike conftest's: no session emulator; each daemon goes through the proxy."""
     manager = Daemons(tmp_path, None)
     try:
         yield manager
     finally:
         manager.close()
-
-
-@pytest.fixture
-def sockdir(tmp_path: Path) -> Iterator[Path]:
-    with short_dir(tmp_path) as path:
-        yield path
 
 
 def start(

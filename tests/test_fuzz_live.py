@@ -9,21 +9,9 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, UnixSender, short_dir, wait_for
+from tests.helpers import Daemons, UnixSender, wait_for
 from tests.test_metrics_http import get, scrape, start, total, unaccounted
-from tools.emulator import Emulator
-
-
-@pytest.fixture
-def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, emulator.host)
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def hostile(rng: random.Random) -> Iterator[bytes]:
@@ -56,28 +44,37 @@ def hostile(rng: random.Random) -> Iterator[bytes]:
 
 
 def test_hostile_datagrams_are_counted_and_survived(
-    daemons: Daemons, pubsub: PubSubNames, tmp_path: Path
+    daemons: Daemons, pubsub: PubSubNames, sockdir: Path
 ) -> None:
-    with short_dir(tmp_path) as directory:
-        sock = directory / "in.sock"
-        daemon, base = start(daemons, pubsub, "--unix", str(sock))
-        sent = 0
-        with UnixSender(sock) as sender:
-            for datagram in hostile(random.Random(4)):
-                sender.send(datagram)
-                sent += 1
-                if sent % 500 == 0:
-                    assert get(base + "/healthz")[0] in (200, 503)  # it answers
-        wait_for(
-            lambda: total(scrape(base), "ingest_datagrams_received_total") == sent,
-            20,
-            "every datagram counted",
-        )
-        wait_for(lambda: total(scrape(base), "ingest_queue_events") == 0, 20, "published")
-        samples = scrape(base)
-        assert unaccounted(samples) == 0
-        assert total(samples, "ingest_events_rejected_total") > 300, samples
-        assert total(samples, "ingest_events_published_total") >= 200  # the valid lines
-        assert get(base + "/healthz")[0] == 200
-        assert daemon.running()
-        assert daemon.stop() == 0
+    sock = sockdir / "in.sock"
+    daemon, base = start(daemons, pubsub, "--unix", str(sock))
+    sent = 0
+    with UnixSender(sock) as sender:
+        for datagram in hostile(random.Random(4)):
+            sender.send(datagram)
+            sent += 1
+            if sent % 500 == 0:
+                assert get(base + "/healthz")[0] in (200, 503)  # it answers
+    wait_for(
+        lambda: total(scrape(base), "ingest_datagrams_received_total") == sent,
+        20,
+        "every datagram counted",
+    )
+    wait_for(
+        lambda: (
+            sum(
+                total(scrape(base), name)
+                for name in ("ingest_queue_events", "ingest_inflight_events")
+            )
+            == 0
+        ),
+        20,
+        "queue and in-flight empty",
+    )
+    samples = scrape(base)
+    assert unaccounted(samples) == 0
+    assert total(samples, "ingest_events_rejected_total") > 300, samples
+    assert total(samples, "ingest_events_published_total") >= 200  # the valid lines
+    assert get(base + "/healthz")[0] == 200
+    assert daemon.running()
+    assert daemon.stop() == 0
