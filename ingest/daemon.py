@@ -18,8 +18,6 @@ import signal
 import sys
 from typing import Any
 
-import grpc
-import grpc.aio
 from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import kernel, systemd
@@ -36,6 +34,7 @@ from ingest.sources import DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import Stats
+from ingest.topic import TopicWatch
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,6 @@ EXIT_CONFIG = 2  # startup error: bad setting, address in use, missing topic, ..
 EXIT_DRAIN_INCOMPLETE = 3  # stopped, but events were dropped at the drain deadline
 EXIT_FORCED = 130  # a second SIGINT: stopped at once, unpublished events dropped
 
-STARTUP_PROBE_TIMEOUT_S = 5.0
 HOUSEKEEPING_INTERVAL_S = 1.0
 
 
@@ -62,6 +60,7 @@ class Daemon:
         self.health = PubSubHealth()
         self.http: HttpServer | None = None
         self.spool: Spool | None = None
+        self.topic: TopicWatch | None = None
         self._client: PubSubClient | None = None
         self._workers: list[asyncio.Task[None]] = []  # supervised: must not end
         self._background: list[asyncio.Task[None]] = []  # supervised; cancelled at shutdown
@@ -69,7 +68,6 @@ class Daemon:
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._crashed = False
-        self._topic_confirmed = False
         self.notifier = systemd.Notifier()  # disabled until startup reads NOTIFY_SOCKET
         self._status = systemd.RateStatus()
 
@@ -103,7 +101,8 @@ class Daemon:
             ) from None
         self._client = PubSubClient(channel, settings.topic_path)
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
-        topic_ready = await self._check_topic(where)
+        self.topic = TopicWatch(self._client, self.health, settings.create_topic, where)
+        await self.topic.check_at_startup()
         if settings.spool_dir is not None:  # before binding: a locked spool is exit 2
             self.spool = Spool.open(
                 settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync, self.stats
@@ -162,14 +161,13 @@ class Daemon:
         for index in range(settings.publishers):
             task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
             self._workers.append(task)
-        self._background.append(asyncio.create_task(self._housekeeping(where), name="housekeeping"))
+        self._background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.spool is not None:
             replay = run_replay(self.spool, self.queue, lambda: self.health.failing)
             self._background.append(asyncio.create_task(replay, name="spool-replay"))
         if self.notifier.watchdog_interval_s:  # WATCHDOG=1 from the loop: a stall stops it
             watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
             self._background.append(watchdog)
-        self._topic_confirmed = topic_ready
 
         if settings.dashboard and sys.stdout.isatty():
             from ingest.dashboard import InlineDashboard  # rich's Live only when asked
@@ -196,69 +194,6 @@ class Daemon:
         )
         self.notifier.ready()
 
-    async def _check_topic(self, where: str) -> bool:
-        """True when the topic is known to exist. A missing topic is a startup
-        error (or is created); an unreachable Pub/Sub is not: a host booting
-        during an outage must still accept its events."""
-        assert self._client is not None
-        loop = asyncio.get_running_loop()
-        try:
-            await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
-            self.health.record(loop.time(), "OK")
-            return True
-        except grpc.aio.AioRpcError as exc:
-            self.health.record(loop.time(), exc.code().name)
-            if exc.code() is not grpc.StatusCode.NOT_FOUND:
-                log.warning(
-                    "Pub/Sub (%s) not usable at startup: %s %s; accepting events and retrying",
-                    where,
-                    exc.code().name,
-                    exc.details(),
-                )
-                return False
-        if not self.settings.create_topic:
-            raise ConfigError(
-                "--topic",
-                f"{self.settings.topic_path} does not exist on {where} "
-                "(create it, or pass --create-topic)",
-            )
-        await self._create_topic()
-        return True
-
-    async def _create_topic(self) -> None:
-        assert self._client is not None
-        try:
-            await self._client.create_topic(STARTUP_PROBE_TIMEOUT_S)
-            log.info("created topic %s", self.settings.topic_path)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is not grpc.StatusCode.ALREADY_EXISTS:
-                raise
-
-    async def _confirm_topic(self, where: str) -> None:
-        """Pub/Sub was unreachable at startup: confirm (or, with --create-topic,
-        create) the topic once it answers. Events are kept meanwhile."""
-        assert self._client is not None
-        try:
-            await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() is not grpc.StatusCode.NOT_FOUND:
-                return  # still unreachable: next time
-            if not self.settings.create_topic:
-                log.error(
-                    "topic %s does not exist on %s; events are kept and retried "
-                    "(create it, or restart with --create-topic)",
-                    self.settings.topic_path,
-                    where,
-                )
-                self._topic_confirmed = True  # said once; publishers keep retrying
-                return
-            try:
-                await self._create_topic()
-            except grpc.aio.AioRpcError:
-                return
-        log.info("Pub/Sub (%s) reachable; topic %s exists", where, self.settings.topic_path)
-        self._topic_confirmed = True
-
     def _warn_unix_qlen(self) -> None:
         qlen = kernel.unix_max_dgram_qlen()
         if (
@@ -275,12 +210,12 @@ class Daemon:
                 kernel.UNIX_QLEN_RECOMMENDED,
             )
 
-    async def _housekeeping(self, where: str) -> None:
+    async def _housekeeping(self) -> None:
         """Once a second, off the hot path: re-create vanished unix socket
         files, tell systemd the rates (STATUS=), confirm the topic if startup
         could not, and probe Pub/Sub (GetTopic, never a publish) when idle."""
         loop = asyncio.get_running_loop()
-        assert self._client is not None
+        assert self.topic is not None
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             for source in self.sources:
@@ -292,14 +227,7 @@ class Daemon:
                         loop.time(), stats.received_total(), stats.published, self.queue.events
                     )
                 )
-            if not self._topic_confirmed:
-                await self._confirm_topic(where)
-            if self.health.probe_due(loop.time()):
-                try:
-                    await self._client.get_topic(STARTUP_PROBE_TIMEOUT_S)
-                    self.health.record(loop.time(), "OK")
-                except grpc.aio.AioRpcError as exc:
-                    self.health.record(loop.time(), exc.code().name)
+            await self.topic.tick()
 
     # ---------------------------------------------------------------- views
     # What /metrics, /healthz and the dashboard read (metrics.PipelineView).

@@ -232,14 +232,19 @@ class DatagramSource:
             else:
                 empty += 1
         if datagrams:
-            stats.datagrams_received[self.label] += datagrams
-            stats.events_received[self.label] += received
-            if empty:
-                stats.datagrams_ignored[EMPTY] += empty
-            if events:
-                assert self._loop is not None
-                self._queue.put(events, self._loop.time())
+            self._settle(datagrams, received, empty, events)
         return datagrams
+
+    def _settle(self, datagrams: int, received: int, empty: int, events: list[bytes]) -> None:
+        """Once per wake-up: the counters, and one queue put for all events."""
+        stats = self._stats
+        stats.datagrams_received[self.label] += datagrams
+        stats.events_received[self.label] += received
+        if empty:
+            stats.datagrams_ignored[EMPTY] += empty
+        if events:
+            assert self._loop is not None
+            self._queue.put(events, self._loop.time())
 
     def _drain_allowed(self) -> int:
         """``_drain_all`` with a sender check: a datagram from outside the
@@ -285,15 +290,9 @@ class DatagramSource:
             else:
                 empty += 1
         if datagrams:
-            stats.datagrams_received[self.label] += datagrams
-            stats.events_received[self.label] += received + denied
             if denied:
                 rejected[SOURCE_DENIED] += denied
-            if empty:
-                stats.datagrams_ignored[EMPTY] += empty
-            if events:
-                assert self._loop is not None
-                self._queue.put(events, self._loop.time())
+            self._settle(datagrams, received + denied, empty, events)
         return datagrams
 
     def drain_until_empty(self) -> None:
