@@ -10,6 +10,7 @@ counters updated once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 # Datagrams read per wake-up before yielding to the loop, so one busy socket
 # cannot starve the others or the publishers.
 DRAIN_BATCH = 256
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; not in Python
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
 
 
@@ -40,9 +42,7 @@ def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
-        # Linux reports double the usable size it granted (man 7 socket).
-        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        granted = _set_rcvbuf(sock, rcvbuf_bytes)
         if granted < rcvbuf_bytes:
             log.warning(
                 "%s: kernel granted SO_RCVBUF %d bytes of the %d asked; bursts may be "
@@ -58,6 +58,22 @@ def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
         raise ConfigError("--udp", f"{listener.label}: cannot bind: {exc.strerror}") from None
     sock.setblocking(False)
     return sock
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> int:
+    """Ask for ``size`` bytes of receive buffer; returns what the kernel granted.
+
+    SO_RCVBUF is capped at net.core.rmem_max; with CAP_NET_ADMIN (root, or
+    AmbientCapabilities= under systemd) SO_RCVBUFFORCE is not, as systemd's own
+    ReceiveBuffer= does. Without the capability it fails and the cap stands."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    # Linux reports double the usable size it granted (man 7 socket).
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if granted < size:
+        with contextlib.suppress(PermissionError):
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    return int(granted)
 
 
 def bind_unix(listener: Listener, mode: int, gid: int | None = None) -> socket.socket:
