@@ -34,7 +34,7 @@ from ingest.replay import run_replay
 from ingest.sources import DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
-from ingest.stats import Stats
+from ingest.stats import RejectSummary, Stats
 from ingest.topic import TopicWatch
 
 log = logging.getLogger(__name__)
@@ -220,12 +220,17 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         """Once a second, off the hot path: re-create vanished unix socket
-        files, tell systemd the rates (STATUS=), confirm the topic if startup
-        could not, and probe Pub/Sub (GetTopic, never a publish) when idle."""
+        files, tell systemd the rates (STATUS=), summarise rejected input (one
+        line per 10 s at most), confirm the topic if startup could not, and
+        probe Pub/Sub (GetTopic, never a publish) when idle."""
         loop = asyncio.get_running_loop()
         assert self.topic is not None
+        rejects = RejectSummary(self.stats)
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+            summary = rejects.line(loop.time())
+            if summary:
+                log.warning("%s", summary)
             for source in self.sources:
                 source.check_path(self.settings.unix_mode, self.settings.unix_gid)
             if self.notifier.enabled:

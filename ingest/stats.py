@@ -99,3 +99,29 @@ class Stats:
 
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+class RejectSummary:
+    """Bad input is counted, never logged per datagram: at most one summary
+    line per interval, saying what was rejected since the last one."""
+
+    def __init__(self, stats: Stats, interval_s: float = 10.0) -> None:
+        self._stats = stats
+        self.interval_s = interval_s
+        self._seen: dict[str, int] = {}
+        self._last_at: float | None = None
+
+    def line(self, now: float) -> str | None:
+        """The summary when one is due and something was rejected, else None."""
+        if self._last_at is not None and now - self._last_at < self.interval_s:
+            return None
+        current = dict(self._stats.rejected)
+        delta = {
+            k: v - self._seen.get(k, 0) for k, v in current.items() if v > self._seen.get(k, 0)
+        }
+        if not delta:
+            return None
+        since = f"in the last {now - self._last_at:.0f}s" if self._last_at is not None else "so far"
+        self._seen, self._last_at = current, now
+        reasons = " ".join(f"{reason}={count}" for reason, count in sorted(delta.items()))
+        return f"rejected {sum(delta.values())} events {since}: {reasons}"
