@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The console script installed next to the interpreter (.venv/bin/ingest).
 INGEST = str(Path(sys.executable).with_name("ingest"))
@@ -273,3 +274,24 @@ def run_send(
         env=env,
         check=False,
     )
+
+
+if TYPE_CHECKING:  # conftest imports this module: no import cycle at run time
+    from tests.conftest import PubSubNames
+
+
+def serve_args(names: PubSubNames, *extra: str) -> list[str]:
+    """``ingest serve`` flags for the test's topic. ``--metrics ""`` keeps
+    parallel daemons off the shared default metrics port; a 1 ms linger keeps
+    small tests quick."""
+    return [
+        "--project",
+        names.project,
+        "--topic",
+        names.topic_id,
+        "--metrics",
+        "",
+        "--batch-linger-ms",
+        "1",
+        *extra,
+    ]

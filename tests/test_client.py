@@ -28,7 +28,7 @@ import pytest
 import ingest.client as client_module
 from ingest.client import Emitter
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, free_udp_port, stale_socket_file, wait_for
+from tests.helpers import Daemons, free_udp_port, serve_args, stale_socket_file, wait_for
 from tools.emulator import Emulator
 
 CHILDREN = 4
@@ -40,21 +40,6 @@ NETNS_QLEN = 2048
 # 150k/s (one sender); with the default 10, 83 % failed at 50k/s. Unpaced,
 # four children outrun any receiver and a finite queue must overflow.
 NETNS_RATE = 2_500.0
-
-
-def serve_args(names: PubSubNames, *listeners: str) -> list[str]:
-    # --metrics "" keeps parallel daemons off the shared default metrics port.
-    return [
-        "--project",
-        names.project,
-        "--topic",
-        names.topic_id,
-        "--metrics",
-        "",
-        "--batch-linger-ms",
-        "1",
-        *listeners,
-    ]
 
 
 def emit_until_sent(emitter: Emitter, event: dict[str, Any] | bytes, timeout_s: float = 10) -> None:

@@ -28,6 +28,7 @@ from tests.helpers import (
     ipv6_loopback_available,
     send_udp,
     send_unix,
+    serve_args,
     stale_socket_file,
     udp_addr,
 )
@@ -46,21 +47,6 @@ def offline_daemons(tmp_path: Path) -> Iterator[Daemons]:
         yield manager
     finally:
         manager.close()
-
-
-def serve_args(names: PubSubNames, *extra: str) -> list[str]:
-    # --metrics "" keeps parallel daemons off a shared default metrics port.
-    return [
-        "--project",
-        names.project,
-        "--topic",
-        names.topic_id,
-        "--metrics",
-        "",
-        "--batch-linger-ms",
-        "1",
-        *extra,
-    ]
 
 
 def pull_all_after_stop(emulator: Emulator, names: PubSubNames) -> list[bytes]:

@@ -30,6 +30,7 @@ from tests.helpers import (
     free_udp_port,
     send_udp,
     send_unix,
+    serve_args,
     wait_for,
 )
 from tools.emulator import Emulator
@@ -38,20 +39,6 @@ REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
 EXIT_OK = 0
 EXIT_CONFIG = 2
-
-
-def base_args(names: PubSubNames, *extra: str) -> list[str]:
-    return [
-        "--project",
-        names.project,
-        "--topic",
-        names.topic_id,
-        "--metrics",
-        "",
-        "--batch-linger-ms",
-        "1",
-        *extra,
-    ]
 
 
 class NotifyListener:
@@ -470,7 +457,7 @@ def test_socket_activation_adopts_unix_and_udp(
     path = sockdir / "in.sock"
     port = free_udp_port()
     daemon = daemons.start(
-        *base_args(pubsub, "--unix", str(path), "--udp", f"127.0.0.1:{port}"),
+        *serve_args(pubsub, "--unix", str(path), "--udp", f"127.0.0.1:{port}"),
         wrapper=socket_activate_cmd(str(path), f"127.0.0.1:{port}"),
     )
     wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
@@ -503,7 +490,7 @@ def test_socket_activation_without_configured_listeners_serves_what_is_passed(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     path = sockdir / "only.sock"
-    daemon = daemons.start(*base_args(pubsub), wrapper=socket_activate_cmd(str(path)))
+    daemon = daemons.start(*serve_args(pubsub), wrapper=socket_activate_cmd(str(path)))
     wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
     send_unix(path, b'{"first":true}')
     ready = daemon.wait_ready()
@@ -521,7 +508,7 @@ def test_socket_activation_with_an_unconfigured_socket_is_a_startup_error(
     path = sockdir / "in.sock"
     port = free_udp_port()
     daemon = daemons.start(
-        *base_args(pubsub, "--unix", str(path)),
+        *serve_args(pubsub, "--unix", str(path)),
         wrapper=socket_activate_cmd(str(path), f"127.0.0.1:{port}"),
     )
     wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
@@ -542,7 +529,7 @@ def test_notify_ready_watchdog_status_and_stopping(
     port = free_udp_port()
     try:
         daemon = daemons.start(
-            *base_args(pubsub, "--udp", f"127.0.0.1:{port}"),
+            *serve_args(pubsub, "--udp", f"127.0.0.1:{port}"),
             env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "1000000"},
         )
         listener.wait_for("READY=1", 30)
@@ -580,7 +567,7 @@ def test_a_notify_socket_nobody_reads_does_not_stall_the_daemon(
     port = free_udp_port()
     try:
         daemon = daemons.start(
-            *base_args(pubsub, "--udp", f"127.0.0.1:{port}"),
+            *serve_args(pubsub, "--udp", f"127.0.0.1:{port}"),
             # A ping every 50 ms fills a queue of max_dgram_qlen (10) quickly.
             env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "100000"},
         )
