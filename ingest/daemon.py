@@ -192,7 +192,7 @@ class Daemon:
         log.info(
             "ready: %s -> %s on %s (publishers=%d%s)",
             " ".join(
-                source.label + (systemd.SYSTEMD_MARK if source.adopted else "")
+                source.bound_label + (systemd.SYSTEMD_MARK if source.adopted else "")
                 for source in self.sources
             ),
             settings.topic_path,

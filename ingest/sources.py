@@ -205,6 +205,14 @@ class DatagramSource:
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         self._inode = self._path_inode() if listener.kind == "unix" else None
 
+    @property
+    def bound_label(self) -> str:
+        """The label with the port the kernel chose for ``--udp HOST:0``."""
+        if self.kind != "udp" or self.listener.port:
+            return self.label
+        port = self.sock.getsockname()[1]
+        return Listener("udp", host=self.listener.host, port=port).label
+
     def _path_inode(self) -> tuple[int, int] | None:
         try:
             st = os.stat(self.listener.path)

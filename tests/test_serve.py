@@ -597,3 +597,16 @@ def test_config_file_value_error_names_flag_and_key(
     config.write_text('project = "p"\ntopic = "topic"\npublishers = 0\n')
     code, stderr = offline_daemons.run_failing("--config", str(config))
     assert_startup_error(code, stderr, "--publishers", "config key publishers")
+
+
+def test_udp_port_zero_is_reported_as_the_bound_port(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames
+) -> None:
+    """``--udp HOST:0`` lets the kernel choose; the ready line names the port
+    it chose, so a sender can use it."""
+    daemon = daemons.start(*serve_args(pubsub, "--udp", "127.0.0.1:0"))
+    port = int(daemon.wait_for_log(r"ready: udp:127\.0\.0\.1:(\d+) ").group(1))
+    assert port != 0
+    send_udp(("127.0.0.1", port), b'{"chosen":true}')
+    assert emulator.pull_until(pubsub.subscription, 1) == [b'{"chosen":true}']
+    assert daemon.stop() == EXIT_OK
