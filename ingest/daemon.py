@@ -220,7 +220,8 @@ class Daemon:
 
     async def _housekeeping(self) -> None:
         """Once a second, off the hot path: re-create vanished unix socket
-        files, tell systemd the rates (STATUS=), summarise rejected input (one
+        files, clear a spool problem once the spool is writable again, tell
+        systemd the rates (STATUS=), summarise rejected input (one
         line per 10 s at most), confirm the topic if startup could not, and
         probe Pub/Sub (GetTopic, never a publish) when idle."""
         loop = asyncio.get_running_loop()
@@ -233,6 +234,8 @@ class Daemon:
                 log.warning("%s", summary)
             for source in self.sources:
                 source.check_path(self.settings.unix_mode, self.settings.unix_gid)
+            if self.spool is not None:
+                self.spool.recheck()
             if self.notifier.enabled:
                 stats = self.stats
                 self.notifier.status(

@@ -266,6 +266,27 @@ class Spool:
         self._stats.dropped[reason] += count
         self._limiter.log(log, reason, logging.WARNING, message + "; events dropped", *args)
 
+    def recheck(self) -> None:
+        """With a problem set and no overflow to try again, nothing would
+        clear it: probe the directory (create, write a byte, remove) and clear
+        the problem, so /healthz recovers, once the spool can be written."""
+        if self.problem is None:
+            return
+        probe = self._path(f".probe-{os.getpid()}")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, b"\0")
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+        except OSError:
+            return
+        log.info("spool writable again (%s)", self.problem)
+        self.problem = None
+        self._failed_at = None
+
     def _writable(self, size: int) -> tuple[int, Segment]:
         """The active segment's fd, rolling to a new segment when this record
         would take it past the segment bound."""

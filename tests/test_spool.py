@@ -250,6 +250,14 @@ def test_an_unwritable_directory_degrades_to_counted_drops(tmp_path: Path) -> No
         assert stats.dropped[SPOOL_UNWRITABLE] == 2
         assert spool.problem is not None
         assert spool.events == 1
+        spool.recheck()  # still gone: the problem stands
+        assert spool.problem is not None
     finally:
         os.rename(tmp_path.with_name("moved"), tmp_path)
+    # Back, with no overflow to try a write: the housekeeping recheck clears it.
+    spool.recheck()
+    assert spool.problem is None
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".probe")]
+    spool.append([b"{}"])
+    assert spool.events == 2
     spool.close()
