@@ -38,6 +38,7 @@ SINK_UNAVAILABLE_RETRY_S = 5.0
 # Drop reasons this module owns.
 INVALID_MESSAGE = "invalid_message"  # Pub/Sub said INVALID_ARGUMENT for it alone
 SHUTDOWN = "shutdown"  # still unpublished when the drain deadline passed
+CRASHED = "publisher_crashed"  # held by a publisher that failed (a bug; the daemon stops)
 
 
 class Retry(enum.Enum):
@@ -122,11 +123,14 @@ class PublisherPool:
                 if not await self._batcher.fill(batch):
                     return
                 await self.publish(batch)
-            except asyncio.CancelledError:
+            except BaseException as exc:
+                # Cancelled at the drain deadline, or a bug: either way what
+                # this worker held is spooled or counted, never just gone.
                 if self._spill is not None:
                     self._spill(batch.messages[batch.resolved :])
                 else:
-                    self._stats.dropped[SHUTDOWN] += len(batch) - batch.resolved
+                    reason = SHUTDOWN if isinstance(exc, asyncio.CancelledError) else CRASHED
+                    self._stats.dropped[reason] += len(batch) - batch.resolved
                 batch.resolved = len(batch)
                 raise
             finally:

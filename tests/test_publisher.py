@@ -351,3 +351,29 @@ def test_cancel_while_waiting_for_events_drops_nothing() -> None:
             assert pool.in_flight == 0
 
     asyncio.run(main())
+
+
+def test_a_failing_worker_counts_what_it_held() -> None:
+    """A bug inside publish (here: the client raises something that is not an
+    RPC error) ends the worker, which the daemon treats as a crash; the events
+    it held are counted as ``publisher_crashed``, not silently gone."""
+
+    class BrokenClient(PubSubClient):
+        async def publish(self, request: bytes, timeout_s: float) -> None:
+            raise RuntimeError("a bug")
+
+    async def main() -> None:
+        async with fake_publisher(bad_rule) as (_, channel):
+            stats = Stats()
+            queue = EventQueue(1_000, 1 << 20, stats)
+            batcher = Batcher(queue, 1000, PUBSUB_MAX_REQUEST_BYTES, len(TOPIC) + 8, 0.0)
+            pool = PublisherPool(BrokenClient(channel, TOPIC), batcher, stats, 5.0)
+            queue.put([b"x", b"y", b"z"], 0.0)
+            with pytest.raises(RuntimeError, match="a bug"):
+                async with asyncio.timeout(DEADLINE_S):
+                    await pool.run_worker(0)
+            assert dict(stats.dropped) == {publisher.CRASHED: 3}
+            assert pool.in_flight == 0
+            assert_identity(stats, pool, queue, 3)
+
+    asyncio.run(main())
