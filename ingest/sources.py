@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 
 from ingest.codec import SOURCE_DENIED, TOO_LARGE, decode_datagram
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # cannot starve the others or the publishers.
 DRAIN_BATCH = 256
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; not in Python
+FINAL_DRAIN_MAX_S = 2.0
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
 
 
@@ -319,9 +321,12 @@ class DatagramSource:
             self._settle(datagrams, received + denied, empty, events)
         return datagrams
 
-    def drain_until_empty(self) -> None:
-        """Read everything the kernel already queued (shutdown)."""
-        while self.drain() == DRAIN_BATCH:
+    def drain_until_empty(self, max_s: float = FINAL_DRAIN_MAX_S) -> None:
+        """Read what the kernel already queued (shutdown, socket re-creation):
+        until EAGAIN, or for at most ``max_s`` -- senders flooding faster than
+        we read must not hold a shutdown hostage."""
+        deadline = time.monotonic() + max_s
+        while self.drain() == DRAIN_BATCH and time.monotonic() < deadline:
             pass
 
     def close(self) -> None:
