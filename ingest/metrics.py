@@ -25,6 +25,7 @@ from ingest.queue import EventQueue
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import Histogram, Stats
+from ingest.systemd import Notifier
 
 
 class ListenerView(Protocol):
@@ -41,6 +42,7 @@ class PipelineView(Protocol):
     stats: Stats
     queue: EventQueue
     spool: Spool | None
+    notifier: Notifier
 
     @property
     def in_flight(self) -> int: ...
@@ -175,6 +177,17 @@ class IngestCollector(Collector):
             "ingest_inflight_events", "events taken by publishers, not yet resolved", view.in_flight
         )
         yield from _spool_metrics(view.spool, stats)
+        if view.notifier.enabled:  # only under systemd (NOTIFY_SOCKET set)
+            for outcome, count in (
+                ("sent", view.notifier.sent),
+                ("dropped", view.notifier.dropped),
+            ):
+                notify = CounterMetricFamily(
+                    f"ingest_sd_notify_{outcome}",
+                    f"sd_notify datagrams {outcome} (dropped: the notify socket's queue was full)",
+                )
+                notify.add_metric([], count)
+                yield notify
         yield _gauge(
             "ingest_outage_seconds",
             "how long Pub/Sub has not been accepting publishes; 0 when healthy",

@@ -19,6 +19,7 @@ from ingest.health import Verdict
 from ingest.metrics import build_registry
 from ingest.queue import EventQueue
 from ingest.stats import LATENCY_BUCKETS_S, Stats
+from ingest.systemd import Notifier
 
 UDP = "udp:127.0.0.1:5140"
 UNIX = "unix:/run/ingest/ingest.sock"
@@ -300,6 +301,7 @@ class _View:
         self.listener_views: list[object] = []
         self.topic_path = "projects/p/topics/t"
         self.spool = None
+        self.notifier = Notifier()  # disabled: no NOTIFY_SOCKET
 
     def verdict(self) -> Verdict:
         return Verdict(True, ())

@@ -17,9 +17,11 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import systemd
 from ingest.config import ConfigError, Listener, load_file
@@ -33,7 +35,7 @@ from tests.helpers import (
     serve_args,
     wait_for,
 )
-from tools.emulator import Emulator
+from tools.emulator import Emulator, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"
@@ -565,14 +567,27 @@ def test_a_notify_socket_nobody_reads_does_not_stall_the_daemon(
 ) -> None:
     listener = NotifyListener(sockdir / "notify")  # bound, never read: it fills up
     port = free_udp_port()
+    metrics_port = free_port()
     try:
         daemon = daemons.start(
             *serve_args(pubsub, "--udp", f"127.0.0.1:{port}"),
+            f"--metrics=127.0.0.1:{metrics_port}",
             # A ping every 50 ms fills a queue of max_dgram_qlen (10) quickly.
             env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "100000"},
         )
         daemon.wait_ready()
         daemon.wait_for_log("systemd notification to .* not sent", 20)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        counts = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("ingest_sd_notify_")
+        }
+        assert counts["ingest_sd_notify_sent_total"] >= 1  # READY=1 at least
+        assert counts["ingest_sd_notify_dropped_total"] >= 1  # the drops are visible
         sent = [b'{"n":%d}' % n for n in range(50)]
         for payload in sent:
             send_udp(("127.0.0.1", port), payload)
