@@ -24,6 +24,7 @@ from tests.helpers import (
     free_udp_port,
     ipv6_loopback_available,
     send_unix,
+    serve_args,
 )
 from tools.emulator import Emulator, free_port
 
@@ -89,17 +90,8 @@ def test_udp_allow_delivers_allowed_and_counts_denied_senders(
         listeners += ["--udp", f"[::]:{port6}"]
     metrics_port = free_port()
     daemon = daemons.start(
-        "--project",
-        pubsub.project,
-        "--topic",
-        pubsub.topic_id,
-        "--metrics",
-        f"127.0.0.1:{metrics_port}",
-        "--batch-linger-ms",
-        "1",
-        *listeners,
-        "--udp-allow",
-        "127.0.0.1/32",
+        *serve_args(pubsub, *listeners, "--udp-allow", "127.0.0.1/32"),
+        f"--metrics=127.0.0.1:{metrics_port}",  # the last --metrics wins
     )
     daemon.wait_ready()
     base = f"http://127.0.0.1:{metrics_port}"
@@ -134,16 +126,7 @@ def test_without_udp_allow_every_sender_is_accepted(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames
 ) -> None:
     port = free_udp_port()
-    daemon = daemons.start(
-        "--project",
-        pubsub.project,
-        "--topic",
-        pubsub.topic_id,
-        "--metrics",
-        "",
-        "--udp",
-        f"127.0.0.1:{port}",
-    )
+    daemon = daemons.start(*serve_args(pubsub, "--udp", f"127.0.0.1:{port}"))
     daemon.wait_ready()
     send_from("127.0.0.2", ("127.0.0.1", port), b'{"from":"127.0.0.2"}')
     assert emulator.pull_until(pubsub.subscription, 1) == [b'{"from":"127.0.0.2"}']
@@ -170,18 +153,8 @@ def test_unix_group_and_mode_set_who_may_send(
     group = _some_other_group()
     path = sockdir / "in.sock"
     daemon = daemons.start(
-        "--project",
-        pubsub.project,
-        "--topic",
-        pubsub.topic_id,
-        "--metrics",
-        "",
-        "--unix",
-        str(path),
-        "--unix-group",
-        group.gr_name,
-        "--unix-mode",
-        "0620",
+        *serve_args(pubsub, "--unix", str(path), "--unix-group", group.gr_name),
+        "--unix-mode=0620",
     )
     daemon.wait_ready()
     st = path.stat()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import ingest.client as client_module
 from ingest.client import Emitter
 from tests.conftest import PubSubNames
 from tests.helpers import Daemons, free_udp_port, serve_args, stale_socket_file, wait_for
+from tools import netns
 from tools.emulator import Emulator
 
 CHILDREN = 4
@@ -443,38 +443,16 @@ def test_forked_children_loss_free_with_a_raised_qlen(tmp_path: Path) -> None:
     dropped. Runs in a private network namespace so the host's sysctl is
     never touched; 127.0.0.1 there is the namespace's own loopback, so the
     inner pytest starts its own emulator inside it."""
-    if shutil.which("unshare") is None or shutil.which("ip") is None:
-        pytest.skip("unshare or ip (util-linux, iproute2) is not installed")
-    probe = subprocess.run(
-        ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--", "true"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        check=False,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"unshare --net is not permitted here: {probe.stderr.strip()}")
-    script = (
-        "ip link set lo up && "
-        f"sysctl -q -w net.unix.max_dgram_qlen={NETNS_QLEN} && "
-        'exec "$0" -m pytest -q -p no:cacheprovider '
-        f"--basetemp={tmp_path / 'inner'} tests/test_client.py -k test_netns_inner_loss_free"
-    )
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    inner = [
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={tmp_path / 'inner'}",
+        "tests/test_client.py", "-k", "test_netns_inner_loss_free",
+    ]  # fmt: skip
     env = {**os.environ, NETNS_ENV: "1"}
     result = subprocess.run(
-        [
-            "unshare",
-            "--net",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--mount-proc",
-            "--",
-            "sh",
-            "-c",
-            script,
-            sys.executable,
-        ],
+        netns.python_command(NETNS_QLEN, inner),
         capture_output=True,
         text=True,
         timeout=110,

@@ -110,6 +110,19 @@ class Tmux:
             check=False,
         )
 
+    def start(self, command: str, width: int, height: int, rc_file: Path, after: str = "") -> None:
+        """Run ``command`` in a detached pane of fixed size; its exit status
+        goes to ``rc_file``; ``after`` runs next (e.g. a sleep that keeps the
+        pane's last screen readable)."""
+        shell = f"{command}; echo $? > {shlex.quote(str(rc_file))}" + (
+            f"; {after}" if after else ""
+        )
+        started = self.run(
+            "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height),
+            "-c", str(ROOT), shell,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+
     def screen(self) -> str:
         return self.run("capture-pane", "-p", "-t", self.session).stdout
 
@@ -179,11 +192,7 @@ def send_paced(port: int, count: int, per_s: float) -> None:
 def test_top_shows_what_was_sent_and_survives_the_daemon(serve: Serve, tmux: Tmux) -> None:
     rc_file = Path(serve.log_path).with_name("top.rc")
     top = f"{shlex.quote(sys.executable)} -m ingest top --url http://127.0.0.1:{serve.metrics_port}"
-    started = tmux.run(
-        "new-session", "-d", "-s", tmux.session, "-x", "120", "-y", "40", "-c", str(ROOT),
-        f"{top}; echo $? > {shlex.quote(str(rc_file))}",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
+    tmux.start(top, 120, 40, rc_file)
     poll(lambda: "health OK" in tmux.screen(), "health OK on screen", 20, tmux.screen)
 
     # While a paced load runs, the in-rate is non-zero.
@@ -245,11 +254,7 @@ def test_top_without_a_daemon_says_so_and_quits_on_ctrl_c(tmux: Tmux, tmp_path: 
     rc_file = tmp_path / "top.rc"
     nobody = free_port()  # bound and released: nothing listens there
     top = f"{shlex.quote(sys.executable)} -m ingest top --url 127.0.0.1:{nobody}/metrics"
-    started = tmux.run(
-        "new-session", "-d", "-s", tmux.session, "-x", "60", "-y", "20", "-c", str(ROOT),
-        f"{top}; echo $? > {shlex.quote(str(rc_file))}",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
+    tmux.start(top, 60, 20, rc_file)
     poll(
         lambda: "DISCONNECTED: connection refused" in tmux.screen(), "DISCONNECTED", 20, tmux.screen
     )
@@ -270,11 +275,7 @@ def test_serve_dashboard_draws_below_the_log(
         f"--project {pubsub.project} --topic {pubsub.topic_id} --udp 127.0.0.1:{port} "
         f"--metrics 127.0.0.1:{free_port()} --dashboard"
     )
-    started = tmux.run(
-        "new-session", "-d", "-s", tmux.session, "-x", "120", "-y", "50", "-c", str(ROOT),
-        f"{serve}; echo $? > {shlex.quote(str(rc_file))}; sleep 60",
-    )  # fmt: skip
-    assert started.returncode == 0, started.stderr
+    tmux.start(serve, 120, 50, rc_file, after="sleep 60")
     poll(lambda: "health OK" in tmux.screen(), "the inline dashboard", 30, tmux.screen)
     send_paced(port, 321, 1000)
     poll(lambda: row(tmux.screen(), "published", "321"), "321 published", 20, tmux.screen)

@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from tools import netns
 from tools.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,31 +292,11 @@ def reexec_in_netns(argv: list[str]) -> int | None:
     """Run this benchmark again inside ``unshare --net`` with the qlen raised;
     None (run here) when that is not possible. The pid namespace makes every
     process of the run (the emulator included) die with it."""
-    command = [
-        "unshare",
-        "--net",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "--mount-proc",
-        "--",
-        "sh",
-        "-c",
-        "ip link set lo up && "
-        f"sysctl -q -w net.unix.max_dgram_qlen={NETNS_QLEN} && "
-        'exec "$0" -m tools.bench_gunicorn "$@"',
-        sys.executable,
-        *argv,
-    ]
-    try:
-        probe = subprocess.run(
-            ["unshare", "--net", "--", "true"], capture_output=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        probe = None
-    if probe is None or probe.returncode != 0:
-        print("(unshare --net not available: running with the host's settings)", file=sys.stderr)
+    reason = netns.unavailable()
+    if reason:
+        print(f"({reason}: running with the host's settings)", file=sys.stderr)
         return None
+    command = netns.python_command(NETNS_QLEN, ["-m", "tools.bench_gunicorn", *argv])
     env = {**os.environ, IN_NETNS_ENV: "1"}
     return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
 
