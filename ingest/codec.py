@@ -69,3 +69,15 @@ def _reason(line: bytes) -> str:
     except UnicodeDecodeError:
         return INVALID_UTF8
     return INVALID_JSON
+
+
+def count_events(data: bytes) -> int:
+    """How many events (non-blank lines) ``decode_datagram`` would count in
+    ``data``, without parsing them: for a datagram that cannot be kept
+    anyway (the queue is full), so a flood costs least when we are behind."""
+    if b"\n" not in data:
+        return 1 if data.strip(_JSON_WHITESPACE) else 0
+    lines = data.split(b"\n")
+    if b" " in data or b"\t" in data or b"\r" in data:  # lines of only these are blank
+        return sum(1 for line in lines if line.strip(_JSON_WHITESPACE))
+    return len(lines) - lines.count(b"")

@@ -17,6 +17,7 @@ import gc
 import logging
 import signal
 import sys
+import time
 from typing import Any
 
 from google.auth.exceptions import DefaultCredentialsError
@@ -31,7 +32,7 @@ from ingest.publisher import SHUTDOWN, PublisherPool
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import EventQueue
 from ingest.replay import run_replay
-from ingest.sources import DatagramSource, bind_listener
+from ingest.sources import FINAL_DRAIN_MAX_S, DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import RejectSummary, Stats
@@ -305,8 +306,9 @@ class Daemon:
         for task in ended:
             task.cancel()
         await asyncio.gather(*ended, return_exceptions=True)
+        deadline = time.monotonic() + FINAL_DRAIN_MAX_S  # for all sockets together
         for source in self.sources:
-            source.drain_until_empty()
+            source.drain_until_empty(max(0.0, deadline - time.monotonic()))
             source.close()
         # 2. Publishers drain the queue within the deadline.
         dropped_before = sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)

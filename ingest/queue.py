@@ -11,6 +11,7 @@ already queued is never evicted.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,20 @@ class EventQueue:
         self.events += count
         self.bytes += nbytes
         self._nonempty.set()
+
+    def room(self) -> int:
+        """How many more events a ``put`` can keep (queue or spill): what the
+        readers check before decoding a datagram. With a spill it is not
+        bounded here (the spool has its own bound and counts its own drops)."""
+        if self.spill is not None:
+            return sys.maxsize
+        if self.bytes >= self.max_bytes:
+            return 0
+        return self.max_events - self.events
+
+    def drop_full(self, count: int) -> None:
+        """Count events a reader did not decode because ``room`` was 0."""
+        self._stats.dropped[QUEUE_FULL] += count
 
     def fits(self, count: int, nbytes: int) -> bool:
         return self.events + count <= self.max_events and self.bytes + nbytes <= self.max_bytes

@@ -19,7 +19,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
-from ingest.codec import SOURCE_DENIED, TOO_LARGE, decode_datagram
+from ingest.codec import SOURCE_DENIED, TOO_LARGE, count_events, decode_datagram
 from ingest.config import ConfigError, IPNetwork, Listener
 from ingest.queue import EventQueue
 from ingest.ratelimit import LogLimiter
@@ -27,11 +27,23 @@ from ingest.stats import Stats
 
 log = logging.getLogger(__name__)
 
-# Datagrams read per wake-up before yielding to the loop, so one busy socket
-# cannot starve the others or the publishers.
+# One wake-up's budget, checked before each datagram, so that one busy socket
+# cannot starve the others, the publishers or /healthz: at most DRAIN_BATCH
+# datagrams, WAKEUP_MAX_EVENTS events and WAKEUP_MAX_BYTES bytes, plus the one
+# datagram that crosses a bound. A budget in datagrams alone let one wake-up
+# hold 256 x 21,835 events (a 64 KiB datagram of "{}\n" lines): seconds of
+# work and hundreds of MiB before the queue's bounds were even consulted.
 DRAIN_BATCH = 256
+WAKEUP_MAX_EVENTS = 8192
+WAKEUP_MAX_BYTES = 1 << 20
+# Only datagrams above this size count against WAKEUP_MAX_BYTES (and only
+# datagrams of several lines against WAKEUP_MAX_EVENTS), which keeps the
+# common small single-event datagram free of bookkeeping: DRAIN_BATCH of these
+# stay under 512 KiB, so the byte bound still holds, at worst doubled.
+SMALL_DATAGRAM_BYTES = 2048
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; not in Python
-FINAL_DRAIN_MAX_S = 2.0
+FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
+REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
 
 
@@ -191,7 +203,7 @@ class DatagramSource:
         self.sock = sock
         self.adopted = adopted
         self.allow = AllowList(allow) if allow and listener.kind == "udp" else None
-        self.drain: Callable[[], int] = self._drain_allowed if self.allow else self._drain_all
+        self.drain: Callable[[], bool] = self._drain_allowed if self.allow else self._drain_all
         self._queue = queue
         self._stats = stats
         self._max_bytes = max_datagram_bytes
@@ -226,8 +238,14 @@ class DatagramSource:
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self.drain)
 
-    def _drain_all(self) -> int:
-        """Read up to DRAIN_BATCH datagrams (until EAGAIN); returns how many."""
+    def _drain_all(self) -> bool:
+        """Read until EAGAIN or the wake-up budget; True when the budget
+        stopped it (the socket may hold more).
+
+        The queue's room is read before decoding: once a wake-up has produced
+        as many events as the queue can keep, further datagrams are counted
+        (``queue_full``, one per non-blank line) without being decoded, so
+        overload costs the least work exactly when the daemon is behind."""
         events: list[bytes] = []
         stats = self._stats
         rejected = stats.rejected
@@ -235,44 +253,71 @@ class DatagramSource:
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode = decode_datagram
-        datagrams = received = empty = 0
+        room = self._queue.room()
+        # No datagram can hold more than ``limit`` events: with this much room
+        # the budget stops the wake-up first, and the per-datagram check is moot.
+        roomy = room >= WAKEUP_MAX_EVENTS + limit
+        max_events, max_read, small = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES, SMALL_DATAGRAM_BYTES
+        more = False
+        datagrams = received = empty = full = nread = 0
         for _ in range(DRAIN_BATCH):
             try:
                 data = recv(limit)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                stats.receive_errors += 1
-                self._limiter.log(
-                    log, "recv", logging.WARNING, "%s: receive failed: %s", self.label, exc
-                )
+                self._receive_failed(exc)
                 break
             datagrams += 1
-            if len(data) > max_bytes:  # rejected whole, never forwarded truncated
-                rejected[TOO_LARGE] += 1
-                received += 1
-                continue
-            count = decode(data, events, rejected)
-            if count:
-                received += count
+            size = len(data)
+            if size > small:  # the rare path: the bytes budget, oversize
+                nread += size
+                more = nread >= max_read  # this datagram is still handled below
+                if size > max_bytes:  # rejected whole, never forwarded truncated
+                    rejected[TOO_LARGE] += 1
+                    received += 1
+                    if more:
+                        break
+                    continue
+            if roomy or len(events) < room:
+                count = decode(data, events, rejected)
             else:
-                empty += 1
+                count = count_events(data)
+                full += count
+            received += count
+            if count != 1:  # blank, or several lines: the rare paths
+                if not count:
+                    empty += 1
+                elif received >= max_events:
+                    more = True
+            if more:
+                break
+        else:
+            more = True
         if datagrams:
-            self._settle(datagrams, received, empty, events)
-        return datagrams
+            self._settle(datagrams, received, empty, full, events)
+        return more
 
-    def _settle(self, datagrams: int, received: int, empty: int, events: list[bytes]) -> None:
+    def _receive_failed(self, exc: OSError) -> None:
+        self._stats.receive_errors += 1
+        self._limiter.log(log, "recv", logging.WARNING, "%s: receive failed: %s", self.label, exc)
+
+    def _settle(
+        self, datagrams: int, received: int, empty: int, full: int, events: list[bytes]
+    ) -> None:
         """Once per wake-up: the counters, and one queue put for all events."""
         stats = self._stats
         stats.datagrams_received[self.label] += datagrams
         stats.events_received[self.label] += received
         if empty:
             stats.datagrams_ignored[EMPTY] += empty
+        if full:
+            self._queue.drop_full(full)
         if events:
             assert self._loop is not None
             self._queue.put(events, self._loop.time())
 
-    def _drain_allowed(self) -> int:
+    def _drain_allowed(self) -> bool:
         """``_drain_all`` with a sender check: a datagram from outside the
         allow-list counts as one event received and rejected (source_denied)
         and is never decoded. A separate method so that the path without an
@@ -287,17 +332,20 @@ class DatagramSource:
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode = decode_datagram
-        datagrams = received = empty = denied = 0
+        room = self._queue.room()
+        # No datagram can hold more than ``limit`` events: with this much room
+        # the budget stops the wake-up first, and the per-datagram check is moot.
+        roomy = room >= WAKEUP_MAX_EVENTS + limit
+        max_events, max_read, small = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES, SMALL_DATAGRAM_BYTES
+        more = False
+        datagrams = received = empty = full = nread = denied = 0
         for _ in range(DRAIN_BATCH):
             try:
                 data, address = recvfrom(limit)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                stats.receive_errors += 1
-                self._limiter.log(
-                    log, "recv", logging.WARNING, "%s: receive failed: %s", self.label, exc
-                )
+                self._receive_failed(exc)
                 break
             datagrams += 1
             allowed = verdicts.get(address[0])
@@ -305,28 +353,45 @@ class DatagramSource:
                 allowed = decide(address[0])
             if not allowed:
                 denied += 1
-                continue
-            if len(data) > max_bytes:  # rejected whole, never forwarded truncated
-                rejected[TOO_LARGE] += 1
                 received += 1
                 continue
-            count = decode(data, events, rejected)
-            if count:
-                received += count
+            size = len(data)
+            if size > small:  # the rare path: the bytes budget, oversize
+                nread += size
+                more = nread >= max_read  # this datagram is still handled below
+                if size > max_bytes:  # rejected whole, never forwarded truncated
+                    rejected[TOO_LARGE] += 1
+                    received += 1
+                    if more:
+                        break
+                    continue
+            if roomy or len(events) < room:
+                count = decode(data, events, rejected)
             else:
-                empty += 1
+                count = count_events(data)
+                full += count
+            received += count
+            if count != 1:  # blank, or several lines: the rare paths
+                if not count:
+                    empty += 1
+                elif received >= max_events:
+                    more = True
+            if more:
+                break
+        else:
+            more = True
+        if denied:
+            rejected[SOURCE_DENIED] += denied
         if datagrams:
-            if denied:
-                rejected[SOURCE_DENIED] += denied
-            self._settle(datagrams, received + denied, empty, events)
-        return datagrams
+            self._settle(datagrams, received, empty, full, events)
+        return more
 
     def drain_until_empty(self, max_s: float = FINAL_DRAIN_MAX_S) -> None:
         """Read what the kernel already queued (shutdown, socket re-creation):
         until EAGAIN, or for at most ``max_s`` -- senders flooding faster than
         we read must not hold a shutdown hostage."""
         deadline = time.monotonic() + max_s
-        while self.drain() == DRAIN_BATCH and time.monotonic() < deadline:
+        while self.drain() and time.monotonic() < deadline:
             pass
 
     def close(self) -> None:
@@ -355,7 +420,7 @@ class DatagramSource:
             )
             return
         log.warning("%s: socket file disappeared or was replaced; re-creating it", self.label)
-        self.drain_until_empty()  # what the old socket still holds
+        self.drain_until_empty(REBIND_DRAIN_MAX_S)  # what the old socket still holds
         try:
             _remove_stale_socket(self.listener.path)
             fresh = bind_unix(self.listener, mode, gid)

@@ -15,6 +15,7 @@ from ingest.codec import (
     INVALID_UTF8,
     NOT_OBJECT,
     REJECT_REASONS,
+    count_events,
     decode_datagram,
 )
 
@@ -266,3 +267,17 @@ def test_ndjson_mix_accepts_objects_and_rejects_the_rest(items: list[tuple[bytes
     # Every generated object line survives, in order, exactly as sent.
     remaining = iter(out)
     assert all(any(line == got for got in remaining) for line, is_object in items if is_object)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"{}", b"[1]", b"x", b"", b" ", b"\r", b"\t \r", b" {} ", b"\xff"]),
+        max_size=12,
+    ).map(b"\n".join)
+    | st.binary(max_size=300)
+)
+def test_count_events_agrees_with_decoding(data: bytes) -> None:
+    """What a reader counts without decoding (the queue is full) is exactly
+    what decoding would have counted: the identity holds either way."""
+    assert count_events(data) == decode(data)[0]

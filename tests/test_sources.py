@@ -1,5 +1,6 @@
 """The drain callback on real sockets, without a daemon: counting per wake-up,
-the final drain at shutdown and its bound."""
+the wake-up budget, the queue's room checked before decoding, the final drain
+at shutdown and its bound."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ import asyncio
 import socket
 
 from ingest.config import Listener
-from ingest.queue import EventQueue
-from ingest.sources import DRAIN_BATCH, DatagramSource, bind_udp
+from ingest.queue import QUEUE_FULL, EventQueue
+from ingest.sources import (
+    DRAIN_BATCH,
+    WAKEUP_MAX_BYTES,
+    WAKEUP_MAX_EVENTS,
+    DatagramSource,
+    bind_udp,
+)
 from ingest.stats import Stats
 
 
-def udp_source(stats: Stats) -> tuple[DatagramSource, socket.socket, EventQueue]:
+def udp_source(
+    stats: Stats, *, max_events: int = 1_000_000, max_datagram_bytes: int = 1000
+) -> tuple[DatagramSource, socket.socket, EventQueue]:
     listener = Listener("udp", host="127.0.0.1", port=0)
-    sock = bind_udp(listener, 4 << 20)
-    queue = EventQueue(1_000_000, 1 << 30, stats)
-    source = DatagramSource(listener, sock, queue, stats, 1000)
+    sock = bind_udp(listener, 16 << 20)
+    queue = EventQueue(max_events, 1 << 30, stats)
+    source = DatagramSource(listener, sock, queue, stats, max_datagram_bytes)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sender.connect(sock.getsockname())
     return source, sender, queue
@@ -55,6 +64,76 @@ def test_final_drain_is_bounded_in_time() -> None:
         assert queue.events == DRAIN_BATCH  # one batch, then the deadline
         source.drain_until_empty()
         assert queue.events == 3 * DRAIN_BATCH
+        source.close()
+        sender.close()
+
+    asyncio.run(main())
+
+
+AMPLIFIED = b"{}\n" * 21_835  # the largest IPv4 UDP payload of the smallest events
+
+
+def test_one_wake_up_is_bounded_in_events() -> None:
+    """256 datagrams of 21,835 events each once made one wake-up of 5.6M
+    events: the budget stops after the datagram that crosses it."""
+
+    async def main() -> None:
+        stats = Stats()
+        source, sender, queue = udp_source(stats, max_datagram_bytes=65_535)
+        source.start(asyncio.get_running_loop())
+        for _ in range(8):
+            sender.send(AMPLIFIED)
+        assert source.drain() is True  # stopped by the budget: more is waiting
+        per_datagram = AMPLIFIED.count(b"\n")
+        taken = stats.events_received[source.label]
+        assert WAKEUP_MAX_EVENTS <= taken < WAKEUP_MAX_EVENTS + per_datagram
+        source.drain_until_empty()
+        assert stats.events_received[source.label] == 8 * per_datagram
+        assert queue.events == 8 * per_datagram
+        source.close()
+        sender.close()
+
+    asyncio.run(main())
+
+
+def test_one_wake_up_is_bounded_in_bytes() -> None:
+    async def main() -> None:
+        stats = Stats()
+        source, sender, _ = udp_source(stats, max_datagram_bytes=65_535)
+        source.start(asyncio.get_running_loop())
+        big = b'{"pad":"' + b"x" * 60_000 + b'"}'
+        for _ in range(40):
+            sender.send(big)
+        assert source.drain() is True
+        read = stats.datagrams_received[source.label] * len(big)
+        assert WAKEUP_MAX_BYTES <= read < WAKEUP_MAX_BYTES + len(big)
+        source.drain_until_empty()
+        assert stats.datagrams_received[source.label] == 40
+        source.close()
+        sender.close()
+
+    asyncio.run(main())
+
+
+def test_a_full_queue_is_checked_before_decoding() -> None:
+    """Without a spool, datagrams that the queue cannot keep are counted as
+    queue_full per non-blank line and never decoded: their bad lines are not
+    counted rejected, and the identity holds."""
+
+    async def main() -> None:
+        stats = Stats()
+        source, sender, queue = udp_source(stats, max_events=10)
+        source.start(asyncio.get_running_loop())
+        sender.send(b"{}\n" * 8)
+        sender.send(b"{}\n" * 8)  # 2 fit, 6 do not (dropped by the queue's put)
+        sender.send(b"{}\nnot json\n\n \n{}")  # no room left: not decoded
+        source.drain_until_empty()
+        received = stats.events_received[source.label]
+        assert received == 8 + 8 + 3
+        assert queue.events == 10
+        assert stats.dropped[QUEUE_FULL] == 6 + 3
+        assert sum(stats.rejected.values()) == 0  # "not json" was never decoded
+        assert received == queue.events + stats.dropped[QUEUE_FULL]
         source.close()
         sender.close()
 
