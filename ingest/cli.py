@@ -128,8 +128,12 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     for option in SERVE_OPTIONS:
         if option.repeat and option.key in flags:  # may also carry comma-separated lists
             flags[option.key] = [part for item in flags[option.key] for part in item.split(",")]
-    config_path = args.config or env.get(ENV_PREFIX + "CONFIG")
-    file_values = load_file(config_path) if config_path else None
+    if args.config:
+        file_values = load_file(args.config)
+    elif env.get(ENV_PREFIX + "CONFIG"):
+        file_values = load_file(env[ENV_PREFIX + "CONFIG"], f"--config (from {ENV_PREFIX}CONFIG)")
+    else:
+        file_values = None
     return build_settings(flags, env, file_values)
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import grp
 import ipaddress
 import logging
+import os
+import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +27,17 @@ PUBSUB_MAX_REQUEST_BYTES = 10_000_000  # encoded bytes per PublishRequest
 # datagrams can be larger, but a protobuf length prefix of <= 3 bytes (lengths
 # below 2 MiB) keeps the batcher's per-message overhead a fixed bound.
 MAX_DATAGRAM_CEILING = 1 << 20
+
+# sun_path in <sys/un.h> is 108 bytes on Linux, the terminating NUL included;
+# CPython refuses a 108-byte path outright ("AF_UNIX path too long").
+UNIX_PATH_MAX_BYTES = 107
+# A gid is a 32-bit unsigned integer; (gid_t)-1 means "leave unchanged" to chown(2).
+GID_MAX = (1 << 32) - 2
+# Far above any real config file; bounds the memory a wrong --config can take.
+CONFIG_MAX_BYTES = 1 << 20
+# Pub/Sub resource names (cloud.google.com/pubsub/docs/pubsub-basics, "Resource
+# names"): a letter, then letters, digits and - _ . ~ + %; 3-255 characters.
+PUBSUB_TOPIC_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
 DEFAULT_UNIX_PATH = "/run/ingest/ingest.sock"
 DEFAULT_UDP = "127.0.0.1:5140"
@@ -98,6 +112,33 @@ class Settings:
 # --- value parsers: take a raw value (str from flag/env, or a TOML value) ---
 
 
+def check_text(raw: Any) -> None:
+    """Refuse what no setting may hold, before any parser sees it.
+
+    A NUL byte makes every path and name call raise ValueError deep in the
+    daemon; os.environ and argv carry bytes that are not UTF-8 as lone
+    surrogates, which cannot be logged, labelled in /metrics or encoded for
+    Pub/Sub; a control or line-separator character would split the one-line
+    messages. Whitespace around a value is trimmed by the parsers, so it may be
+    anything."""
+    if isinstance(raw, list | tuple):
+        for item in raw:
+            check_text(item)
+        return
+    if not isinstance(raw, str):
+        return
+    if "\x00" in raw:
+        raise ValueError(f"must not contain a NUL byte (got {raw!r})")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise ValueError(f"is not valid UTF-8 (got {shown!r})") from None
+    for char in raw.strip():
+        if not char.isprintable() and char != " ":
+            raise ValueError(f"has a non-printable character U+{ord(char):04X} (got {raw!r})")
+
+
 def _int_range(lo: int, hi: int) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         if isinstance(raw, bool):
@@ -124,7 +165,7 @@ def _float_range(lo: float, hi: float) -> Callable[[Any], float]:
             raise ValueError(f"must be a number (got {raw!r})")
         try:
             value = float(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # Overflow: a TOML int beyond a float
             raise ValueError(f"must be a number (got {raw!r})") from None
         if not lo <= value <= hi:  # also rejects NaN
             raise ValueError(f"must be between {lo:g} and {hi:g} (got {raw!r})")
@@ -161,19 +202,27 @@ def _octal_mode(raw: Any) -> int:
 
 
 def _group(raw: Any) -> int:
-    """A group name (or numeric gid) that exists here; returns the gid."""
+    """A group name, or a numeric gid, that exists in the group database
+    (a gid no group has is as unknown as a misspelt name); returns the gid."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
     if not isinstance(raw, str) or not raw.strip():
-        raise ValueError("must be a group name")
+        raise ValueError("must be a group name or a numeric gid")
     name = raw.strip()
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         pass
-    if name.isdigit():
-        return int(name)
-    raise ValueError(f"group {name!r} does not exist")
+    if not (name.isascii() and name.isdigit()):
+        raise ValueError(f"group {name!r} does not exist")
+    gid = int(name)
+    if gid > GID_MAX:
+        raise ValueError(f"gid must be between 0 and {GID_MAX} (got {name})")
+    try:
+        grp.getgrgid(gid)
+    except KeyError:
+        raise ValueError(f"group {gid} does not exist") from None
+    return gid
 
 
 def _networks(raw: Any) -> tuple[IPNetwork, ...]:
@@ -202,10 +251,14 @@ def _name(what: str) -> Callable[[Any], str]:
 
 
 def _topic_id(raw: Any) -> str:
-    # Pub/Sub resource names: 3-255 characters, starting with a letter.
     value = _name("topic ID")(raw)
-    if not 3 <= len(value) <= 255 or not value[0].isalpha():
-        raise ValueError(f"must be 3-255 characters starting with a letter (got {raw!r})")
+    if not PUBSUB_TOPIC_ID_RE.fullmatch(value):
+        raise ValueError(
+            "must be 3-255 characters starting with a letter, then letters, digits "
+            f"and - _ . ~ + % (got {raw!r})"
+        )
+    if value.startswith("goog"):
+        raise ValueError(f"must not start with goog, which Pub/Sub reserves (got {raw!r})")
     return value
 
 
@@ -236,7 +289,7 @@ def _endpoint(raw: Any) -> str:
     if not isinstance(raw, str):
         raise ValueError(f"must be HOST:PORT (got {raw!r})")
     parse_host_port(raw)
-    return raw
+    return raw.strip()
 
 
 def _optional_address(raw: Any) -> tuple[str, int] | None:
@@ -263,13 +316,39 @@ def parse_host_port(raw: str) -> tuple[str, int]:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host or ":" in host:
             raise ValueError(f"must be HOST:PORT or [IPV6]:PORT (got {raw!r})")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"port must be a number (got {raw!r})") from None
+        _check_host_name(host)
+    # int() also takes " 80", "+80" and non-ASCII digits; a port is ASCII digits.
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"port must be a number (got {raw!r})")
+    port = int(port_text) if len(port_text) <= 5 else 65536  # int() refuses 4301 digits
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be between 0 and 65535 (got {raw!r})")
     return host, port
+
+
+def _check_host_name(host: str) -> None:
+    """getaddrinfo() encodes a host name with the IDNA codec and raises
+    UnicodeError, not gaierror, for one it cannot encode ("a..b", a label
+    over 63 bytes): refuse those here, where the message names the flag."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{host!r} is not a valid host name") from None
+
+
+def check_unix_path(path: str) -> None:
+    """Raise ValueError for a path too long for a unix socket address."""
+    size = len(os.fsencode(path))
+    if size > UNIX_PATH_MAX_BYTES:
+        raise ValueError(
+            f"{path!r} is {size} bytes; a unix socket path holds at most "
+            f"{UNIX_PATH_MAX_BYTES} bytes (sun_path)"
+        )
 
 
 def _udp_listeners(raw: Any) -> tuple[Listener, ...]:
@@ -285,6 +364,7 @@ def _unix_listeners(raw: Any) -> tuple[Listener, ...]:
     for item in _as_list(raw):
         if not item.startswith("/"):
             raise ValueError(f"must be an absolute path (got {item!r})")
+        check_unix_path(item)
         out.append(Listener("unix", path=item))
     return tuple(out)
 
@@ -292,10 +372,10 @@ def _unix_listeners(raw: Any) -> tuple[Listener, ...]:
 def _as_list(raw: Any) -> list[str]:
     if isinstance(raw, str):
         items = [part.strip() for part in raw.split(",")]
-    elif isinstance(raw, list | tuple):
-        items = [str(part).strip() for part in raw]
+    elif isinstance(raw, list | tuple) and all(isinstance(part, str) for part in raw):
+        items = [part.strip() for part in raw]
     else:
-        raise ValueError(f"must be a list (got {raw!r})")
+        raise ValueError(f"must be a list of strings (got {raw!r})")
     return [item for item in items if item]
 
 
@@ -418,20 +498,69 @@ SERVE_OPTIONS: tuple[Option, ...] = (
 )
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """Read a TOML config file; errors name --config."""
+def load_file(path: str, where: str = "--config") -> dict[str, Any]:
+    """Read a TOML config file: a regular file of UTF-8 TOML. Errors name
+    ``where`` (the flag, or the variable the path came from)."""
+    shown = path if path.isprintable() else repr(path)  # one line, whatever its bytes
+    content = _read_config(path, shown, where)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError("--config", f"cannot read {path}: {exc.strerror}") from None
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = content.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            where, f"{shown} is not UTF-8 (byte 0x{content[exc.start]:02x} at line {line})"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{path} is not valid TOML: {exc}") from None
+        raise ConfigError(where, f"{shown} is not valid TOML: {exc}") from None
+    except ValueError:  # int() refuses more than 4300 digits (sys.int_info)
+        raise ConfigError(where, f"{shown} is not valid TOML: an integer is too long") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise ConfigError(
+            where, f"{shown} is not valid TOML: arrays or tables nested too deeply"
+        ) from None
     known = {o.file_key for o in SERVE_OPTIONS}
     for key in data:
         if key not in known:
-            raise ConfigError("--config", f"{path}: unknown key {key!r}")
+            raise ConfigError(where, f"{shown}: unknown key {key!r}")
     return data
+
+
+def _read_config(path: str, shown: str, where: str) -> bytes:
+    # O_NONBLOCK: opening a FIFO nobody writes to would otherwise wait forever.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(where, f"cannot read {shown}: {exc.strerror}") from None
+    content = b""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(where, f"{shown} is not a regular file ({_file_kind(st)})")
+        while len(content) <= CONFIG_MAX_BYTES:
+            chunk = os.read(fd, CONFIG_MAX_BYTES + 1 - len(content))
+            if not chunk:
+                break
+            content += chunk
+    except OSError as exc:
+        raise ConfigError(where, f"cannot read {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(content) > CONFIG_MAX_BYTES:
+        raise ConfigError(where, f"{shown} is larger than {CONFIG_MAX_BYTES >> 20} MiB")
+    return content
+
+
+def _file_kind(st: os.stat_result) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(st.st_mode)), "not a file")
 
 
 def build_settings(
@@ -464,6 +593,7 @@ def build_settings(
         else:
             continue
         try:
+            check_text(raw)
             values[option.key] = option.parse(raw)
         except ValueError as exc:
             raise ConfigError(where, str(exc)) from None

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import datetime
+import grp
 import ipaddress
 import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +19,14 @@ import pytest
 
 from ingest.cli import build_parser, settings_from
 from ingest.config import (
+    CONFIG_MAX_BYTES,
     DEFAULT_UDP,
     DEFAULT_UNIX_PATH,
     MAX_DATAGRAM_CEILING,
     PUBSUB_MAX_REQUEST_BYTES,
     PUBSUB_MAX_REQUEST_MESSAGES,
     SERVE_OPTIONS,
+    UNIX_PATH_MAX_BYTES,
     ConfigError,
     Listener,
     Settings,
@@ -141,7 +151,7 @@ def test_unknown_env_variable_only_warns(caplog: pytest.LogCaptureFixture) -> No
         ("pubsub_endpoint", "localhost:8085", "localhost:8085"),
         ("max_datagram_bytes", str(MAX_DATAGRAM_CEILING), MAX_DATAGRAM_CEILING),
         ("unix_gid", "root", 0),  # --unix-group: a name, resolved to its gid
-        ("unix_gid", "4242", 4242),  # or a numeric gid
+        ("unix_gid", "0", 0),  # or a numeric gid that exists
         (
             "udp_allow",
             "10.0.0.0/8, 192.168.1.7,2001:db8::/32",
@@ -410,3 +420,451 @@ def test_settings_from_reports_file_errors(tmp_path: Path) -> None:
     config.write_text('topic = "events"\nsurprise = 1\n')
     with pytest.raises(ConfigError, match=r"^--config: .*unknown key 'surprise'"):
         parse_serve("--config", str(config), "--project", "p")
+
+
+# ------------------------------------------------- hostile values (issue 8)
+
+# A valid value for every setting, as a string (flag, env or TOML string), of
+# two characters at least: a bad character goes in the middle, not at an end
+# where it would be trimmed as whitespace.
+VALID_TEXT: dict[str, str] = {
+    "project": "proj",
+    "topic": "events",
+    "udp": "127.0.0.1:5140",
+    "unix": "/tmp/ingest.sock",
+    "create_topic": "true",
+    "queue_max_events": "1000",
+    "queue_max_bytes": "65536",
+    "publishers": "12",
+    "batch_max_messages": "100",
+    "batch_max_bytes": "2000000",
+    "batch_linger_ms": "2.5",
+    "max_datagram_bytes": "65535",
+    "udp_rcvbuf_bytes": "65536",
+    "unix_mode": "0660",
+    "unix_gid": "root",
+    "udp_allow": "10.0.0.0/8",
+    "drain_timeout_s": "10",
+    "publish_timeout_s": "10",
+    "pubsub_endpoint": "localhost:8085",
+    "metrics": "127.0.0.1:9464",
+    "log_level": "info",
+    "dashboard": "false",
+    "spool_dir": "/var/spool/ingest",
+    "spool_max_bytes": "1073741824",
+    "spool_fsync": "roll",
+}
+
+
+def test_every_setting_has_a_valid_text_value() -> None:
+    assert set(VALID_TEXT) == set(OPTIONS)
+    for key, raw in VALID_TEXT.items():
+        assert len(raw) >= 2
+        build({key: raw})
+
+
+def _spoil(raw: str, bad: str) -> str:
+    middle = len(raw) // 2
+    return raw[:middle] + bad + raw[middle:]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("\x00", "NUL"),
+        ("\udcff", "not valid UTF-8"),  # os.environ and argv carry bad bytes so
+        ("\x1b", "non-printable"),
+        ("\n", "non-printable"),
+        ("\u2028", "non-printable"),  # LINE SEPARATOR: breaks one-line messages
+    ],
+)
+@pytest.mark.parametrize("key", sorted(VALID_TEXT))
+def test_bad_characters_in_any_string_setting_name_the_flag(
+    key: str, bad: str, reason: str
+) -> None:
+    option = OPTIONS[key]
+    raw = _spoil(VALID_TEXT[key], bad)
+    sources: list[tuple[str, Any]] = [
+        (option.flag + ": ", lambda: build({key: raw})),
+        (f"{option.flag} (from {option.env}): ", lambda: build(env={option.env: raw})),
+        (
+            f"{option.flag} (config key {option.file_key}): ",
+            lambda: build(**{option.file_key: raw}),
+        ),
+    ]
+    if option.repeat:  # a TOML list
+        sources.append(
+            (
+                f"{option.flag} (config key {option.file_key}): ",
+                lambda: build(**{option.file_key: [raw]}),
+            )
+        )
+    for prefix, attempt in sources:
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        message = str(info.value)
+        assert message.startswith(prefix), message
+        assert reason in message, message
+        assert message.isprintable(), message  # one line, no raw control bytes
+
+
+def test_surrounding_whitespace_is_still_trimmed() -> None:
+    settings = build(env={"INGEST_CREATE_TOPIC": "true\n", "INGEST_PUBLISHERS": "\t3 "})
+    assert settings.create_topic is True
+    assert settings.publishers == 3
+
+
+def test_unicode_paths_are_accepted() -> None:
+    settings = build({"unix": ["/tmp/événements-🎉.sock"], "spool_dir": "/var/spool/données"})
+    assert settings.listeners == (Listener("unix", path="/tmp/événements-🎉.sock"),)
+    assert settings.spool_dir == "/var/spool/données"
+
+
+HOSTILE_TOML: list[Any] = [
+    "",
+    " ",
+    "x" * 5000,
+    "9" * 5000,
+    0,
+    -1,
+    10**30,
+    -(10**30),
+    10**400,
+    1.5,
+    2.0,
+    -0.0,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+    True,
+    False,
+    [],
+    [1],
+    [1.5],
+    [True],
+    [["127.0.0.1:1"]],
+    [{"a": 1}],
+    {},
+    {"a": 1},
+    datetime.date(2024, 1, 1),
+    datetime.time(12, 0),
+    datetime.datetime(2024, 1, 1, 12, 0, tzinfo=datetime.UTC),
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE_TOML, ids=repr)
+def test_any_toml_value_is_either_valid_or_a_config_error(raw: Any) -> None:
+    """Every TOML type in every key: a setting or a one-line ConfigError
+    naming the key, never another exception (a traceback, and exit 1)."""
+    for option in SERVE_OPTIONS:
+        try:
+            build(**{option.file_key: raw})
+        except ConfigError as exc:
+            assert str(exc).startswith(f"{option.flag} (config key {option.file_key}): ")
+            assert str(exc).isprintable()
+
+
+# ------------------------------------------------------ unix path length
+
+
+def test_unix_path_of_107_bytes_is_accepted() -> None:
+    path = "/tmp/" + "a" * 102
+    assert len(path) == UNIX_PATH_MAX_BYTES == 107
+    assert build({"unix": [path]}).listeners == (Listener("unix", path=path),)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/tmp/" + "a" * 103,  # 108 bytes: no room for the terminating NUL
+        "/tmp/" + "a" * 500,
+        "/tmp/" + "é" * 60,  # 65 characters, 125 bytes: the limit counts bytes
+    ],
+)
+def test_unix_path_over_107_bytes_is_rejected(path: str) -> None:
+    for attempt in (
+        lambda: build({"unix": [path]}),
+        lambda: build(env={"INGEST_UNIX": path}),
+        lambda: build(unix=[path]),
+    ):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        assert info.value.flag.startswith("--unix")
+        assert f"{len(path.encode())} bytes" in str(info.value)
+        assert "at most 107" in str(info.value)
+
+
+# -------------------------------------------------------------- unix group
+
+
+def _unused_gid() -> int:
+    for gid in range(4242, 65000):
+        try:
+            grp.getgrgid(gid)
+        except KeyError:
+            return gid
+    pytest.skip("every gid from 4242 up is taken")
+
+
+def test_numeric_unix_group_must_exist() -> None:
+    assert build({"unix_gid": "0"}).unix_gid == 0
+    assert build(unix_group=0).unix_gid == 0  # a TOML integer
+    gid = _unused_gid()
+    for attempt in (
+        lambda: build({"unix_gid": str(gid)}),
+        lambda: build(env={"INGEST_UNIX_GROUP": str(gid)}),
+        lambda: build(unix_group=gid),
+    ):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        assert info.value.flag.startswith("--unix-group")
+        assert f"group {gid} does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("raw", ["-1", "-0", "4294967295", "99999999999999999999999", "+0", "0x10"])
+def test_out_of_range_numeric_unix_group_is_rejected(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build({"unix_gid": raw})
+    assert str(info.value).startswith("--unix-group: ")
+
+
+@pytest.mark.parametrize("raw", [-1, 4294967295, 10**30])
+def test_out_of_range_toml_unix_group_is_rejected(raw: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(unix_group=raw)
+    assert str(info.value).startswith("--unix-group (config key unix_group): ")
+
+
+# ----------------------------------------------------- names and addresses
+
+
+@pytest.mark.parametrize(
+    ("key", "raw"),
+    [
+        ("udp", "a..b:5140"),  # getaddrinfo raises UnicodeError for it, not gaierror
+        ("udp", "x" * 64 + ".example:5140"),  # a DNS label holds 63 bytes
+        ("metrics", "a..b:9464"),
+        ("pubsub_endpoint", "a..b:443"),
+        ("udp", "127.0.0.1: 5140"),
+        ("udp", "127.0.0.1:+5140"),
+        ("udp", "127.0.0.1:٥١٤٠"),  # int() takes Arabic-Indic digits; a port does not
+        ("topic", "événements"),  # Pub/Sub: ASCII letters, digits and - . _ ~ % +
+        ("topic", "events!"),
+        ("topic", "goog-events"),  # Pub/Sub reserves the goog prefix
+    ],
+)
+def test_names_that_pass_a_loose_check_but_fail_later(key: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build({key: raw})
+    assert str(info.value).startswith(OPTIONS[key].flag + ": ")
+
+
+def test_pubsub_topic_characters_are_accepted() -> None:
+    assert build({"topic": "Ev.en_t~s%2B+-1"}).topic == "Ev.en_t~s%2B+-1"
+
+
+# -------------------------------------------- config files, check-config, serve
+
+INGEST = str(Path(sys.executable).with_name("ingest"))
+
+
+def run_ingest(
+    command: str, *args: str, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``ingest COMMAND ARGS`` without INGEST_* from the test's environment.
+    A config error must come before serve contacts or binds anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.pop("PUBSUB_EMULATOR_HOST", None)
+    return subprocess.run(
+        [*wrapper, INGEST, command, *args],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ingest: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+REQUIRED_TOML = b'project = "p"\ntopic = "events"\n'
+
+BAD_FILES: list[tuple[str, bytes, tuple[str, ...]]] = [
+    ("latin1", b'project = "caf\xe9"\ntopic = "events"\n', ("--config", "not UTF-8", "line 1")),
+    ("bom-utf16", "project = 'p'\n".encode("utf-16"), ("--config", "not UTF-8")),
+    ("syntax", b"project = \n", ("--config", "not valid TOML", "line 1")),
+    ("huge-int", REQUIRED_TOML + b"publishers = " + b"9" * 5000 + b"\n", ("--config",)),
+    ("deep", REQUIRED_TOML + b"udp = " + b"[" * 5000 + b"]" * 5000 + b"\n", ("--config",)),
+    (
+        "nul-unix",
+        REQUIRED_TOML + b'unix = ["/tmp/a\\u0000b.sock"]\n',
+        ("--unix (config key unix)", "NUL"),
+    ),
+    (
+        "nul-spool",
+        REQUIRED_TOML + b'spool_dir = "/tmp/sp\\u0000ool"\n',
+        ("--spool-dir (config key spool_dir)", "NUL"),
+    ),
+    (
+        "nul-group",
+        REQUIRED_TOML + b'unix_group = "ro\\u0000ot"\n',
+        ("--unix-group (config key unix_group)", "NUL"),
+    ),
+    (
+        "nul-metrics",
+        REQUIRED_TOML + b'metrics = "127.0.0.1\\u0000:9464"\n',
+        ("--metrics (config key metrics)", "NUL"),
+    ),
+    (
+        "float-overflow",
+        REQUIRED_TOML + b"batch_linger_ms = " + b"9" * 400 + b"\n",
+        ("--batch-linger-ms",),
+    ),
+    (
+        "long-unix",
+        REQUIRED_TOML + b'unix = "/tmp/' + b"a" * 200 + b'"\n',
+        ("--unix", "at most 107"),
+    ),
+    ("idna-host", REQUIRED_TOML + b'metrics = "a..b:9464"\n', ("--metrics",)),
+    ("table", REQUIRED_TOML + b"[unix]\npath = '/tmp/x'\n", ("--unix (config key unix)",)),
+]
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+@pytest.mark.parametrize(("name", "content", "needles"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+def test_bad_config_file_is_one_line_and_exit_2(
+    tmp_path: Path, command: str, name: str, content: bytes, needles: tuple[str, ...]
+) -> None:
+    """check-config and serve validate the same things: systemd's
+    RestartPreventExitStatus=2 must stop the restart loop, so no traceback."""
+    path = tmp_path / f"{name}.toml"
+    path.write_bytes(content)
+    assert_config_error(run_ingest(command, "--config", str(path)), *needles)
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_config_path_that_is_not_a_regular_file(tmp_path: Path, command: str) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)  # nobody writes: a blocking open would wait forever
+    assert_config_error(
+        run_ingest(command, "--config", str(fifo), "--project", "p", "--topic", "events"),
+        f"--config: {fifo} is not a regular file",
+    )
+    assert_config_error(
+        run_ingest(command, "--config", str(tmp_path), "--project", "p", "--topic", "events"),
+        f"--config: {tmp_path} is not a regular file",
+    )
+    assert_config_error(
+        run_ingest(command, "--config", "/dev/zero", "--project", "p", "--topic", "events"),
+        "--config: /dev/zero is not a regular file",
+    )
+    missing = tmp_path / "missing.toml"
+    assert_config_error(
+        run_ingest(command, "--config", str(missing)),
+        f"--config: cannot read {missing}: No such file or directory",
+    )
+
+
+def test_config_path_from_env_is_named_in_errors(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'project = "caf\xe9"\n')
+    env = {"INGEST_CONFIG": str(path)}
+    with pytest.raises(ConfigError) as info:
+        parse_serve(env=env)
+    assert str(info.value).startswith("--config (from INGEST_CONFIG): ")
+
+
+def test_non_utf8_config_error_gives_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'project = "p"\n\n# caf\xe9\n')
+    with pytest.raises(ConfigError) as info:
+        load_file(str(path))
+    assert str(info.value) == f"--config: {path} is not UTF-8 (byte 0xe9 at line 3)"
+
+
+def test_oversized_config_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_bytes(REQUIRED_TOML + b"#" * CONFIG_MAX_BYTES)
+    with pytest.raises(ConfigError, match=r"^--config: .* is larger than 1 MiB"):
+        load_file(str(path))
+
+
+def test_unicode_config_path(tmp_path: Path) -> None:
+    path = tmp_path / "réglages 🎉.toml"
+    path.write_bytes(REQUIRED_TOML)
+    result = run_ingest("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+def _unprivileged() -> tuple[str, ...]:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run as another user")
+    return ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_unreadable_config_file(command: str) -> None:
+    wrapper = _unprivileged()
+    # tmp_path's parents are 0700 root: nobody could not even reach the file.
+    with tempfile.TemporaryDirectory(prefix="ingest-") as directory:
+        os.chmod(directory, 0o755)
+        path = Path(directory) / "ingest.toml"
+        path.write_bytes(REQUIRED_TOML)
+        os.chmod(path, 0o644)
+        readable = run_ingest("check-config", "--config", str(path), wrapper=wrapper)
+        assert readable.returncode == 0, readable.stderr  # the user reaches it
+        os.chmod(path, 0)
+        assert stat.S_IMODE(path.stat().st_mode) == 0
+        assert_config_error(
+            run_ingest(command, "--config", str(path), wrapper=wrapper),
+            f"--config: cannot read {path}: Permission denied",
+        )
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_non_utf8_environment_value_is_a_config_error(command: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env_bytes = {k.encode(): v.encode("utf-8", "surrogateescape") for k, v in env.items()}
+    env_bytes[b"INGEST_PROJECT"] = b"caf\xe9"
+    env_bytes[b"INGEST_TOPIC"] = b"events"
+    result = subprocess.run(
+        [INGEST, command],
+        capture_output=True,
+        timeout=30,
+        env=env_bytes,  # type: ignore[arg-type]
+        check=False,
+    )
+    stderr = result.stderr.decode(errors="backslashreplace")
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert stderr.startswith("ingest: error: --project (from INGEST_PROJECT): "), stderr
+    assert "not valid UTF-8" in stderr
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_long_unix_path_flag_exits_2(command: str) -> None:
+    path = "/tmp/" + "a" * 103
+    assert_config_error(
+        run_ingest(command, "--project", "p", "--topic", "events", "--unix", path),
+        "--unix: ",
+        "108 bytes",
+        "at most 107",
+    )
+
+
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_unknown_numeric_unix_group_flag_exits_2(command: str) -> None:
+    gid = _unused_gid()
+    assert_config_error(
+        run_ingest(command, "--project", "p", "--topic", "events", "--unix-group", str(gid)),
+        f"--unix-group: group {gid} does not exist",
+    )
