@@ -4,10 +4,13 @@
     events = Emitter(unix="/run/ingest/ingest.sock")   # or Emitter(udp="127.0.0.1:5140")
     events.emit({"event": "signup", "user": 42})        # ~2-4 µs; never raises, never blocks
 
-Contract: neither the constructor nor ``emit`` ever raises into the
-application and nothing blocks. Each event is one datagram on a connected,
-non-blocking socket; when it cannot be handed to the kernel it is dropped and
-counted by reason (``stats()``). Delivery beyond the kernel is the daemon's job.
+Contract: the constructor checks the address without any I/O and raises
+``ValueError`` (``TypeError`` for one that is not a str) when it can never
+work, so a wrong setting fails at startup; after that, ``emit``, ``flush``
+and ``close`` never raise into the application and nothing blocks. Each event
+is one datagram on a connected, non-blocking socket; when it cannot be handed
+to the kernel it is dropped and counted by reason (``stats()``). Delivery
+beyond the kernel is the daemon's job.
 
 Imports nothing beyond orjson and the standard library, so a web worker pays
 for neither grpc nor rich: this module must stay importable on its own.
@@ -23,7 +26,7 @@ import socket
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -42,6 +45,12 @@ DEFAULT_MAX_DATAGRAM_BYTES = 65_507
 # connect() every few seconds, not one per emit.
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0
+# sun_path is 108 bytes (unix(7)); Python keeps one for the terminating NUL of
+# a path name and refuses 108 ("AF_UNIX path too long"), so 107 is the longest.
+UNIX_PATH_MAX_BYTES = 107
+# RFC 1035 2.3.4: a name is at most 255 octets on the wire, 253 as dotted
+# text. The idna codec checks each label (1-63) but not the whole name.
+HOST_NAME_MAX_BYTES = 253
 
 # Drop reasons: a fixed vocabulary, like the daemon's metric labels.
 QUEUE_FULL = "queue_full"  # EAGAIN: the receiver's queue (or our send buffer) is full
@@ -52,7 +61,7 @@ PERMISSION_DENIED = "permission_denied"  # EACCES/EPERM on the socket file
 TOO_LARGE = "too_large"  # over max_datagram_bytes, or EMSGSIZE
 UNSERIALIZABLE = "unserializable"  # orjson could not serialise the object
 NOT_OBJECT = "not_object"  # not a dict (the daemon would reject it)
-BAD_ADDRESS = "bad_address"  # the Emitter was constructed with an unusable address
+BAD_ADDRESS = "bad_address"  # the host name does not resolve (getaddrinfo failed)
 CLOSED = "closed"  # emit() after close()
 DISCONNECTED = "disconnected"  # waiting for the next reconnect attempt (backoff)
 OTHER = "other"  # any other OSError from send()
@@ -84,7 +93,15 @@ class Emitter:
 
     ``Emitter(unix=PATH)`` (default: the daemon's default path) or
     ``Emitter(udp="HOST:PORT")`` (``[V6]:PORT`` for IPv6; give a numeric
-    address: a host name is resolved at connect time, which can block on DNS).
+    address: a host name is resolved at connect time, which can block on DNS,
+    and one that does not resolve is counted as ``bad_address``).
+
+    The constructor raises ``ValueError`` for both ``unix`` and ``udp``, a NUL
+    in either, a unix path that cannot be encoded as a file name or is over
+    ``UNIX_PATH_MAX_BYTES`` encoded, a port outside 1-65535, a host the idna
+    codec refuses (an empty label, one over 63 characters, a character IDNA
+    does not allow) or a name over ``HOST_NAME_MAX_BYTES``; ``TypeError`` for
+    an address that is not a str.
 
     ``emit(event)`` takes a dict (serialised with orjson) or ready JSON bytes
     (one object on one line). With ``batch=True`` events are packed as NDJSON,
@@ -109,23 +126,22 @@ class Emitter:
         backoff_initial_s: float = BACKOFF_INITIAL_S,
         backoff_max_s: float = BACKOFF_MAX_S,
     ) -> None:
-        self._target = f"udp:{udp}" if udp is not None else f"unix:{unix or DEFAULT_UNIX_PATH}"
+        # Everything the socket module would refuse with something other
+        # than OSError is refused here, once, so connect() meets only OSError.
+        if unix is not None and udp is not None:
+            raise ValueError("Emitter: give unix= or udp=, not both")
         self._family = socket.AF_UNIX
-        self._address: Any = unix or DEFAULT_UNIX_PATH
-        self._udp_host = ""
-        self._bad_address = False
-        if udp is not None:
-            self._family = socket.AF_INET
-            parsed = _parse_host_port(udp) if unix is None else None
-            if parsed is None:
-                # Never raise into the application: every emit is counted
-                # as a bad_address drop, and this is logged once.
-                log.error("ingest Emitter: unusable target unix=%r udp=%r", unix, udp)
-                self._bad_address = True
-            else:
-                self._udp_host, port = parsed
-                self._family = socket.AF_INET6 if ":" in self._udp_host else socket.AF_INET
-                self._address = (self._udp_host, port)
+        self._resolve = False  # the host is a name: getaddrinfo at connect time
+        self._address: str | tuple[str, int]
+        if udp is None:
+            self._address = _unix_path(unix)
+            self._target = f"unix:{self._address}"
+        else:
+            host, port = _host_port(udp)
+            self._resolve = not _is_numeric(host)
+            self._family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._address = (host, port)
+            self._target = f"udp:{udp}"
         self._batch = batch
         self._max_bytes = max(1, max_datagram_bytes)
         self._backoff_initial_s = backoff_initial_s
@@ -155,16 +171,25 @@ class Emitter:
     # ------------------------------------------------------------- hot path
     def emit(self, event: dict[str, Any] | bytes) -> None:
         """Send one event; never raises, never blocks (see the class contract)."""
+        # Types are tested on type(event), never with isinstance: that falls
+        # back to the object's __class__, which a proxy (Django's
+        # SimpleLazyObject) computes by running application code.
         if type(event) is bytes:
             data = event
-        elif isinstance(event, dict):
+        elif type(event) is dict or issubclass(type(event), dict):
             try:
                 data = _dumps(event)
             except TypeError:  # orjson.JSONEncodeError is a TypeError
                 self._count_drop(UNSERIALIZABLE, 1)
                 return
-        elif isinstance(event, bytes | bytearray | memoryview):
-            data = bytes(event)
+        elif issubclass(type(event), bytes | bytearray | memoryview):
+            try:
+                # The buffer, not bytes(event): that would run a subclass's
+                # __bytes__. A released memoryview has none (ValueError).
+                data = memoryview(cast(bytes, event)).tobytes()
+            except ValueError:
+                self._count_drop(UNSERIALIZABLE, 1)
+                return
         else:
             self._count_drop(NOT_OBJECT, 1)
             return
@@ -220,8 +245,8 @@ class Emitter:
         self._disconnect_locked(reason, exc)
 
     def _connect_locked(self) -> socket.socket | None:
-        if self._closed or self._bad_address:
-            self._down_reason = CLOSED if self._closed else BAD_ADDRESS
+        if self._closed:
+            self._down_reason = CLOSED
             return None
         now = _monotonic()
         if now < self._next_connect_at:
@@ -229,19 +254,26 @@ class Emitter:
         self._connect_attempts += 1
         sock: socket.socket | None = None
         try:
-            address = self._address
-            if self._family != socket.AF_UNIX and not _is_numeric(self._udp_host):
-                info = socket.getaddrinfo(self._udp_host, address[1], type=socket.SOCK_DGRAM)[0]
+            address: Any = self._address
+            if self._resolve:
+                host, port = address
+                info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
                 sock = socket.socket(info[0], socket.SOCK_DGRAM)
                 address = info[4]
             else:
                 sock = socket.socket(self._family, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.connect(address)
-        except OSError as exc:
+        # ValueError (UnicodeError): the constructor's checks mirror what
+        # this Python's socket module refuses; should another encode names
+        # more strictly, the event is still counted, never raised.
+        except (OSError, ValueError) as exc:
             if sock is not None:
                 sock.close()
-            reason = _ERRNO_REASONS.get(exc.errno or 0, OTHER)
+            if isinstance(exc, socket.gaierror) or not isinstance(exc, OSError):
+                reason = BAD_ADDRESS
+            else:
+                reason = _ERRNO_REASONS.get(exc.errno or 0, OTHER)
             self._disconnect_locked(reason, exc)
             return None
         self._sock = sock
@@ -251,7 +283,7 @@ class Emitter:
             self._warned = False
         return sock
 
-    def _disconnect_locked(self, reason: str, exc: OSError) -> None:
+    def _disconnect_locked(self, reason: str, exc: OSError | ValueError) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -263,7 +295,7 @@ class Emitter:
             log.warning(
                 "ingest Emitter: cannot send to %s (%s); dropping events, retrying with backoff",
                 self._target,
-                exc.strerror or exc,
+                (exc.strerror if isinstance(exc, OSError) else None) or exc,
             )
 
     def _flush_locked(self) -> None:
@@ -337,20 +369,67 @@ class Emitter:
         return f"Emitter({self._target}, batch={self._batch})"
 
 
-def _parse_host_port(raw: str) -> tuple[str, int] | None:
-    """``HOST:PORT`` or ``[V6]:PORT``; None when unusable (never raises)."""
+def _unix_path(path: str | None) -> str:
+    """The socket path to connect to (None or "" is the daemon's default);
+    ValueError/TypeError when no socket can ever be at it."""
+    if path is None:
+        return DEFAULT_UNIX_PATH
+    if not isinstance(path, str):
+        raise TypeError(f"Emitter: unix= takes a str path, not {type(path).__name__}")
+    if not path:
+        return DEFAULT_UNIX_PATH
+    try:
+        # As connect() encodes it: undecodable bytes come back from
+        # surrogateescape; other surrogates cannot be a file name.
+        encoded = os.fsencode(path)
+    except UnicodeError:
+        raise ValueError(f"Emitter: unix={path!r} cannot be encoded as a file name") from None
+    if b"\0" in encoded:
+        # The kernel would end a path name at the NUL; a leading one would
+        # mean the abstract namespace, where the daemon never listens.
+        raise ValueError(f"Emitter: unix={path!r} contains a NUL")
+    if len(encoded) > UNIX_PATH_MAX_BYTES:
+        raise ValueError(
+            f"Emitter: unix= path is {len(encoded)} bytes; a socket path has at most "
+            f"{UNIX_PATH_MAX_BYTES}: {path!r}"
+        )
+    return path
+
+
+def _host_port(raw: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT``; ValueError/TypeError when the socket
+    module would refuse it (it would raise UnicodeError or ValueError from
+    connect() rather than OSError)."""
+    if not isinstance(raw, str):
+        raise TypeError(f"Emitter: udp= takes a str HOST:PORT, not {type(raw).__name__}")
     text = raw.strip()
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            return None
+        well_formed = bool(sep) and rest.startswith(":")
         port_text = rest[1:]
     else:
         host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            return None
-    if not host or not port_text.isdigit() or not 0 < int(port_text) <= 65535:
-        return None
+        well_formed = bool(sep) and ":" not in host
+    if not well_formed or not host:
+        raise ValueError(f"Emitter: udp={raw!r} is not HOST:PORT or [V6]:PORT")
+    # isascii: str.isdigit() accepts digits int() does not ("²"); the length
+    # bound keeps int() under its 4300-digit limit.
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not digits or not 0 < int(port_text) <= 65535:
+        raise ValueError(f"Emitter: udp={raw!r}: the port must be 1-65535")
+    if "\0" in host:
+        raise ValueError(f"Emitter: udp={raw!r}: the host contains a NUL")
+    try:
+        # What the socket module does with a str host.
+        name = host.encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(
+            f"Emitter: udp={raw!r}: the host is not a valid IDNA name ({exc})"
+        ) from None
+    if len(name.rstrip(b".")) > HOST_NAME_MAX_BYTES:
+        raise ValueError(
+            f"Emitter: udp= host is {len(name)} bytes; a name has at most {HOST_NAME_MAX_BYTES}"
+        )
     return host, int(port_text)
 
 

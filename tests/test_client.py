@@ -10,6 +10,8 @@ there, with its own emulator.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -20,12 +22,29 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import ingest.client as client_module
-from ingest.client import Emitter
+from ingest.client import (
+    BAD_ADDRESS,
+    CLOSED,
+    DISCONNECTED,
+    NO_SOCKET,
+    NOT_CONNECTED,
+    NOT_OBJECT,
+    OTHER,
+    PERMISSION_DENIED,
+    QUEUE_FULL,
+    REFUSED,
+    TOO_LARGE,
+    UNSERIALIZABLE,
+    Emitter,
+)
 from tests.conftest import PubSubNames
 from tests.helpers import Daemons, free_udp_port, serve_args, stale_socket_file, wait_for
 from tools import netns
@@ -139,27 +158,251 @@ def test_udp_with_no_listener_never_raises() -> None:
     assert set(stats["dropped_by_reason"]) <= {"refused", "disconnected"}
 
 
-def test_bad_input_and_bad_address_are_counted_not_raised(sockdir: Path) -> None:
+# Every reason stats() may report; a new one must be added here (and to the
+# README) before a test that meets it can pass.
+DROP_REASONS = {
+    QUEUE_FULL, NO_SOCKET, REFUSED, NOT_CONNECTED, PERMISSION_DENIED, TOO_LARGE,
+    UNSERIALIZABLE, NOT_OBJECT, BAD_ADDRESS, CLOSED, DISCONNECTED, OTHER,
+}  # fmt: skip
+LONG_NAME = ".".join(["a" * 63] * 4)  # 255 bytes: every label legal, the name too long
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ({"udp": "no-port"}, "HOST:PORT"),
+        ({"udp": "[::1]5140"}, "HOST:PORT"),
+        ({"udp": ":5140"}, "HOST:PORT"),
+        ({"udp": "127.0.0.1:0"}, "port"),
+        ({"udp": "127.0.0.1:65536"}, "port"),
+        ({"udp": "127.0.0.1:\u00b2"}, "port"),  # str.isdigit() says yes, int() says no
+        ({"udp": "127.0.0.1:" + "9" * 5000}, "port"),  # over int()'s 4300-digit limit
+        ({"udp": "a" * 64 + ".example:5140"}, "IDNA"),  # a label over 63
+        ({"udp": "a..b:5140"}, "IDNA"),  # an empty label
+        ({"udp": "\ud800:5140"}, "IDNA"),  # a lone surrogate
+        ({"udp": "x\x80y:5140"}, "IDNA"),  # a character IDNA refuses
+        ({"udp": "[\udc80]:5140"}, "IDNA"),
+        ({"udp": "a\x00b:5140"}, "NUL"),
+        ({"udp": "127.0.0.1\x00:5140"}, "NUL"),
+        ({"udp": LONG_NAME + ":5140"}, "253"),
+        ({"unix": "/tmp/a\x00b"}, "NUL"),  # the kernel would cut the path at the NUL
+        ({"unix": "\x00abstract"}, "NUL"),
+        ({"unix": "/tmp/\ud800"}, "file name"),
+        ({"unix": "/tmp/" + "a" * 103}, "107"),  # 108 bytes
+        ({"unix": "/tmp/" + "\u00e9" * 52}, "107"),  # 109 bytes, 57 characters
+        ({"unix": "/tmp/x.sock", "udp": "127.0.0.1:5140"}, "not both"),
+    ],
+)
+def test_constructor_rejects_an_address_that_can_never_work(
+    target: dict[str, str], match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        Emitter(**target)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [{"unix": b"/tmp/x.sock"}, {"unix": 123}, {"unix": Path("/tmp/x.sock")}, {"udp": b"h:1"}],
+)
+def test_constructor_rejects_an_address_that_is_not_str(target: dict[str, Any]) -> None:
+    with pytest.raises(TypeError, match="str"):
+        Emitter(**target)
+
+
+def test_the_longest_unix_path_works(sockdir: Path) -> None:
+    path = str(sockdir / "s")
+    path += "x" * (client_module.UNIX_PATH_MAX_BYTES - len(path.encode()))
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    try:
+        emitter = Emitter(unix=path)
+        emitter.emit(b"{}")
+        assert emitter.stats()["sent"] == 1
+        assert receiver.recv(100) == b"{}"
+    finally:
+        receiver.close()
+
+
+def test_a_host_that_does_not_resolve_is_counted_as_bad_address() -> None:
+    # glibc refuses a name with spaces without asking DNS: a real lookup
+    # failure (socket.gaierror) that never leaves the machine.
+    emitter = Emitter(udp="no such host:5140")
+    for _ in range(20):
+        emitter.emit({"a": 1})
+    stats = emitter.stats()
+    assert stats["dropped_by_reason"] == {"bad_address": 20}
+    assert stats["connect_attempts"] < 5  # the backoff applies to lookups too
+
+
+def test_an_encoding_error_at_connect_is_counted_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A fake, for a fault the real resolver cannot produce once the
+    # constructor has checked the host: an encoder stricter than this
+    # Python's idna codec.
+    def refuse(*args: object, **kwargs: object) -> list[Any]:
+        raise UnicodeError("label empty or too long")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    emitter = Emitter(udp="ingest.invalid:5140")
+    emitter.emit({"a": 1})
+    emitter.close()
+    assert emitter.stats()["dropped_by_reason"] == {"bad_address": 1}
+
+
+class RaisingBytes(bytes):
+    def __bytes__(self) -> bytes:
+        raise RuntimeError("application code")
+
+
+class LazyProxy:
+    """Like Django's SimpleLazyObject: __class__ runs application code."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        raise RuntimeError("application code")
+
+
+class RaisingStr:
+    def __str__(self) -> str:
+        raise RuntimeError("application code")
+
+
+def released_memoryview() -> memoryview:
+    view = memoryview(b'{"a":1}')
+    view.release()
+    return view
+
+
+def recursive_dict() -> dict[str, Any]:
+    event: dict[str, Any] = {}
+    event["self"] = event
+    return event
+
+
+@pytest.mark.parametrize(
+    ("make_event", "reason"),
+    [
+        (lambda: RaisingBytes(b'{"a":1}'), None),  # its buffer is sent; __bytes__ never runs
+        (released_memoryview, UNSERIALIZABLE),
+        (LazyProxy, NOT_OBJECT),
+        (lambda: {"v": RaisingStr()}, UNSERIALIZABLE),
+        (recursive_dict, UNSERIALIZABLE),
+        (lambda: {1: "non-str key"}, UNSERIALIZABLE),
+        (lambda: {"n": 2**64}, UNSERIALIZABLE),
+        (lambda: {"s": "\ud800"}, UNSERIALIZABLE),
+        (lambda: {"big": "x" * 10_000_000}, TOO_LARGE),  # orjson serialises it; too big to send
+        (lambda: "a string", NOT_OBJECT),
+        (lambda: [{"a": 1}], NOT_OBJECT),
+    ],
+)
+def test_any_event_is_counted_not_raised(
+    sockdir: Path, make_event: Any, reason: str | None
+) -> None:
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind(str(sockdir / "r.sock"))
     try:
-        emitter = Emitter(unix=str(sockdir / "r.sock"), max_datagram_bytes=100)
-        emitter.emit({"bad": object()})
-        emitter.emit([1, 2])  # type: ignore[arg-type]
-        emitter.emit(b"x" * 101)
-        emitter.emit({"ok": True})
-        assert emitter.stats()["dropped_by_reason"] == {
-            "unserializable": 1,
-            "not_object": 1,
-            "too_large": 1,
-        }
-        assert receiver.recv(1000) == b'{"ok":true}'
+        for batch in (False, True):
+            emitter = Emitter(unix=str(sockdir / "r.sock"), batch=batch)
+            emitter.emit(make_event())
+            emitter.close()
+            stats = emitter.stats()
+            if reason is None:
+                assert (stats["sent"], stats["dropped"]) == (1, 0)
+                assert receiver.recv(100) == b'{"a":1}'
+            else:
+                assert (stats["sent"], stats["dropped_by_reason"]) == (0, {reason: 1})
     finally:
         receiver.close()
-    for target in ({"udp": "no-port"}, {"udp": "127.0.0.1:0"}, {"udp": "[::1]5140"}):
-        bad = Emitter(**target)
-        bad.emit({"a": 1})
-        assert bad.stats()["dropped_by_reason"] == {"bad_address": 1}
+
+
+def numeric_only_getaddrinfo() -> Any:
+    """socket.getaddrinfo with AI_NUMERICHOST: the real encoding checks run,
+    but a name is never looked up (it fails as unresolvable, gaierror), so a
+    generated host never reaches the host's DNS."""
+    real = socket.getaddrinfo
+
+    def lookup(host: Any, port: Any, **kwargs: Any) -> Any:
+        kwargs["flags"] = kwargs.get("flags", 0) | socket.AI_NUMERICHOST
+        return real(host, port, **kwargs)
+
+    return lookup
+
+
+def off_this_machine(host: str) -> bool:
+    """A numeric address that is neither loopback nor unspecified: a test
+    must not send datagrams there."""
+    try:
+        infos = socket.getaddrinfo(host, None, flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return False  # a name: never resolved here (see numeric_only_getaddrinfo)
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+        if not (address.is_loopback or address.is_unspecified):
+            return True
+    return False
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=4) | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+EVENTS = (
+    st.dictionaries(st.text(max_size=6), JSON_VALUES, max_size=4)
+    | st.binary(max_size=80)
+    | JSON_VALUES
+)
+PORTS = st.integers(min_value=-1, max_value=70_000)
+TARGETS = st.one_of(
+    st.builds(lambda host, port: {"udp": f"{host}:{port}"}, st.text(), PORTS),
+    st.builds(lambda host, port: {"udp": f"[{host}]:{port}"}, st.text(), PORTS),
+    st.builds(lambda text: {"udp": text}, st.text()),
+    st.builds(lambda path: {"unix": path}, st.text(min_size=1)),  # "" is the default path
+    st.builds(lambda path, text: {"unix": path, "udp": text}, st.text(), st.text()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    target=TARGETS,
+    events=st.lists(EVENTS, max_size=6),
+    batch=st.booleans(),
+    max_bytes=st.sampled_from([40, client_module.DEFAULT_MAX_DATAGRAM_BYTES]),
+)
+def test_any_address_is_rejected_or_every_event_is_counted(
+    tmp_path_factory: pytest.TempPathFactory,
+    target: dict[str, str],
+    events: list[Any],
+    batch: bool,
+    max_bytes: int,
+) -> None:
+    try:
+        emitter = Emitter(**target, batch=batch, max_datagram_bytes=max_bytes)
+    except ValueError:
+        return  # rejected up front, with a message: allowed
+    if "udp" in target:
+        assume(not off_this_machine(emitter._address[0]))
+    # A relative unix path lands in a scratch directory, never in the repository.
+    with (
+        contextlib.chdir(tmp_path_factory.getbasetemp()),
+        mock.patch.object(socket, "getaddrinfo", numeric_only_getaddrinfo()),
+    ):
+        for event in events:
+            emitter.emit(event)
+        emitter.flush()
+        flushed = emitter.stats()
+        emitter.close()
+        emitter.emit({"after": "close"})
+        closed = emitter.stats()
+    assert flushed["pending"] == 0
+    assert flushed["sent"] + flushed["dropped"] == len(events)
+    assert closed["sent"] + closed["dropped"] == len(events) + 1
+    assert closed["dropped"] == sum(closed["dropped_by_reason"].values())
+    assert set(closed["dropped_by_reason"]) <= DROP_REASONS
 
 
 def test_reconnect_backoff_doubles_up_to_the_cap(
