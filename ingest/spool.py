@@ -6,18 +6,27 @@ replay.py; this module owns the files, the lock, the cursor and the counts.
 Directory layout::
 
     LOCK                  flock()ed for the daemon's life; holds its pid
-    cursor                (segment, offset, crc): where replay resumes
+    cursor                (segment, offset, taken): where replay resumes
     seg-000000000042.spool ...
+
+Trust: the daemon may run as root, so the directory must be its own (owned by
+its euid, writable by nobody else, not a symlink), and every name in it is
+opened relative to the directory's fd, never through a symlink and never
+unless it is a regular file (``open_regular``). What looks like a segment
+but cannot be one is set aside as NAME.corrupt and counted; a LOCK or cursor
+that is not a plain file refuses startup.
 
 Accounting: ``events`` are events on disk not yet handed back to the memory
 queue. ``append`` adds to it (``stats.spooled``) or counts a drop by reason;
-``consume`` moves a record to the caller (``stats.replayed``) and advances the
-cursor past it. The cursor therefore means "handed to the pipeline", so a
-replayed event in memory is exposed to a crash exactly like a live one, and a
-crash before the cursor reaches the disk replays a record again (duplicates,
-never loss). Every write is a plain os.write: it is in the page cache when
-append returns, so SIGKILL loses nothing here; only a power cut or kernel
-crash loses the tail written since the last fsync (``--spool-fsync``).
+``consume`` moves events to the caller (``stats.replayed``) and writes the
+cursor at once: the record being replayed and how many of its events are
+taken. The cursor therefore means "handed to the pipeline": a replayed event
+in memory is exposed to a crash exactly like a live one, and what a graceful
+stop puts back is appended as new records, so a restart repeats nothing.
+Every write is a plain os.write/pwrite: it is in the page cache when it
+returns, so SIGKILL loses nothing here and repeats nothing; a power cut or
+kernel crash loses what was written since the last fsync (``--spool-fsync``):
+appended events, and cursor progress, which repeats events (never loses any).
 
 Disk I/O happens on the event loop thread: an append is one write() into the
 page cache (microseconds); fsync is paid per policy and measured by
@@ -31,9 +40,10 @@ import fcntl
 import logging
 import os
 import re
+import secrets
+import stat
 import struct
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,9 +55,11 @@ from ingest.stats import Stats
 log = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("roll", "always", "never")  # the first is the default
-SEGMENT_MAX_BYTES = 16 << 20  # also bounds the memory a damaged segment's scan takes
+SEGMENT_MAX_BYTES = 16 << 20
 SEGMENT_MIN_BYTES = 64 << 10
+RECORDS_PER_SEGMENT = 4  # a record is at most a quarter of a segment (but one event)
 REOPEN_RETRY_S = 1.0  # after a failed segment creation, do not retry on every append
+SET_ASIDE_NAMES = 100  # NAME.corrupt, NAME.corrupt.1 ... before leaving it in place
 # Drop reasons this module owns.
 SPOOL_FULL = "spool_full"  # --spool-max-bytes reached
 SPOOL_ERROR = "spool_error"  # a write failed (disk full, I/O error)
@@ -56,13 +68,119 @@ SPOOL_CORRUPT = "spool_corrupt"  # written this run, unreadable at replay
 DROP_REASONS = (SPOOL_FULL, SPOOL_ERROR, SPOOL_UNWRITABLE, SPOOL_CORRUPT)
 
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
-_CURSOR = struct.Struct("<QQI")
+# Never through a symlink, never blocking on a FIFO, never a controlling tty.
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a device"),
+    (stat.S_ISBLK, "a device"),
+)
+
+
+class UnsafeFile(OSError):
+    """A name in the spool directory that is not a regular file to use."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason  # a noun phrase: "a FIFO, not a regular file"
+
+
+def _irregular(mode: int) -> UnsafeFile | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((kind for test, kind in _KINDS if test(mode)), "something")
+    return UnsafeFile(f"{kind}, not a regular file")
+
+
+def open_regular(dir_fd: int, name: str, flags: int) -> int:
+    """Open ``name`` in the directory ``dir_fd`` only as a regular file: lstat
+    first, so a device or FIFO is never even opened, then open without
+    following a symlink or blocking, and fstat what was opened. A file opened
+    for writing must have no other name (a hard link to a file elsewhere).
+    UnsafeFile otherwise; O_CREAT creates it 0600."""
+    try:
+        problem = _irregular(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            raise
+        problem = None
+    if problem is not None:
+        raise problem
+    fd = os.open(name, flags | _SAFE, 0o600, dir_fd=dir_fd)
+    st = os.fstat(fd)
+    problem = _irregular(st.st_mode)  # replaced between the lstat and the open
+    if problem is None and flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+        problem = UnsafeFile("a file with other hard links")
+    if problem is not None:
+        os.close(fd)
+        raise problem
+    return fd
+
+
+def _explain(exc: OSError) -> str:
+    return exc.reason if isinstance(exc, UnsafeFile) else exc.strerror or str(exc)
+
+
+def _open_directory(directory: str) -> int:
+    """The spool directory's fd, created 0700 if missing. ConfigError unless it
+    is a directory itself (not a symlink), owned by our euid and writable by
+    nobody else: whoever can write in it could plant names for us to follow."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(directory, flags)
+        except FileNotFoundError:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(directory, flags)
+    except OSError as exc:
+        if os.path.islink(directory):
+            raise ConfigError("--spool-dir", f"{directory} is a symbolic link") from None
+        raise ConfigError("--spool-dir", f"{directory}: cannot use: {exc.strerror}") from None
+    st = os.fstat(fd)
+    euid = os.geteuid()
+    problem = None
+    if st.st_uid != euid:
+        problem = f"is owned by uid {st.st_uid}, not by uid {euid} that runs ingest"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by group or others (mode {st.st_mode & 0o7777:04o}; chmod go-w)"
+    if problem is not None:
+        os.close(fd)
+        raise ConfigError("--spool-dir", f"{directory} {problem}")
+    return fd
+
+
+def _probe(dir_fd: int) -> None:
+    """Create, write and remove a file under a fresh name (O_EXCL: never
+    something planted); OSError when the directory cannot be written."""
+    name = f".probe-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, b"\0")
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    parts, got = [], 0
+    while got < size and (part := os.pread(fd, size - got, got)):
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+def _segment_name(seq: int) -> str:
+    return f"seg-{seq:012d}.spool"
 
 
 @dataclass(slots=True)
 class Segment:
     seq: int
-    path: str
+    name: str  # in the spool directory
     size: int  # bytes in the file
     events: int  # events in it not yet replayed
     damage_counted: bool = False  # the startup scan already counted its damage
@@ -75,10 +193,10 @@ class Spool:
     def __init__(
         self,
         directory: str,
+        fds: tuple[int, int, int],  # the directory, LOCK (flock()ed), cursor
         max_bytes: int,
         fsync: str,
         stats: Stats,
-        lock_fd: int,
         *,
         segment_max_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -91,10 +209,10 @@ class Spool:
         )
         self.events = 0
         self.bytes = 0
-        self.corrupt_records = 0
+        self.corrupt_records = 0  # damaged records, and files set aside
         self.problem: str | None = None
         self._stats = stats
-        self._lock_fd = lock_fd
+        self._dir_fd, self._lock_fd, self._cursor_fd = fds
         self._clock = clock
         self._segments: list[Segment] = []  # oldest first; the last may be active
         self._active_fd: int | None = None  # write fd of self._segments[-1]
@@ -104,43 +222,45 @@ class Spool:
         self._pending_taken = 0  # events of the pending record already consumed
         self._failed_at: float | None = None
         self._limiter = LogLimiter()
-        self._cursor_fd = os.open(
-            self._path("cursor"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-        )
 
     # -------------------------------------------------------------- opening
     @classmethod
     def open(cls, directory: str, max_bytes: int, fsync: str, stats: Stats) -> Spool:
-        """Create (0700) and lock the directory and load what an earlier run
-        left. ConfigError (exit 2) names --spool-dir when it cannot be used."""
+        """Create (0700), check and lock the directory and load what an earlier
+        run left. ConfigError (exit 2) names --spool-dir when it cannot be used
+        or trusted."""
+        dir_fd = _open_directory(directory)
+        fds = [dir_fd]
+        name = "LOCK"
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            lock_fd = os.open(
-                os.path.join(directory, "LOCK"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
-        except OSError as exc:
-            raise ConfigError("--spool-dir", f"{directory}: cannot use: {exc.strerror}") from None
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(lock_fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(lock_fd)
-            raise ConfigError(
-                "--spool-dir", f"{directory} is in use by another ingest (pid {holder})"
-            ) from None
-        try:
-            os.ftruncate(lock_fd, 0)
-            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-            probe = os.path.join(directory, ".probe")
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
-            os.unlink(probe)
-            spool = cls(directory, max_bytes, fsync, stats, lock_fd)
-        except OSError as exc:
-            os.close(lock_fd)
-            raise ConfigError(
-                "--spool-dir", f"{directory} is not writable: {exc.strerror}"
-            ) from None
-        spool._load()
+            fds.append(open_regular(dir_fd, name, os.O_RDWR | os.O_CREAT))
+            try:
+                fcntl.flock(fds[1], fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fds[1], 32, 0).decode(errors="replace").strip() or "?"
+                raise ConfigError(
+                    "--spool-dir", f"{directory} is in use by another ingest (pid {holder})"
+                ) from None
+            os.ftruncate(fds[1], 0)
+            os.pwrite(fds[1], f"{os.getpid()}\n".encode(), 0)
+            name = "cursor"
+            fds.append(open_regular(dir_fd, name, os.O_RDWR | os.O_CREAT))
+            name = ""
+            _probe(dir_fd)
+            spool = cls(directory, (fds[0], fds[1], fds[2]), max_bytes, fsync, stats)
+            spool._load()
+        except (OSError, ConfigError) as exc:
+            for fd in reversed(fds):
+                os.close(fd)
+            if isinstance(exc, ConfigError):
+                raise
+            if isinstance(exc, UnsafeFile):
+                message = f"{directory}/{name} is {exc.reason}"
+            elif name:
+                message = f"{directory}/{name}: cannot use: {exc.strerror}"
+            else:
+                message = f"{directory} is not writable: {exc.strerror}"
+            raise ConfigError("--spool-dir", message) from None
         return spool
 
     def _path(self, name: str) -> str:
@@ -149,25 +269,25 @@ class Spool:
     def _load(self) -> None:
         """Scan the segments an earlier run left, from the saved cursor on."""
         seqs = sorted(
-            int(m.group(1)) for name in os.listdir(self.directory) if (m := _SEGMENT_RE.match(name))
+            int(m.group(1)) for name in os.listdir(self._dir_fd) if (m := _SEGMENT_RE.match(name))
         )
         self._next_seq = seqs[-1] + 1 if seqs else 0
         cursor = self._read_cursor()
         for seq in seqs:
-            path = self._path(f"seg-{seq:012d}.spool")
-            if cursor is not None and seq < cursor[0]:
-                os.unlink(path)  # fully replayed before the cursor moved on
+            if cursor is not None and seq < cursor.seq:
+                self._remove_replayed(_segment_name(seq))
                 continue
-            start = cursor[1] if cursor is not None and seq == cursor[0] else 0
-            segment = self._scan_existing(seq, path, start)
+            start = cursor.offset if cursor is not None and seq == cursor.seq else 0
+            segment = self._scan_existing(seq, max(start, spoolfmt.HEADER_BYTES))
             if segment is not None:
                 self._segments.append(segment)
+        if self._segments and cursor is not None and cursor.seq == self._segments[0].seq:
+            self._read_off = max(cursor.offset, spoolfmt.HEADER_BYTES)
+            if cursor.taken:
+                self._resume_inside_record(cursor.taken)
         self.events = sum(s.events for s in self._segments)
         self.bytes = sum(s.size for s in self._segments)
         if self._segments:
-            first = self._segments[0]
-            self._read_off = cursor[1] if cursor is not None and cursor[0] == first.seq else 0
-            self._read_off = max(self._read_off, spoolfmt.HEADER_BYTES)
             self._stats.spool_recovered += self.events
             log.info(
                 "spool %s: %d events in %d segments left by an earlier run; replaying them",
@@ -177,51 +297,108 @@ class Spool:
             )
         self._save_cursor()
 
-    def _scan_existing(self, seq: int, path: str, start: int) -> Segment | None:
-        with open(path, "rb") as fh:
-            data = fh.read()
+    def _remove_replayed(self, name: str) -> None:
+        """A segment the cursor has passed: replayed before the last stop."""
+        try:
+            problem = _irregular(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode)
+            if problem is not None:
+                self._set_aside(name, problem.reason)
+            else:
+                os.unlink(name, dir_fd=self._dir_fd)
+        except OSError as exc:
+            log.warning("spool %s: cannot remove it: %s", self._path(name), exc.strerror)
+
+    def _scan_existing(self, seq: int, start: int) -> Segment | None:
+        name = _segment_name(seq)
+        try:
+            fd = open_regular(self._dir_fd, name, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                data = _read_all(fd, size) if size <= spoolfmt.MAX_SEGMENT_BYTES else b""
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._set_aside(name, _explain(exc))
+            return None
+        if size > spoolfmt.MAX_SEGMENT_BYTES:
+            self._set_aside(name, f"{size} bytes, larger than any segment; not read")
+            return None
+        if not data:  # a crash between creating it and writing its header
+            self._remove_replayed(name)
+            return None
         try:
             spoolfmt.check_header(data)
         except spoolfmt.FormatError as exc:
-            self.corrupt_records += 1
-            os.replace(path, path + ".corrupt")
-            log.error("spool %s: %s; set aside as %s.corrupt", path, exc, path)
+            self._set_aside(name, str(exc))
             return None
         events = 0
         damage = 0
-        for item in spoolfmt.scan(data, max(start, spoolfmt.HEADER_BYTES)):
+        for item in spoolfmt.scan(data, start):
             if isinstance(item, spoolfmt.Record):
                 events += len(item.events)
             else:
                 damage += 1
                 log.warning(
                     "spool %s: %d damaged bytes at offset %d skipped (torn write or corruption)",
-                    path,
+                    self._path(name),
                     item.end - item.offset,
                     item.offset,
                 )
         self.corrupt_records += damage
         if not events:
-            os.unlink(path)
+            self._remove_replayed(name)
             return None
-        return Segment(seq, path, len(data), events, damage_counted=bool(damage))
+        return Segment(seq, name, len(data), events, damage_counted=bool(damage))
 
-    def _read_cursor(self) -> tuple[int, int] | None:
-        raw = os.pread(self._cursor_fd, _CURSOR.size, 0)
-        if len(raw) != _CURSOR.size:
-            return None
-        seq, off, crc = _CURSOR.unpack(raw)
-        if zlib.crc32(raw[:16]) != crc:
-            log.warning("spool cursor damaged; replaying from the oldest segment (duplicates)")
-            return None
-        return seq, off
-
-    def _save_cursor(self) -> None:
-        seq = self._segments[0].seq if self._segments else self._next_seq
-        head = struct.pack("<QQ", seq, self._read_off)
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Keep what cannot be replayed for a look, under a name no segment
+        has: NAME.corrupt, or NAME.corrupt.N when that is taken. Counted."""
+        self.corrupt_records += 1
+        for n in range(SET_ASIDE_NAMES):
+            target = f"{name}.corrupt.{n}" if n else f"{name}.corrupt"
+            try:
+                os.stat(target, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                break
         try:
-            os.pwrite(self._cursor_fd, head + struct.pack("<I", zlib.crc32(head)), 0)
-            if self.fsync == "always":
+            os.rename(name, target, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+        except OSError as exc:
+            log.error("spool %s: %s; not set aside (%s)", self._path(name), reason, exc.strerror)
+            return
+        log.error("spool %s: %s; set aside as %s", self._path(name), reason, target)
+
+    def _resume_inside_record(self, taken: int) -> None:
+        """The first ``taken`` events of the record at the cursor were handed
+        on before the restart: replay resumes after them."""
+        segment = self._segments[0]
+        record = self._read_record(segment)
+        if record is None:  # damaged since: _read_record skipped past it
+            return
+        taken = min(taken, len(record.events))
+        segment.events -= taken
+        if taken < len(record.events):
+            self._pending, self._pending_taken = record, taken
+        else:
+            self._read_off = record.end
+
+    def _read_cursor(self) -> spoolfmt.Cursor | None:
+        raw = os.pread(self._cursor_fd, spoolfmt.CURSOR_BYTES + 1, 0)
+        if not raw:
+            return None  # a new spool
+        cursor = spoolfmt.decode_cursor(raw)
+        if cursor is None:
+            log.warning("spool cursor damaged; replaying from the oldest segment (duplicates)")
+            os.ftruncate(self._cursor_fd, 0)
+        return cursor
+
+    def _save_cursor(self, *, roll: bool = False) -> None:
+        """Write the cursor (page cache); fsync it always, or at a roll (a
+        segment fully replayed) under the default policy."""
+        seq = self._segments[0].seq if self._segments else self._next_seq
+        cursor = spoolfmt.Cursor(seq, self._read_off, self._pending_taken)
+        try:
+            os.pwrite(self._cursor_fd, spoolfmt.encode_cursor(cursor), 0)
+            if self.fsync == "always" or (roll and self.fsync == "roll"):
                 os.fsync(self._cursor_fd)
         except OSError as exc:
             # A stale cursor replays records again: duplicates, not loss.
@@ -229,9 +406,14 @@ class Spool:
 
     # ------------------------------------------------------------ appending
     def append(self, events: list[bytes]) -> None:
-        """Write ``events`` as one record, or count them dropped by reason."""
+        """Write ``events`` as records of at most a quarter segment each (an
+        event larger than that alone), or count them dropped by reason."""
         if not events:
             return
+        for part in spoolfmt.split(events, self.segment_max_bytes // RECORDS_PER_SEGMENT):
+            self._append_record(part)
+
+    def _append_record(self, events: list[bytes]) -> None:
         record = spoolfmt.encode_record(events)
         if self.bytes + len(record) > self.max_bytes:
             self._drop(SPOOL_FULL, len(events), "spool full (--spool-max-bytes %d)", self.max_bytes)
@@ -272,15 +454,8 @@ class Spool:
         the problem, so /healthz recovers, once the spool can be written."""
         if self.problem is None:
             return
-        probe = self._path(f".probe-{os.getpid()}")
         try:
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, b"\0")
-            finally:
-                os.close(fd)
-                with contextlib.suppress(OSError):
-                    os.unlink(probe)
+            _probe(self._dir_fd)
         except OSError:
             return
         log.info("spool writable again (%s)", self.problem)
@@ -299,10 +474,13 @@ class Spool:
         if self._failed_at is not None and now - self._failed_at < REOPEN_RETRY_S:
             raise OSError(0, self.problem.split(": ", 1)[-1] if self.problem else "retry later")
         seq = self._next_seq
-        path = self._path(f"seg-{seq:012d}.spool")
+        name = _segment_name(seq)
         try:
             fd = os.open(
-                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _SAFE,
+                0o600,
+                dir_fd=self._dir_fd,
             )
         except OSError:
             self._failed_at = now
@@ -312,13 +490,13 @@ class Spool:
         try:
             os.write(fd, spoolfmt.HEADER)
             if self.fsync != "never":
-                self._fsync_dir()  # the new name survives a power cut
+                os.fsync(self._dir_fd)  # the new name survives a power cut
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.unlink(name, dir_fd=self._dir_fd)
             raise
-        self._segments.append(Segment(seq, path, spoolfmt.HEADER_BYTES, 0))
+        self._segments.append(Segment(seq, name, spoolfmt.HEADER_BYTES, 0))
         self.bytes += spoolfmt.HEADER_BYTES
         self._active_fd = fd
         if len(self._segments) == 1:
@@ -338,34 +516,24 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     # ------------------------------------------------------------ replaying
     def peek(self) -> list[bytes] | None:
-        """The oldest record's events, or None when nothing is left to replay.
-        They stay counted as spooled until ``consume``."""
+        """The oldest record's events not yet consumed, or None when nothing is
+        left to replay. They stay counted as spooled until ``consume``."""
         while self._pending is None:
             if not self._segments:
                 return None
             segment = self._segments[0]
             if self._read_off >= segment.size:
-                if self._active_fd is not None and segment is self._segments[-1]:
-                    self._close_active()  # read to the end: start afresh on the next append
                 self._retire_oldest()
-                self._save_cursor()
                 continue
             self._pending = self._read_record(segment)
         return self._pending.events[self._pending_taken :]
 
     def consume(self, count: int | None = None) -> None:
         """The first ``count`` (default: all) of the events ``peek`` returned
-        were handed to the pipeline. The cursor passes a record only once all
-        of it is consumed: a crash in between replays its prefix again."""
+        were handed to the pipeline. The cursor says so at once, down to the
+        event, so a restart resumes right after them."""
         record = self._pending
         assert record is not None
         left = len(record.events) - self._pending_taken
@@ -376,34 +544,38 @@ class Spool:
         self._stats.replayed += count
         if count < left:
             self._pending_taken += count
-            return
-        self._pending = None
-        self._pending_taken = 0
-        self._read_off = record.end
-        if self._read_off >= segment.size:
-            if self._active_fd is not None and segment is self._segments[-1]:
-                self._close_active()  # drained: start afresh rather than grow a read file
-            self._retire_oldest()
+        else:
+            self._pending = None
+            self._pending_taken = 0
+            self._read_off = record.end
+            if self._read_off >= segment.size:
+                self._retire_oldest()
+                return
         self._save_cursor()
 
     def _read_record(self, segment: Segment) -> spoolfmt.Record | None:
         off = self._read_off
         try:
-            with open(segment.path, "rb") as fh:
-                fh.seek(off)
-                head = fh.read(spoolfmt.RECORD_HEAD_BYTES)
+            fd = open_regular(self._dir_fd, segment.name, os.O_RDONLY)
+            try:
+                head = os.pread(fd, spoolfmt.RECORD_HEAD_BYTES, off)
                 if len(head) == spoolfmt.RECORD_HEAD_BYTES and head[:4] == spoolfmt.RECORD_MAGIC:
                     (length,) = struct.unpack_from("<I", head, 4)
                     if length <= segment.size - off:
-                        data = head + fh.read(length)
+                        data = head + os.pread(fd, length, off + spoolfmt.RECORD_HEAD_BYTES)
                         record = spoolfmt.record_at(data, 0)
                         if record is not None:
                             return spoolfmt.Record(off, off + record.end, record.events)
-                fh.seek(off)
-                rest = fh.read(segment.size - off)
+                rest = os.pread(fd, segment.size - off, off)
+            finally:
+                os.close(fd)
         except OSError as exc:
             rest = b""
-            log.error("spool %s: cannot read: %s; skipping the rest of it", segment.path, exc)
+            log.error(
+                "spool %s: cannot read: %s; skipping the rest of it",
+                self._path(segment.name),
+                _explain(exc),
+            )
         # Damaged: resynchronise on the next valid record (or the end).
         first = next(spoolfmt.scan(rest, 0), None)
         if isinstance(first, spoolfmt.Record):  # valid after all (a short first read)
@@ -412,22 +584,29 @@ class Spool:
         if not segment.damage_counted:
             self.corrupt_records += 1
             log.warning(
-                "spool %s: %d damaged bytes at offset %d skipped", segment.path, skip_to, off
+                "spool %s: %d damaged bytes at offset %d skipped",
+                self._path(segment.name),
+                skip_to,
+                off,
             )
         self._read_off = off + max(skip_to, 1) if rest else segment.size
         return None
 
     def _retire_oldest(self) -> None:
         """The oldest segment is replayed: what it still counts was lost to
-        damage; delete it and move the cursor to the next one."""
+        damage; delete it and move the cursor to the next one (fsynced under
+        the default policy: a power cut then repeats at most one segment)."""
         segment = self._segments.pop(0)
+        if self._active_fd is not None and not self._segments:
+            self._close_active()  # read to the end: start afresh rather than grow a read file
         if segment.events:
             self.events -= segment.events
             self._stats.dropped[SPOOL_CORRUPT] += segment.events
         self.bytes -= segment.size
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(segment.path)
+            os.unlink(segment.name, dir_fd=self._dir_fd)
         self._read_off = spoolfmt.HEADER_BYTES
+        self._save_cursor(roll=True)
 
     @property
     def segments(self) -> int:
@@ -443,3 +622,4 @@ class Spool:
                 os.fsync(self._cursor_fd)
         os.close(self._cursor_fd)
         os.close(self._lock_fd)  # releases the flock
+        os.close(self._dir_fd)

@@ -14,6 +14,15 @@ detects every burst error of up to 32 bits, so any single damaged byte is
 detected. RECORD_MAGIC starts with 0xFF, a byte that never occurs in valid
 UTF-8 and therefore never in an accepted event: after damage, ``scan``
 re-synchronises on the next magic whose record checks out.
+
+The cursor file says where replay resumes::
+
+    cursor  segment u64 | offset u64 | taken u64 | crc u32 LE     = 28 bytes
+
+``offset`` is the record being replayed and ``taken`` how many of its events
+were already handed on, so a restart resumes inside a record, never at its
+start. The crc (zlib.crc32 of the 24 bytes before it) tells a torn cursor. The
+cursor of earlier versions had no ``taken`` (20 bytes) and is still read.
 """
 
 from __future__ import annotations
@@ -34,6 +43,12 @@ _COUNT = struct.Struct("<I")
 # A record never exceeds this: a spilled chunk is at most 256 datagrams of at
 # most 1 MiB each (config.MAX_DATAGRAM_CEILING); anything larger is damage.
 MAX_PAYLOAD_BYTES = 1 << 30
+# Nor a segment: one maximal record, as the writer rolls segments before a
+# record would overflow one unless it is empty. A larger file is not a segment.
+MAX_SEGMENT_BYTES = HEADER_BYTES + RECORD_HEAD_BYTES + MAX_PAYLOAD_BYTES
+_CURSOR = struct.Struct("<QQQI")  # segment, offset, taken, crc
+_CURSOR_V1 = struct.Struct("<QQI")  # segment, offset, crc: earlier versions
+CURSOR_BYTES = _CURSOR.size
 
 
 class FormatError(Exception):
@@ -49,6 +64,21 @@ def encode_record(events: list[bytes]) -> bytes:
     length = _COUNT.pack(len(payload))
     crc = zlib.crc32(payload, zlib.crc32(length))
     return RECORD_MAGIC + length + _COUNT.pack(crc) + payload
+
+
+def split(events: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+    """``events`` in order, in runs whose payload stays within ``max_bytes``
+    (an event larger than that alone), so no record outgrows a segment."""
+    if sum(map(len, events)) + 4 * (len(events) + 1) <= max_bytes:
+        yield events
+        return
+    start, size = 0, 4
+    for i, event in enumerate(events):
+        if size + 4 + len(event) > max_bytes and i > start:
+            yield events[start:i]
+            start, size = i, 4
+        size += 4 + len(event)
+    yield events[start:]
 
 
 def check_header(data: bytes) -> None:
@@ -130,3 +160,24 @@ def scan(data: bytes | memoryview, pos: int) -> Iterator[Record | Damage]:
         if pos == -1:
             pos = size
         yield Damage(bad, pos)
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    seq: int  # the segment being replayed
+    offset: int  # the record being replayed in it
+    taken: int = 0  # events of that record already handed on
+
+
+def encode_cursor(cursor: Cursor) -> bytes:
+    head = struct.pack("<QQQ", cursor.seq, cursor.offset, cursor.taken)
+    return head + _COUNT.pack(zlib.crc32(head))
+
+
+def decode_cursor(raw: bytes) -> Cursor | None:
+    """The cursor in ``raw`` (either layout), or None when it is damaged."""
+    for layout in (_CURSOR, _CURSOR_V1):
+        if len(raw) == layout.size:
+            *fields, crc = layout.unpack(raw)
+            return Cursor(*fields) if zlib.crc32(raw[:-4]) == crc else None
+    return None

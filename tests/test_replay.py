@@ -79,3 +79,29 @@ def test_a_record_larger_than_the_queue_is_replayed_in_parts(tmp_path: Path) -> 
     assert out == [b"%d" % i for i in range(25)]
     assert (spool.events, stats.replayed) == (0, 25)
     spool.close()
+
+
+def test_stops_inside_a_record_neither_repeat_nor_lose_events(tmp_path: Path) -> None:
+    """Each round is one daemon's life in miniature: replay into the queue,
+    publish part of it, and at the stop spool what is still queued (as
+    daemon.shutdown does). The record is 2.5 queues long."""
+    events = [b"%d" % i for i in range(25)]
+    spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
+    spool.append(events)
+    spool.close()
+    published: list[bytes] = []
+    for _ in range(30):
+        stats = Stats()
+        queue = EventQueue(10, 1 << 20, stats)
+        spool = Spool.open(str(tmp_path), 1 << 20, "roll", stats)
+        queue.spill = spool.append
+        replay_step(spool, queue, 0.0)
+        chunk = queue.take(2, 1 << 20, 0)
+        published += chunk.events if chunk else []
+        for rest in queue.drain_all():
+            spool.append(rest.events)
+        left = spool.events
+        spool.close()
+        if not left:
+            break
+    assert sorted(published, key=int) == events

@@ -4,9 +4,14 @@ No event loop and no sockets: the spool is state plus files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import struct
 import subprocess
 import sys
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -240,24 +245,108 @@ def test_startup_errors_name_the_flag(tmp_path: Path) -> None:
         open_spool(tmp_path / "file" / "spool")
 
 
+@contextlib.contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """Nothing can be created in ``path`` meanwhile: mode 0500, and as root,
+    whom modes do not stop, with the effective uid of nobody as well."""
+    path.chmod(0o500)
+    as_root = os.geteuid() == 0
+    if as_root:
+        os.seteuid(65534)
+    try:
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+        path.chmod(0o700)
+
+
 def test_an_unwritable_directory_degrades_to_counted_drops(tmp_path: Path) -> None:
     spool, stats = open_spool(tmp_path)
     spool.append([b"{}"])
     spool._close_active()  # as at a segment roll: the next append needs a new file
-    os.rename(tmp_path, tmp_path.with_name("moved"))  # the directory is gone
-    try:
+    with unwritable(tmp_path):
         spool.append([b"{}", b"{}"])
         assert stats.dropped[SPOOL_UNWRITABLE] == 2
         assert spool.problem is not None
         assert spool.events == 1
-        spool.recheck()  # still gone: the problem stands
+        spool.recheck()  # still unwritable: the problem stands
         assert spool.problem is not None
-    finally:
-        os.rename(tmp_path.with_name("moved"), tmp_path)
-    # Back, with no overflow to try a write: the housekeeping recheck clears it.
+    # Writable again, with no overflow to try a write: the housekeeping recheck clears it.
     spool.recheck()
     assert spool.problem is None
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".probe")]
     spool.append([b"{}"])
     assert spool.events == 2
     spool.close()
+
+
+def test_the_directory_in_use_is_the_one_checked_at_open(tmp_path: Path) -> None:
+    # Names are opened relative to the directory's fd: renaming the path (and
+    # putting something else there) does not move the spool's writes.
+    spool, _ = open_spool(tmp_path / "spool")
+    (tmp_path / "spool").rename(tmp_path / "moved")
+    (tmp_path / "spool").mkdir(mode=0o777)
+    spool.append([b"{}"])
+    assert (spool.events, spool.problem) == (1, None)
+    assert segment_files(tmp_path / "moved") and not segment_files(tmp_path / "spool")
+    spool.close()
+
+
+# ------------------------------------------------- replay progress and the cursor
+
+
+def test_a_restart_resumes_inside_a_partly_consumed_record(tmp_path: Path) -> None:
+    spool, _ = open_spool(tmp_path)
+    spool.append([b"%d" % i for i in range(10)])  # one record
+    spool.peek()
+    spool.consume(4)
+    spool.close()
+    again, stats = open_spool(tmp_path)
+    assert (again.events, stats.spool_recovered) == (6, 6)
+    assert replay_all(again) == [b"%d" % i for i in range(4, 10)]
+    again.close()
+
+
+def test_the_cursor_is_on_disk_after_each_hand_off(tmp_path: Path) -> None:
+    # SIGKILL right after two partial hand-offs: no close(), no fsync.
+    code = (
+        "import os, signal\nfrom ingest.spool import Spool\nfrom ingest.stats import Stats\n"
+        f"s = Spool.open({str(tmp_path)!r}, 1 << 20, 'never', Stats())\n"
+        "s.append([b'%d' % i for i in range(10)])\n"
+        "s.peek(); s.consume(3); s.peek(); s.consume(2)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], timeout=30, check=False)
+    assert out.returncode == -signal.SIGKILL
+    again, _ = open_spool(tmp_path)
+    assert replay_all(again) == [b"%d" % i for i in range(5, 10)]
+    again.close()
+
+
+def test_a_cursor_in_the_earlier_format_is_read(tmp_path: Path) -> None:
+    spool, _ = open_spool(tmp_path)
+    for i in range(3):
+        spool.append([b"%d" % i])
+    spool.close()
+    (segment,) = segment_files(tmp_path)
+    seq = int(segment[4:16])
+    second = spoolfmt.HEADER_BYTES + len(spoolfmt.encode_record([b"0"]))
+    head = struct.pack("<QQ", seq, second)  # segment, offset, crc: no count of events taken
+    (tmp_path / "cursor").write_bytes(head + struct.pack("<I", zlib.crc32(head)))
+    again, _ = open_spool(tmp_path)
+    assert replay_all(again) == [b"1", b"2"]
+    again.close()
+
+
+def test_a_large_batch_is_cut_into_records_no_larger_than_a_segment(tmp_path: Path) -> None:
+    spool, _ = open_spool(tmp_path, max_bytes=1 << 20)  # 128 KiB segments
+    events = [b'{"i":%06d}' % i for i in range(30_000)]  # 360 KB in one append
+    spool.append(events)
+    assert spool.segments >= 3
+    for name in segment_files(tmp_path):
+        assert (tmp_path / name).stat().st_size <= spool.segment_max_bytes
+    spool.close()
+    again, _ = open_spool(tmp_path, max_bytes=1 << 20)
+    assert replay_all(again) == events
+    again.close()
