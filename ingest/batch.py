@@ -27,6 +27,9 @@ class Batch:
     oldest_received_at: float = 0.0
     newest_received_at: float = 0.0
     resolved: int = 0  # messages already published or dropped
+    # Messages (from ``resolved`` on) of the Publish request awaiting Pub/Sub's
+    # answer right now; 0 between attempts (building, backing off).
+    on_the_wire: int = 0
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0  # stopped cleanly; everything accepted was published
 EXIT_FAILURE = 1  # a task crashed at runtime (a bug: the traceback is logged)
 EXIT_CONFIG = 2  # startup error: bad setting, address in use, missing topic, ...
-EXIT_DRAIN_INCOMPLETE = 3  # stopped, but events were dropped at the drain deadline
+EXIT_DRAIN_INCOMPLETE = 3  # stopped, but events were dropped (or left unconfirmed) at the deadline
 EXIT_FORCED = 130  # a second SIGINT: stopped at once, unpublished events dropped
 
 HOUSEKEEPING_INTERVAL_S = 1.0
@@ -355,19 +355,22 @@ class Daemon:
             - dropped_before
         )
         log.info(
-            "stopped: received=%d published=%d rejected=%d dropped=%d (shutdown=%d) spooled=%d",
+            "stopped: received=%d published=%d rejected=%d dropped=%d (shutdown=%d) "
+            "spooled=%d unconfirmed=%d",
             self.stats.received_total(),
             self.stats.published,
             self.stats.rejected_total(),
             self.stats.dropped_total(),
             lost,
             self.spool.events if self.spool else 0,
+            self.stats.unconfirmed,
         )
         if self._crashed:
             return EXIT_FAILURE
         if self._force.is_set():
             return EXIT_FORCED
-        return EXIT_DRAIN_INCOMPLETE if lost else EXIT_OK
+        # Unconfirmed events may be lost as well: not a clean stop either.
+        return EXIT_DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else EXIT_OK
 
     async def _close_partial_startup(self) -> None:
         for source in self.sources:

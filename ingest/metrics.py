@@ -59,7 +59,13 @@ class PipelineView(Protocol):
 
 
 # Reasons exported at 0 before they first happen, so rates and alerts work.
-KNOWN_DROP_REASONS = ("queue_full", "invalid_message", "shutdown", *SPOOL_DROP_REASONS)
+KNOWN_DROP_REASONS = (
+    "queue_full",
+    "invalid_message",
+    "shutdown",
+    "publisher_crashed",
+    *SPOOL_DROP_REASONS,
+)
 
 
 def _counter(
@@ -144,6 +150,13 @@ class IngestCollector(Collector):
         published = CounterMetricFamily("ingest_events_published", "events Pub/Sub acknowledged")
         published.add_metric([], stats.published)
         yield published
+        unconfirmed = CounterMetricFamily(
+            "ingest_events_unconfirmed",
+            "events whose Publish request the drain deadline cancelled before Pub/Sub "
+            "answered, with no spool to keep them: maybe published, maybe not",
+        )
+        unconfirmed.add_metric([], stats.unconfirmed)
+        yield unconfirmed
         yield _counter(
             "ingest_publish_requests",
             "Publish RPCs by gRPC status code",

@@ -10,7 +10,9 @@ Pub/Sub accepts it. Failures are classified once, by gRPC code (RETRY_POLICY):
 - INVALID_ARGUMENT fails a whole request for one bad message: bisect, so the
   good messages go through and only the offending ones are dropped.
 
-Events leave this module only as published or as dropped with a named reason.
+Events leave this module as published, dropped with a named reason, handed to
+the spool, or -- cancelled at the drain deadline while their request awaited
+Pub/Sub's answer, with no spool -- as ``unconfirmed``: maybe published.
 """
 
 from __future__ import annotations
@@ -126,15 +128,27 @@ class PublisherPool:
             except BaseException as exc:
                 # Cancelled at the drain deadline, or a bug: either way what
                 # this worker held is spooled or counted, never just gone.
-                if self._spill is not None:
-                    self._spill(batch.messages[batch.resolved :])
-                else:
-                    reason = SHUTDOWN if isinstance(exc, asyncio.CancelledError) else CRASHED
-                    self._stats.dropped[reason] += len(batch) - batch.resolved
-                batch.resolved = len(batch)
+                self._settle_abandoned(batch, cancelled=isinstance(exc, asyncio.CancelledError))
                 raise
             finally:
                 del self._active[index]
+
+    def _settle_abandoned(self, batch: Batch, *, cancelled: bool) -> None:
+        """What a worker held when it was cancelled or failed. Spooled, it is
+        published by a later run: if the request then on the wire did reach
+        Pub/Sub, that is a duplicate (a lost acknowledgement). Without a
+        spool, that request's events are ``unconfirmed`` (maybe published),
+        the rest is dropped as ``shutdown`` (or ``publisher_crashed``)."""
+        unresolved = len(batch) - batch.resolved
+        if self._spill is not None:
+            self._spill(batch.messages[batch.resolved :])
+        elif cancelled:
+            self._stats.unconfirmed += batch.on_the_wire
+            self._stats.dropped[SHUTDOWN] += unresolved - batch.on_the_wire
+        else:
+            self._stats.dropped[CRASHED] += unresolved
+        batch.resolved = len(batch)
+        batch.on_the_wire = 0
 
     async def publish(self, batch: Batch) -> None:
         """Publish ``batch`` until each message is published or dropped.
@@ -146,7 +160,7 @@ class PublisherPool:
         published = 0
         while pending:
             part = pending.pop()
-            code = await self._publish_until_resolved(part)
+            code = await self._publish_until_resolved(part, batch)
             if code is grpc.StatusCode.OK:
                 self._stats.published += len(part)
                 published += len(part)
@@ -171,12 +185,14 @@ class PublisherPool:
             self._stats.event_latency.observe(now - batch.oldest_received_at)
             self._stats.event_latency.observe(now - batch.newest_received_at)
 
-    async def _publish_until_resolved(self, messages: list[bytes]) -> grpc.StatusCode:
+    async def _publish_until_resolved(self, messages: list[bytes], batch: Batch) -> grpc.StatusCode:
         """Send one request, retrying until OK or INVALID_ARGUMENT."""
         request = self._encoder.encode(messages)
         attempt = 0
         while True:
+            batch.on_the_wire = len(messages)
             code, details = await self._attempt(request)
+            batch.on_the_wire = 0
             if code is grpc.StatusCode.OK:
                 return code
             policy = classify(code)

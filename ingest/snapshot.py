@@ -58,6 +58,7 @@ class Snapshot:
     event_latency: Buckets
     spool_events: int = 0  # events in the disk spool
     spool_recovered: int = 0  # found in the spool at startup
+    unconfirmed: int = 0  # cut off at the drain deadline awaiting Pub/Sub's answer
 
     @classmethod
     def from_families(
@@ -98,6 +99,7 @@ class Snapshot:
             rejected=by("ingest_events_rejected_total", "reason"),
             dropped=by("ingest_events_dropped_total", "reason"),
             published=int(one("ingest_events_published_total") or 0),
+            unconfirmed=int(one("ingest_events_unconfirmed_total") or 0),
             requests=by("ingest_publish_requests_total", "code"),
             kernel_drops=by("ingest_kernel_drops_total", "listener"),
             rcvbuf=by("ingest_udp_rcvbuf_bytes", "listener"),
@@ -121,13 +123,15 @@ class Snapshot:
 
     @property
     def unaccounted(self) -> int:
-        """received + recovered from the spool - (published + rejected + dropped
-        + queued + in flight + spooled): 0 when every event is accounted for."""
+        """received + recovered from the spool - (published + unconfirmed +
+        rejected + dropped + queued + in flight + spooled): 0 when every event
+        is accounted for."""
         return (
             self.received_total
             + self.spool_recovered
             - (
                 self.published
+                + self.unconfirmed
                 + sum(self.rejected.values())
                 + sum(self.dropped.values())
                 + self.queue_events

@@ -257,7 +257,8 @@ class DatagramSource:
         # No datagram can hold more than ``limit`` events: with this much room
         # the budget stops the wake-up first, and the per-datagram check is moot.
         roomy = room >= WAKEUP_MAX_EVENTS + limit
-        max_events, max_read, small = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES, SMALL_DATAGRAM_BYTES
+        max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
+        small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
         more = False
         datagrams = received = empty = full = nread = 0
         for _ in range(DRAIN_BATCH):
@@ -336,7 +337,8 @@ class DatagramSource:
         # No datagram can hold more than ``limit`` events: with this much room
         # the budget stops the wake-up first, and the per-datagram check is moot.
         roomy = room >= WAKEUP_MAX_EVENTS + limit
-        max_events, max_read, small = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES, SMALL_DATAGRAM_BYTES
+        max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
+        small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
         more = False
         datagrams = received = empty = full = nread = denied = 0
         for _ in range(DRAIN_BATCH):
@@ -419,7 +421,13 @@ class DatagramSource:
                 log, "adopted-path", logging.ERROR, "%s: %s", self.label, self.problem
             )
             return
-        log.warning("%s: socket file disappeared or was replaced; re-creating it", self.label)
+        self._limiter.log(
+            log,
+            "vanished",
+            logging.WARNING,
+            "%s: socket file disappeared or was replaced; re-creating it",
+            self.label,
+        )
         self.drain_until_empty(REBIND_DRAIN_MAX_S)  # what the old socket still holds
         try:
             _remove_stale_socket(self.listener.path)

@@ -4,10 +4,12 @@ The event loop is single-threaded, so no locks: every update happens inside
 one callback, and between callbacks the accounting identity holds::
 
     received + spool_recovered
-        == published + rejected + dropped + queued + in_flight + spooled_now
+        == published + unconfirmed + rejected + dropped + queued + in_flight + spooled_now
 
 (``spooled_now`` is the spool's current event count; without a spool, or
-with one that started empty, ``spool_recovered`` is 0.)
+with one that started empty, ``spool_recovered`` is 0. ``unconfirmed``: events
+of a Publish request the drain deadline cancelled before Pub/Sub answered,
+without a spool to keep them: maybe published, maybe not.)
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class Stats:
     publish_requests: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     publish_retries: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     published: int = 0
+    unconfirmed: int = 0  # sent, answer cut off by the drain deadline: fate unknown
     # The disk spool (spool.py): events written to it, handed back from it to
     # the memory queue, and found in it at startup (left by an earlier run).
     spooled: int = 0

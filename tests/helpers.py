@@ -30,7 +30,8 @@ MAX_UNIX_PATH = 100
 
 STOPPED_RE = re.compile(
     r"stopped: received=(?P<received>\d+) published=(?P<published>\d+) "
-    r"rejected=(?P<rejected>\d+) dropped=(?P<dropped>\d+) \(shutdown=(?P<shutdown>\d+)\)"
+    r"rejected=(?P<rejected>\d+) dropped=(?P<dropped>\d+) \(shutdown=(?P<shutdown>\d+)\) "
+    r"spooled=(?P<spooled>\d+) unconfirmed=(?P<unconfirmed>\d+)"
 )
 
 

@@ -59,14 +59,15 @@ def value(
 
 
 def unaccounted(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
-    """received + recovered - (published + rejected + dropped + queued + in flight
-    + spooled): 0 always. ``recovered`` counts what an earlier run left in the
-    spool; it is 0 without a spool."""
+    """received + recovered - (published + unconfirmed + rejected + dropped +
+    queued + in flight + spooled): 0 always. ``recovered`` counts what an
+    earlier run left in the spool; it is 0 without a spool."""
     return (
         total(samples, "ingest_events_received_total")
         + total(samples, "ingest_spool_recovered_events_total")
         - (
             total(samples, "ingest_events_published_total")
+            + total(samples, "ingest_events_unconfirmed_total")
             + total(samples, "ingest_events_rejected_total")
             + total(samples, "ingest_events_dropped_total")
             + total(samples, "ingest_queue_events")

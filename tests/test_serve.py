@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import stat
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -266,6 +267,8 @@ def test_sigterm_drains_everything_accepted(
         "rejected": 0,
         "dropped": 0,
         "shutdown": 0,
+        "spooled": 0,
+        "unconfirmed": 0,
     }
     assert not path.exists(), "the unix socket file must be removed at stop"
     got = emulator.pull_until(pubsub.subscription, count, timeout_s=60)
@@ -302,6 +305,27 @@ def test_removed_socket_file_is_recreated_while_running(
     assert emulator.pull_until(pubsub.subscription, 1) == [b'{"after":"re-creation"}']
     assert daemon.stop() == EXIT_OK
     assert not path.exists()
+
+
+def test_a_socket_file_that_cannot_be_recreated_is_reported_once_per_interval(
+    daemons: Daemons, pubsub: PubSubNames, sockdir: Path
+) -> None:
+    """Replaced by a regular file, the socket cannot be re-created: the
+    problem shows in the log, rate-limited like every repeating warning,
+    rather than two lines every housekeeping second."""
+    path = sockdir / "in.sock"
+    daemon = daemons.start(*serve_args(pubsub, "--unix", str(path)))
+    daemon.wait_ready()
+    path.unlink()
+    path.write_text("not a socket")
+    daemon.wait_for_log("cannot re-create", timeout_s=10)
+    # A negative claim needs time to pass: several housekeeping seconds.
+    time.sleep(3.5)
+    assert daemon.log.count("socket file disappeared or was replaced") == 1, daemon.log
+    assert daemon.log.count("cannot re-create") == 1, daemon.log
+    path.unlink()
+    daemon.wait_for_log("socket file re-created", timeout_s=10)
+    assert daemon.stop() == EXIT_OK
 
 
 def test_failed_startup_removes_the_sockets_it_bound(
@@ -380,6 +404,8 @@ def test_pubsub_unreachable_at_startup_is_not_an_error(
         "rejected": 0,
         "dropped": 1,
         "shutdown": 1,
+        "spooled": 0,
+        "unconfirmed": 0,  # it never reached Pub/Sub: dropped, not unconfirmed
     }
 
 
