@@ -1,8 +1,10 @@
 """Command line: ``ingest serve``, ``check-config``, ``send`` and ``top``; flags, INGEST_* env, exit codes.
 
 Exit codes: 0 ok; 1 runtime failure (serve: a crashed task; send: nothing
-listens there); 2 bad configuration or startup error (one line naming the
-flag); 3 serve stopped but dropped events at the drain deadline; 130 serve
+takes the datagrams now: no socket, nothing listens, nobody reads); 2 bad
+configuration or startup error (one line naming the flag; send: an invalid or
+too large event, or a target that is not a datagram socket); 3 serve stopped
+but dropped events at the drain deadline; 4 send: permission denied; 130 serve
 stopped at once by a second SIGINT.
 """
 
@@ -87,7 +89,9 @@ def _send_parser(sub: Any) -> None:
         "send",
         help="send JSON events as datagrams (for scripts and trying it by hand)",
         description="Sends each EVENT, or each line of stdin when none is given, as one "
-        "datagram. Invalid JSON is refused locally (exit 2). Exit 1 when nothing listens.",
+        "datagram. Exit 1 when nothing takes them (no socket, nothing listens, nobody "
+        "reads: try again later); 2 for invalid JSON (refused locally), an event too "
+        "large for a datagram, or a target that cannot be one; 4 when permission is denied.",
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--unix", metavar="PATH", help=f"unix socket (default {DEFAULT_UNIX_PATH})")

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import (
+    INGEST,
     free_udp_port,
     ipv6_loopback_available,
     run_send,
@@ -150,10 +155,10 @@ def assert_unreachable(result_stderr: bytes, *needles: str) -> None:
 
 
 def test_missing_unix_path_exits_1(sockdir: Path) -> None:
-    path = sockdir / "missing.sock"
-    result = run_send("--unix", str(path), '{"a":1}')
-    assert result.returncode == 1
-    assert_unreachable(result.stderr, str(path), "No such file or directory")
+    for path in (sockdir / "missing.sock", sockdir / "no-dir" / "missing.sock"):
+        result = run_send("--unix", str(path), '{"a":1}')
+        assert result.returncode == 1
+        assert_unreachable(result.stderr, f"no socket at {path}", "ENOENT")
 
 
 def test_stale_unix_socket_file_exits_1(sockdir: Path) -> None:
@@ -161,23 +166,220 @@ def test_stale_unix_socket_file_exits_1(sockdir: Path) -> None:
     stale_socket_file(path)
     result = run_send("--unix", str(path), '{"a":1}')
     assert result.returncode == 1
-    assert_unreachable(result.stderr, str(path), "Connection refused")
+    assert_unreachable(result.stderr, f"nothing listens at unix {path}", "ECONNREFUSED")
 
 
 def test_udp_port_without_listener_exits_1() -> None:
     addr = f"127.0.0.1:{free_udp_port()}"
     result = run_send("--udp", addr, '{"a":1}')
     assert result.returncode == 1
-    assert_unreachable(result.stderr, addr, "Connection refused")
+    assert_unreachable(result.stderr, f"nothing listens at udp {addr}", "ECONNREFUSED")
 
 
-def test_bad_udp_address_exits_2() -> None:
-    result = run_send("--udp", "localhost", '{"a":1}')
+@pytest.mark.parametrize(
+    ("addr", "needle"),
+    [
+        ("localhost", "must be HOST:PORT"),
+        ("a..b:5140", "not a valid host name"),  # getaddrinfo: UnicodeError, not gaierror
+        ("127.0.0.1:0", "port 0"),
+        ("no-such-host.invalid:5140", "cannot resolve"),  # RFC 2606: never resolves
+    ],
+)
+def test_bad_udp_address_exits_2(addr: str, needle: str) -> None:
+    result = run_send("--udp", addr, '{"a":1}')
     assert result.returncode == 2
-    assert "--udp" in result.stderr.decode()
+    assert_unreachable(result.stderr, "--udp: ", needle)
 
 
 def test_unix_and_udp_are_exclusive(sockdir: Path) -> None:
     result = run_send("--unix", str(sockdir / "x.sock"), "--udp", "127.0.0.1:1", '{"a":1}')
     assert result.returncode == 2
     assert "not allowed with" in result.stderr.decode()
+
+
+# ------------------------------------------- the target refuses (issue 8)
+
+
+def test_datagram_too_large_names_the_event_and_its_size(receiver: Receiver) -> None:
+    """EMSGSIZE: over 65,507 bytes for UDP (IPv4), 65,527 (IPv6); for a unix
+    datagram, over the sender's send buffer (net.core.wmem_default)."""
+    wmem_default = int(Path("/proc/sys/net/core/wmem_default").read_text())
+    big = b'{"pad":"' + b"x" * (max(wmem_default, 65_536) + 1024) + b'"}'
+    stdin = b'{"n":1}\n' + big + b'\n{"n":3}\n'
+    result = run_send(*receiver.target, stdin=stdin)
+    assert result.returncode == 2
+    assert_unreachable(
+        result.stderr,
+        f"stdin line 2: datagram of {len(big):,} bytes is too large for the socket (",
+        "EMSGSIZE",
+        "1 sent before it",
+    )
+    assert receiver.recv_all(1) == [b'{"n":1}']
+    receiver.assert_empty()
+
+
+def test_udp_limit_is_in_the_message() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        addr = udp_addr("127.0.0.1", sock.getsockname()[1])
+        at_limit = b'{"p":"' + b"x" * (65_507 - 8) + b'"}'
+        assert len(at_limit) == 65_507
+        result = run_send("--udp", addr, at_limit.decode(), '{"p":"' + "x" * 65_500 + '"}')
+        assert result.returncode == 2
+        assert_unreachable(result.stderr, "event 2: datagram of 65,508 bytes", "65,507")
+        sock.settimeout(5)
+        assert sock.recv(70_000) == at_limit  # the largest one that fits goes through
+
+
+def run_send_as(wrapper: tuple[str, ...], *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``ingest send ARGS`` under ``wrapper`` (setpriv), without INGEST_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    return subprocess.run(
+        [*wrapper, INGEST, "send", *args], capture_output=True, timeout=20, env=env, check=False
+    )
+
+
+def _unprivileged() -> tuple[str, ...]:
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to send as another user")
+    return ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+
+
+def test_permission_denied_on_the_socket_exits_4() -> None:
+    wrapper = _unprivileged()
+    # tmp_path's parents are 0700 root: the other user could not even reach it.
+    with tempfile.TemporaryDirectory(prefix="ingest-", dir="/tmp") as directory:
+        os.chmod(directory, 0o755)
+        path = Path(directory) / "in.sock"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.bind(str(path))
+            sock.settimeout(5)
+            os.chmod(path, 0o666)
+            allowed = run_send_as(wrapper, "--unix", str(path), '{"n":1}')
+            assert allowed.returncode == 0, allowed.stderr  # the same user, the same path
+            assert sock.recv(100) == b'{"n":1}'
+            os.chmod(path, 0)
+            denied = run_send_as(wrapper, "--unix", str(path), '{"n":2}')
+            assert denied.returncode == 4
+            assert_unreachable(denied.stderr, f"permission denied on {path}", "EACCES")
+
+
+def test_permission_denied_by_the_network_exits_4() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("255.255.255.255", 5140))
+        except PermissionError:
+            pass
+        except OSError as exc:
+            pytest.skip(f"no broadcast route here ({exc.strerror})")
+        else:
+            pytest.skip("this kernel lets a socket without SO_BROADCAST connect to broadcast")
+    result = run_send("--udp", "255.255.255.255:5140", '{"n":1}')
+    assert result.returncode == 4
+    assert_unreachable(result.stderr, "permission denied sending to udp 255.255.255.255:5140")
+
+
+def test_regular_file_at_unix_path_exits_2(sockdir: Path) -> None:
+    path = sockdir / "file.sock"
+    path.write_text("not a socket")
+    result = run_send("--unix", str(path), '{"a":1}')
+    assert result.returncode == 2  # connect(2) says ECONNREFUSED; nothing will ever listen
+    assert_unreachable(result.stderr, f"{path} is not a socket (a regular file)")
+
+
+def test_stream_socket_at_unix_path_exits_2(sockdir: Path) -> None:
+    path = sockdir / "stream.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(path))
+        sock.listen()
+        result = run_send("--unix", str(path), '{"a":1}')
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, f"{path} is not a datagram socket", "EPROTOTYPE")
+
+
+def test_path_through_a_file_exits_2(sockdir: Path) -> None:
+    (sockdir / "file").write_text("")
+    path = sockdir / "file" / "x.sock"
+    result = run_send("--unix", str(path), '{"a":1}')
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, f"{path}: a component is not a directory", "ENOTDIR")
+
+
+@pytest.mark.parametrize("length", [108, 300])
+def test_unix_path_too_long_exits_2(length: int) -> None:
+    path = "/tmp/" + "a" * (length - 5)
+    result = run_send("--unix", path, '{"a":1}')
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, "--unix: ", f"is {length} bytes", "at most 107")
+
+
+def test_unix_path_too_long_counts_bytes_not_characters() -> None:
+    path = "/tmp/" + "é" * 60  # 65 characters, 125 bytes
+    result = run_send("--unix", path, '{"a":1}')
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, "--unix: ", "is 125 bytes")
+
+
+def test_empty_unix_path_is_not_the_default() -> None:
+    result = run_send("--unix", "", '{"a":1}')
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, "--unix: must not be empty")
+
+
+def test_non_utf8_unix_path_is_used_as_given(sockdir: Path) -> None:
+    path = os.fsencode(sockdir) + b"/caf\xe9.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(5)
+        result = run_send("--unix", path, '{"a":1}')
+        assert result.returncode == 0, result.stderr
+        assert sock.recv(100) == b'{"a":1}'
+    missing = os.fsencode(sockdir) + b"/gon\xe9.sock"
+    result = run_send("--unix", missing, '{"a":1}')
+    assert result.returncode == 1
+    assert_unreachable(result.stderr, "no socket at ", "gon\\xe9.sock")
+
+
+def test_receiver_that_never_reads_exits_1(sockdir: Path) -> None:
+    path = sockdir / "full.sock"
+    qlen = int(Path("/proc/sys/net/unix/max_dgram_qlen").read_text())
+    stdin = b'{"n":1}\n' * (qlen + 50)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        result = run_send("--unix", str(path), stdin=stdin)
+    assert result.returncode == 1
+    assert_unreachable(result.stderr, f"unix {path}", "is not reading", "sent before it")
+
+
+def test_unreadable_stdin_exits_2(receiver: Receiver) -> None:
+    # The write end of a pipe: read() fails with EBADF. (A directory would do,
+    # but the interpreter itself refuses to start on one.)
+    read_end, write_end = os.pipe()
+    try:
+        result = subprocess.run(
+            [INGEST, "send", *receiver.target],
+            stdin=write_end,
+            capture_output=True,
+            timeout=20,
+            check=False,
+        )
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, "stdin: cannot read: ", "Bad file descriptor")
+    receiver.assert_empty()
+
+
+def test_closed_stdin_exits_2(receiver: Receiver) -> None:
+    result = subprocess.run(
+        [INGEST, "send", *receiver.target],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=20,
+        check=False,
+        preexec_fn=lambda: os.close(0),  # sh's <&-
+    )
+    assert result.returncode == 2
+    assert_unreachable(result.stderr, "stdin")
+    receiver.assert_empty()
