@@ -132,7 +132,9 @@ class Target:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         except socket.gaierror as exc:
             code = EXIT_UNREACHABLE if exc.errno == socket.EAI_AGAIN else EXIT_INVALID
-            raise SendFailed(code, f"--udp: cannot resolve {host}: {exc.strerror}") from None
+            raise SendFailed(
+                code, f"--udp: cannot resolve {_shown(host)}: {exc.strerror}"
+            ) from None
         sock = socket.socket(info[0], socket.SOCK_DGRAM)
         try:
             sock.connect(info[4])
