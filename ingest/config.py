@@ -90,7 +90,7 @@ class Settings:
     batch_max_bytes: int = PUBSUB_MAX_REQUEST_BYTES
     batch_linger_ms: float = 5.0
     max_datagram_bytes: int = 65_535
-    udp_rcvbuf_bytes: int = 4 << 20
+    udp_rcvbuf_bytes: int = 32 << 20
     unix_mode: int = 0o660
     unix_gid: int | None = None  # --unix-group, resolved; None: the daemon's group
     udp_allow: tuple[IPNetwork, ...] = ()  # empty: every sender
@@ -436,7 +436,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _int_range(16, MAX_DATAGRAM_CEILING),
         "largest datagram accepted; larger ones are rejected whole (65535)",
     ),
-    Option("udp_rcvbuf_bytes", _int_range(4096, 1 << 30), "UDP SO_RCVBUF to request (4 MiB)"),
+    Option("udp_rcvbuf_bytes", _int_range(4096, 1 << 30), "UDP SO_RCVBUF to request (32 MiB)"),
     Option("unix_mode", _octal_mode, "file mode of unix sockets, octal (0660)"),
     Option(
         "unix_gid",

@@ -260,6 +260,10 @@ class Daemon:
     def topic_path(self) -> str:
         return self.settings.topic_path
 
+    @property
+    def udp_rcvbuf_requested(self) -> int:
+        return self.settings.udp_rcvbuf_bytes
+
     def outage_s(self) -> float:
         return self.health.outage_s(asyncio.get_running_loop().time())
 

@@ -40,7 +40,6 @@ from ingest.snapshot import (
 
 __all__ = ["History", "InlineDashboard", "Snapshot", "histogram_quantile", "render", "sparkline"]
 
-UDP_RCVBUF_WANTED = 4 * 1024 * 1024  # the daemon's default --udp-rcvbuf-bytes
 WIDE_MIN_COLUMNS = 100  # below this, panels stack in one column
 REFRESH_INTERVAL_S = 0.5  # the issue: at least twice a second
 
@@ -142,11 +141,12 @@ def warnings_of(history: History, health_reasons: Sequence[str] | None) -> list[
             f"net.unix.max_dgram_qlen is {snap.unix_qlen}: unix senders get EAGAIN; "
             f"sysctl -w net.unix.max_dgram_qlen={UNIX_QLEN_RECOMMENDED}"
         )
+    wanted = snap.rcvbuf_requested  # what the daemon was told to ask for
     for name, granted in sorted(snap.rcvbuf.items()):
-        if granted < UDP_RCVBUF_WANTED:
+        if wanted is not None and granted < wanted:
             out.append(
-                f"{name}: SO_RCVBUF only {_bytes(granted)}; sysctl -w "
-                f"net.core.rmem_max={UDP_RCVBUF_WANTED}"
+                f"{name}: SO_RCVBUF only {_bytes(granted)} of {_bytes(wanted)}; "
+                f"sysctl -w net.core.rmem_max={wanted}"
             )
     for name in sorted(snap.kernel_drops):
         lost = history.increase(_entry(lambda s: s.kernel_drops, name), LATENCY_WINDOW_S)

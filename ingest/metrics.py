@@ -53,6 +53,9 @@ class PipelineView(Protocol):
     @property
     def topic_path(self) -> str: ...
 
+    @property
+    def udp_rcvbuf_requested(self) -> int: ...
+
     def verdict(self) -> Verdict: ...
 
     def outage_s(self) -> float: ...
@@ -227,6 +230,11 @@ class IngestCollector(Collector):
                 rcvbuf.add_metric([item.label], item.rcvbuf_granted)
         yield kernel_drops
         yield rcvbuf
+        yield _gauge(
+            "ingest_udp_rcvbuf_requested_bytes",
+            "SO_RCVBUF asked for (--udp-rcvbuf-bytes); a lower grant means lost bursts",
+            view.udp_rcvbuf_requested,
+        )
         yield up
         qlen = kernel.unix_max_dgram_qlen()
         if qlen is not None:

@@ -59,6 +59,7 @@ class Snapshot:
     spool_events: int = 0  # events in the disk spool
     spool_recovered: int = 0  # found in the spool at startup
     unconfirmed: int = 0  # cut off at the drain deadline awaiting Pub/Sub's answer
+    rcvbuf_requested: int | None = None  # --udp-rcvbuf-bytes (absent from old daemons)
 
     @classmethod
     def from_families(
@@ -88,6 +89,7 @@ class Snapshot:
         wall = time.time() if wall_time is None else wall_time
         healthy = one("ingest_healthy")
         qlen = one("ingest_unix_max_dgram_qlen")
+        rcvbuf_requested = one("ingest_udp_rcvbuf_requested_bytes")
         return cls(
             at=now,
             start_time=start,
@@ -112,6 +114,7 @@ class Snapshot:
             spool_events=int(one("ingest_spool_events") or 0),
             spool_recovered=int(one("ingest_spool_recovered_events_total") or 0),
             unix_qlen=None if qlen is None else int(qlen),
+            rcvbuf_requested=None if rcvbuf_requested is None else int(rcvbuf_requested),
             healthy=None if healthy is None else healthy >= 1,
             publish_latency=buckets("ingest_publish_latency_seconds_bucket"),
             event_latency=buckets("ingest_event_latency_seconds_bucket"),

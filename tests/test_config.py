@@ -76,7 +76,7 @@ def test_defaults() -> None:
     assert settings.queue_max_events == 100_000
     assert settings.unix_mode == 0o660
     assert settings.max_datagram_bytes == 65_535
-    assert settings.udp_rcvbuf_bytes == 4 << 20
+    assert settings.udp_rcvbuf_bytes == 32 << 20
     assert settings.batch_max_messages == PUBSUB_MAX_REQUEST_MESSAGES == 1000
     assert settings.batch_max_bytes == PUBSUB_MAX_REQUEST_BYTES == 10_000_000
     assert settings.drain_timeout_s == 10.0

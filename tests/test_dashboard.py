@@ -37,7 +37,8 @@ def exposition(
     capacity: tuple[int, int] = (100_000, 64 * 1024 * 1024),
     inflight: int = 0,
     kernel_drops: int = 0,
-    rcvbuf: int = 4 * 1024 * 1024,
+    rcvbuf: int = 32 * 1024 * 1024,
+    rcvbuf_requested: int = 32 * 1024 * 1024,
     up: dict[str, int] | None = None,
     qlen: int = 512,
     publish_latency: dict[float, int] | None = None,  # le -> cumulative count
@@ -68,6 +69,7 @@ def exposition(
         "# TYPE ingest_kernel_drops_total counter",
         f'ingest_kernel_drops_total{{listener="{UDP}"}} {kernel_drops}',
         f'ingest_udp_rcvbuf_bytes{{listener="{UDP}"}} {rcvbuf}',
+        f"ingest_udp_rcvbuf_requested_bytes {rcvbuf_requested}",
         *(f'ingest_listener_up{{listener="{k}"}} {v}' for k, v in up.items()),
         f"ingest_unix_max_dgram_qlen {qlen}",
         "ingest_healthy 1",
@@ -227,7 +229,14 @@ def test_a_healthy_daemon_has_no_warnings() -> None:
     [
         ({}, {"up": {UDP: 1, UNIX: 0}}, [], f"listener {UNIX} is DOWN"),
         ({}, {"qlen": 10}, [], "net.unix.max_dgram_qlen is 10"),
-        ({}, {"rcvbuf": 212_992}, [], "SO_RCVBUF only 208.0 KiB"),
+        ({}, {"rcvbuf": 212_992}, [], "SO_RCVBUF only 208.0 KiB of 32.0 MiB"),
+        # Compared with what this daemon asked for, not with a default.
+        (
+            {},
+            {"rcvbuf": 4 << 20, "rcvbuf_requested": 8 << 20},
+            [],
+            "net.core.rmem_max=8388608",
+        ),
         ({"kernel_drops": 5}, {"kernel_drops": 42}, [], "kernel dropped 37 datagrams"),
         ({}, {"queue": (95_000, 1000)}, [], "queue 95% full (events)"),
         ({}, {"queue": (10, 64 * 1024 * 1024)}, [], "queue 100% full (bytes)"),
@@ -282,6 +291,14 @@ def test_ascii_terminal_gets_ascii_only() -> None:
     assert row(view, "in", "10.0/s", "@")  # the sparkline in ASCII
 
 
+def test_a_grant_that_matches_a_small_request_is_not_a_warning() -> None:
+    """An operator who asked for 4 MiB and got it is not nagged about the
+    default; the warning follows what the daemon was told to ask for."""
+    quiet = {"rcvbuf": 4 << 20, "rcvbuf_requested": 4 << 20}
+    view = text_of(history(snap(0.0, **quiet), snap(1.0, **quiet)), [])
+    assert "SO_RCVBUF" not in view
+
+
 def test_disconnected_keeps_the_numbers_marked_stale() -> None:
     hist = history(snap(0.0, received={UDP: 4_321}, published=4_321))
     view = text_of(hist, [], disconnected="connection refused")
@@ -300,6 +317,7 @@ class _View:
         self.in_flight = 3
         self.listener_views: list[object] = []
         self.topic_path = "projects/p/topics/t"
+        self.udp_rcvbuf_requested = 32 << 20
         self.spool = None
         self.notifier = Notifier()  # disabled: no NOTIFY_SOCKET
 

@@ -130,7 +130,6 @@ def test_units_say_what_the_brief_requires() -> None:
         "ListenDatagram=127.0.0.1:5140",
         "SocketMode=0660",
         "SocketGroup=www-data",
-        "ReceiveBuffer=4M",
         "Service=ingest.service",
     ):
         assert f"\n{line}\n" in socket_unit, line
@@ -139,7 +138,23 @@ def test_units_say_what_the_brief_requires() -> None:
     assert float(example["drain_timeout"]) < 30
     sysctl = (UNITS / "99-ingest.conf").read_text()
     assert "\nnet.unix.max_dgram_qlen = 512\n" in sysctl
-    assert "\nnet.core.rmem_max = 4194304\n" in sysctl
+
+
+def test_units_and_sysctl_agree_with_the_receive_buffer_default() -> None:
+    """ingest.socket's ReceiveBuffer=, the drop-in's net.core.rmem_max and the
+    example configuration all say what --udp-rcvbuf-bytes defaults to."""
+    from ingest.config import Settings
+
+    default = Settings.__dataclass_fields__["udp_rcvbuf_bytes"].default
+    assert default >= 32 << 20
+    socket_unit = (UNITS / "ingest.socket").read_text()
+    match = re.search(r"(?m)^ReceiveBuffer=(\d+)M$", socket_unit)
+    assert match and int(match[1]) << 20 == default
+    sysctl = (UNITS / "99-ingest.conf").read_text()
+    match = re.search(r"(?m)^net\.core\.rmem_max = (\d+)$", sysctl)
+    assert match and int(match[1]) == default
+    example = (UNITS / "ingest.toml").read_text()
+    assert re.search(rf"(?m)^#udp_rcvbuf_bytes = {default}\b", example)
 
 
 def test_example_config_names_every_key_and_every_value_is_valid(tmp_path: Path) -> None:
