@@ -2,7 +2,10 @@
 
 Served from the event loop itself (asyncio.start_server), so scrapes read the
 counters between callbacks: no thread, no lock, no torn read. Requests are
-tiny and bounded: 8 KiB of headers, 5 s to send them.
+tiny and bounded: 8 KiB of headers, 5 s for the whole exchange (a client that
+never reads its answer is cut off too), and at most MAX_CONNECTIONS at once --
+beyond that a connection is closed at once, so idle or slow clients can never
+take the file descriptors the spool and the sockets need.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ingest.health import Verdict
+from ingest.ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 5.0
 MAX_HEADER_BYTES = 8192
+MAX_CONNECTIONS = 64  # a scraper, `ingest top`, a health check: a handful
 
 
 class HttpServer:
@@ -36,6 +41,8 @@ class HttpServer:
         self._registry = registry
         self._verdict = verdict
         self._server: asyncio.Server | None = None
+        self._connections = 0
+        self._limiter = LogLimiter()
 
     async def start(self) -> None:
         """Bind; raises OSError (address in use, ...) for the caller to report."""
@@ -51,19 +58,31 @@ class HttpServer:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._connections >= MAX_CONNECTIONS:
+            writer.close()
+            self._limiter.log(
+                log,
+                "connections",
+                logging.WARNING,
+                "metrics endpoint: %d connections open; closing new ones",
+                self._connections,
+            )
+            return
+        self._connections += 1
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = self._route(head)
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + (b"" if head.startswith(b"HEAD ") else body)
-            )
-            await writer.drain()
+                status, content_type, body = self._route(head)
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + (b"" if head.startswith(b"HEAD ") else body)
+                )
+                await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass  # a client that went away or sent garbage: nothing to answer
+            pass  # a client that went away, stalled or sent garbage: nothing to answer
         finally:
+            self._connections -= 1
             writer.close()
 
     def _route(self, head: bytes) -> tuple[str, str, bytes]:

@@ -6,6 +6,7 @@ identity is checked from /metrics alone, during load and after it.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -231,6 +232,34 @@ def test_only_two_routes(daemons: Daemons, pubsub: PubSubNames) -> None:
     with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), 5) as conn:
         conn.sendall(b"garbage\r\n\r\n")
         assert conn.recv(100).startswith(b"HTTP/1.1 400")
+
+
+def test_idle_connections_cannot_exhaust_the_daemons_descriptors(
+    daemons: Daemons, pubsub: PubSubNames
+) -> None:
+    """300 connections that never send a request (a slowloris, a stuck
+    scraper): the daemon holds at most MAX_CONNECTIONS of them, closes the
+    rest at once, and answers again as soon as they are gone."""
+    from ingest.httpd import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+
+    daemon, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{free_udp_port()}")
+    port = int(base.rsplit(":", 1)[1])
+    fd_dir = f"/proc/{daemon.pid}/fd"
+    before = len(os.listdir(fd_dir))
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", port), 5))
+        wait_for(
+            lambda: len(os.listdir(fd_dir)) <= before + MAX_CONNECTIONS + 4,
+            REQUEST_TIMEOUT_S / 2,  # not by timing them out: at once
+            "the daemon to close the connections over its limit",
+        )
+        assert "connections open; closing new ones" in daemon.log
+    finally:
+        for conn in idle:
+            conn.close()
+    wait_for(lambda: get(base + "/healthz")[0] == 200, 10, "/healthz to answer again")
 
 
 def test_metrics_address_in_use_is_a_startup_error(daemons: Daemons, pubsub: PubSubNames) -> None:

@@ -420,7 +420,7 @@ def test_cancel_while_awaiting_the_answer_counts_unconfirmed_not_dropped() -> No
             assert stats.unconfirmed == 3
             assert stats.dropped_total() == 0
             assert pool.in_flight == 0
-            assert 3 == stats.published + stats.unconfirmed + stats.dropped_total() + queue.events
+            assert stats.published + stats.unconfirmed + stats.dropped_total() + queue.events == 3
 
     asyncio.run(main())
 
