@@ -32,9 +32,10 @@ run: $(STAMP)
 	$(BIN)/python -m tools.devrun
 
 # The fault-injection suite alone (part of `make test` too): real emulator,
-# TCP proxy, SIGSTOP/SIGKILL/SIGTERM, the disk spool.
+# TCP proxy, SIGSTOP/SIGKILL/SIGTERM, the disk spool, restarts during replay,
+# a hostile spool directory, amplification floods.
 faults: $(STAMP)
-	$(BIN)/pytest -q tests/test_faults.py
+	$(BIN)/pytest -q tests/test_faults.py tests/test_spool_hostile.py tests/test_flood.py
 
 # ~60 s of steady load with the emulator frozen every 15 s: zero loss, flat RSS.
 soak: $(STAMP)
