@@ -27,10 +27,10 @@ from ingest.stats import Stats
 
 log = logging.getLogger(__name__)
 
-# One wake-up's budget, checked before each datagram, so that one busy socket
-# cannot starve the others, the publishers or /healthz: at most DRAIN_BATCH
-# datagrams, WAKEUP_MAX_EVENTS events and WAKEUP_MAX_BYTES bytes, plus the one
-# datagram that crosses a bound. A budget in datagrams alone let one wake-up
+# One wake-up's budget, checked as each datagram is handled, so that one busy
+# socket cannot starve the others, the publishers or /healthz: at most
+# DRAIN_BATCH datagrams, WAKEUP_MAX_EVENTS events and WAKEUP_MAX_BYTES bytes,
+# plus the one datagram that crosses a bound. A budget in datagrams alone let one wake-up
 # hold 256 x 21,835 events (a 64 KiB datagram of "{}\n" lines): seconds of
 # work and hundreds of MiB before the queue's bounds were even consulted.
 DRAIN_BATCH = 256
@@ -254,9 +254,10 @@ class DatagramSource:
         max_bytes = self._max_bytes
         decode = decode_datagram
         room = self._queue.room()
-        # No datagram can hold more than ``limit`` events: with this much room
-        # the budget stops the wake-up first, and the per-datagram check is moot.
-        roomy = room >= WAKEUP_MAX_EVENTS + limit
+        # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
+        # events (no datagram holds more than ``limit``): with this much room
+        # the budget stops it first, and the per-datagram check is moot.
+        roomy = room >= WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
         max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
         small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
         more = False
@@ -334,9 +335,10 @@ class DatagramSource:
         max_bytes = self._max_bytes
         decode = decode_datagram
         room = self._queue.room()
-        # No datagram can hold more than ``limit`` events: with this much room
-        # the budget stops the wake-up first, and the per-datagram check is moot.
-        roomy = room >= WAKEUP_MAX_EVENTS + limit
+        # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
+        # events (no datagram holds more than ``limit``): with this much room
+        # the budget stops it first, and the per-datagram check is moot.
+        roomy = room >= WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
         max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
         small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
         more = False
