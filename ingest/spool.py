@@ -410,7 +410,11 @@ class Spool:
         event larger than that alone), or count them dropped by reason."""
         if not events:
             return
-        for part in spoolfmt.split(events, self.segment_max_bytes // RECORDS_PER_SEGMENT):
+        limit = self.segment_max_bytes // RECORDS_PER_SEGMENT
+        if sum(map(len, events)) + 4 * len(events) + 4 <= limit:  # the usual case: one record
+            self._append_record(events)
+            return
+        for part in spoolfmt.split(events, limit):
             self._append_record(part)
 
     def _append_record(self, events: list[bytes]) -> None:

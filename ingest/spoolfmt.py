@@ -69,9 +69,6 @@ def encode_record(events: list[bytes]) -> bytes:
 def split(events: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
     """``events`` in order, in runs whose payload stays within ``max_bytes``
     (an event larger than that alone), so no record outgrows a segment."""
-    if sum(map(len, events)) + 4 * (len(events) + 1) <= max_bytes:
-        yield events
-        return
     start, size = 0, 4
     for i, event in enumerate(events):
         if size + 4 + len(event) > max_bytes and i > start:

@@ -62,6 +62,15 @@ def test_single_byte_damage_never_yields_a_wrong_event(
     assert sum(isinstance(item, spoolfmt.Damage) for item in found) == 1
 
 
+@given(st.lists(st.binary(max_size=50), min_size=1, max_size=40), st.integers(8, 200))
+def test_split_keeps_order_and_the_bound(events: list[bytes], max_bytes: int) -> None:
+    runs = list(spoolfmt.split(events, max_bytes))
+    assert [e for run in runs for e in run] == events
+    for run in runs:
+        payload = 4 + sum(4 + len(e) for e in run)
+        assert run and (payload <= max_bytes or len(run) == 1)
+
+
 def _ends(records: list[bytes]) -> list[int]:
     out, total = [], 0
     for record in records:
