@@ -32,7 +32,8 @@ def has_room(queue: EventQueue) -> bool:
 def replay_step(spool: Spool, queue: EventQueue, now: float) -> int:
     """Move records (or, when one is larger than the queue's room, the prefix
     of it that fits) from the spool to the queue while the pacing rule allows;
-    returns the number of events moved."""
+    returns the number of events moved. The spool's cursor records a prefix
+    too, so a stop between two parts of a record repeats neither."""
     moved = 0
     while moved < REPLAY_EVENTS_PER_STEP and has_room(queue):
         events = spool.peek()

@@ -36,6 +36,7 @@ tools/bench_spool.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -275,7 +276,7 @@ class Spool:
         cursor = self._read_cursor()
         for seq in seqs:
             if cursor is not None and seq < cursor.seq:
-                self._remove_replayed(_segment_name(seq))
+                self._discard(_segment_name(seq))
                 continue
             start = cursor.offset if cursor is not None and seq == cursor.seq else 0
             segment = self._scan_existing(seq, max(start, spoolfmt.HEADER_BYTES))
@@ -297,8 +298,9 @@ class Spool:
             )
         self._save_cursor()
 
-    def _remove_replayed(self, name: str) -> None:
-        """A segment the cursor has passed: replayed before the last stop."""
+    def _discard(self, name: str) -> None:
+        """Remove a segment with nothing left to replay (the cursor passed it,
+        or it holds no valid record); set it aside if it is no regular file."""
         try:
             problem = _irregular(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode)
             if problem is not None:
@@ -324,7 +326,7 @@ class Spool:
             self._set_aside(name, f"{size} bytes, larger than any segment; not read")
             return None
         if not data:  # a crash between creating it and writing its header
-            self._remove_replayed(name)
+            self._discard(name)
             return None
         try:
             spoolfmt.check_header(data)
@@ -346,7 +348,7 @@ class Spool:
                 )
         self.corrupt_records += damage
         if not events:
-            self._remove_replayed(name)
+            self._discard(name)
             return None
         return Segment(seq, name, len(data), events, damage_counted=bool(damage))
 
@@ -354,18 +356,24 @@ class Spool:
         """Keep what cannot be replayed for a look, under a name no segment
         has: NAME.corrupt, or NAME.corrupt.N when that is taken. Counted."""
         self.corrupt_records += 1
-        for n in range(SET_ASIDE_NAMES):
-            target = f"{name}.corrupt.{n}" if n else f"{name}.corrupt"
-            try:
-                os.stat(target, dir_fd=self._dir_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                break
         try:
+            target = self._unused(f"{name}.corrupt")
             os.rename(name, target, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
         except OSError as exc:
-            log.error("spool %s: %s; not set aside (%s)", self._path(name), reason, exc.strerror)
+            log.error("spool %s: %s; left in place (%s)", self._path(name), reason, exc.strerror)
             return
         log.error("spool %s: %s; set aside as %s", self._path(name), reason, target)
+
+    def _unused(self, name: str) -> str:
+        """``name``, or ``name``.N for the first N that does not exist (rename()
+        would replace what is there)."""
+        for n in range(SET_ASIDE_NAMES):
+            candidate = f"{name}.{n}" if n else name
+            try:
+                os.stat(candidate, dir_fd=self._dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return candidate
+        raise FileExistsError(errno.EEXIST, f"{name} to {name}.{SET_ASIDE_NAMES - 1} all exist")
 
     def _resume_inside_record(self, taken: int) -> None:
         """The first ``taken`` events of the record at the cursor were handed
@@ -410,11 +418,7 @@ class Spool:
         event larger than that alone), or count them dropped by reason."""
         if not events:
             return
-        limit = self.segment_max_bytes // RECORDS_PER_SEGMENT
-        if sum(map(len, events)) + 4 * len(events) + 4 <= limit:  # the usual case: one record
-            self._append_record(events)
-            return
-        for part in spoolfmt.split(events, limit):
+        for part in spoolfmt.split(events, self.segment_max_bytes // RECORDS_PER_SEGMENT):
             self._append_record(part)
 
     def _append_record(self, events: list[bytes]) -> None:

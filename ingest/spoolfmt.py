@@ -66,16 +66,19 @@ def encode_record(events: list[bytes]) -> bytes:
     return RECORD_MAGIC + length + _COUNT.pack(crc) + payload
 
 
-def split(events: list[bytes], max_bytes: int) -> Iterator[list[bytes]]:
+def split(events: list[bytes], max_bytes: int) -> list[list[bytes]]:
     """``events`` in order, in runs whose payload stays within ``max_bytes``
     (an event larger than that alone), so no record outgrows a segment."""
-    start, size = 0, 4
+    if sum(map(len, events)) + 4 * len(events) + 4 <= max_bytes:
+        return [events]  # the usual case, at the cost of one sum
+    runs, start, size = [], 0, 4
     for i, event in enumerate(events):
         if size + 4 + len(event) > max_bytes and i > start:
-            yield events[start:i]
+            runs.append(events[start:i])
             start, size = i, 4
         size += 4 + len(event)
-    yield events[start:]
+    runs.append(events[start:])
+    return runs
 
 
 def check_header(data: bytes) -> None:

@@ -19,7 +19,7 @@ import pytest
 
 from ingest import spoolfmt
 from ingest.config import ConfigError
-from ingest.spool import Spool
+from ingest.spool import SET_ASIDE_NAMES, Spool
 from ingest.stats import Stats
 
 VICTIM_BYTES = b"not yours to truncate\n"
@@ -285,4 +285,20 @@ def test_setting_aside_never_replaces_what_was_set_aside_before(
         assert first.read_bytes() == b"set aside by an earlier run"
     else:
         assert (first / "inside").read_bytes() == b"x"
+    spool.close()
+
+
+def test_when_every_name_to_set_aside_under_is_taken_it_is_left_in_place(
+    spool_dir: Path,
+) -> None:
+    (spool_dir / SEG0).write_bytes(b"not a spool segment")
+    taken = [f"{SEG0}.corrupt"] + [f"{SEG0}.corrupt.{n}" for n in range(1, SET_ASIDE_NAMES)]
+    for name in taken:
+        (spool_dir / name).write_bytes(name.encode())
+    spool = open_spool(spool_dir)
+    assert (spool.events, spool.corrupt_records) == (0, 1)
+    assert (spool_dir / SEG0).read_bytes() == b"not a spool segment"
+    assert all((spool_dir / name).read_bytes() == name.encode() for name in taken)
+    spool.append([b"{}"])  # the next segment number is past it
+    assert replay_all(spool) == [b"{}"]
     spool.close()
