@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ingest import __version__
+from ingest import __version__, spool
 from ingest.config import (
     DEFAULT_METRICS,
     DEFAULT_UNIX_PATH,
@@ -181,6 +181,8 @@ def check_config(args: argparse.Namespace) -> int:
     setup_logging("warning")  # unknown INGEST_* variables still warn
     try:
         settings = settings_from(args, os.environ)
+        if settings.spool_dir is not None:  # serve refuses one that is not ours alone
+            spool.check_directory(settings.spool_dir)
     except ConfigError as exc:
         return _fail(str(exc))
     print(f"ingest: configuration ok: {summary(settings)}")

@@ -125,21 +125,45 @@ def _explain(exc: OSError) -> str:
     return exc.reason if isinstance(exc, UnsafeFile) else exc.strerror or str(exc)
 
 
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def check_directory(directory: str) -> None:
+    """What ``ingest check-config`` can know without creating anything: an
+    existing spool directory must pass the checks ``Spool.open`` makes (a
+    missing one is created 0700 by ``serve``). ConfigError otherwise."""
+    try:
+        fd = os.open(directory, _DIRECTORY_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _unusable(directory, exc) from None
+    os.close(_trusted(directory, fd))
+
+
 def _open_directory(directory: str) -> int:
     """The spool directory's fd, created 0700 if missing. ConfigError unless it
     is a directory itself (not a symlink), owned by our euid and writable by
     nobody else: whoever can write in it could plant names for us to follow."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         try:
-            fd = os.open(directory, flags)
+            fd = os.open(directory, _DIRECTORY_FLAGS)
         except FileNotFoundError:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(directory, flags)
+            fd = os.open(directory, _DIRECTORY_FLAGS)
     except OSError as exc:
-        if os.path.islink(directory):
-            raise ConfigError("--spool-dir", f"{directory} is a symbolic link") from None
-        raise ConfigError("--spool-dir", f"{directory}: cannot use: {exc.strerror}") from None
+        raise _unusable(directory, exc) from None
+    return _trusted(directory, fd)
+
+
+def _unusable(directory: str, exc: OSError) -> ConfigError:
+    if os.path.islink(directory):
+        return ConfigError("--spool-dir", f"{directory} is a symbolic link")
+    return ConfigError("--spool-dir", f"{directory}: cannot use: {exc.strerror}")
+
+
+def _trusted(directory: str, fd: int) -> int:
+    """``fd`` if its directory is ours alone; else close it, ConfigError."""
     st = os.fstat(fd)
     euid = os.geteuid()
     problem = None

@@ -256,6 +256,27 @@ def test_check_config_errors_exit_2_naming_the_flag(tmp_path: Path) -> None:
         assert result.stdout == ""
 
 
+def test_check_config_refuses_the_spool_directory_serve_would_refuse(tmp_path: Path) -> None:
+    """check-config (ExecStartPre) and serve validate the same things: a spool
+    directory others can write in, or a symlink, fails here too, and a missing
+    one is fine (serve creates it) and is not created by the check."""
+    base = ["--project", "p", "--topic", "events"]
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    link = tmp_path / "link"
+    link.symlink_to(shared)
+    for directory, words in ((shared, "writable by group or others"), (link, "symbolic link")):
+        result = check_config(*base, "--spool-dir", str(directory))
+        assert result.returncode == EXIT_CONFIG, result.stdout
+        assert result.stderr.startswith("ingest: error: --spool-dir"), result.stderr
+        assert words in result.stderr
+    missing = tmp_path / "later"
+    result = check_config(*base, "--spool-dir", str(missing))
+    assert result.returncode == EXIT_OK, result.stderr
+    assert not missing.exists()
+
+
 # ------------------------------------------------------ listen_fds, in-process
 
 
