@@ -3,7 +3,7 @@
 asyncio's stdlib DatagramProtocol manages ~20k datagrams/s here (it
 recvfrom()s 256 KiB per datagram); an ``add_reader`` callback that drains a
 non-blocking socket until EAGAIN measured 290-300k/s with validation and
-queueing (shared/DESIGN.md). Per wake-up: one list of events, one queue put,
+queueing, on the 2-core development machine. Per wake-up: one list of events, one queue put,
 counters updated once.
 """
 
