@@ -9,13 +9,11 @@ subscription before the daemon can reach it.
 Duplicates have one legitimate source here: a request Pub/Sub received whose
 answer the daemon never got (cut, frozen, cancelled at the drain deadline).
 Where a test asserts exactly-once, its outages are ones that cannot deliver:
-a refusing proxy from the start, or the one-way black hole of ``Proxy``.
+a refusing proxy from the start, or the proxy's one-way black hole.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -36,44 +34,17 @@ from ingest.stats import Stats
 from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted
 from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import CHUNK, TcpProxy
+from tools.tcpproxy import TcpProxy
 
 PROJECT = "ingest-faults"
 _names = itertools.count()
 EVENTS_PER_DATAGRAM = 50
 
 
-class Proxy(TcpProxy):
-    """tools/tcpproxy.py plus a one-way outage: while ``blackhole`` is set,
-    what the daemon sends is read and discarded, and answers to what reached
-    Pub/Sub before still come back. So no request is ever delivered with its
-    answer lost, which refusing or cutting can do to a request in flight. A
-    network can fail this way; only the proxy lets a test choose the moment."""
-
-    blackhole = False
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if writer.get_extra_info("peername")[1] != self.upstream_port:
-            await super()._pipe(reader, writer)  # answers: as ever
-            return
-        holed = False  # a stream missing a chunk is broken for good
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(CHUNK):
-                holed = holed or self.blackhole
-                if holed:
-                    continue
-                if self.latency_s:
-                    await asyncio.sleep(self.latency_s)
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(OSError):
-            writer.close()
-
-
 @dataclass
 class Rig:
     emulator: Emulator
-    proxy: Proxy
+    proxy: TcpProxy
     topic: str = ""
     topic_id: str = ""
     subscription: str = ""
@@ -92,7 +63,7 @@ def rig() -> Iterator[Rig]:
     if launcher_path() is None:
         pytest.skip("the Google Pub/Sub emulator is not installed")
     emulator = Emulator().start()
-    proxy = Proxy(emulator.port).start()
+    proxy = TcpProxy(emulator.port).start()
     holder = Rig(emulator, proxy)
     try:
         yield holder

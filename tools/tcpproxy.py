@@ -1,11 +1,19 @@
 """A small TCP proxy for fault injection: latency, cut every connection,
-refuse new ones. Runs an asyncio loop in a background thread so a synchronous
-test can control it::
+refuse new ones, black-hole one direction. Runs an asyncio loop in a
+background thread so a synchronous test can control it::
 
     with TcpProxy(upstream_port) as proxy:      # listening on proxy.port
         proxy.refuse = True                     # new connections closed at once
         proxy.latency_s = 0.2                   # each forwarded chunk waits
         proxy.cut()                             # reset every open connection
+        proxy.blackhole = True                  # what clients send is discarded
+
+The black hole is a one-way outage: what clients send is read and discarded
+(for good, on that connection: a stream missing a chunk is broken), while
+answers to what reached the upstream before still come back. So no request is
+ever delivered with its answer lost -- which refusing or cutting can do to a
+request in flight -- and a test can tell loss from duplicates exactly. A
+network can fail this way; only the proxy lets a test choose the moment.
 
 It starts refusing (``refuse=True``) unless told otherwise, so a test can
 prepare the upstream (topic, subscription) before the daemon gets through.
@@ -27,6 +35,7 @@ class TcpProxy:
         self.upstream_port = upstream_port
         self.refuse = refuse
         self.latency_s = 0.0
+        self.blackhole = False
         self.accepted = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
@@ -66,15 +75,24 @@ class TcpProxy:
         self.accepted += 1
         self._writers |= {writer, up_writer}
         try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await asyncio.gather(
+                self._pipe(reader, up_writer, upstream=True),
+                self._pipe(up_reader, writer, upstream=False),
+            )
         finally:
             for w in (writer, up_writer):
                 self._writers.discard(w)
                 w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool
+    ) -> None:
+        holed = False
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(CHUNK):
+                holed = holed or (upstream and self.blackhole)
+                if holed:
+                    continue
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)
                 writer.write(data)
