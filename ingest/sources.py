@@ -47,6 +47,10 @@ REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must st
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
 
 
+class _DeniedBurst(Exception):
+    """A wake-up's worth of datagrams from senders outside the allow-list."""
+
+
 def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
     """Bind a non-blocking UDP socket; ConfigError names --udp on failure."""
     try:
@@ -181,10 +185,11 @@ class AllowList:
 class DatagramSource:
     """One bound socket and its drain callback. Never blocks, never awaits.
 
-    ``drain`` is chosen once, at construction: with an allow-list a UDP
-    source reads with recvfrom and checks the sender; without one it keeps
-    the plain recv path, untouched. ``adopted``: the socket was passed by
-    systemd, which owns it — never unlinked, chmodded or re-created here.
+    One drain loop serves every source; only its receive call differs: with
+    an allow-list a UDP source reads with recvfrom and checks the sender
+    (``_allowed_receiver``); without one it calls the socket's plain recv, so the
+    common path pays nothing for the check. ``adopted``: the socket was passed
+    by systemd, which owns it — never unlinked, chmodded or re-created here.
     """
 
     def __init__(
@@ -203,11 +208,11 @@ class DatagramSource:
         self.sock = sock
         self.adopted = adopted
         self.allow = AllowList(allow) if allow and listener.kind == "udp" else None
-        self.drain: Callable[[], bool] = self._drain_allowed if self.allow else self._drain_all
         self._queue = queue
         self._stats = stats
         self._max_bytes = max_datagram_bytes
         self._limiter = LogLimiter()
+        self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
         self._loop: asyncio.AbstractEventLoop | None = None
         self.kind = listener.kind
         self.problem: str | None = None  # shown in /healthz and on the dashboard
@@ -238,9 +243,9 @@ class DatagramSource:
         self._loop = loop
         loop.add_reader(self.sock.fileno(), self.drain)
 
-    def _drain_all(self) -> bool:
+    def drain(self) -> bool:
         """Read until EAGAIN or the wake-up budget; True when the budget
-        stopped it (the socket may hold more).
+        stopped it (the socket may hold more). The loop's callback.
 
         The queue's room is read before decoding: once a wake-up has produced
         as many events as the queue can keep, further datagrams are counted
@@ -249,7 +254,9 @@ class DatagramSource:
         events: list[bytes] = []
         stats = self._stats
         rejected = stats.rejected
-        recv = self.sock.recv
+        # Chosen per call (the socket may have been re-created): the plain
+        # recv, or the allow-list's, which skips and counts denied senders.
+        recv = self._allowed_receiver() if self.allow is not None else self.sock.recv
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode = decode_datagram
@@ -267,6 +274,9 @@ class DatagramSource:
                 data = recv(limit)
             except (BlockingIOError, InterruptedError):
                 break
+            except _DeniedBurst:
+                more = True
+                break
             except OSError as exc:
                 self._receive_failed(exc)
                 break
@@ -296,9 +306,34 @@ class DatagramSource:
                 break
         else:
             more = True
-        if datagrams:
+        if datagrams or self._denied:
             self._settle(datagrams, received, empty, full, events)
         return more
+
+    def _allowed_receiver(self) -> Callable[[int], bytes]:
+        """``recv`` for a source with an allow-list, built once per wake-up:
+        it returns the next datagram from an allowed sender. One from outside
+        the list counts as one event received and rejected (``source_denied``,
+        added up in ``_settle``) and is never decoded; DRAIN_BATCH of them end
+        the wake-up (_DeniedBurst) like any other budget."""
+        assert self.allow is not None
+        verdicts = self.allow.verdicts.get
+        decide = self.allow.decide
+        recvfrom = self.sock.recvfrom
+
+        def receive(limit: int) -> bytes:
+            while True:
+                data, address = recvfrom(limit)
+                allowed = verdicts(address[0])
+                if allowed is None:
+                    allowed = decide(address[0])
+                if allowed:
+                    return data
+                self._denied += 1
+                if self._denied >= DRAIN_BATCH:
+                    raise _DeniedBurst
+
+        return receive
 
     def _receive_failed(self, exc: OSError) -> None:
         self._stats.receive_errors += 1
@@ -309,6 +344,11 @@ class DatagramSource:
     ) -> None:
         """Once per wake-up: the counters, and one queue put for all events."""
         stats = self._stats
+        if self._denied:  # each a datagram and an event, received and rejected
+            stats.rejected[SOURCE_DENIED] += self._denied
+            datagrams += self._denied
+            received += self._denied
+            self._denied = 0
         stats.datagrams_received[self.label] += datagrams
         stats.events_received[self.label] += received
         if empty:
@@ -318,77 +358,6 @@ class DatagramSource:
         if events:
             assert self._loop is not None
             self._queue.put(events, self._loop.time())
-
-    def _drain_allowed(self) -> bool:
-        """``_drain_all`` with a sender check: a datagram from outside the
-        allow-list counts as one event received and rejected (source_denied)
-        and is never decoded. A separate method so that the path without an
-        allow-list pays nothing for it."""
-        assert self.allow is not None
-        verdicts = self.allow.verdicts
-        decide = self.allow.decide
-        events: list[bytes] = []
-        stats = self._stats
-        rejected = stats.rejected
-        recvfrom = self.sock.recvfrom
-        limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
-        max_bytes = self._max_bytes
-        decode = decode_datagram
-        room = self._queue.room()
-        # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
-        # events (no datagram holds more than ``limit``): with this much room
-        # the budget stops it first, and the per-datagram check is moot.
-        roomy = room >= WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
-        max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
-        small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
-        more = False
-        datagrams = received = empty = full = nread = denied = 0
-        for _ in range(DRAIN_BATCH):
-            try:
-                data, address = recvfrom(limit)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self._receive_failed(exc)
-                break
-            datagrams += 1
-            allowed = verdicts.get(address[0])
-            if allowed is None:
-                allowed = decide(address[0])
-            if not allowed:
-                denied += 1
-                received += 1
-                continue
-            size = len(data)
-            if size > small:  # the rare path: the bytes budget, oversize
-                nread += size
-                more = nread >= max_read  # this datagram is still handled below
-                if size > max_bytes:  # rejected whole, never forwarded truncated
-                    rejected[TOO_LARGE] += 1
-                    received += 1
-                    if more:
-                        break
-                    continue
-            if roomy or len(events) < room:
-                count = decode(data, events, rejected)
-            else:
-                count = count_events(data)
-                full += count
-            received += count
-            if count != 1:  # blank, or several lines: the rare paths
-                if not count:
-                    empty += 1
-                elif received >= max_events:
-                    more = True
-            if more:
-                break
-        else:
-            more = True
-        if denied:
-            rejected[SOURCE_DENIED] += denied
-        if datagrams:
-            self._settle(datagrams, received, empty, full, events)
-        return more
 
     def drain_until_empty(self, max_s: float = FINAL_DRAIN_MAX_S) -> None:
         """Read what the kernel already queued (shutdown, socket re-creation):

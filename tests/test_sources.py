@@ -5,6 +5,7 @@ at shutdown and its bound."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 
 from ingest.config import Listener
@@ -134,6 +135,36 @@ def test_a_full_queue_is_checked_before_decoding() -> None:
         assert stats.dropped[QUEUE_FULL] == 6 + 3
         assert sum(stats.rejected.values()) == 0  # "not json" was never decoded
         assert received == queue.events + stats.dropped[QUEUE_FULL]
+        source.close()
+        sender.close()
+
+    asyncio.run(main())
+
+
+def test_denied_senders_are_counted_and_bounded_per_wake_up() -> None:
+    """With --udp-allow, datagrams from elsewhere are never decoded; each is
+    one event received and rejected (source_denied), and a burst of them ends
+    a wake-up like any other budget."""
+
+    async def main() -> None:
+        stats = Stats()
+        listener = Listener("udp", host="127.0.0.1", port=0)
+        sock = bind_udp(listener, 16 << 20)
+        queue = EventQueue(1_000_000, 1 << 30, stats)
+        allow = (ipaddress.IPv4Network("10.0.0.0/8"),)
+        source = DatagramSource(listener, sock, queue, stats, 1000, allow=allow)
+        source.start(asyncio.get_running_loop())
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.connect(sock.getsockname())
+        for i in range(3 * DRAIN_BATCH):
+            sender.send(b'{"i":%d}' % i)
+        assert source.drain() is True  # one burst's worth, then the loop's turn
+        assert stats.rejected["source_denied"] == DRAIN_BATCH
+        source.drain_until_empty()
+        label = source.label
+        assert stats.rejected["source_denied"] == 3 * DRAIN_BATCH
+        assert stats.events_received[label] == stats.datagrams_received[label] == 3 * DRAIN_BATCH
+        assert queue.events == 0
         source.close()
         sender.close()
 
