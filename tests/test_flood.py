@@ -22,7 +22,7 @@ import pytest
 from tests.conftest import PubSubNames
 from tests.helpers import DaemonProcess, Daemons, free_udp_port, wait_for
 from tests.test_metrics_http import get, scrape, unaccounted
-from tools.emulator import free_port
+from tests.test_metrics_http import start as start_with_metrics
 from tools.procfs import peak_rss_kib
 
 # The largest UDP payload over IPv4 loopback, as the issue's sender used.
@@ -78,7 +78,6 @@ def start(
     daemons: Daemons, names: PubSubNames, transport: str, *extra: str
 ) -> tuple[DaemonProcess, str, tuple[str, str]]:
     """A daemon with one listener of ``transport``; (daemon, metrics URL, flood target)."""
-    metrics = free_port()
     if transport == "udp":
         port = free_udp_port()
         listener = ["--udp", f"127.0.0.1:{port}"]
@@ -87,22 +86,14 @@ def start(
         path = str(daemons.tmp_path / "flood.sock")
         listener = ["--unix", path]
         target = ("unix", path)
-    daemon = daemons.start(
-        "--project",
-        names.project,
-        "--topic",
-        names.topic_id,
-        *listener,
-        "--metrics",
-        f"127.0.0.1:{metrics}",
+    bounds = [
         "--queue-max-events",
         str(QUEUE_MAX_EVENTS),
         "--queue-max-bytes",
         str(QUEUE_MAX_BYTES),
-        *extra,
-    )
-    daemon.wait_ready()
-    return daemon, f"http://127.0.0.1:{metrics}", target
+    ]
+    daemon, base = start_with_metrics(daemons, names, *listener, *bounds, *extra)
+    return daemon, base, target
 
 
 def healthz_latency_s(base: str) -> float:

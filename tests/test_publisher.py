@@ -98,11 +98,18 @@ def test_backoff_grows_is_jittered_and_capped_at_5s() -> None:
 
 
 # ------------------------------------------------------------------ helpers
-def make_pool(channel: grpc.aio.Channel, topic: str) -> tuple[PublisherPool, Stats, EventQueue]:
+def make_pool(
+    channel: grpc.aio.Channel,
+    topic: str,
+    *,
+    client: PubSubClient | None = None,
+    spill: Callable[[list[bytes]], None] | None = None,
+) -> tuple[PublisherPool, Stats, EventQueue]:
     stats = Stats()
     queue = EventQueue(1_000_000, 1 << 30, stats)
     batcher = Batcher(queue, 1000, PUBSUB_MAX_REQUEST_BYTES, len(topic) + 8, 0.0)
-    pool = PublisherPool(PubSubClient(channel, topic), batcher, stats, 5.0, rng=random.Random(7))
+    client = client or PubSubClient(channel, topic)
+    pool = PublisherPool(client, batcher, stats, 5.0, rng=random.Random(7), spill=spill)
     return pool, stats, queue
 
 
@@ -397,56 +404,41 @@ class HangingClient(PubSubClient):
         await asyncio.Event().wait()
 
 
+async def cancel_on_the_wire(
+    events: list[bytes], spill: Callable[[list[bytes]], None] | None = None
+) -> tuple[PublisherPool, Stats, EventQueue]:
+    """Publish ``events`` to a server that never answers and cancel the
+    worker, as the drain deadline does, while the request is on the wire."""
+    async with fake_publisher(bad_rule) as (_, channel):
+        client = HangingClient(channel, TOPIC)
+        pool, stats, queue = make_pool(channel, TOPIC, client=client, spill=spill)
+        queue.put(events, 0.0)
+        worker = asyncio.create_task(pool.run_worker(0))
+        async with asyncio.timeout(DEADLINE_S):
+            await client.sent.wait()
+        worker.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(DEADLINE_S):
+                await worker
+        return pool, stats, queue
+
+
 def test_cancel_while_awaiting_the_answer_counts_unconfirmed_not_dropped() -> None:
     """The drain deadline cancels a request on the wire: Pub/Sub may have
     published it, so its events are ``unconfirmed`` -- not ``shutdown`` drops,
     which would claim a loss that may not have happened."""
-
-    async def main() -> None:
-        async with fake_publisher(bad_rule) as (_, channel):
-            stats = Stats()
-            queue = EventQueue(1_000, 1 << 20, stats)
-            batcher = Batcher(queue, 1000, PUBSUB_MAX_REQUEST_BYTES, len(TOPIC) + 8, 0.0)
-            client = HangingClient(channel, TOPIC)
-            pool = PublisherPool(client, batcher, stats, 5.0)
-            queue.put([b"x", b"y", b"z"], 0.0)
-            worker = asyncio.create_task(pool.run_worker(0))
-            async with asyncio.timeout(DEADLINE_S):
-                await client.sent.wait()
-            worker.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                async with asyncio.timeout(DEADLINE_S):
-                    await worker
-            assert stats.unconfirmed == 3
-            assert stats.dropped_total() == 0
-            assert pool.in_flight == 0
-            assert stats.published + stats.unconfirmed + stats.dropped_total() + queue.events == 3
-
-    asyncio.run(main())
+    pool, stats, queue = asyncio.run(cancel_on_the_wire([b"x", b"y", b"z"]))
+    assert stats.unconfirmed == 3
+    assert stats.dropped_total() == 0
+    assert pool.in_flight == 0
+    assert_identity(stats, pool, queue, 3)
 
 
 def test_cancel_with_a_spool_spools_the_request_on_the_wire() -> None:
     """With a spool nothing is unconfirmed: the events are kept and published
     by a later run (a duplicate if the cut-off request had reached Pub/Sub)."""
-
-    async def main() -> None:
-        async with fake_publisher(bad_rule) as (_, channel):
-            stats = Stats()
-            queue = EventQueue(1_000, 1 << 20, stats)
-            batcher = Batcher(queue, 1000, PUBSUB_MAX_REQUEST_BYTES, len(TOPIC) + 8, 0.0)
-            client = HangingClient(channel, TOPIC)
-            spooled: list[bytes] = []
-            pool = PublisherPool(client, batcher, stats, 5.0, spill=spooled.extend)
-            queue.put([b"x", b"y"], 0.0)
-            worker = asyncio.create_task(pool.run_worker(0))
-            async with asyncio.timeout(DEADLINE_S):
-                await client.sent.wait()
-            worker.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                async with asyncio.timeout(DEADLINE_S):
-                    await worker
-            assert spooled == [b"x", b"y"]
-            assert stats.unconfirmed == 0
-            assert stats.dropped_total() == 0
-
-    asyncio.run(main())
+    spooled: list[bytes] = []
+    _, stats, _ = asyncio.run(cancel_on_the_wire([b"x", b"y"], spill=spooled.extend))
+    assert spooled == [b"x", b"y"]
+    assert stats.unconfirmed == 0
+    assert stats.dropped_total() == 0
