@@ -21,6 +21,7 @@ from ingest import spoolfmt
 from ingest.config import ConfigError
 from ingest.spool import SET_ASIDE_NAMES, Spool
 from ingest.stats import Stats
+from tests.test_spool import replay_all
 
 VICTIM_BYTES = b"not yours to truncate\n"
 SEG0 = "seg-000000000000.spool"
@@ -30,14 +31,6 @@ root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mkn
 
 def open_spool(path: Path) -> Spool:
     return Spool.open(str(path), 1 << 20, "roll", Stats())
-
-
-def replay_all(spool: Spool) -> list[bytes]:
-    out: list[bytes] = []
-    while (events := spool.peek()) is not None:
-        out += events
-        spool.consume()
-    return out
 
 
 @pytest.fixture
