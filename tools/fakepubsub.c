@@ -1,0 +1,512 @@
+/* A FAKE Pub/Sub Publish server for `make bench`, in C: tools/fakepubsub.py
+ * explains why it exists and builds this on first use (cc -O2 -pthread).
+ *
+ * Why C: behind grpcio's Python server every Publish request cost ~0.6 ms of
+ * CPU (~14 thread switches a request on our 2-core VMs), ~0.8 us a message;
+ * this costs a few hundredths of that, so the run measures the daemon.
+ *
+ * What it is: just enough HTTP/2 (h2c, prior knowledge, as gRPC speaks to an
+ * insecure channel) to answer unary gRPC calls: SETTINGS and PING acks,
+ * flow-control credit, one DATA + trailers reply per stream. Request headers
+ * are skipped unread (no HPACK decoder): the call is told apart by its body,
+ * which is enough for the four calls the bench makes:
+ *   - a PublishRequest (has field 2, messages): one message ID per message
+ *     ("0".."n-1", unique within a request only: ingest never reads them),
+ *     every message checked as a tools/loadgen.py event (below);
+ *   - GetTopicRequest / Topic (field 1 only: the daemon's startup check, idle
+ *     probe, --create-topic): echoed, since GetTopicRequest.topic and
+ *     Topic.name are both field 1, so every topic exists;
+ *   - JSON (starts with '{'): the bench's Report, {"first_seq":F,
+ *     "expected":E}; answered with the counts since the last report, which
+ *     are then reset, and E sequence numbers from F are checked from then on.
+ * Anything else is INVALID_ARGUMENT. It stores nothing and is no Pub/Sub.
+ *
+ * The check, inline (a few hundredths of a us a message): the data must be byte for byte the
+ * event loadgen sends for its seq and sent_us; distinct seqs are kept in a
+ * bitmap, with the latency from sent_us to this request's arrival. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#define OUR_MAX_FRAME (1 << 20)          /* SETTINGS_MAX_FRAME_SIZE we accept */
+#define OUR_WINDOW (1 << 30)             /* stream and connection receive windows */
+#define MAX_REQUEST (16 << 20)           /* as ingest's channel: above Pub/Sub's 10 MB */
+#define QUANTILES 1000                   /* the report's latency quantiles, 0.1 % steps */
+#define EVENT_HEAD "{\"seq\":"
+#define EVENT_MID ",\"sent_us\":"
+#define EVENT_TAIL ",\"host\":\"web-01\",\"method\":\"GET\",\"path\":\"/api/v1/orders\"," \
+                   "\"status\":200,\"dur_ms\":12.5}"
+
+/* ------------------------------------------------------------ the ledger */
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    long long requests, messages, probes, distinct, duplicates, foreign, last_us;
+    long long first_seq, expected;
+    unsigned char *seen;
+    long long *lat;
+} L;
+
+static long long now_us(void) {  /* wall clock: compared with the senders' stamps */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
+}
+
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* A canonical decimal (what printf("%lld") makes) at p, or -1. */
+static long long number(const unsigned char *p, size_t n, size_t *used) {
+    size_t i = 0;
+    long long v = 0;
+    while (i < n && i < 19 && p[i] >= '0' && p[i] <= '9') v = v * 10 + (p[i++] - '0');
+    if (i == 0 || (i > 1 && p[0] == '0')) return -1;
+    *used = i;
+    return v;
+}
+
+/* Under mu. One message's data, checked as a loadgen event. */
+static void check_event(const unsigned char *d, size_t n, long long arrived) {
+    size_t a, b, head = sizeof EVENT_HEAD - 1, mid = sizeof EVENT_MID - 1, tail = sizeof EVENT_TAIL - 1;
+    long long seq, sent;
+    if (n < head || memcmp(d, EVENT_HEAD, head)) goto foreign;
+    if ((seq = number(d + head, n - head, &a)) < 0) goto foreign;
+    if (n < head + a + mid || memcmp(d + head + a, EVENT_MID, mid)) goto foreign;
+    if ((sent = number(d + head + a + mid, n - head - a - mid, &b)) < 0) goto foreign;
+    if (n != head + a + mid + b + tail || memcmp(d + head + a + mid + b, EVENT_TAIL, tail)) goto foreign;
+    long long i = seq - L.first_seq;
+    if (i < 0 || i >= L.expected) goto foreign;
+    if (L.seen[i]) { L.duplicates++; return; }
+    L.seen[i] = 1;
+    L.lat[L.distinct++] = arrived - sent;
+    return;
+foreign:
+    L.foreign++;
+}
+
+static int cmp_ll(const void *x, const void *y) {
+    long long a = *(const long long *)x, b = *(const long long *)y;
+    return (a > b) - (a < b);
+}
+
+/* ------------------------------------------------------------ protobuf */
+static int varint(const unsigned char **p, const unsigned char *end, uint64_t *out) {
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+        unsigned char c = *(*p)++;
+        v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80)) { *out = v; return 0; }
+    }
+    return -1;
+}
+
+/* Walk a message's fields; for each field 2 (LEN) call fn on its bytes.
+ * Returns the number of field-2 entries, or -1 for a malformed message. */
+static long long walk(const unsigned char *p, const unsigned char *end, int want,
+                      void (*fn)(const unsigned char *, size_t, void *), void *arg) {
+    long long found = 0;
+    while (p < end) {
+        uint64_t key, v;
+        if (varint(&p, end, &key)) return -1;
+        switch (key & 7) {
+        case 0: if (varint(&p, end, &v)) return -1; break;
+        case 1: if (end - p < 8) return -1; p += 8; break;
+        case 5: if (end - p < 4) return -1; p += 4; break;
+        case 2:
+            if (varint(&p, end, &v) || v > (uint64_t)(end - p)) return -1;
+            if ((int)(key >> 3) == want) { found++; if (fn) fn(p, v, arg); }
+            p += v;
+            break;
+        default: return -1;
+        }
+    }
+    return found;
+}
+
+struct publish { long long arrived; int bad; };
+
+/* One PubsubMessage (every field of which is LEN): its data is checked. */
+static void data_field(const unsigned char *p, size_t n, void *arg) {
+    struct publish *pub = arg;
+    const unsigned char *q = p, *end = p + n, *data = q;
+    uint64_t data_len = 0;
+    while (q < end) {
+        uint64_t key, v;
+        if (varint(&q, end, &key) || (key & 7) != 2 || varint(&q, end, &v) || v > (uint64_t)(end - q)) {
+            pub->bad = 1;
+            return;
+        }
+        if ((key >> 3) == 1) { data = q; data_len = v; }
+        q += v;
+    }
+    check_event(data, data_len, pub->arrived);
+}
+
+/* ------------------------------------------------------------ HTTP/2 */
+struct stream { uint32_t id; unsigned char *buf; size_t len, cap; struct stream *next; };
+struct pending { uint32_t id; unsigned char *body; size_t len; struct pending *next; };
+struct conn {
+    int fd;
+    unsigned char *in;
+    size_t in_len, in_cap;
+    long long send_window, consumed;
+    size_t peer_max_frame;
+    struct stream *streams;
+    struct pending *pending, **pending_tail;
+};
+
+static int write_all(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) { if (errno == EINTR) continue; return -1; }
+        p += w; n -= (size_t)w;
+    }
+    return 0;
+}
+
+static size_t frame_header(unsigned char *h, size_t len, int type, int flags, uint32_t id) {
+    h[0] = len >> 16; h[1] = len >> 8; h[2] = len; h[3] = type; h[4] = flags;
+    h[5] = id >> 24; h[6] = id >> 16; h[7] = id >> 8; h[8] = id;
+    return 9;
+}
+
+static int send_frame(struct conn *c, int type, int flags, uint32_t id, const void *p, size_t n) {
+    unsigned char h[9];
+    frame_header(h, n, type, flags, id);
+    if (write_all(c->fd, h, 9)) return -1;
+    return n ? write_all(c->fd, p, n) : 0;
+}
+
+/* :status 200 (static index 8), content-type application/grpc (literal, name index 31) */
+static const unsigned char RESPONSE_HEADERS[] = "\x88\x0f\x10\x10" "application/grpc";
+#define RESPONSE_HEADERS_LEN (sizeof RESPONSE_HEADERS - 1)
+
+/* A unary reply: headers, the message, trailers; one write. */
+static int reply(struct conn *c, uint32_t id, const unsigned char *msg, size_t n) {
+    size_t cap = 64 + n + 9 * (n / c->peer_max_frame + 2), at = 0;
+    unsigned char *out = malloc(cap);
+    if (!out) return -1;
+    at += frame_header(out + at, RESPONSE_HEADERS_LEN, 1, 0x4, id);
+    memcpy(out + at, RESPONSE_HEADERS, RESPONSE_HEADERS_LEN); at += RESPONSE_HEADERS_LEN;
+    unsigned char prefix[5] = {0, n >> 24, n >> 16, n >> 8, n};
+    size_t total = n + 5, done = 0;
+    while (done < total) {  /* DATA frames no larger than the peer takes */
+        size_t chunk = total - done < c->peer_max_frame ? total - done : c->peer_max_frame;
+        at += frame_header(out + at, chunk, 0, 0, id);
+        for (size_t k = 0; k < chunk; k++, done++)
+            out[at++] = done < 5 ? prefix[done] : msg[done - 5];
+    }
+    static const unsigned char trailers[] = "\x00\x0bgrpc-status\x01" "0";
+    at += frame_header(out + at, sizeof trailers - 1, 1, 0x5, id);
+    memcpy(out + at, trailers, sizeof trailers - 1); at += sizeof trailers - 1;
+    int r = write_all(c->fd, out, at);
+    free(out);
+    c->send_window -= (long long)total;
+    return r;
+}
+
+static int reply_error(struct conn *c, uint32_t id, int code) {
+    unsigned char block[64];
+    size_t n = RESPONSE_HEADERS_LEN;
+    memcpy(block, RESPONSE_HEADERS, n);
+    n += (size_t)sprintf((char *)block + n, "%c%cgrpc-status%c%d", 0, 11, 1, code);
+    return send_frame(c, 1, 0x5, id, block, n);  /* trailers-only: END_STREAM | END_HEADERS */
+}
+
+/* Queue a reply until the connection's send window has room for it. */
+static int answer(struct conn *c, uint32_t id, unsigned char *msg, size_t n) {
+    if (!c->pending && c->send_window >= (long long)n + 5) {
+        int r = reply(c, id, msg, n);
+        free(msg);
+        return r;
+    }
+    struct pending *p = calloc(1, sizeof *p);
+    if (!p) return -1;
+    p->id = id; p->body = msg; p->len = n;
+    *c->pending_tail = p;
+    c->pending_tail = &p->next;
+    return 0;
+}
+
+static int flush_pending(struct conn *c) {
+    while (c->pending && c->send_window >= (long long)c->pending->len + 5) {
+        struct pending *p = c->pending;
+        c->pending = p->next;
+        if (!c->pending) c->pending_tail = &c->pending;
+        int r = reply(c, p->id, p->body, p->len);
+        free(p->body); free(p);
+        if (r) return -1;
+    }
+    return 0;
+}
+
+/* PublishResponse.message_ids (field 1) "0".."n-1": a prefix of one list
+ * made at startup (sprintf per ID was a fifth of the CPU). */
+#define MAX_IDS 1000  /* Pub/Sub's per-request message limit; more are made per call */
+static unsigned char *all_ids;
+static size_t ids_end[MAX_IDS + 1];
+
+static size_t encode_ids(unsigned char *out, long long from, long long to) {
+    unsigned char *p = out;
+    for (long long i = from; i < to; i++) {
+        int k = sprintf((char *)p + 2, "%lld", i);
+        p[0] = 0x0a; p[1] = (unsigned char)k;
+        p += 2 + k;
+    }
+    return (size_t)(p - out);
+}
+
+static unsigned char *ids_for(long long n, size_t *len) {
+    long long cached = n < MAX_IDS ? n : MAX_IDS;
+    unsigned char *out = malloc(ids_end[cached] + (size_t)(n - cached) * 22 + 1);
+    if (!out) return NULL;
+    memcpy(out, all_ids, ids_end[cached]);
+    *len = ids_end[cached] + encode_ids(out + ids_end[cached], cached, n);
+    return out;
+}
+
+static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
+    char ask[256] = {0};
+    memcpy(ask, req, n < sizeof ask - 1 ? n : sizeof ask - 1);
+    const char *f = strstr(ask, "\"first_seq\":"), *e = strstr(ask, "\"expected\":");
+    long long first = f ? strtoll(f + 12, NULL, 10) : 0;
+    long long expected = e ? strtoll(e + 11, NULL, 10) : 0;
+    double cpu0 = cpu_s();
+    pthread_mutex_lock(&mu);
+    qsort(L.lat, (size_t)L.distinct, sizeof *L.lat, cmp_ll);
+    size_t cap = 512 + 24 * (QUANTILES + 1);
+    char *out = malloc(cap);
+    int at = snprintf(out, cap,
+                      "{\"requests\": %lld, \"messages\": %lld, \"unchecked\": 0, \"probes\": %lld, "
+                      "\"distinct\": %lld, \"duplicates\": %lld, \"foreign\": %lld, \"last_us\": %lld, "
+                      "\"latency_quantiles_us\": [",
+                      L.requests, L.messages, L.probes, L.distinct, L.duplicates, L.foreign, L.last_us);
+    if (L.distinct) {
+        for (long long i = 0; i <= QUANTILES; i++) {
+            long long k = i < QUANTILES ? i * L.distinct / QUANTILES : L.distinct - 1;
+            at += snprintf(out + at, cap - at, "%s%lld", i ? ", " : "", L.lat[k]);
+        }
+    }
+    free(L.seen); free(L.lat);
+    memset(&L, 0, sizeof L);
+    L.first_seq = first;
+    L.expected = expected > 0 ? expected : 0;
+    L.seen = calloc((size_t)L.expected + 1, 1);
+    L.lat = malloc(((size_t)L.expected + 1) * sizeof *L.lat);
+    pthread_mutex_unlock(&mu);
+    at += snprintf(out + at, cap - at, "], \"check_cpu_s\": %.6f}", cpu_s() - cpu0);
+    *len = (size_t)at;
+    return (unsigned char *)out;
+}
+
+/* One complete request body (gRPC length-prefixed) on stream id. */
+static int handle(struct conn *c, uint32_t id, const unsigned char *b, size_t n) {
+    if (n < 5 || b[0] != 0) return reply_error(c, id, n < 5 ? 3 : 12);  /* compressed: UNIMPLEMENTED */
+    uint32_t mlen = (uint32_t)b[1] << 24 | b[2] << 16 | b[3] << 8 | b[4];
+    if (mlen != n - 5) return reply_error(c, id, 3);
+    const unsigned char *m = b + 5;
+    size_t len = 0;
+    unsigned char *out;
+    if (mlen && m[0] == '{') {
+        out = report(m, mlen, &len);
+    } else {
+        long long arrived = now_us(), count = walk(m, m + mlen, 2, NULL, NULL);
+        if (count < 0) return reply_error(c, id, 3);  /* INVALID_ARGUMENT */
+        if (count == 0) {  /* GetTopic / CreateTopic: echo (see the top) */
+            pthread_mutex_lock(&mu);
+            L.probes++;
+            pthread_mutex_unlock(&mu);
+            out = malloc(mlen + 1);
+            if (!out) return -1;
+            memcpy(out, m, mlen);
+            len = mlen;
+        } else {
+            struct publish pub = {arrived, 0};
+            pthread_mutex_lock(&mu);
+            L.requests++;
+            L.messages += count;
+            if (arrived > L.last_us) L.last_us = arrived;
+            walk(m, m + mlen, 2, data_field, &pub);  /* a malformed message: counted, then refused */
+            pthread_mutex_unlock(&mu);
+            if (pub.bad) return reply_error(c, id, 3);
+            out = ids_for(count, &len);
+        }
+    }
+    return out ? answer(c, id, out, len) : -1;
+}
+
+static struct stream *stream_for(struct conn *c, uint32_t id, int create) {
+    for (struct stream *s = c->streams; s; s = s->next)
+        if (s->id == id) return s;
+    if (!create) return NULL;
+    struct stream *s = calloc(1, sizeof *s);
+    if (s) { s->id = id; s->next = c->streams; c->streams = s; }
+    return s;
+}
+
+static void drop_stream(struct conn *c, uint32_t id) {
+    for (struct stream **p = &c->streams; *p; p = &(*p)->next)
+        if ((*p)->id == id) {
+            struct stream *s = *p;
+            *p = s->next;
+            free(s->buf); free(s);
+            return;
+        }
+}
+
+static int frame(struct conn *c, int type, int flags, uint32_t id, unsigned char *p, size_t n) {
+    switch (type) {
+    case 0: {  /* DATA */
+        c->consumed += (long long)n;
+        size_t pad = 0;
+        if (flags & 0x8) { if (!n) return -1; pad = p[0] + 1u; p++; n--; if (pad - 1 > n) return -1; n -= pad - 1; }
+        struct stream *s = stream_for(c, id, 0);
+        if (!s) return 0;
+        if (s->len + n > MAX_REQUEST + 5) { drop_stream(c, id); return reply_error(c, id, 8); }
+        if (s->len + n > s->cap) {
+            size_t cap = s->cap ? s->cap : 1 << 16;
+            while (cap < s->len + n) cap *= 2;
+            unsigned char *grown = realloc(s->buf, cap);
+            if (!grown) return -1;
+            s->buf = grown; s->cap = cap;
+        }
+        memcpy(s->buf + s->len, p, n);
+        s->len += n;
+        if (flags & 0x1) {
+            int r = handle(c, id, s->buf, s->len);
+            drop_stream(c, id);
+            return r;
+        }
+        return 0;
+    }
+    case 1:  /* HEADERS: a new call; its headers are not read (see the top) */
+        if (!stream_for(c, id, 1)) return -1;
+        if (flags & 0x1) { drop_stream(c, id); return reply_error(c, id, 3); }
+        return 0;
+    case 3: drop_stream(c, id); return 0;  /* RST_STREAM */
+    case 4:  /* SETTINGS */
+        if (flags & 0x1) return 0;
+        for (size_t i = 0; i + 6 <= n; i += 6) {
+            uint32_t v = (uint32_t)p[i + 2] << 24 | p[i + 3] << 16 | p[i + 4] << 8 | p[i + 5];
+            if ((p[i] << 8 | p[i + 1]) == 5) c->peer_max_frame = v;
+        }
+        return send_frame(c, 4, 0x1, 0, NULL, 0);
+    case 6: return (flags & 0x1) ? 0 : send_frame(c, 6, 0x1, 0, p, n);  /* PING: ack */
+    case 7: return -1;  /* GOAWAY */
+    case 8:  /* WINDOW_UPDATE: only the connection's window can hold a reply back */
+        if (id == 0 && n >= 4) {
+            c->send_window += (long long)((uint32_t)(p[0] & 0x7f) << 24 | p[1] << 16 | p[2] << 8 | p[3]);
+            return flush_pending(c);
+        }
+        return 0;
+    default: return 0;  /* PRIORITY, CONTINUATION, unknown: nothing to do */
+    }
+}
+
+static void *serve_conn(void *arg) {
+    struct conn *c = arg;
+    c->pending_tail = &c->pending;
+    c->send_window = 65535;
+    c->peer_max_frame = 16384;
+    c->in_cap = OUR_MAX_FRAME + 9 + (1 << 16);
+    c->in = malloc(c->in_cap);
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* SETTINGS: INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE; then connection credit. */
+    unsigned char settings[12] = {0, 4, OUR_WINDOW >> 24, OUR_WINDOW >> 16 & 0xff, 0, 0,
+                                  0, 5, OUR_MAX_FRAME >> 24, OUR_MAX_FRAME >> 16 & 0xff, 0, 0};
+    unsigned char credit[4] = {OUR_WINDOW >> 24, OUR_WINDOW >> 16 & 0xff, 0, 0};
+    int preface_seen = 0;
+    if (!c->in || send_frame(c, 4, 0, 0, settings, sizeof settings) || send_frame(c, 8, 0, 0, credit, 4))
+        goto done;
+    for (;;) {
+        ssize_t r = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        c->in_len += (size_t)r;
+        size_t at = 0;
+        if (!preface_seen) {
+            if (c->in_len < 24) continue;
+            if (memcmp(c->in, PREFACE, 24)) break;
+            preface_seen = 1;
+            at = 24;
+        }
+        while (c->in_len - at >= 9) {
+            unsigned char *h = c->in + at;
+            size_t len = (size_t)h[0] << 16 | h[1] << 8 | h[2];
+            if (len > OUR_MAX_FRAME) goto done;
+            if (c->in_len - at < 9 + len) break;
+            uint32_t id = ((uint32_t)h[5] << 24 | h[6] << 16 | h[7] << 8 | h[8]) & 0x7fffffff;
+            if (frame(c, h[3], h[4], id, h + 9, len)) goto done;
+            at += 9 + len;
+        }
+        memmove(c->in, c->in + at, c->in_len - at);
+        c->in_len -= at;
+        if (c->consumed >= OUR_WINDOW / 4) {  /* hand the credit back in large steps */
+            unsigned char inc[4] = {c->consumed >> 24, c->consumed >> 16, c->consumed >> 8, c->consumed};
+            if (send_frame(c, 8, 0, 0, inc, 4)) break;  /* streams: 1 GiB each, never short */
+            c->consumed = 0;
+        }
+    }
+done:
+    close(c->fd);
+    while (c->streams) drop_stream(c, c->streams->id);
+    while (c->pending) { struct pending *p = c->pending; c->pending = p->next; free(p->body); free(p); }
+    free(c->in);
+    free(c);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int port = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strncmp(argv[i], "--port=", 7)) port = atoi(argv[i] + 7);
+        else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
+        else { fprintf(stderr, "fakepubsub: unknown argument %s\n", argv[i]); return 2; }
+    }
+    signal(SIGPIPE, SIG_IGN);  /* a closed connection is a failed write, not our death */
+    /* Request buffers (~100 KB to 10 MB) are reused from the heap rather than
+     * mmap'd and unmapped per request: page faults were most of its CPU. */
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) || listen(fd, 64)) { perror("fakepubsub: bind"); return 1; }
+    all_ids = malloc(MAX_IDS * 6 + 1);
+    for (int i = 0; i < MAX_IDS; i++) ids_end[i + 1] = ids_end[i] + encode_ids(all_ids + ids_end[i], i, i + 1);
+    pthread_mutex_lock(&mu);
+    L.seen = calloc(1, 1);
+    L.lat = malloc(sizeof *L.lat);
+    pthread_mutex_unlock(&mu);
+    printf("fake Pub/Sub (C) ready on 127.0.0.1:%d\n", port);
+    fflush(stdout);
+    for (;;) {
+        int cfd = accept(fd, NULL, NULL);
+        if (cfd < 0) { if (errno == EINTR) continue; perror("fakepubsub: accept"); return 1; }
+        struct conn *c = calloc(1, sizeof *c);
+        pthread_t t;
+        if (!c) { close(cfd); continue; }
+        c->fd = cfd;
+        if (pthread_create(&t, NULL, serve_conn, c)) { close(cfd); free(c); continue; }
+        pthread_detach(t);
+    }
+}
