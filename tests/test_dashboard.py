@@ -40,7 +40,7 @@ def exposition(
     rcvbuf: int = 32 * 1024 * 1024,
     rcvbuf_requested: int = 32 * 1024 * 1024,
     up: dict[str, int] | None = None,
-    qlen: int = 512,
+    qlen: int = 1024,
     publish_latency: dict[float, int] | None = None,  # le -> cumulative count
     start: float = START,
 ) -> str:

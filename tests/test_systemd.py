@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import systemd
+from ingest import kernel, systemd
 from ingest.config import ConfigError, Listener, load_file
 from tests.conftest import PubSubNames
 from tests.helpers import (
@@ -137,7 +137,7 @@ def test_units_say_what_the_brief_requires() -> None:
     example = load_file(str(UNITS / "ingest.toml"))
     assert float(example["drain_timeout"]) < 30
     sysctl = (UNITS / "99-ingest.conf").read_text()
-    assert "\nnet.unix.max_dgram_qlen = 512\n" in sysctl
+    assert f"\nnet.unix.max_dgram_qlen = {kernel.UNIX_QLEN_RECOMMENDED}\n" in sysctl
 
 
 def test_units_and_sysctl_agree_with_the_receive_buffer_default() -> None:
