@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from ingest.kernel import UNIX_QLEN_RECOMMENDED
 from ingest.pubsub import RequestEncoder
 from tools import benchreport as rep
 from tools.benchreport import QUIET_BUSY_CORES, Phase
@@ -59,7 +60,7 @@ from tools.fakepubsub import FakePubSub
 from tools.procfs import group_cpu_s, machine_cpu_s, peak_rss_kib, process_cpu_s, read_text
 from tools.verify import Verification, verify
 
-RECOMMENDED_QLEN = 512  # the raised net.unix.max_dgram_qlen (what the daemon's warning suggests)
+RECOMMENDED_QLEN = UNIX_QLEN_RECOMMENDED  # what the daemon's warning and the drop-in say
 PROJECT = "ingest-bench"
 WARMUP_MESSAGES = 600_000  # its publish path costs 12 µs/msg cold, ~5 µs after ~400k
 QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
