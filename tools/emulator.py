@@ -37,6 +37,23 @@ _PullResponse = t.PullResponse.pb()
 _AckRequest = t.AcknowledgeRequest.pb()
 
 
+def stop_process_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a child started in its own session (and whatever it spawned:
+    killing only a wrapper leaves the server running), SIGKILL after 10 s. A
+    frozen group is thawed first: a stopped process cannot exit."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def launcher_path() -> str | None:
     """Path of cloud-pubsub-emulator, or None when it is not installed."""
     candidates = []
@@ -125,17 +142,8 @@ class Emulator:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGCONT)  # a frozen JVM cannot exit
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process_group(self.proc)
 
     def __enter__(self) -> Emulator:
         return self.start()

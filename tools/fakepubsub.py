@@ -42,15 +42,11 @@ report counts the rest as unchecked). ``--engine python`` forces it.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent import futures
@@ -61,7 +57,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.pubsub_v1.types import pubsub as pubsub_types
 
-from tools.emulator import free_port
+from tools import cbuild
+from tools.emulator import free_port, stop_process_group
 from tools.loadgen import event_bytes, parse_event
 
 C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepubsub.c")
@@ -218,21 +215,7 @@ def serve(port: int, keep_max_bytes: int, workers: int) -> grpc.Server:
 
 def c_server() -> str | None:
     """Path of the compiled C server (built once per source version), or None."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    with open(C_SOURCE, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
-    binary = os.path.join(tempfile.gettempdir(), f"ingest-fakepubsub-{digest}")
-    if not os.access(binary, os.X_OK):
-        partial = f"{binary}.{os.getpid()}"
-        result = subprocess.run(
-            [compiler, "-O2", "-pthread", "-o", partial, C_SOURCE], capture_output=True, check=False
-        )
-        if result.returncode:
-            return None
-        os.replace(partial, binary)  # atomic: parallel builds may race
-    return binary
+    return cbuild.build(C_SOURCE, "fakepubsub", "-pthread")
 
 
 class FakePubSub:
@@ -284,16 +267,8 @@ class FakePubSub:
         if self._channel is not None:
             self._channel.close()
             self._channel = None
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process_group(self.proc)
 
 
 def main(argv: list[str] | None = None) -> int:

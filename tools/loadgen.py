@@ -29,16 +29,14 @@ from __future__ import annotations
 
 import argparse
 import errno
-import hashlib
 import json
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
+
+from tools import cbuild
 
 C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.c")
 
@@ -142,21 +140,7 @@ def run(
 
 def c_sender() -> str | None:
     """Path of the compiled C sender (built once per source version), or None."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return None
-    with open(C_SOURCE, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()[:16]
-    binary = os.path.join(tempfile.gettempdir(), f"ingest-loadgen-{digest}")
-    if not os.access(binary, os.X_OK):
-        partial = f"{binary}.{os.getpid()}"
-        result = subprocess.run(
-            [compiler, "-O2", "-o", partial, C_SOURCE], capture_output=True, check=False
-        )
-        if result.returncode:
-            return None
-        os.replace(partial, binary)  # atomic: parallel senders may race to build
-    return binary
+    return cbuild.build(C_SOURCE, "loadgen")
 
 
 def main(argv: list[str] | None = None) -> int:
