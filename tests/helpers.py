@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,23 @@ STOPPED_RE = re.compile(
     r"rejected=(?P<rejected>\d+) dropped=(?P<dropped>\d+) \(shutdown=(?P<shutdown>\d+)\) "
     r"spooled=(?P<spooled>\d+) unconfirmed=(?P<unconfirmed>\d+)"
 )
+
+
+def subject_to_file_modes() -> tuple[str, ...]:
+    """A command prefix under which file modes apply as to any user. Tests run
+    as root, which CAP_DAC_OVERRIDE lets past every mode: setpriv drops it
+    (and CAP_DAC_READ_SEARCH) from the bounding set, so the command is still
+    root -- it can reach the virtualenv wherever the clone lives, even under a
+    0700 directory -- but a file of mode 0 is closed to it. Not root: nothing
+    to drop."""
+    if os.geteuid() != 0:
+        return ()
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        import pytest
+
+        pytest.skip("running as root and setpriv (util-linux) is missing")
+    return (setpriv, "--bounding-set=-dac_override,-dac_read_search", "--")
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -7,7 +7,6 @@ import grp
 import ipaddress
 import logging
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from ingest.config import (
     load_file,
     parse_host_port,
 )
+from tests.helpers import subject_to_file_modes
 
 REQUIRED = {"project": "proj", "topic": "events"}
 OPTIONS = {option.key: option for option in SERVE_OPTIONS}
@@ -805,18 +805,10 @@ def test_unicode_config_path(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _unprivileged() -> tuple[str, ...]:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run as another user")
-    return ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
-
-
 @pytest.mark.parametrize("command", ["check-config", "serve"])
 def test_unreadable_config_file(command: str) -> None:
-    wrapper = _unprivileged()
-    # tmp_path's parents are 0700 root: nobody could not even reach the file.
+    wrapper = subject_to_file_modes()
     with tempfile.TemporaryDirectory(prefix="ingest-") as directory:
-        os.chmod(directory, 0o755)
         path = Path(directory) / "ingest.toml"
         path.write_bytes(REQUIRED_TOML)
         os.chmod(path, 0o644)

@@ -18,7 +18,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -31,7 +30,7 @@ import pytest
 from ingest import spoolfmt
 from ingest.spool import Spool
 from ingest.stats import Stats
-from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
+from tests.helpers import DaemonProcess, Daemons, UnixSender, subject_to_file_modes, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted
 from tools.emulator import Emulator, free_port, launcher_path
 from tools.tcpproxy import TcpProxy
@@ -311,15 +310,12 @@ def test_spool_full_is_counted_and_survived(
 def test_unwritable_spool_directory_degrades_to_counted_drops(
     case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() == 0 and setpriv is None:
-        pytest.skip("running as root and setpriv (util-linux) is missing")
-    wrapper = (setpriv, "--bounding-set=-dac_override,-dac_read_search", "--") if setpriv else ()
+    wrapper = subject_to_file_modes()
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     case.proxy.refuse = True
     daemon, base = start(
         daemons, case, sock, "--spool-dir", str(spool_dir), "--spool-max-bytes", str(1 << 20),
-        "--queue-max-events", "100", wrapper=tuple(w for w in wrapper if w),
+        "--queue-max-events", "100", wrapper=wrapper,
     )  # fmt: skip
     spool_dir.chmod(0o500)  # no new segment can be created
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -19,6 +18,7 @@ from tests.helpers import (
     run_send,
     short_dir,
     stale_socket_file,
+    subject_to_file_modes,
     udp_addr,
 )
 
@@ -239,17 +239,9 @@ def run_send_as(wrapper: tuple[str, ...], *args: str) -> subprocess.CompletedPro
     )
 
 
-def _unprivileged() -> tuple[str, ...]:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to send as another user")
-    return ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
-
-
 def test_permission_denied_on_the_socket_exits_4() -> None:
-    wrapper = _unprivileged()
-    # tmp_path's parents are 0700 root: the other user could not even reach it.
+    wrapper = subject_to_file_modes()
     with tempfile.TemporaryDirectory(prefix="ingest-", dir="/tmp") as directory:
-        os.chmod(directory, 0o755)
         path = Path(directory) / "in.sock"
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.bind(str(path))

@@ -7,8 +7,6 @@ by pulling until the subscription stays quiet.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import stat
@@ -31,6 +29,7 @@ from tests.helpers import (
     send_unix,
     serve_args,
     stale_socket_file,
+    subject_to_file_modes,
     udp_addr,
 )
 from tools.emulator import Emulator
@@ -472,17 +471,8 @@ def test_socket_directory_not_writable(
 ) -> None:
     directory = sockdir / "read-only"
     directory.mkdir(mode=0o555)
-    wrapper: list[str] = []
-    if os.geteuid() == 0:
-        # Root bypasses directory permissions (CAP_DAC_OVERRIDE): run the
-        # daemon as a root that lacks that capability, as a packaged service
-        # running as its own user would.
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip(
-                "running as root and setpriv (util-linux) is missing to drop CAP_DAC_OVERRIDE"
-            )
-        wrapper = [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+    # As a packaged service running as its own user would be.
+    wrapper = subject_to_file_modes()
     path = directory / "in.sock"
     code, stderr = daemons.run_failing(*serve_args(pubsub, "--unix", str(path)), wrapper=wrapper)
     assert_startup_error(code, stderr, "--unix", str(directory), "not writable")
