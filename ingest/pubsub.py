@@ -66,7 +66,8 @@ def create_channel(endpoint: str, emulator: str | None) -> grpc.aio.Channel:
     return channel
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -78,14 +79,14 @@ def _varint(value: int) -> bytes:
 def _message_header(size: int) -> bytes:
     # PublishRequest.messages (field 2, LEN) wrapping PubsubMessage.data
     # (field 1, LEN) of ``size`` bytes.
-    data_len = _varint(size)
-    return b"\x12" + _varint(1 + len(data_len) + size) + b"\x0a" + data_len
+    data_len = varint(size)
+    return b"\x12" + varint(1 + len(data_len) + size) + b"\x0a" + data_len
 
 
 def encode_topic_field(topic_path: str) -> bytes:
     """PublishRequest.topic (field 1): the part every request repeats."""
     raw = topic_path.encode()
-    return b"\x0a" + _varint(len(raw)) + raw
+    return b"\x0a" + varint(len(raw)) + raw
 
 
 class RequestEncoder:
