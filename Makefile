@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tools.bench_client
 	$(BIN)/python -m tools.bench_gunicorn
 	$(BIN)/python -m tools.bench_spool
+	$(BIN)/python -m tools.bench_compression
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

@@ -39,6 +39,16 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", 16 << 20),
 )
 
+# --publish-compression: gRPC message compression of Publish requests, as
+# Google's Java, Go and C++ publishers offer. Per call, so only Publish is
+# compressed; the first name is the default. Pub/Sub bills the uncompressed
+# bytes either way; what shrinks is the traffic on the link (README,
+# "Compression", has the measured sizes and CPU).
+PUBLISH_COMPRESSIONS: dict[str, grpc.Compression] = {
+    "none": grpc.Compression.NoCompression,
+    "gzip": grpc.Compression.Gzip,
+}
+
 
 def emulator_host() -> str | None:
     """The process-level protocol: PUBSUB_EMULATOR_HOST selects the emulator."""
@@ -111,11 +121,21 @@ class RequestEncoder:
 
 
 class PubSubClient:
-    """The RPCs ingest needs, on one channel. Raises grpc.aio.AioRpcError."""
+    """The RPCs ingest needs, on one channel. Raises grpc.aio.AioRpcError.
 
-    def __init__(self, channel: grpc.aio.Channel, topic_path: str) -> None:
+    ``compression`` (a PUBLISH_COMPRESSIONS name) applies to Publish alone.
+    A server that cannot decode it answers UNIMPLEMENTED."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, topic_path: str, *, compression: str = "none"
+    ) -> None:
+        if compression not in PUBLISH_COMPRESSIONS:
+            raise ValueError(f"unknown publish compression {compression!r}")
         self.channel = channel
         self.topic_path = topic_path
+        # NoCompression is falsy to grpc.aio: no grpc-internal-encoding-request
+        # metadata, the exact call made before compression existed.
+        self._compression = PUBLISH_COMPRESSIONS[compression]
         # Request bytes go out as they are; the response (message IDs) is not
         # decoded, since nothing reads it.
         self._publish = channel.unary_unary(_PUBLISH)
@@ -131,7 +151,7 @@ class PubSubClient:
         )
 
     async def publish(self, request: bytes, timeout_s: float) -> None:
-        await self._publish(request, timeout=timeout_s)
+        await self._publish(request, timeout=timeout_s, compression=self._compression)
 
     async def get_topic(self, timeout_s: float) -> None:
         await self._get_topic(_GetTopicRequest(topic=self.topic_path), timeout=timeout_s)

@@ -7,6 +7,7 @@ background thread so a synchronous test can control it::
         proxy.latency_s = 0.2                   # each forwarded chunk waits
         proxy.cut()                             # reset every open connection
         proxy.blackhole = True                  # what clients send is discarded
+        proxy.bytes_up, proxy.bytes_down        # TCP payload forwarded each way
 
 The black hole is a one-way outage: what clients send is read and discarded
 (for good, on that connection: a stream missing a chunk is broken), while
@@ -14,6 +15,11 @@ answers to what reached the upstream before still come back. So no request is
 ever delivered with its answer lost -- which refusing or cutting can do to a
 request in flight -- and a test can tell loss from duplicates exactly. A
 network can fail this way; only the proxy lets a test choose the moment.
+
+The byte counters are what a link between the two would carry as TCP payload
+(HTTP/2 frames, headers and pings included; IP and TCP headers not): the
+measure of ``--publish-compression`` (tools/bench_compression.py). They are
+written by the proxy's thread; reading a Python int from another is safe.
 
 It starts refusing (``refuse=True``) unless told otherwise, so a test can
 prepare the upstream (topic, subscription) before the daemon gets through.
@@ -37,6 +43,8 @@ class TcpProxy:
         self.latency_s = 0.0
         self.blackhole = False
         self.accepted = 0
+        self.bytes_up = 0  # client -> upstream, forwarded
+        self.bytes_down = 0  # upstream -> client
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -62,6 +70,10 @@ class TcpProxy:
             _reset(writer)
         self._writers.clear()
         return len(writers)
+
+    async def _close(self, server: asyncio.Server) -> None:
+        server.close()
+        await self._cut()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse:
@@ -96,15 +108,19 @@ class TcpProxy:
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)
                 writer.write(data)
+                if upstream:
+                    self.bytes_up += len(data)
+                else:
+                    self.bytes_down += len(data)
                 await writer.drain()
         with contextlib.suppress(OSError):
             writer.close()
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                self.cut()
+            # On the proxy's loop: asyncio.Server is not thread-safe, and a
+            # handler ending there at the same moment made close() raise.
+            self._call(self._close(self._server))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
