@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # Pub/Sub quotas and limits (cloud.google.com/pubsub/quotas, "Resource limits").
 PUBSUB_MAX_REQUEST_MESSAGES = 1000  # messages per PublishRequest
 PUBSUB_MAX_REQUEST_BYTES = 10_000_000  # encoded bytes per PublishRequest
+PUBSUB_MAX_ATTRIBUTES = 100  # attributes per message
+PUBSUB_MAX_ATTRIBUTE_KEY_BYTES = 256
+PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES = 1024
+PUBSUB_RESERVED_KEY_PREFIX = "goog"  # attribute keys Pub/Sub keeps for itself
 # Datagram ceiling: UDP carries at most 65,507 payload bytes over IPv4; unix
 # datagrams can be larger, but a protobuf length prefix of <= 3 bytes (lengths
 # below 2 MiB) keeps the batcher's per-message overhead a fixed bound.
@@ -96,6 +100,7 @@ class Settings:
     udp_allow: tuple[IPNetwork, ...] = ()  # empty: every sender
     drain_timeout_s: float = 10.0
     publish_timeout_s: float = 10.0
+    publish_compression: str = "none"
     pubsub_endpoint: str = DEFAULT_ENDPOINT
     metrics: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: disabled
     log_level: str = "info"
@@ -275,6 +280,13 @@ def _fsync_policy(raw: Any) -> str:
     value = str(raw).strip().lower()
     if value not in ("roll", "always", "never"):  # spool.FSYNC_POLICIES
         raise ValueError(f"must be one of roll, always, never (got {raw!r})")
+    return value
+
+
+def _compression(raw: Any) -> str:
+    value = str(raw).strip().lower()
+    if value not in ("none", "gzip"):  # pubsub.PUBLISH_COMPRESSIONS
+        raise ValueError(f"must be none or gzip (got {raw!r})")
     return value
 
 
@@ -465,6 +477,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _float_range(0.1, 600),
         "deadline of one publish request in seconds (10)",
         name="publish_timeout",
+    ),
+    Option(
+        "publish_compression",
+        _compression,
+        "gRPC compression of publish requests: none or gzip (none)",
     ),
     Option("pubsub_endpoint", _endpoint, f"Pub/Sub gRPC endpoint ({DEFAULT_ENDPOINT})"),
     Option(

@@ -101,7 +101,9 @@ class Daemon:
                 "no Google credentials found; set it to a key file, or set "
                 "PUBSUB_EMULATOR_HOST to use the emulator",
             ) from None
-        self._client = PubSubClient(channel, settings.topic_path)
+        self._client = PubSubClient(
+            channel, settings.topic_path, compression=settings.publish_compression
+        )
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
         self.topic = TopicWatch(self._client, self.health, settings.create_topic, where)
         await self.topic.check_at_startup()
