@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from ingest import __version__, kernel
 from ingest.codec import REJECT_REASONS
 from ingest.health import Verdict
+from ingest.message import SKIP_REASONS
 from ingest.queue import EventQueue
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
@@ -172,6 +173,14 @@ class IngestCollector(Collector):
             "Publish RPCs retried, by the gRPC code that failed them",
             "code",
             stats.publish_retries,
+        )
+        yield _counter(
+            "ingest_attributes_skipped",
+            "attributes left off a message (the message is published): the event's field "
+            "is an object or an array, or its value is over 1024 bytes",
+            "reason",
+            stats.attributes_skipped,
+            SKIP_REASONS,
         )
         errors = CounterMetricFamily("ingest_receive_errors", "socket receive errors")
         errors.add_metric([], stats.receive_errors)

@@ -22,6 +22,7 @@ import enum
 import logging
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 import grpc.aio
@@ -33,6 +34,11 @@ from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
 
 log = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    def encode(self, messages: list[bytes]) -> bytes: ...
+
 
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0  # keeps recovery after an outage within seconds
@@ -92,12 +98,14 @@ class PublisherPool:
         rng: random.Random | None = None,
         health: PubSubHealth | None = None,
         spill: Callable[[list[bytes]], None] | None = None,
+        encoder: Encoder | None = None,
     ) -> None:
         self._client = client
         self._batcher = batcher
         self._stats = stats
         self._timeout_s = timeout_s
-        self._encoder = RequestEncoder(client.topic_path)
+        # Raw events (the plain path), or prebuilt bodies with attributes.
+        self._encoder = encoder or RequestEncoder(client.topic_path)
         self._rng = rng or random.Random()
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}

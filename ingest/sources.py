@@ -19,7 +19,7 @@ import stat
 import time
 from collections.abc import Callable, Sequence
 
-from ingest.codec import SOURCE_DENIED, TOO_LARGE, count_events, decode_datagram
+from ingest.codec import SOURCE_DENIED, TOO_LARGE, Decoder, count_events, decode_datagram
 from ingest.config import ConfigError, IPNetwork, Listener
 from ingest.queue import EventQueue
 from ingest.ratelimit import LogLimiter
@@ -202,6 +202,7 @@ class DatagramSource:
         *,
         allow: Sequence[IPNetwork] = (),
         adopted: bool = False,
+        decode: Decoder = decode_datagram,
     ) -> None:
         self.listener = listener
         self.label = listener.label
@@ -211,6 +212,7 @@ class DatagramSource:
         self._queue = queue
         self._stats = stats
         self._max_bytes = max_datagram_bytes
+        self._decode = decode  # codec.decode_datagram, or attributes' decode_messages
         self._limiter = LogLimiter()
         self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -259,7 +261,7 @@ class DatagramSource:
         recv = self._allowed_receiver() if self.allow is not None else self.sock.recv
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
-        decode = decode_datagram
+        decode = self._decode
         room = self._queue.room()
         # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
         # events (no datagram holds more than ``limit``): with this much room

@@ -83,6 +83,7 @@ class Stats:
     dropped: defaultdict[str, int] = field(default_factory=_counter)  # events, by reason
     publish_requests: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     publish_retries: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
+    attributes_skipped: defaultdict[str, int] = field(default_factory=_counter)  # by reason
     published: int = 0
     unconfirmed: int = 0  # sent, answer cut off by the drain deadline: fate unknown
     # The disk spool (spool.py): events written to it, handed back from it to

@@ -17,6 +17,7 @@ from ingest.codec import (
     REJECT_REASONS,
     count_events,
     decode_datagram,
+    decode_messages,
 )
 
 
@@ -281,3 +282,31 @@ def test_count_events_agrees_with_decoding(data: bytes) -> None:
     """What a reader counts without decoding (the queue is full) is exactly
     what decoding would have counted: the identity holds either way."""
     assert count_events(data) == decode(data)[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b'{"a":1}', b"[1]", b"x", b"", b" ", b"\r", b" {} ", b"\xff", b"{}"]),
+        max_size=12,
+    ).map(b"\n".join)
+    | st.binary(max_size=300)
+)
+def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes) -> None:
+    """The attributes pipeline's decoder accepts, rejects and counts the same
+    lines as the plain one, and hands each accepted line and its object to
+    the builder."""
+    built: list[tuple[bytes, object]] = []
+    out: list[bytes] = []
+    rejected: defaultdict[str, int] = defaultdict(int)
+
+    def build(line: bytes, obj: dict[str, object]) -> bytes:
+        built.append((line, obj))
+        return b"<" + line + b">"
+
+    count = decode_messages(data, out, rejected, build)
+    plain_count, plain_out, plain_rejected = decode(data)
+    assert (count, dict(rejected)) == (plain_count, plain_rejected)
+    assert out == [b"<" + line + b">" for line in plain_out]
+    assert [line for line, _ in built] == plain_out
+    assert all(obj == json.loads(line) for line, obj in built)

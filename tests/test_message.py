@@ -1,0 +1,194 @@
+"""Messages with attributes: the hand-encoded bodies and requests, checked
+against protobuf itself, and the rules that turn event fields into attributes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import orjson
+import pytest
+from google.pubsub_v1.types import pubsub as pubsub_types
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
+from ingest.message import (
+    KIND_DATA,
+    KIND_MESSAGES,
+    NOT_SCALAR,
+    VALUE_TOO_LONG,
+    MessageBuilder,
+    MessageRequestEncoder,
+    data_of,
+    plain,
+)
+
+PublishRequest = pubsub_types.PublishRequest.pb()
+PubsubMessage = pubsub_types.PubsubMessage.pb()
+TOPIC = "projects/p/topics/events"
+
+keys = st.text(min_size=1, max_size=40).filter(lambda k: not k.startswith("goog"))
+values = st.text(max_size=60)
+field_names = keys.filter(lambda k: "." not in k)  # a dot separates a path's steps
+
+
+def parsed(request: bytes) -> list[tuple[bytes, dict[str, str]]]:
+    message_list = PublishRequest.FromString(request)
+    assert message_list.topic == TOPIC
+    for message in message_list.messages:
+        assert not message.ordering_key
+    return [(m.data, dict(m.attributes)) for m in message_list.messages]
+
+
+def builder(
+    static: list[tuple[str, str]] = (),  # type: ignore[assignment]
+    fields: list[tuple[str, str]] = (),  # type: ignore[assignment]
+) -> tuple[MessageBuilder, defaultdict[str, int]]:
+    skipped: defaultdict[str, int] = defaultdict(int)
+    return MessageBuilder(static, fields, skipped), skipped
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.binary(max_size=300), max_size=20),
+    st.dictionaries(keys, values, max_size=8),
+)
+def test_static_attributes_parse_back_to_protobufs_own_message(
+    events: list[bytes], static: dict[str, str]
+) -> None:
+    build, _ = builder(sorted(static.items()))
+    request = MessageRequestEncoder(TOPIC).encode([build.build(e, {}) for e in events])
+    reference = PublishRequest(
+        topic=TOPIC, messages=[PubsubMessage(data=e, attributes=static) for e in events]
+    )
+    assert PublishRequest.FromString(request) == reference
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=300), keys, st.text(min_size=1, max_size=2000))
+def test_one_attribute_is_byte_identical_to_protobuf(data: bytes, key: str, value: str) -> None:
+    """Byte for byte where protobuf's own bytes are unique: with several map
+    entries its deterministic order is its own, and it leaves an empty value
+    out of its entry where we write it empty (the same message either way)."""
+    build, _ = builder([(key, value)])
+    reference = PublishRequest(
+        topic=TOPIC, messages=[PubsubMessage(data=data, attributes={key: value})]
+    )
+    encoded = MessageRequestEncoder(TOPIC).encode([build.build(data, {})])
+    assert encoded == reference.SerializeToString(deterministic=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        field_names,
+        st.one_of(
+            values,
+            st.integers(-(2**63), 2**64 - 1),
+            st.floats(allow_nan=False, allow_infinity=False),
+            st.booleans(),
+            st.none(),
+        ),
+        max_size=8,
+    ),
+    st.dictionaries(keys, values, max_size=4),
+)
+def test_field_attributes_parse_back_as_protobuf_reads_them(
+    event: dict[str, object], static: dict[str, str]
+) -> None:
+    fields = [(f"a-{key}", key) for key in event]
+    build, skipped = builder(sorted(static.items()), fields)
+    data = orjson.dumps(event)
+    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([build.build(data, event)]))
+    assert got_data == data  # byte for byte
+    expected = dict(static)
+    for key, value in event.items():
+        if value is None:
+            continue
+        expected[f"a-{key}"] = value if isinstance(value, str) else orjson.dumps(value).decode()
+    assert got == expected
+    assert not skipped
+
+
+@pytest.mark.parametrize(
+    ("value", "attribute"),
+    [
+        ("signup", "signup"),
+        ("héllo — 世界", "héllo — 世界"),
+        ("", ""),
+        (42, "42"),
+        (-1.5, "-1.5"),
+        (True, "true"),
+        (False, "false"),
+    ],
+)
+def test_scalars_become_strings(value: object, attribute: str) -> None:
+    build, skipped = builder(fields=[("kind", "kind")])
+    event = {"kind": value}
+    [(_, got)] = parsed(
+        MessageRequestEncoder(TOPIC).encode([build.build(orjson.dumps(event), event)])
+    )
+    assert got == {"kind": attribute}
+    assert not skipped
+
+
+def test_dotted_paths_reach_into_nested_objects() -> None:
+    build, _ = builder(fields=[("user", "user.id"), ("deep", "a.b.c"), ("miss", "user.name.x")])
+    event = {"user": {"id": 7, "name": "ann"}, "a": {"b": {"c": "x"}}}
+    [(_, got)] = parsed(
+        MessageRequestEncoder(TOPIC).encode([build.build(orjson.dumps(event), event)])
+    )
+    assert got == {"user": "7", "deep": "x"}  # through a string: absent, not an error
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ({"an": "object"}, NOT_SCALAR),
+        ([1, 2], NOT_SCALAR),
+        ("x" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES + 1), VALUE_TOO_LONG),
+        ("é" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES // 2 + 1), VALUE_TOO_LONG),  # bytes, not chars
+    ],
+)
+def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
+    value: object, reason: str
+) -> None:
+    """The event is still published, with its other attributes."""
+    build, skipped = builder([("host", "web-1")], [("bad", "v"), ("ok", "ok")])
+    event = {"v": value, "ok": "yes"}
+    data = orjson.dumps(event)
+    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([build.build(data, event)]))
+    assert got_data == data
+    assert got == {"host": "web-1", "ok": "yes"}
+    assert dict(skipped) == {reason: 1}
+
+
+def test_the_longest_value_is_kept() -> None:
+    build, skipped = builder(fields=[("v", "v")])
+    event = {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
+    [(_, got)] = parsed(
+        MessageRequestEncoder(TOPIC).encode([build.build(orjson.dumps(event), event)])
+    )
+    assert got == {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
+    assert not skipped
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=70_000))
+def test_data_of_gives_back_the_event(data: bytes) -> None:
+    build, _ = builder([("k", "v")])
+    assert data_of(build.build(data, {})) == data
+
+
+def test_spooled_events_follow_the_pipeline_they_return_to() -> None:
+    """Plain data spooled by an earlier run gets today's attributes; bodies
+    spooled with attributes give back their data to a plain pipeline."""
+    build, _ = builder([("host", "web-1")], [("kind", "kind")])
+    event = b'{"kind":"signup"}'
+    [body] = build.adopt(KIND_DATA, [event])
+    assert parsed(MessageRequestEncoder(TOPIC).encode([body])) == [
+        (event, {"host": "web-1", "kind": "signup"})
+    ]
+    assert build.adopt(KIND_MESSAGES, [body]) == [body]
+    assert plain(KIND_MESSAGES, [body]) == [event]
+    assert plain(KIND_DATA, [event]) == [event]
