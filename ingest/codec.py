@@ -19,7 +19,8 @@ INVALID_UTF8 = "invalid_utf8"
 NOT_OBJECT = "not_object"
 TOO_LARGE = "too_large"  # a whole datagram over --max-datagram-bytes
 SOURCE_DENIED = "source_denied"  # a UDP sender outside --udp-allow (never decoded)
-REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, SOURCE_DENIED)
+SENDER_DENIED = "sender_denied"  # a unix sender outside --unix-allow-uid (never decoded)
+REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, SOURCE_DENIED, SENDER_DENIED)
 
 # How a reader decodes a datagram: (datagram, out, rejected) -> events counted.
 Decoder = Callable[[bytes, list[bytes], MutableMapping[str, int]], int]

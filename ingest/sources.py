@@ -16,11 +16,20 @@ import logging
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable, Sequence
 
-from ingest.codec import SOURCE_DENIED, TOO_LARGE, Decoder, count_events, decode_datagram
-from ingest.config import ConfigError, IPNetwork, Listener
+from ingest.codec import (
+    SENDER_DENIED,
+    SOURCE_DENIED,
+    TOO_LARGE,
+    Decoder,
+    count_events,
+    decode_datagram,
+)
+from ingest.config import SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
+from ingest.message import MessageBuilder, encode_attribute
 from ingest.queue import EventQueue
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
@@ -45,6 +54,15 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>
 FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
 REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
+# struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
+UCRED = struct.Struct("iII")
+# Room for the credentials and nothing more: file descriptors a sender
+# attaches (SCM_RIGHTS) find none, and the kernel closes them instead of
+# installing them in the daemon.
+CREDENTIALS_SPACE = socket.CMSG_SPACE(UCRED.size)
+PID_KEY, UID_KEY, GID_KEY = (key.encode() for key in SENDER_ATTRIBUTES)
+# A control message as recvmsg returns it: (level, type, data).
+Cmsg = tuple[int, int, bytes]
 
 
 class _DeniedBurst(Exception):
@@ -94,9 +112,13 @@ def _set_rcvbuf(sock: socket.socket, size: int) -> int:
     return int(granted)
 
 
-def bind_unix(listener: Listener, mode: int, gid: int | None = None) -> socket.socket:
+def bind_unix(
+    listener: Listener, mode: int, gid: int | None = None, *, credentials: bool = False
+) -> socket.socket:
     """Bind a unix datagram socket, replacing a stale socket file; its mode
-    (and group, when ``gid`` is given) decide who may send.
+    (and group, when ``gid`` is given) decide who may send. ``credentials``:
+    SO_PASSCRED is set before the socket can receive, so that every datagram
+    carries its sender's credentials (see Senders).
 
     A file that is not a socket, or a socket someone still listens on, is an
     error rather than something to delete.
@@ -109,6 +131,8 @@ def bind_unix(listener: Listener, mode: int, gid: int | None = None) -> socket.s
         raise ConfigError("--unix", f"{path}: directory {directory} is not writable")
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if credentials:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     try:
         sock.bind(path)
         os.chmod(path, mode)
@@ -182,14 +206,109 @@ class AllowList:
         return allowed
 
 
+def _overflow_id(name: str) -> int:
+    """The id the kernel reports for one it cannot map (overflowuid,
+    overflowgid): what it gives for a sender it never recorded."""
+    try:
+        with open(f"/proc/sys/kernel/{name}") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return 65534  # the kernel's default
+
+
+class Senders:
+    """Who sent each unix datagram (--unix-credentials), as the kernel says.
+
+    With SO_PASSCRED set, each datagram comes with an SCM_CREDENTIALS record
+    the kernel took from the sending process at send time: its pid, uid and
+    gid (the effective ones; not its supplementary groups). A sender cannot
+    forge it: one that attaches a record of its own is checked by the kernel
+    (its own pid; its real, effective or saved uid and gid), unless it holds
+    CAP_SYS_ADMIN, CAP_SETUID or CAP_SETGID, which could become whoever it
+    claims anyway. Nor can the JSON it sends: these attributes come from the
+    record, and the configuration lets no other attribute use their keys.
+
+    A record maps to a verdict, cached per record (pid, uid, gid), so that a
+    datagram costs one dict lookup: the attribute entries its messages get
+    (message.encode_attribute, decimal text) and whether ``allow_uids``
+    admits the sender (empty: everyone). The cache is bounded, since every
+    new process is a new pid.
+
+    A datagram whose sender the kernel cannot tell is *unknown*: published
+    without sender attributes, rather than with the overflow ids it reports
+    (they would read as user nobody), and denied by an allow-list. That is a
+    datagram queued before SO_PASSCRED was set -- the kernel reports pid 0
+    and the overflow uid and gid, e.g. for senders that wrote to a socket
+    systemd created without PassCredentials=yes before the daemon started --
+    or a record missing or cut short. A sender outside the daemon's pid
+    namespace has a uid but reads as pid 0: its messages get no sender_pid.
+    """
+
+    MAX_CACHED = 4096
+
+    def __init__(self, allow_uids: Sequence[int]) -> None:
+        self.allow_uids = frozenset(allow_uids)
+        self.verdicts: dict[Cmsg | None, tuple[bytes, bool]] = {}
+        self._unrecorded = (0, _overflow_id("overflowuid"), _overflow_id("overflowgid"))
+
+    def ids(self, cmsg: Cmsg | None) -> tuple[int, int, int] | None:
+        """(pid, uid, gid) of a datagram's first control message, or None
+        when the kernel could not tell who sent it."""
+        if cmsg is None:
+            return None
+        level, kind, record = cmsg
+        if level != socket.SOL_SOCKET or kind != socket.SCM_CREDENTIALS:
+            return None
+        if len(record) != UCRED.size:
+            return None
+        pid, uid, gid = UCRED.unpack(record)
+        if (pid, uid, gid) == self._unrecorded:
+            return None
+        return pid, uid, gid
+
+    def learn(self, cmsg: Cmsg | None) -> tuple[bytes, bool]:
+        """The verdict on a record not in the cache: (attribute entries,
+        allowed); cached."""
+        if len(self.verdicts) >= self.MAX_CACHED:
+            self.verdicts.clear()
+        ids = self.ids(cmsg)
+        if ids is None:
+            verdict = (b"", not self.allow_uids)
+        else:
+            pid, uid, gid = ids
+            named = [(UID_KEY, uid), (GID_KEY, gid)]
+            if pid:  # 0: not a process the daemon's pid namespace can see
+                named.insert(0, (PID_KEY, pid))
+            entries = b"".join(encode_attribute(key, b"%d" % value) for key, value in named)
+            verdict = (entries, not self.allow_uids or uid in self.allow_uids)
+        self.verdicts[cmsg] = verdict
+        return verdict
+
+    def describe(self, cmsg: Cmsg | None) -> str:
+        """The sender, for a log line."""
+        ids = self.ids(cmsg)
+        if ids is None:
+            return "an unknown sender (the kernel recorded no credentials)"
+        pid, uid, gid = ids
+        return f"uid {uid} (pid {pid}, gid {gid})"
+
+
 class DatagramSource:
     """One bound socket and its drain callback. Never blocks, never awaits.
 
     One drain loop serves every source; only its receive call differs: with
     an allow-list a UDP source reads with recvfrom and checks the sender
-    (``_allowed_receiver``); without one it calls the socket's plain recv, so the
-    common path pays nothing for the check. ``adopted``: the socket was passed
-    by systemd, which owns it — never unlinked, chmodded or re-created here.
+    (``_allowed_receiver``); with ``credentials`` a unix source reads with
+    recvmsg and learns the sender (``_credentials_receiver``); otherwise it
+    calls the socket's plain recv, so the common path pays nothing for
+    either. ``adopted``: the socket was passed by systemd, which owns it —
+    never unlinked, chmodded or re-created here.
+
+    ``credentials`` (unix sources): the builder that ``decode`` builds with,
+    whose ``sender`` is set to each datagram's sender attributes before the
+    datagram is decoded (Senders); None: off. ``allow_uids``: only these
+    uids' datagrams are decoded, the others rejected (``sender_denied``);
+    empty: every sender. It needs ``credentials``.
     """
 
     def __init__(
@@ -203,18 +322,28 @@ class DatagramSource:
         allow: Sequence[IPNetwork] = (),
         adopted: bool = False,
         decode: Decoder = decode_datagram,
+        credentials: MessageBuilder | None = None,
+        allow_uids: Sequence[int] = (),
     ) -> None:
+        if allow_uids and credentials is None:
+            # Ignoring it would silently admit every uid.
+            raise ValueError("allow_uids needs credentials: the uid comes with them")
         self.listener = listener
         self.label = listener.label
         self.sock = sock
         self.adopted = adopted
         self.allow = AllowList(allow) if allow and listener.kind == "udp" else None
+        self._credentials = credentials if listener.kind == "unix" else None
+        self.senders = Senders(allow_uids) if self._credentials is not None else None
+        if self.senders is not None:  # adopted sockets too: systemd may not have set it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._queue = queue
         self._stats = stats
         self._max_bytes = max_datagram_bytes
         self._decode = decode  # codec.decode_datagram, or attributes' decode_messages
         self._limiter = LogLimiter()
         self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
+        self._denied_reason = SENDER_DENIED if self.senders is not None else SOURCE_DENIED
         self._loop: asyncio.AbstractEventLoop | None = None
         self.kind = listener.kind
         self.problem: str | None = None  # shown in /healthz and on the dashboard
@@ -257,8 +386,14 @@ class DatagramSource:
         stats = self._stats
         rejected = stats.rejected
         # Chosen per call (the socket may have been re-created): the plain
-        # recv, or the allow-list's, which skips and counts denied senders.
-        recv = self._allowed_receiver() if self.allow is not None else self.sock.recv
+        # recv, the allow-list's, which skips and counts denied senders, or
+        # the credentials', which also sets each datagram's sender.
+        if self.allow is not None:
+            recv = self._allowed_receiver()
+        elif self.senders is not None:
+            recv = self._credentials_receiver()
+        else:
+            recv = self.sock.recv
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode = self._decode
@@ -331,11 +466,54 @@ class DatagramSource:
                     allowed = decide(address[0])
                 if allowed:
                     return data
-                self._denied += 1
-                if self._denied >= DRAIN_BATCH:
-                    raise _DeniedBurst
+                self._count_denied()
 
         return receive
+
+    def _credentials_receiver(self) -> Callable[[int], bytes]:
+        """``recv`` for a unix source with credentials, built once per
+        wake-up: it returns the next datagram of an allowed sender, having set
+        the builder's ``sender`` to that sender's attributes. One denied is
+        logged (rate-limited) and counted like ``_allowed_receiver``'s, as
+        ``sender_denied``.
+
+        MSG_CTRUNC is no cause for doubt: with room for the credentials only,
+        it means the sender attached more (file descriptors, which the kernel
+        closes). The credentials, written first, are whole; a record cut
+        short would be unknown (Senders)."""
+        assert self.senders is not None and self._credentials is not None
+        senders = self.senders
+        builder = self._credentials
+        verdicts = senders.verdicts.get
+        learn = senders.learn
+        recvmsg = self.sock.recvmsg
+
+        def receive(limit: int) -> bytes:
+            while True:
+                data, ancdata, _, _ = recvmsg(limit, CREDENTIALS_SPACE)
+                cmsg = ancdata[0] if ancdata else None
+                entries, allowed = verdicts(cmsg) or learn(cmsg)
+                if allowed:
+                    builder.sender = entries
+                    return data
+                self._limiter.log(
+                    log,
+                    "sender-denied",
+                    logging.WARNING,
+                    "%s: denied a datagram from %s: not in --unix-allow-uid",
+                    self.label,
+                    senders.describe(cmsg),
+                )
+                self._count_denied()
+
+        return receive
+
+    def _count_denied(self) -> None:
+        """One more datagram of a denied sender; DRAIN_BATCH of them end the
+        wake-up (_DeniedBurst), since reading them is work too."""
+        self._denied += 1
+        if self._denied >= DRAIN_BATCH:
+            raise _DeniedBurst
 
     def _receive_failed(self, exc: OSError) -> None:
         self._stats.receive_errors += 1
@@ -347,7 +525,7 @@ class DatagramSource:
         """Once per wake-up: the counters, and one queue put for all events."""
         stats = self._stats
         if self._denied:  # each a datagram and an event, received and rejected
-            stats.rejected[SOURCE_DENIED] += self._denied
+            stats.rejected[self._denied_reason] += self._denied
             datagrams += self._denied
             received += self._denied
             self._denied = 0
@@ -404,7 +582,7 @@ class DatagramSource:
         self.drain_until_empty(REBIND_DRAIN_MAX_S)  # what the old socket still holds
         try:
             _remove_stale_socket(self.listener.path)
-            fresh = bind_unix(self.listener, mode, gid)
+            fresh = bind_unix(self.listener, mode, gid, credentials=self.senders is not None)
         except ConfigError as exc:
             self.problem = f"socket file {self.listener.path} is gone: {exc}"
             self._limiter.log(
@@ -434,8 +612,13 @@ class DatagramSource:
 
 
 def bind_listener(
-    listener: Listener, rcvbuf_bytes: int, unix_mode: int, unix_gid: int | None = None
+    listener: Listener,
+    rcvbuf_bytes: int,
+    unix_mode: int,
+    unix_gid: int | None = None,
+    *,
+    unix_credentials: bool = False,
 ) -> socket.socket:
     if listener.kind == "udp":
         return bind_udp(listener, rcvbuf_bytes)
-    return bind_unix(listener, unix_mode, unix_gid)
+    return bind_unix(listener, unix_mode, unix_gid, credentials=unix_credentials)

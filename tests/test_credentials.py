@@ -1,0 +1,404 @@
+"""--unix-credentials and --unix-allow-uid on real sockets, without a daemon:
+each message carries its sender's pid, uid and gid as the kernel reports them
+(SCM_CREDENTIALS); nothing the sender writes changes them; an allow-list of
+uids rejects every other sender (sender_denied) without decoding its
+datagrams. Senders are child processes, some run as user nobody (setpriv)."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import functools
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from google.pubsub_v1.types import pubsub as t
+
+from ingest.codec import decode_messages
+from ingest.config import Listener
+from ingest.lanes import LaneQueue
+from ingest.message import MessageBuilder, encode_data
+from ingest.sources import (
+    DRAIN_BATCH,
+    UCRED,
+    DatagramSource,
+    Senders,
+    bind_unix,
+)
+from ingest.stats import Stats
+
+STATIC = {"env": "test"}  # a configured attribute, next to the sender's
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # <asm-generic/socket.h>
+
+# Stdlib only, run with -I -S: the interpreter may not reach the virtualenv's
+# packages as another user.
+SENDER = """
+import socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.settimeout(10)
+for data in sys.argv[2:]:
+    sock.sendto(data.encode(), sys.argv[1])
+"""
+
+# Claims uid 0 in a credentials record of its own: the kernel checks it.
+FORGER = """
+import os, socket, struct, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+claim = struct.pack("iII", os.getpid(), 0, 0)
+try:
+    sock.sendmsg(
+        [b'{"forged":true}'],
+        [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, claim)],
+        0,
+        sys.argv[1],
+    )
+except PermissionError:
+    print("refused")
+"""
+
+# Sends on an inherited socket (one end of a socketpair).
+FD_SENDER = """
+import socket, sys
+sock = socket.socket(fileno=int(sys.argv[1]))
+for i in range(int(sys.argv[2])):
+    sock.send(b'{"i":%d}' % i)
+"""
+
+
+def overflow_uid() -> int:
+    with open("/proc/sys/kernel/overflowuid") as file:
+        return int(file.read())
+
+
+def nobody() -> tuple[str, ...]:
+    """A command prefix that runs the rest as nobody:nogroup, ending with an
+    interpreter nobody can run. Skips where there is none."""
+    if os.geteuid() != 0:
+        pytest.skip("running a sender as nobody needs root")
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is missing")
+    prefix = (setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups")
+    # The virtualenv's may sit under a directory closed to nobody.
+    for python in (sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin")):
+        if python is None:
+            continue
+        probe = [*prefix, python, "-I", "-S", "-c", "import socket"]
+        if subprocess.run(probe, capture_output=True, timeout=20, check=False).returncode == 0:
+            return (*prefix, python)
+    pytest.skip("no Python interpreter that user nobody can run")
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The loop a source reads the time from (drains are called directly)."""
+    event_loop = asyncio.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A socket directory nobody can reach (pytest's own is mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="ingest-cred-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+def builder_for(stats: Stats) -> MessageBuilder:
+    return MessageBuilder(tuple(STATIC.items()), (), stats.attributes_skipped).for_source()
+
+
+def source_on(
+    sock: socket.socket,
+    path: Path,
+    stats: Stats,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    credentials: bool = True,
+    allow_uids: Sequence[int] = (),
+    adopted: bool = False,
+) -> tuple[DatagramSource, LaneQueue]:
+    """A source with its builder as the daemon wires it: ``decode`` builds
+    with the same builder whose ``sender`` the source sets."""
+    builder = builder_for(stats)
+    queue = LaneQueue(1_000_000, 1 << 30, stats)
+    source = DatagramSource(
+        Listener("unix", path=str(path)),
+        sock,
+        queue,
+        stats,
+        65_535,
+        decode=functools.partial(decode_messages, build=builder.build),
+        credentials=builder if credentials else None,
+        allow_uids=allow_uids,
+        adopted=adopted,
+    )
+    source.start(loop)
+    return source, queue
+
+
+def bound_source(
+    path: Path,
+    stats: Stats,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    credentials: bool = True,
+    allow_uids: Sequence[int] = (),
+) -> tuple[DatagramSource, LaneQueue]:
+    sock = bind_unix(Listener("unix", path=str(path)), 0o666, credentials=credentials)
+    return source_on(sock, path, stats, loop, credentials=credentials, allow_uids=allow_uids)
+
+
+def run_sender(
+    source: DatagramSource, path: Path, *datagrams: str, prefix: Sequence[str] = (sys.executable,)
+) -> int:
+    """Run SENDER in a child process (``prefix``: how to start its Python),
+    draining meanwhile: net.unix.max_dgram_qlen may let the kernel hold as
+    few as 11 datagrams. Returns the sending process's pid (setpriv execs
+    the interpreter: same process)."""
+    proc = subprocess.Popen([*prefix, "-I", "-S", "-c", SENDER, str(path), *datagrams])
+    while proc.poll() is None:
+        source.drain()
+        time.sleep(0.001)
+    source.drain_until_empty()
+    assert proc.returncode == 0
+    return proc.pid
+
+
+def messages(queue: LaneQueue) -> list[t.PubsubMessage]:
+    return [
+        t.PubsubMessage.pb().FromString(body)
+        for _, chunk in queue.drain_all()
+        for body in chunk.events
+    ]
+
+
+def sender_of(pid: int, uid: int, gid: int) -> dict[str, str]:
+    return {**STATIC, "sender_pid": str(pid), "sender_uid": str(uid), "sender_gid": str(gid)}
+
+
+def passcred(sock: socket.socket) -> bool:
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED))
+
+
+def test_messages_carry_the_senders_pid_uid_and_gid_from_the_kernel(
+    sockdir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Two processes, two pids (the cache keeps them apart); what a sender
+    writes in its JSON is its data, never its identity."""
+    stats = Stats()
+    path = sockdir / "in.sock"
+    source, queue = bound_source(path, stats, loop)
+    assert passcred(source.sock)
+    forged = '{"sender_uid":"4242","sender_pid":"1"}'
+    first = run_sender(source, path, '{"n":1}', forged)
+    second = run_sender(source, path, '{"n":2}')
+    got = messages(queue)
+    assert [m.data for m in got] == [b'{"n":1}', forged.encode(), b'{"n":2}']
+    ids = (os.getuid(), os.getgid())  # the children's: inherited from this process
+    assert [dict(m.attributes) for m in got] == [
+        sender_of(first, *ids),
+        sender_of(first, *ids),
+        sender_of(second, *ids),
+    ]
+    assert first != second
+    assert sum(stats.rejected.values()) == 0
+    source.close()
+
+
+def test_a_plain_unix_source_asks_for_no_credentials(
+    sockdir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Without credentials the socket never has SO_PASSCRED (the drain reads
+    with the plain recv) and messages carry only the configured attributes."""
+    stats = Stats()
+    path = sockdir / "in.sock"
+    source, queue = bound_source(path, stats, loop, credentials=False)
+    assert source.senders is None
+    assert not passcred(source.sock)
+    run_sender(source, path, '{"n":1}')
+    assert [dict(m.attributes) for m in messages(queue)] == [STATIC]
+    source.close()
+
+
+def test_allow_uids_without_credentials_is_refused(
+    sockdir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Ignoring it would admit every uid."""
+    with pytest.raises(ValueError, match="allow_uids needs credentials"):
+        bound_source(sockdir / "in.sock", Stats(), loop, credentials=False, allow_uids=(0,))
+
+
+def test_an_allow_list_rejects_other_uids_without_decoding_them(
+    shared_dir: Path, loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture
+) -> None:
+    """nobody's datagrams are each one datagram and one event, received and
+    rejected as sender_denied, never decoded (its invalid JSON is not counted
+    invalid); nobody cannot claim uid 0 either; root's pass."""
+    as_nobody = nobody()
+    stats = Stats()
+    path = shared_dir / "in.sock"
+    source, queue = bound_source(path, stats, loop, allow_uids=(0,))
+    caplog.set_level(logging.WARNING, logger="ingest.sources")
+    denied = ('{"n":1}', "not json", '{"a":1}\n{"b":2}')
+    run_sender(source, path, *denied, prefix=as_nobody)
+    forger = subprocess.run(
+        [*as_nobody, "-I", "-S", "-c", FORGER, str(path)],
+        capture_output=True,
+        timeout=20,
+        check=True,
+    )
+    assert forger.stdout == b"refused\n"  # the kernel's EPERM: nothing was sent
+    root = run_sender(source, path, '{"n":2}', '{"n":3}')
+    label = source.label
+    assert dict(stats.rejected) == {"sender_denied": len(denied)}
+    assert stats.datagrams_received[label] == stats.events_received[label] == len(denied) + 2
+    got = messages(queue)
+    assert [m.data for m in got] == [b'{"n":2}', b'{"n":3}']
+    assert all(dict(m.attributes) == sender_of(root, 0, os.getgid()) for m in got)
+    assert "denied a datagram from uid 65534" in caplog.text
+    assert "not in --unix-allow-uid" in caplog.text
+    source.close()
+
+
+def test_a_burst_of_denied_senders_ends_the_wake_up(
+    tmp_path: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Like source_denied: DRAIN_BATCH denied datagrams end a wake-up. One
+    end of a socketpair is not bound by net.unix.max_dgram_qlen, so a child
+    running as nobody can queue them all before the first drain."""
+    as_nobody = nobody()
+    receiver, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.setblocking(False)
+    sender.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20)  # root: past wmem_max
+    stats = Stats()
+    source, queue = source_on(receiver, tmp_path / "unbound", stats, loop, allow_uids=(0,))
+    count = 3 * DRAIN_BATCH
+    subprocess.run(
+        [*as_nobody, "-I", "-S", "-c", FD_SENDER, str(sender.fileno()), str(count)],
+        pass_fds=(sender.fileno(),),
+        timeout=20,
+        check=True,
+    )
+    assert source.drain() is True  # one burst's worth, then the loop's turn
+    assert stats.rejected["sender_denied"] == DRAIN_BATCH
+    source.drain_until_empty()
+    label = source.label
+    assert stats.rejected["sender_denied"] == count
+    assert stats.events_received[label] == stats.datagrams_received[label] == count
+    assert queue.events == 0
+    source.close()
+    sender.close()
+
+
+@pytest.mark.parametrize("allow_uids", [(), "overflow"])
+def test_datagrams_queued_before_passcred_have_no_sender(
+    sockdir: Path, loop: asyncio.AbstractEventLoop, allow_uids: object
+) -> None:
+    """A datagram sent before SO_PASSCRED was set (a socket systemd created
+    without PassCredentials=yes) was never given credentials: the kernel
+    reports pid 0 and the overflow uid, which would read as user nobody. It
+    is published without sender attributes, and an allow-list denies it --
+    even one that admits the overflow uid."""
+    uids = (0, overflow_uid()) if allow_uids == "overflow" else ()
+    stats = Stats()
+    path = sockdir / "in.sock"
+    listener = Listener("unix", path=str(path))
+    sock = bind_unix(listener, 0o600)  # as systemd would, without PassCredentials=yes
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        sender.connect(str(path))
+        sender.send(b'{"n":"before"}')
+        source, queue = source_on(sock, path, stats, loop, allow_uids=uids, adopted=True)
+        assert passcred(source.sock)
+        sender.send(b'{"n":"after"}')
+    source.drain_until_empty()
+    got = {m.data: dict(m.attributes) for m in messages(queue)}
+    known = sender_of(os.getpid(), os.getuid(), os.getgid())
+    if uids:
+        assert got == {b'{"n":"after"}': known}
+        assert dict(stats.rejected) == {"sender_denied": 1}
+    else:
+        assert got == {b'{"n":"before"}': STATIC, b'{"n":"after"}': known}
+    source.close()
+
+
+def test_attached_file_descriptors_are_closed_and_the_credentials_kept(
+    sockdir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """A sender attaching file descriptors (SCM_RIGHTS) truncates the
+    control data (MSG_CTRUNC): the kernel closes them rather than installing
+    them in the daemon, and the credentials, written first, are whole."""
+    stats = Stats()
+    path = sockdir / "in.sock"
+    source, queue = bound_source(path, stats, loop)
+    read_end, write_end = os.pipe()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        fds = array.array("i", [read_end, write_end] * 8)
+        sender.sendmsg([b'{"n":1}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, str(path))
+        open_before = len(os.listdir("/proc/self/fd"))
+        source.drain_until_empty()
+        assert len(os.listdir("/proc/self/fd")) == open_before
+    os.close(read_end)
+    os.close(write_end)
+    got = messages(queue)
+    assert [dict(m.attributes) for m in got] == [sender_of(os.getpid(), os.getuid(), os.getgid())]
+    source.close()
+
+
+def test_recreated_sockets_pass_credentials(sockdir: Path, loop: asyncio.AbstractEventLoop) -> None:
+    """The socket check_path binds after the file vanished gets SO_PASSCRED
+    before it can receive."""
+    stats = Stats()
+    path = sockdir / "in.sock"
+    source, queue = bound_source(path, stats, loop)
+    old = source.sock
+    path.unlink()
+    source.check_path(0o666)
+    assert source.sock is not old
+    assert passcred(source.sock)
+    pid = run_sender(source, path, '{"n":1}')
+    assert [dict(m.attributes) for m in messages(queue)] == [
+        sender_of(pid, os.getuid(), os.getgid())
+    ]
+    source.close()
+
+
+def attributes(entries: bytes) -> dict[str, str]:
+    return dict(t.PubsubMessage.pb().FromString(encode_data(b"{}") + entries).attributes)
+
+
+def credentials(pid: int, uid: int, gid: int) -> tuple[int, int, bytes]:
+    return (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(pid, uid, gid))
+
+
+def test_verdicts_on_records_the_kernel_gives_rarely() -> None:
+    """Records no local sender produces here: a sender outside the daemon's
+    pid namespace (pid 0, a real uid) has no sender_pid; a record cut short,
+    or a control message of another kind, is an unknown sender. The cache
+    stays bounded."""
+    senders = Senders((1000,))
+    entries, allowed = senders.learn(credentials(0, 1000, 100))
+    assert allowed
+    assert attributes(entries) == {"sender_uid": "1000", "sender_gid": "100"}
+    cut = (socket.SOL_SOCKET, socket.SCM_CREDENTIALS, UCRED.pack(7, 1000, 100)[:8])
+    other = (socket.SOL_SOCKET, socket.SCM_RIGHTS, UCRED.pack(7, 1000, 100))
+    for record in (cut, other, None):
+        assert senders.learn(record) == (b"", False)
+    assert Senders(()).learn(cut) == (b"", True)  # no allow-list: published, anonymous
+    assert senders.learn(credentials(7, 1001, 100))[1] is False
+    for pid in range(1, 2 * Senders.MAX_CACHED):
+        senders.learn(credentials(pid, 1000, 100))
+    assert len(senders.verdicts) <= Senders.MAX_CACHED
