@@ -202,6 +202,11 @@ def _segment_name(seq: int) -> str:
     return f"seg-{seq:012d}.spool"
 
 
+def _placed_at(offset: int, record: spoolfmt.Record) -> spoolfmt.Record:
+    """``record``, decoded from a buffer read at ``offset``, at its place in the file."""
+    return spoolfmt.Record(offset, offset + record.end, record.events, record.kind, record.topic)
+
+
 @dataclass(slots=True)
 class Segment:
     seq: int
@@ -209,6 +214,19 @@ class Segment:
     size: int  # bytes in the file
     events: int  # events in it not yet replayed
     damage_counted: bool = False  # the startup scan already counted its damage
+    # Of its header: how its records are read. Only new segments are written
+    # (one left by an earlier run is never reopened), so all are VERSION but
+    # those found at startup.
+    version: int = spoolfmt.VERSION
+
+
+@dataclass(slots=True)  # not frozen: that makes every peek ~0.3 us slower
+class PendingRecord:
+    """What is left to replay of the oldest record."""
+
+    events: list[bytes]  # not yet consumed
+    kind: int  # spoolfmt.KIND_DATA or KIND_MESSAGES
+    topic: str  # "" is --topic
 
 
 class Spool:
@@ -353,13 +371,13 @@ class Spool:
             self._discard(name)
             return None
         try:
-            spoolfmt.check_header(data)
+            version = spoolfmt.check_header(data)
         except spoolfmt.FormatError as exc:
             self._set_aside(name, str(exc))
             return None
         events = 0
         damage = 0
-        for item in spoolfmt.scan(data, start):
+        for item in spoolfmt.scan(data, start, version=version):
             if isinstance(item, spoolfmt.Record):
                 events += len(item.events)
             else:
@@ -374,7 +392,7 @@ class Spool:
         if not events:
             self._discard(name)
             return None
-        return Segment(seq, name, len(data), events, damage_counted=bool(damage))
+        return Segment(seq, name, len(data), events, bool(damage), version)
 
     def _set_aside(self, name: str, reason: str) -> None:
         """Keep what cannot be replayed for a look, under a name no segment
@@ -437,16 +455,19 @@ class Spool:
             self._limiter.log(log, "cursor", logging.WARNING, "spool cursor not saved: %s", exc)
 
     # ------------------------------------------------------------ appending
-    def append(self, events: list[bytes]) -> None:
-        """Write ``events`` as records of at most a quarter segment each (an
-        event larger than that alone), or count them dropped by reason."""
+    def append(self, events: list[bytes], kind: int = spoolfmt.KIND_DATA, topic: str = "") -> None:
+        """Write ``events`` (of ``kind``, for ``topic``: "" is --topic) as
+        records of at most a quarter segment each (an event larger than that
+        alone), or count them dropped by reason. ValueError for a kind or
+        topic no record can hold (spoolfmt.encode_record): a caller's bug."""
         if not events:
             return
-        for part in spoolfmt.split(events, self.segment_max_bytes // RECORDS_PER_SEGMENT):
-            self._append_record(part)
+        record_max = self.segment_max_bytes // RECORDS_PER_SEGMENT
+        for part in spoolfmt.split(events, record_max, topic):
+            self._append_record(part, kind, topic)
 
-    def _append_record(self, events: list[bytes]) -> None:
-        record = spoolfmt.encode_record(events)
+    def _append_record(self, events: list[bytes], kind: int, topic: str) -> None:
+        record = spoolfmt.encode_record(events, kind, topic)
         if self.bytes + len(record) > self.max_bytes:
             self._drop(SPOOL_FULL, len(events), "spool full (--spool-max-bytes %d)", self.max_bytes)
             return
@@ -550,8 +571,14 @@ class Spool:
 
     # ------------------------------------------------------------ replaying
     def peek(self) -> list[bytes] | None:
-        """The oldest record's events not yet consumed, or None when nothing is
-        left to replay. They stay counted as spooled until ``consume``."""
+        """The oldest record's events not yet consumed (``peek_record``'s)."""
+        record = self.peek_record()
+        return None if record is None else record.events
+
+    def peek_record(self) -> PendingRecord | None:
+        """The oldest record's events not yet consumed, with their kind and
+        topic, or None when nothing is left to replay. They stay counted as
+        spooled until ``consume``."""
         while self._pending is None:
             if not self._segments:
                 return None
@@ -560,7 +587,8 @@ class Spool:
                 self._retire_oldest()
                 continue
             self._pending = self._read_record(segment)
-        return self._pending.events[self._pending_taken :]
+        record = self._pending
+        return PendingRecord(record.events[self._pending_taken :], record.kind, record.topic)
 
     def consume(self, count: int | None = None) -> None:
         """The first ``count`` (default: all) of the events ``peek`` returned
@@ -595,9 +623,9 @@ class Spool:
                     (length,) = struct.unpack_from("<I", head, 4)
                     if length <= segment.size - off:
                         data = head + os.pread(fd, length, off + spoolfmt.RECORD_HEAD_BYTES)
-                        record = spoolfmt.record_at(data, 0)
+                        record = spoolfmt.record_at(data, 0, version=segment.version)
                         if record is not None:
-                            return spoolfmt.Record(off, off + record.end, record.events)
+                            return _placed_at(off, record)
                 rest = os.pread(fd, segment.size - off, off)
             finally:
                 os.close(fd)
@@ -609,9 +637,9 @@ class Spool:
                 _explain(exc),
             )
         # Damaged: resynchronise on the next valid record (or the end).
-        first = next(spoolfmt.scan(rest, 0), None)
+        first = next(spoolfmt.scan(rest, 0, version=segment.version), None)
         if isinstance(first, spoolfmt.Record):  # valid after all (a short first read)
-            return spoolfmt.Record(off, off + first.end, first.events)
+            return _placed_at(off, first)
         skip_to = first.end if first is not None else len(rest)
         if not segment.damage_counted:
             self.corrupt_records += 1

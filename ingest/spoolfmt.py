@@ -4,7 +4,8 @@ A segment file is a header followed by records::
 
     header  MAGIC (8 bytes) | version u32 LE                      = 12 bytes
     record  RECORD_MAGIC (4) | length u32 LE | crc u32 LE | payload
-    payload count u32 LE | count x event length u32 LE | the events' bytes
+    payload kind u8 | topic length u16 LE | topic (ASCII)
+            | count u32 LE | count x event length u32 LE | the events' bytes
 
 One record holds one batch of events (the overflow of one drain wake-up):
 framing per batch rather than per event measured ~12x cheaper to append
@@ -13,7 +14,24 @@ the payload, so a damaged length is caught as well as damaged data; CRC-32
 detects every burst error of up to 32 bits, so any single damaged byte is
 detected. RECORD_MAGIC starts with 0xFF, a byte that never occurs in valid
 UTF-8 and therefore never in an accepted event: after damage, ``scan``
-re-synchronises on the next magic whose record checks out.
+re-synchronises on the next magic whose record checks out. PubsubMessage
+bodies (KIND_MESSAGES, below) are not UTF-8, as their varint lengths can hold
+0xFF, so a magic may turn up inside one: a false start the crc rejects.
+
+All of a record's events are of one ``kind`` (KIND_DATA: events as received;
+KIND_MESSAGES: PubsubMessage bodies) and go to one ``topic``: a Pub/Sub topic
+ID (ASCII, at most MAX_TOPIC_BYTES), "" meaning whatever --topic is at replay.
+
+Versions: this is version 2, which is what new segments are written in.
+Version 1 segments (written before kind and topic existed: the payload starts
+at count) are still read, their records as KIND_DATA for topic "". The header
+says which; a segment is all of one version. An ingest that reads version 1
+only refuses anything else in ``check_header``, so at startup it sets a
+version 2 segment aside as NAME.corrupt (logged, counted in
+ingest_spool_corrupt_records), never replaying or deleting it. To replay one
+after upgrading again, rename it back to a segment number above every
+existing one: the cursor has moved on meanwhile, and a segment numbered below
+the cursor counts as replayed and is deleted unread.
 
 The cursor file says where replay resumes::
 
@@ -33,13 +51,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 MAGIC = b"INGSPOOL"
-VERSION = 1
+VERSION = 2  # what segments are written in
+READ_VERSIONS = (1, 2)
 HEADER = MAGIC + struct.pack("<I", VERSION)
 HEADER_BYTES = len(HEADER)
 RECORD_MAGIC = b"\xffREC"
 _RECORD_HEAD = struct.Struct("<4sII")  # magic, payload length, crc
 RECORD_HEAD_BYTES = _RECORD_HEAD.size
 _COUNT = struct.Struct("<I")
+_KIND_TOPIC = struct.Struct("<BH")  # kind, topic length: the head of a v2 payload
+_PAYLOAD_HEAD_BYTES = _KIND_TOPIC.size + _COUNT.size  # and the count; then the topic's
+KIND_DATA = 0  # events as received
+KIND_MESSAGES = 1  # PubsubMessage bodies
+KINDS = (KIND_DATA, KIND_MESSAGES)
+MAX_TOPIC_BYTES = 255  # the longest Pub/Sub topic ID
 # A record never exceeds this: a spilled chunk is at most 256 datagrams of at
 # most 1 MiB each (config.MAX_DATAGRAM_CEILING); anything larger is damage.
 MAX_PAYLOAD_BYTES = 1 << 30
@@ -55,48 +80,66 @@ class FormatError(Exception):
     """Not a segment of a version we read."""
 
 
-def encode_record(events: list[bytes]) -> bytes:
-    """One framed record holding ``events`` (at least one)."""
+def encode_record(events: list[bytes], kind: int = KIND_DATA, topic: str = "") -> bytes:
+    """One framed record holding ``events`` (at least one) of ``kind`` for
+    ``topic``. ValueError for a kind or topic the format cannot hold: callers
+    pass topic IDs config has checked, so that is a bug, not an input."""
+    if kind not in KINDS:
+        raise ValueError(f"spool record kind {kind} is none of {KINDS}")
+    name = topic.encode("ascii")
+    if len(name) > MAX_TOPIC_BYTES:
+        raise ValueError(f"topic ID of {len(name)} bytes; at most {MAX_TOPIC_BYTES}")
     count = len(events)
     payload = b"".join(
-        (struct.pack(f"<I{count}I", count, *map(len, events)), *events),
+        (
+            _KIND_TOPIC.pack(kind, len(name)),
+            name,
+            struct.pack(f"<I{count}I", count, *map(len, events)),
+            *events,
+        ),
     )
     length = _COUNT.pack(len(payload))
     crc = zlib.crc32(payload, zlib.crc32(length))
     return RECORD_MAGIC + length + _COUNT.pack(crc) + payload
 
 
-def split(events: list[bytes], max_bytes: int) -> list[list[bytes]]:
-    """``events`` in order, in runs whose payload stays within ``max_bytes``
-    (an event larger than that alone), so no record outgrows a segment."""
-    if sum(map(len, events)) + 4 * len(events) + 4 <= max_bytes:
+def split(events: list[bytes], max_bytes: int, topic: str = "") -> list[list[bytes]]:
+    """``events`` in order, in runs whose payload for ``topic`` stays within
+    ``max_bytes`` (an event larger than that alone), so no record outgrows a
+    segment."""
+    fixed = _PAYLOAD_HEAD_BYTES + len(topic)  # topic IDs are ASCII: characters are bytes
+    if sum(map(len, events)) + 4 * len(events) + fixed <= max_bytes:
         return [events]  # the usual case, at the cost of one sum
-    runs, start, size = [], 0, 4
+    runs, start, size = [], 0, fixed
     for i, event in enumerate(events):
         if size + 4 + len(event) > max_bytes and i > start:
             runs.append(events[start:i])
-            start, size = i, 4
+            start, size = i, fixed
         size += 4 + len(event)
     runs.append(events[start:])
     return runs
 
 
-def check_header(data: bytes) -> None:
+def check_header(data: bytes) -> int:
+    """The segment's format version, which its records are read by."""
     if len(data) < HEADER_BYTES or data[: len(MAGIC)] != MAGIC:
         raise FormatError("not an ingest spool segment (bad magic)")
-    (version,) = _COUNT.unpack_from(data, len(MAGIC))
-    if version != VERSION:
-        raise FormatError(f"spool format version {version}; this ingest reads {VERSION}")
+    version: int = _COUNT.unpack_from(data, len(MAGIC))[0]
+    if version not in READ_VERSIONS:
+        readable = " and ".join(map(str, READ_VERSIONS))
+        raise FormatError(f"spool format version {version}; this ingest reads {readable}")
+    return version
 
 
-def _decode_payload(payload: memoryview) -> list[bytes] | None:
-    if len(payload) < 4:
+def _decode_events(payload: memoryview, start: int) -> list[bytes] | None:
+    """The events of the payload's count | lengths | events from ``start``."""
+    if len(payload) < start + 4:
         return None
-    (count,) = _COUNT.unpack_from(payload)
-    table = 4 + 4 * count
+    (count,) = _COUNT.unpack_from(payload, start)
+    table = start + 4 + 4 * count
     if count == 0 or table > len(payload):
         return None
-    lengths = struct.unpack_from(f"<{count}I", payload, 4)
+    lengths = struct.unpack_from(f"<{count}I", payload, start + 4)
     if table + sum(lengths) != len(payload):
         return None
     events = []
@@ -112,10 +155,32 @@ class Record:
     offset: int  # where the record starts in the buffer
     end: int  # offset of the byte after it
     events: list[bytes]
+    kind: int = KIND_DATA
+    topic: str = ""  # "" is --topic
 
 
-def record_at(data: bytes | memoryview, pos: int) -> Record | None:
-    """The valid record starting at ``pos``, or None (torn, damaged, or not one)."""
+def _decode_payload(payload: memoryview, version: int) -> tuple[int, str, list[bytes]] | None:
+    """Kind, topic and events, or None when the payload is not one."""
+    if version == 1:  # events only: data for --topic
+        events = _decode_events(payload, 0)
+        return None if events is None else (KIND_DATA, "", events)
+    if len(payload) < _KIND_TOPIC.size:
+        return None
+    kind, size = _KIND_TOPIC.unpack_from(payload)
+    if kind not in KINDS or size > MAX_TOPIC_BYTES:
+        return None
+    start = _KIND_TOPIC.size + size
+    try:
+        topic = str(payload[_KIND_TOPIC.size : start], "ascii")  # short if start is past the end
+    except UnicodeDecodeError:
+        return None
+    events = _decode_events(payload, start)
+    return None if events is None else (kind, topic, events)
+
+
+def record_at(data: bytes | memoryview, pos: int, *, version: int = VERSION) -> Record | None:
+    """The valid record of a ``version`` segment starting at ``pos``, or None
+    (torn, damaged, or not one)."""
     view = memoryview(data)
     if pos + RECORD_HEAD_BYTES > len(view):
         return None
@@ -129,10 +194,11 @@ def record_at(data: bytes | memoryview, pos: int) -> Record | None:
     payload = view[start:end]
     if zlib.crc32(payload, zlib.crc32(view[pos + 4 : pos + 8])) != crc:
         return None
-    events = _decode_payload(payload)
-    if events is None:
+    decoded = _decode_payload(payload, version)
+    if decoded is None:
         return None
-    return Record(pos, end, events)
+    kind, topic, events = decoded
+    return Record(pos, end, events, kind, topic)
 
 
 @dataclass(slots=True)
@@ -141,21 +207,24 @@ class Damage:
     end: int  # where the next valid record starts (or the end of the data)
 
 
-def scan(data: bytes | memoryview, pos: int) -> Iterator[Record | Damage]:
-    """Records from ``pos`` to the end; a stretch that is not a valid record
-    yields one Damage and scanning resumes at the next valid record."""
+def scan(
+    data: bytes | memoryview, pos: int, *, version: int = VERSION
+) -> Iterator[Record | Damage]:
+    """Records of a ``version`` segment from ``pos`` to the end; a stretch that
+    is not a valid record yields one Damage and scanning resumes at the next
+    valid record."""
     view = memoryview(data)
     size = len(view)
     raw = bytes(view) if isinstance(data, memoryview) else data
     while pos < size:
-        record = record_at(view, pos)
+        record = record_at(view, pos, version=version)
         if record is not None:
             yield record
             pos = record.end
             continue
         bad = pos
         pos = raw.find(RECORD_MAGIC, pos + 1)
-        while pos != -1 and record_at(view, pos) is None:
+        while pos != -1 and record_at(view, pos, version=version) is None:
             pos = raw.find(RECORD_MAGIC, pos + 1)
         if pos == -1:
             pos = size

@@ -83,8 +83,8 @@ def test_header_magic_and_version() -> None:
     spoolfmt.check_header(spoolfmt.HEADER)
     with pytest.raises(spoolfmt.FormatError, match="magic"):
         spoolfmt.check_header(b"NOTSPOOL\x01\x00\x00\x00")
-    with pytest.raises(spoolfmt.FormatError, match="version 2"):
-        spoolfmt.check_header(spoolfmt.MAGIC + b"\x02\x00\x00\x00")
+    with pytest.raises(spoolfmt.FormatError, match="version 3; this ingest reads 1 and 2"):
+        spoolfmt.check_header(spoolfmt.MAGIC + b"\x03\x00\x00\x00")
 
 
 # ---------------------------------------------------------------- the spool
