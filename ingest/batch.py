@@ -30,6 +30,9 @@ class Batch:
     # Messages (from ``resolved`` on) of the Publish request awaiting Pub/Sub's
     # answer right now; 0 between attempts (building, backing off).
     on_the_wire: int = 0
+    # Where its messages go (lanes.py): (topic number, ordering key); None on
+    # the plain path, which has one topic and no keys.
+    lane: tuple[int, bytes] | None = None
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -91,3 +94,6 @@ class Batcher:
                         await queue.wait_nonempty()
                 except TimeoutError:
                     return True
+
+    def done(self, batch: Batch) -> None:
+        """Its publisher is done with ``batch`` (lanes.LaneBatcher holds lanes; nothing here)."""

@@ -130,7 +130,9 @@ def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
     """Flags > env > file > defaults. Raises ConfigError."""
     flags = {o.key: getattr(args, o.key) for o in SERVE_OPTIONS if hasattr(args, o.key)}
     for option in SERVE_OPTIONS:
-        if option.repeat and option.key in flags:  # may also carry comma-separated lists
+        # Listener and uid flags may also carry comma-separated lists; a
+        # KEY=VALUE or route flag is taken whole (its value may hold commas).
+        if option.repeat and option.key in flags and option.flag_lists:
             flags[option.key] = [part for item in flags[option.key] for part in item.split(",")]
     if args.config:
         file_values = load_file(args.config)
@@ -205,9 +207,25 @@ def summary(settings: Settings) -> str:
         parts.append("udp-allow " + ",".join(str(net) for net in settings.udp_allow))
     if settings.unix_gid is not None:
         parts.append(f"unix-group gid {settings.unix_gid}")
+    if settings.metadata:
+        parts.append(message_summary(settings))
     metrics = f"{settings.metrics[0]}:{settings.metrics[1]}" if settings.metrics else "off"
     parts.append(f"metrics {metrics}")
     return "; ".join(parts)
+
+
+def message_summary(settings: Settings) -> str:
+    """What the messages carry besides data, in the flags' own words."""
+    items = [f"attribute {key}={value}" for key, value in settings.attributes]
+    items += [f"attribute-field {key}={field}" for key, field in settings.attribute_fields]
+    if settings.ordering_key_field:
+        items.append(f"ordering-key-field {settings.ordering_key_field}")
+    items += [f"route {r.topic}:{r.field}={r.value}" for r in settings.routes]
+    if settings.unix_allow_uids:
+        items.append("unix-allow-uid " + ",".join(map(str, settings.unix_allow_uids)))
+    elif settings.unix_credentials:
+        items.append("unix-credentials")
+    return "messages: " + " ".join(items)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,7 @@ good lines of the same datagram.
 from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping
+from typing import Any
 
 from orjson import JSONDecodeError, loads
 
@@ -23,7 +24,8 @@ SENDER_DENIED = "sender_denied"  # a unix sender outside --unix-allow-uid (never
 REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, SOURCE_DENIED, SENDER_DENIED)
 
 # How a reader decodes a datagram: (datagram, out, rejected) -> events counted.
-Decoder = Callable[[bytes, list[bytes], MutableMapping[str, int]], int]
+# ``out`` gets events (decode_datagram) or (lane, body) pairs (decode_messages).
+Decoder = Callable[[bytes, list[Any], MutableMapping[str, int]], int]
 
 # JSON's insignificant whitespace (RFC 8259); a line of only these is blank.
 _JSON_WHITESPACE = b" \t\r"
@@ -68,14 +70,14 @@ def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str,
 
 def decode_messages(
     data: bytes,
-    out: list[bytes],
+    out: list[Any],
     rejected: MutableMapping[str, int],
-    build: Callable[[bytes, dict[str, object]], bytes],
+    build: Callable[[bytes, dict[str, object]], Any],
 ) -> int:
-    """``decode_datagram`` for a pipeline of messages with attributes: each
-    valid event goes out as ``build(line, parsed_object)`` (message.py), the
-    object parsed once for both the check and the attributes. A separate
-    loop, so that the plain path pays nothing for it."""
+    """``decode_datagram`` for the pipeline of Pub/Sub-native messages: each
+    valid event goes out as ``build(line, parsed_object)`` (message.py: its
+    lane and body), the object parsed once for both the check and the
+    metadata. A separate loop, so that the plain path pays nothing for it."""
     events = 0
     for line in data.split(b"\n") if b"\n" in data else (data,):
         try:

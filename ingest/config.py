@@ -11,6 +11,7 @@ import grp
 import ipaddress
 import logging
 import os
+import pwd
 import re
 import stat
 import tomllib
@@ -26,6 +27,7 @@ PUBSUB_MAX_REQUEST_BYTES = 10_000_000  # encoded bytes per PublishRequest
 PUBSUB_MAX_ATTRIBUTES = 100  # attributes per message
 PUBSUB_MAX_ATTRIBUTE_KEY_BYTES = 256
 PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES = 1024
+PUBSUB_MAX_ORDERING_KEY_BYTES = 1024
 PUBSUB_RESERVED_KEY_PREFIX = "goog"  # attribute keys Pub/Sub keeps for itself
 # Datagram ceiling: UDP carries at most 65,507 payload bytes over IPv4; unix
 # datagrams can be larger, but a protobuf length prefix of <= 3 bytes (lengths
@@ -37,6 +39,7 @@ MAX_DATAGRAM_CEILING = 1 << 20
 UNIX_PATH_MAX_BYTES = 107
 # A gid is a 32-bit unsigned integer; (gid_t)-1 means "leave unchanged" to chown(2).
 GID_MAX = (1 << 32) - 2
+UID_MAX = (1 << 32) - 2  # (uid_t)-1 means 'no change' to the kernel
 # Far above any real config file; bounds the memory a wrong --config can take.
 CONFIG_MAX_BYTES = 1 << 20
 # Pub/Sub resource names (cloud.google.com/pubsub/docs/pubsub-basics, "Resource
@@ -108,6 +111,29 @@ class Settings:
     spool_dir: str | None = None  # None: no disk spool
     spool_max_bytes: int = 1 << 30
     spool_fsync: str = "roll"
+    # Pub/Sub-native messages (message.py); all empty: the plain path.
+    attributes: tuple[tuple[str, str], ...] = ()  # --attribute KEY=VALUE
+    attribute_fields: tuple[tuple[str, str], ...] = ()  # --attribute-field KEY=FIELD
+    ordering_key_field: str | None = None
+    routes: tuple[RouteRule, ...] = ()
+    unix_credentials: bool = False  # implied by unix_allow_uids
+    unix_allow_uids: tuple[int, ...] = ()  # empty: every sender
+
+    @property
+    def metadata(self) -> bool:
+        """Messages carry more than ``data``: the metadata pipeline."""
+        return bool(
+            self.attributes
+            or self.attribute_fields
+            or self.ordering_key_field
+            or self.routes
+            or self.unix_credentials
+        )
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic this daemon may publish to: --topic first, then the routes'."""
+        return tuple(dict.fromkeys((self.topic, *(route.topic for route in self.routes))))
 
     @property
     def topic_path(self) -> str:
@@ -391,6 +417,104 @@ def _as_list(raw: Any) -> list[str]:
     return [item for item in items if item]
 
 
+def _attribute_key(key: str) -> str:
+    if not key:
+        raise ValueError("has an empty attribute key")
+    if len(key.encode()) > PUBSUB_MAX_ATTRIBUTE_KEY_BYTES:
+        raise ValueError(
+            f"attribute key {key[:40]!r}... is over {PUBSUB_MAX_ATTRIBUTE_KEY_BYTES} bytes"
+        )
+    if key.startswith(PUBSUB_RESERVED_KEY_PREFIX):
+        raise ValueError(
+            f"attribute key {key!r} starts with {PUBSUB_RESERVED_KEY_PREFIX}, "
+            "which Pub/Sub reserves"
+        )
+    return key
+
+
+def _field_path(raw: str) -> str:
+    """FIELD, or a dotted path into nested objects (``user.id``)."""
+    if not raw or any(not step for step in raw.split(".")):
+        raise ValueError(f"field {raw!r} is not a field name or a dotted path such as user.id")
+    return raw
+
+
+def _pairs(raw: Any, what: str) -> list[tuple[str, str]]:
+    """KEY=REST items; a key given twice is refused."""
+    out: list[tuple[str, str]] = []
+    for item in _as_list(raw):
+        key, sep, rest = item.partition("=")
+        if not sep:
+            raise ValueError(f"must be {what} (got {item!r})")
+        key = _attribute_key(key.strip())
+        if any(key == seen for seen, _ in out):
+            raise ValueError(f"attribute key {key!r} is given twice")
+        out.append((key, rest.strip()))
+    return out
+
+
+def _attributes(raw: Any) -> tuple[tuple[str, str], ...]:
+    pairs = _pairs(raw, "KEY=VALUE")
+    for key, value in pairs:
+        if len(value.encode()) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:
+            raise ValueError(
+                f"the value of {key!r} is over {PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES} bytes"
+            )
+    return tuple(pairs)
+
+
+def _attribute_fields(raw: Any) -> tuple[tuple[str, str], ...]:
+    return tuple((key, _field_path(field)) for key, field in _pairs(raw, "KEY=FIELD"))
+
+
+def _optional_field(raw: Any) -> str | None:
+    if not isinstance(raw, str):
+        raise ValueError(f"must be a field name (got {raw!r})")
+    return _field_path(raw.strip()) if raw.strip() else None
+
+
+@dataclass(frozen=True)
+class RouteRule:
+    """``--route TOPIC:FIELD=VALUE``."""
+
+    topic: str
+    field: str
+    value: str
+
+
+def _routes(raw: Any) -> tuple[RouteRule, ...]:
+    out = []
+    for item in _as_list(raw):
+        topic, sep, match = item.partition(":")
+        field, sep2, value = match.partition("=")
+        if not sep or not sep2:
+            raise ValueError(f"must be TOPIC:FIELD=VALUE (got {item!r})")
+        try:
+            topic = _topic_id(topic.strip())
+        except ValueError as exc:
+            raise ValueError(f"topic of {item!r} {exc}") from None
+        out.append(RouteRule(topic, _field_path(field.strip()), value.strip()))
+    return tuple(out)
+
+
+def _uids(raw: Any) -> tuple[int, ...]:
+    """Numeric uids or user names (a TOML list may hold either)."""
+    parse = _int_range(0, UID_MAX)
+    if not isinstance(raw, list | tuple):
+        raw = [raw]
+    numbers = [str(i) if isinstance(i, int) and not isinstance(i, bool) else i for i in raw]
+    out = []
+    for item in _as_list(numbers):
+        if item.isdigit():
+            out.append(parse(item))
+            continue
+        try:
+            out.append(pwd.getpwnam(item).pw_uid)
+        except KeyError:
+            raise ValueError(f"{item!r} is not a user name or a numeric uid") from None
+    return tuple(dict.fromkeys(out))
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting: Settings field ``key``; flag ``--name``; env ``INGEST_NAME``; TOML ``name``."""
@@ -402,6 +526,7 @@ class Option:
     is_flag: bool = False  # store_true on the command line
     name: str = ""  # flag name when it differs from key (units read better unsaid)
     metavar: str = ""  # in --help, when the default (from the name) reads wrong
+    flag_lists: bool = True  # a repeat flag's value may be a comma-separated list
 
     @property
     def file_key(self) -> str:
@@ -505,6 +630,57 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "spool_fsync",
         _fsync_policy,
         "when the spool fsyncs: roll (each segment roll and shutdown), always, never (roll)",
+    ),
+    Option(
+        "attributes",
+        _attributes,
+        "set attribute KEY to VALUE on every message, repeatable",
+        True,
+        name="attribute",
+        flag_lists=False,
+        metavar="KEY=VALUE",
+    ),
+    Option(
+        "attribute_fields",
+        _attribute_fields,
+        "set attribute KEY from the event's FIELD (a dotted path reads nested "
+        "objects), repeatable; absent or null: no attribute",
+        True,
+        name="attribute_field",
+        flag_lists=False,
+        metavar="KEY=FIELD",
+    ),
+    Option(
+        "ordering_key_field",
+        _optional_field,
+        "take each message's ordering key from this field (off when unset)",
+        metavar="FIELD",
+    ),
+    Option(
+        "routes",
+        _routes,
+        "publish events whose FIELD reads VALUE to TOPIC instead of --topic, "
+        "repeatable; the first match wins",
+        True,
+        name="route",
+        flag_lists=False,
+        metavar="TOPIC:FIELD=VALUE",
+    ),
+    Option(
+        "unix_credentials",
+        _bool,
+        "give each unix socket event the sender's pid, uid and gid as attributes "
+        "(sender_pid, sender_uid, sender_gid), from the kernel",
+        is_flag=True,
+    ),
+    Option(
+        "unix_allow_uids",
+        _uids,
+        "accept unix datagrams only from this uid or user, repeatable (implies "
+        "--unix-credentials); others are rejected and counted (sender_denied)",
+        True,
+        name="unix_allow_uid",
+        metavar="UID",
     ),
     Option(
         "dashboard",
@@ -629,4 +805,30 @@ def build_settings(
     for item in listeners:
         if labels.count(item.label) > 1:
             raise ConfigError(f"--{item.kind}", f"{item.label} is given twice")
+    if values.get("unix_allow_uids"):
+        values["unix_credentials"] = True
+    _check_attribute_keys(values)
     return Settings(listeners=listeners, **values)
+
+
+# The attributes --unix-credentials sets (sources.py fills them in).
+SENDER_ATTRIBUTES = ("sender_pid", "sender_uid", "sender_gid")
+
+
+def _check_attribute_keys(values: Mapping[str, Any]) -> None:
+    """Keys unique across --attribute, --attribute-field and the sender's,
+    and no more of them than Pub/Sub allows on a message."""
+    seen: dict[str, str] = {}
+    keys = [("--attribute", key) for key, _ in values.get("attributes", ())]
+    keys += [("--attribute-field", key) for key, _ in values.get("attribute_fields", ())]
+    if values.get("unix_credentials"):
+        keys += [("--unix-credentials", key) for key in SENDER_ATTRIBUTES]
+    for flag, key in keys:
+        if key in seen:
+            raise ConfigError(flag, f"attribute key {key!r} is also set by {seen[key]}")
+        seen[key] = flag
+    if len(keys) > PUBSUB_MAX_ATTRIBUTES:
+        raise ConfigError(
+            keys[-1][0],
+            f"{len(keys)} attributes in all; Pub/Sub allows {PUBSUB_MAX_ATTRIBUTES} a message",
+        )

@@ -16,6 +16,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import sys
 import time
 from typing import Any
@@ -24,13 +25,16 @@ from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import kernel, systemd
 from ingest.batch import Batcher
-from ingest.config import ConfigError, Settings
+from ingest.codec import Decoder, decode_datagram
+from ingest.config import ConfigError, Listener, Settings
 from ingest.health import PubSubHealth, Verdict, evaluate
 from ingest.httpd import HttpServer
+from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
+from ingest.message import Lane, MessageBuilder, MessageRequestEncoder
 from ingest.metrics import build_registry
-from ingest.publisher import SHUTDOWN, PublisherPool
+from ingest.publisher import SHUTDOWN, PublisherPool, Spill
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
-from ingest.queue import EventQueue
+from ingest.queue import Chunk, EventQueue
 from ingest.replay import run_replay
 from ingest.sources import FINAL_DRAIN_MAX_S, DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
@@ -56,13 +60,21 @@ class Daemon:
     def __init__(self, settings: Settings, stats: Stats | None = None) -> None:
         self.settings = settings
         self.stats = stats or Stats()
-        self.queue = EventQueue(settings.queue_max_events, settings.queue_max_bytes, self.stats)
+        # The plain pipeline carries events as they arrived; with metadata
+        # (attributes, ordering keys, routes, credentials) it carries
+        # PubsubMessage bodies in lanes (lanes.py).
+        self.lanes = MessageLanes(settings, self.stats) if settings.metadata else None
+        self.queue: EventQueue | LaneQueue = (
+            self.lanes.queue
+            if self.lanes
+            else EventQueue(settings.queue_max_events, settings.queue_max_bytes, self.stats)
+        )
         self.sources: list[DatagramSource] = []
         self.pool: PublisherPool | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None
         self.spool: Spool | None = None
-        self.topic: TopicWatch | None = None
+        self.topics: list[TopicWatch] = []  # --topic's first, then the routes'
         self._client: PubSubClient | None = None
         self._workers: list[asyncio.Task[None]] = []  # supervised: must not end
         self._background: list[asyncio.Task[None]] = []  # supervised; cancelled at shutdown
@@ -105,13 +117,16 @@ class Daemon:
             channel, settings.topic_path, compression=settings.publish_compression
         )
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
-        self.topic = TopicWatch(self._client, self.health, settings.create_topic, where)
-        await self.topic.check_at_startup()
+        for path in self.topic_paths:  # one client each, on the one channel
+            client = PubSubClient(channel, path) if path != settings.topic_path else self._client
+            self.topics.append(TopicWatch(client, self.health, settings.create_topic, where))
+        for watch in self.topics:
+            await watch.check_at_startup()
         if settings.spool_dir is not None:  # before binding: a locked spool is exit 2
             self.spool = Spool.open(
                 settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync, self.stats
             )
-            self.queue.spill = self.spool.append
+            self.queue.spill = self.lanes.spill_to(self.spool) if self.lanes else self.spool.append
 
         # After the checks: adopt what systemd passed, bind the rest.
         passed = systemd.listen_fds()
@@ -119,21 +134,15 @@ class Daemon:
             settings.listeners, settings.default_listeners, passed
         ):
             sock = adopted or bind_listener(
-                listener, settings.udp_rcvbuf_bytes, settings.unix_mode, settings.unix_gid
+                listener,
+                settings.udp_rcvbuf_bytes,
+                settings.unix_mode,
+                settings.unix_gid,
+                unix_credentials=settings.unix_credentials,
             )
             if adopted is not None:
                 sock.setblocking(False)
-            self.sources.append(
-                DatagramSource(
-                    listener,
-                    sock,
-                    self.queue,
-                    self.stats,
-                    settings.max_datagram_bytes,
-                    allow=settings.udp_allow,
-                    adopted=adopted is not None,
-                )
-            )
+            self.sources.append(self._source(listener, sock, adopted is not None))
         self._warn_unix_qlen()
         registry = build_registry(self)
         if settings.metrics is not None:
@@ -146,9 +155,9 @@ class Daemon:
                     "--metrics", f"{host}:{port}: cannot listen: {exc.strerror}"
                 ) from None
 
-        encoder_reserved = len(settings.topic_path.encode()) + 8
-        batcher = Batcher(
-            self.queue,
+        # A request's own fields: the longest topic's, tag and length included.
+        encoder_reserved = max(len(path.encode()) for path in self.topic_paths) + 8
+        batch_bounds = (
             settings.batch_max_messages,
             settings.batch_max_bytes,
             encoder_reserved,
@@ -156,18 +165,29 @@ class Daemon:
         )
         self.pool = PublisherPool(
             self._client,
-            batcher,
+            LaneBatcher(self.lanes.queue, *batch_bounds)
+            if self.lanes
+            else Batcher(self.queue, *batch_bounds),  # type: ignore[arg-type]
             self.stats,
             settings.publish_timeout_s,
             health=self.health,
-            spill=self.spool.append if self.spool else None,
+            spill=self._spill_to_spool() if self.spool else None,
+            encoders=[MessageRequestEncoder(path) for path in self.topic_paths]
+            if self.lanes
+            else (),
+            topics=settings.topics,
         )
         for index in range(settings.publishers):
             task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
             self._workers.append(task)
         self._background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.spool is not None:
-            replay = run_replay(self.spool, self.queue, lambda: self.health.failing)
+            replay = run_replay(
+                self.spool,
+                self.queue,
+                lambda: self.health.failing,
+                self.lanes.admit if self.lanes else None,
+            )
             self._background.append(asyncio.create_task(replay, name="spool-replay"))
         if self.notifier.watchdog_interval_s:  # WATCHDOG=1 from the loop: a stall stops it
             watchdog = asyncio.create_task(self.notifier.run_watchdog(), name="watchdog")
@@ -198,7 +218,7 @@ class Daemon:
                 source.bound_label + (systemd.SYSTEMD_MARK if source.adopted else "")
                 for source in self.sources
             ),
-            settings.topic_path,
+            " ".join(self.topic_paths),
             where,
             settings.publishers,
             f", metrics=http://{self.http.host}:{self.http.port}/metrics" if self.http else "",
@@ -228,7 +248,6 @@ class Daemon:
         line per 10 s at most), confirm the topic if startup could not, and
         probe Pub/Sub (GetTopic, never a publish) when idle."""
         loop = asyncio.get_running_loop()
-        assert self.topic is not None
         rejects = RejectSummary(self.stats)
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
@@ -246,7 +265,8 @@ class Daemon:
                         loop.time(), stats.received_total(), stats.published, self.queue.events
                     )
                 )
-            await self.topic.tick()
+            for watch in self.topics:
+                await watch.tick()
 
     # ---------------------------------------------------------------- views
     # What /metrics, /healthz and the dashboard read (metrics.PipelineView).
@@ -261,6 +281,12 @@ class Daemon:
     @property
     def topic_path(self) -> str:
         return self.settings.topic_path
+
+    @property
+    def topic_paths(self) -> tuple[str, ...]:
+        """Every topic this daemon may publish to; --topic's first."""
+        prefix = self.settings.topic_path.rpartition("/")[0]
+        return tuple(f"{prefix}/{topic}" for topic in self.settings.topics)
 
     @property
     def udp_rcvbuf_requested(self) -> int:
@@ -342,9 +368,10 @@ class Daemon:
             await asyncio.gather(*stragglers, return_exceptions=True)
             if stragglers:
                 log.warning("cancelled %d publishers at the drain deadline", len(stragglers))
-        for chunk in self.queue.drain_all():
-            if self.spool is not None:
-                self.spool.append(chunk.events)
+        spill = self._spill_to_spool() if self.spool is not None else None
+        for lane, chunk in self._queued_by_lane():
+            if spill is not None:
+                spill(chunk.events, lane)
             else:
                 self.stats.dropped[SHUTDOWN] += len(chunk.events)
         if self.spool is not None:
@@ -377,6 +404,45 @@ class Daemon:
             return EXIT_FORCED
         # Unconfirmed events may be lost as well: not a clean stop either.
         return EXIT_DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else EXIT_OK
+
+    def _source(self, listener: Listener, sock: socket.socket, adopted: bool) -> DatagramSource:
+        """A reader for one socket, decoding for this daemon's pipeline."""
+        settings = self.settings
+        decode: Decoder
+        credentials: MessageBuilder | None
+        if self.lanes is None:
+            decode, credentials = decode_datagram, None
+        elif settings.unix_credentials and listener.kind == "unix":
+            # Its own builder: the reader sets each datagram's sender on it.
+            credentials = self.lanes.builder.for_source()
+            decode = self.lanes.decoder(credentials)
+        else:
+            decode, credentials = self.lanes.decoder(), None
+        return DatagramSource(
+            listener,
+            sock,
+            self.queue,
+            self.stats,
+            settings.max_datagram_bytes,
+            allow=settings.udp_allow,
+            adopted=adopted,
+            decode=decode,
+            credentials=credentials,
+            allow_uids=settings.unix_allow_uids if credentials else (),
+        )
+
+    def _spill_to_spool(self) -> Spill:
+        """Where a publisher's or the queue's leftovers go at shutdown."""
+        spool = self.spool
+        assert spool is not None
+        if self.lanes is not None:
+            return self.lanes.spill_to(spool)
+        return lambda events, lane: spool.append(events)
+
+    def _queued_by_lane(self) -> list[tuple[Lane | None, Chunk]]:
+        if isinstance(self.queue, LaneQueue):
+            return [(lane, chunk) for lane, chunk in self.queue.drain_all()]
+        return [(None, chunk) for chunk in self.queue.drain_all()]
 
     async def _close_partial_startup(self) -> None:
         for source in self.sources:

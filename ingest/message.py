@@ -1,43 +1,52 @@
-"""Pub/Sub-native messages: attributes on every message, hand-encoded.
+"""Pub/Sub-native messages: attributes, ordering keys and routes, hand-encoded.
 
-Without attributes configured, an event travels the pipeline as its own
-bytes and the publisher wraps each in a PubsubMessage holding only ``data``
-(pubsub.RequestEncoder): the plain path, untouched. With attributes, the
-reader builds each event's PubsubMessage *body* once, as it decodes it
-(``MessageBuilder.build``): the event's bytes as ``data``, byte for byte, then
-the attributes. From there the body is what the queue bounds, the batcher
-counts against the request's byte bound (attributes included), the spool
-keeps (so attributes survive a restart), and ``MessageRequestEncoder`` frames.
+Without metadata configured, an event travels the pipeline as its own bytes
+and the publisher wraps each in a PubsubMessage holding only ``data``
+(pubsub.RequestEncoder): the plain path, untouched. With metadata, the reader
+builds each event's PubsubMessage *body* once, as it decodes it
+(``MessageBuilder.build``): the event's bytes as ``data``, byte for byte, the
+attributes, the ordering key; and its *lane*, (topic number, ordering key),
+which lanes.py batches by. From there the body is what the queue bounds, the
+batcher counts against the request's byte bound (attributes included), the
+spool keeps (so metadata survives a restart), and ``MessageRequestEncoder``
+frames.
 
 Protobuf wire format (google/pubsub/v1/pubsub.proto)::
 
     PubsubMessage  data = 1 (bytes) | attributes = 2 (map<string, string>)
+                   | ordering_key = 5 (string)
     map entry      key = 1 | value = 2
     PublishRequest topic = 1 | messages = 2
 
 Pub/Sub's limits on attribute keys, their count and the reserved prefix are
 checked once, in the configuration (config.py); what only an event can break,
-a value too long or not a scalar, skips that attribute and is counted in
-``ingest_attributes_skipped_total{reason}``. The event is always published.
+a value too long or not a scalar, skips that attribute (or ordering key) and
+is counted in ``ingest_attributes_skipped_total{reason}``. The event is
+always published.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import MutableMapping, Sequence
 
-from orjson import dumps
+from orjson import JSONDecodeError, dumps, loads
 
-from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
+from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from ingest.pubsub import encode_topic_field, varint
+from ingest.spoolfmt import KIND_DATA
 
 # ingest_attributes_skipped_total reasons: an event's field cannot be an attribute.
 VALUE_TOO_LONG = "value_too_long"  # over PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-NOT_SCALAR = "not_scalar"  # an object or an array
-SKIP_REASONS = (VALUE_TOO_LONG, NOT_SCALAR)
+NOT_SCALAR = "not_scalar"  # an object or an array (an attribute or the ordering key)
+ORDERING_KEY_TOO_LONG = "ordering_key_too_long"  # over PUBSUB_MAX_ORDERING_KEY_BYTES
+SKIP_REASONS = (VALUE_TOO_LONG, NOT_SCALAR, ORDERING_KEY_TOO_LONG)
+ATTRIBUTE_LIMIT = (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, VALUE_TOO_LONG)
+ORDERING_KEY_LIMIT = (PUBSUB_MAX_ORDERING_KEY_BYTES, ORDERING_KEY_TOO_LONG)
 
-# What a spool segment holds (spoolfmt): events as received, or bodies.
-KIND_DATA = 0
-KIND_MESSAGES = 1
+# Where a message goes: (topic number, ordering key). Messages of one lane
+# share requests; a lane with a key has at most one request in flight.
+Lane = tuple[int, bytes]
 
 
 def encode_attribute(key: bytes, value: bytes) -> bytes:
@@ -53,25 +62,53 @@ def encode_data(data: bytes) -> bytes:
 
 def data_of(body: bytes) -> bytes:
     """The event inside a body built here (its first field, ``data``)."""
-    size = 0
-    shift = 0
-    pos = 1  # past the 0x0a tag
-    while True:
-        byte = body[pos]
-        pos += 1
-        size |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return body[pos : pos + size]
-        shift += 7
+    size, pos = _read_varint(body, 1)  # past the 0x0a tag
+    return body[pos : pos + size]
+
+
+class Route:
+    """``--route TOPIC:FIELD=VALUE``: events whose FIELD reads VALUE (by the
+    attribute rules: a string as it is, a number or boolean as its JSON
+    text) go to topic number ``topic`` (0 is --topic)."""
+
+    __slots__ = ("path", "topic", "value")
+
+    def __init__(self, topic: int, path: str, value: str) -> None:
+        self.topic = topic
+        self.path = tuple(path.split("."))
+        self.value = value.encode()
+
+
+def field_of(event: dict[str, object], path: tuple[str, ...]) -> object:
+    """The value at a dotted path, or None when a step is absent or not an object."""
+    value: object = event
+    for name in path:
+        value = value.get(name) if isinstance(value, dict) else None
+    return value
+
+
+def scalar_text(value: object) -> bytes | None:
+    """A field's value as an attribute's text: a string as it is, a number
+    or boolean as its JSON text; None for an object or an array."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict | list):
+        return None
+    return dumps(value)
 
 
 class MessageBuilder:
-    """Builds the PubsubMessage body of one decoded event.
+    """Builds the PubsubMessage body of one decoded event, and its lane.
 
     ``static``: (key, value) pairs set on every message. ``fields``: (key,
-    dotted path) pairs, each read from the event: a string as it is, a number
-    or a boolean as its JSON text, absent or null: no attribute. Keys and
-    their count were checked by the configuration.
+    dotted path) pairs, each read from the event by ``scalar_text``'s rules;
+    absent or null: no attribute. ``ordering_field``: the path the ordering
+    key is read from, by the same rules. ``routes``: the first that matches
+    names the topic. Keys and their count were checked by the configuration.
+
+    ``sender``: attribute entries of the datagram being decoded (the unix
+    credentials, sources.py sets them per datagram), added to each message.
+    A source that sets them has a builder of its own (``for_source``).
     """
 
     def __init__(
@@ -79,50 +116,105 @@ class MessageBuilder:
         static: Sequence[tuple[str, str]],
         fields: Sequence[tuple[str, str]],
         skipped: MutableMapping[str, int],
+        *,
+        ordering_field: str | None = None,
+        routes: Sequence[Route] = (),
     ) -> None:
         self._static = b"".join(encode_attribute(k.encode(), v.encode()) for k, v in static)
         self._fields = tuple((key.encode(), tuple(path.split("."))) for key, path in fields)
+        self._ordering = tuple(ordering_field.split(".")) if ordering_field else None
+        self._routes = tuple(routes)
         self._skipped = skipped
+        self.sender = b""
 
-    def build(self, data: bytes, event: dict[str, object]) -> bytes:
-        parts = [encode_data(data), self._static]
+    def for_source(self) -> MessageBuilder:
+        """A builder of the same configuration whose ``sender`` is its own."""
+        twin = copy.copy(self)
+        twin.sender = b""
+        return twin
+
+    def build(self, data: bytes, event: dict[str, object]) -> tuple[Lane, bytes]:
+        parts = [encode_data(data), self._static, self.sender]
         for key, path in self._fields:
-            value: object = event
-            for name in path:
-                value = value.get(name) if type(value) is dict else None
-            if value is None:
-                continue
-            kind = type(value)
-            if kind is str:
-                raw = value.encode()  # type: ignore[attr-defined]
-            elif kind is dict or kind is list:
-                self._skipped[NOT_SCALAR] += 1
-                continue
-            else:  # int, float, bool: their JSON text
-                raw = dumps(value)
-            if len(raw) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:
-                self._skipped[VALUE_TOO_LONG] += 1
-                continue
-            parts.append(encode_attribute(key, raw))
-        return b"".join(parts)
+            raw = self._text(field_of(event, path), ATTRIBUTE_LIMIT)
+            if raw is not None:
+                parts.append(encode_attribute(key, raw))
+        key = b""
+        if self._ordering is not None:
+            raw = self._text(field_of(event, self._ordering), ORDERING_KEY_LIMIT)
+            if raw:
+                key = raw
+                parts.append(b"\x2a" + varint(len(raw)) + raw)
+        topic = 0
+        for route in self._routes:
+            value = field_of(event, route.path)
+            if value is not None and scalar_text(value) == route.value:
+                topic = route.topic
+                break
+        return (topic, key), b"".join(parts)
 
-    def adopt(self, kind: int, events: list[bytes]) -> list[bytes]:
-        """Spooled events, as this builder's pipeline carries them: events an
-        earlier run spooled as plain data get their attributes now (they
-        were valid JSON objects when accepted); bodies are kept as they are."""
-        if kind == KIND_MESSAGES:
-            return events
-        from orjson import loads
+    def _text(self, value: object, limit: tuple[int, str]) -> bytes | None:
+        """An attribute's (or the ordering key's) text, or None, counted when skipped."""
+        if value is None:
+            return None
+        raw = scalar_text(value)
+        if raw is None:
+            self._skipped[NOT_SCALAR] += 1
+        elif len(raw) > limit[0]:
+            self._skipped[limit[1]] += 1
+            raw = None
+        return raw
 
-        return [self.build(event, loads(event)) for event in events]
+    def adopt_data(self, events: list[bytes]) -> list[tuple[Lane, bytes]]:
+        """Events an earlier run spooled as plain data, given this
+        configuration's metadata now. They were JSON objects when accepted
+        and the spool checksums them; one that somehow is not is still
+        published, as bare data, rather than stopping the replay."""
+        out = []
+        for event in events:
+            try:
+                parsed = loads(event)
+            except JSONDecodeError:
+                parsed = None
+            if type(parsed) is dict:
+                out.append(self.build(event, parsed))
+            else:
+                out.append(((0, b""), encode_data(event)))
+        return out
 
 
 def plain(kind: int, events: list[bytes]) -> list[bytes]:
     """Spooled events for the plain pipeline: bodies give back their data
-    (the attributes an earlier configuration added are not published)."""
+    (the metadata an earlier configuration added is not published)."""
     if kind == KIND_DATA:
         return events
     return [data_of(body) for body in events]
+
+
+def ordering_key_of(body: bytes) -> bytes:
+    """The ordering key of a body built here (field 5, after data and the
+    attributes), or b"": for spooled bodies, off the hot path."""
+    pos = 0
+    end = len(body)
+    while pos < end:
+        tag = body[pos]
+        size, pos = _read_varint(body, pos + 1)
+        if tag == 0x2A:
+            return body[pos : pos + size]
+        pos += size
+    return b""
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 class MessageRequestEncoder:

@@ -22,7 +22,7 @@ from ingest import __version__, kernel
 from ingest.codec import REJECT_REASONS
 from ingest.health import Verdict
 from ingest.message import SKIP_REASONS
-from ingest.queue import EventQueue
+from ingest.queue import Bounded
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import Histogram, Stats
@@ -41,9 +41,11 @@ class PipelineView(Protocol):
     """What the collector reads; the Daemon provides it."""
 
     stats: Stats
-    queue: EventQueue
     spool: Spool | None
     notifier: Notifier
+
+    @property
+    def queue(self) -> Bounded: ...
 
     @property
     def in_flight(self) -> int: ...

@@ -21,13 +21,13 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import grpc
 import grpc.aio
 
-from ingest.batch import Batch, Batcher
+from ingest.batch import Batch
 from ingest.health import PubSubHealth
 from ingest.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 
 class Encoder(Protocol):
     def encode(self, messages: list[bytes]) -> bytes: ...
+
+
+class Filler(Protocol):
+    """batch.Batcher (the plain path) or lanes.LaneBatcher."""
+
+    async def fill(self, batch: Batch) -> bool: ...
+
+    def done(self, batch: Batch) -> None: ...
+
+
+# Where a cancelled batch's unresolved messages go, with the batch's lane.
+Spill = Callable[[list[bytes], "tuple[int, bytes] | None"], None]
 
 
 BACKOFF_INITIAL_S = 0.1
@@ -91,21 +103,26 @@ class PublisherPool:
     def __init__(
         self,
         client: PubSubClient,
-        batcher: Batcher,
+        batcher: Filler,
         stats: Stats,
         timeout_s: float,
         *,
         rng: random.Random | None = None,
         health: PubSubHealth | None = None,
-        spill: Callable[[list[bytes]], None] | None = None,
-        encoder: Encoder | None = None,
+        spill: Spill | None = None,
+        encoders: Sequence[Encoder] = (),
+        topics: Sequence[str] = (),
     ) -> None:
         self._client = client
         self._batcher = batcher
         self._stats = stats
         self._timeout_s = timeout_s
-        # Raw events (the plain path), or prebuilt bodies with attributes.
-        self._encoder = encoder or RequestEncoder(client.topic_path)
+        # By topic number (a batch's lane[0]; 0 on the plain path): raw
+        # events (pubsub.RequestEncoder) or prebuilt bodies
+        # (message.MessageRequestEncoder). ``topics``: their IDs, the
+        # ``topic`` label of published events.
+        self._encoders = tuple(encoders) or (RequestEncoder(client.topic_path),)
+        self._topics = tuple(topics) or (client.topic_path.rpartition("/")[2],)
         self._rng = rng or random.Random()
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}
@@ -140,6 +157,7 @@ class PublisherPool:
                 raise
             finally:
                 del self._active[index]
+                self._batcher.done(batch)
 
     def _settle_abandoned(self, batch: Batch, *, cancelled: bool) -> None:
         """What a worker held when it was cancelled or failed. Spooled, it is
@@ -149,7 +167,7 @@ class PublisherPool:
         the rest is dropped as ``shutdown`` (or ``publisher_crashed``)."""
         unresolved = len(batch) - batch.resolved
         if self._spill is not None:
-            self._spill(batch.messages[batch.resolved :])
+            self._spill(batch.messages[batch.resolved :], batch.lane)
         elif cancelled:
             self._stats.unconfirmed += batch.on_the_wire
             self._stats.dropped[SHUTDOWN] += unresolved - batch.on_the_wire
@@ -166,9 +184,11 @@ class PublisherPool:
         """
         pending = [batch.messages]
         published = 0
+        topic = batch.lane[0] if batch.lane is not None else 0
+        encoder = self._encoders[topic]
         while pending:
             part = pending.pop()
-            code = await self._publish_until_resolved(part, batch)
+            code = await self._publish_until_resolved(encoder.encode(part), part, batch)
             if code is grpc.StatusCode.OK:
                 self._stats.published += len(part)
                 published += len(part)
@@ -188,14 +208,16 @@ class PublisherPool:
                 continue
             batch.resolved += len(part)
         if published:
+            self._stats.published_by_topic[self._topics[topic]] += published
             # End-to-end latency, observed per batch: its oldest and newest event.
             now = asyncio.get_running_loop().time()
             self._stats.event_latency.observe(now - batch.oldest_received_at)
             self._stats.event_latency.observe(now - batch.newest_received_at)
 
-    async def _publish_until_resolved(self, messages: list[bytes], batch: Batch) -> grpc.StatusCode:
-        """Send one request, retrying until OK or INVALID_ARGUMENT."""
-        request = self._encoder.encode(messages)
+    async def _publish_until_resolved(
+        self, request: bytes, messages: list[bytes], batch: Batch
+    ) -> grpc.StatusCode:
+        """Send one request (of ``messages``), retrying until OK or INVALID_ARGUMENT."""
         attempt = 0
         while True:
             batch.on_the_wire = len(messages)

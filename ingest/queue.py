@@ -15,6 +15,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ingest.stats import Stats
 
@@ -28,8 +29,23 @@ class Chunk:
     received_at: float  # loop.time() of the drain wake-up that read it
 
 
-class EventQueue:
-    """Bounded in events and bytes. ``put`` never blocks or awaits."""
+class Intake(Protocol):
+    """What a reader (sources.py) puts into: EventQueue or lanes.LaneQueue."""
+
+    def put(self, items: list[Any], received_at: float) -> None: ...
+
+    def room(self) -> int: ...
+
+    def drop_full(self, count: int) -> None: ...
+
+
+class Bounded:
+    """The bounds, counters and overflow policy every queue shares: in events
+    and bytes, never in items. Subclasses hold the chunks (EventQueue: one
+    FIFO; lanes.LaneQueue: one FIFO per lane) and set ``spill``: where the
+    overflow goes instead of being dropped (the disk spool), or None."""
+
+    spill: Callable[..., None] | None
 
     def __init__(self, max_events: int, max_bytes: int, stats: Stats) -> None:
         self.max_events = max_events
@@ -37,30 +53,7 @@ class EventQueue:
         self.events = 0
         self.bytes = 0
         self.closed = False
-        self._chunks: deque[Chunk] = deque()
         self._stats = stats
-        self._nonempty = asyncio.Event()
-        # Where the overflow goes instead of being dropped (spool.Spool.append).
-        self.spill: Callable[[list[bytes]], None] | None = None
-
-    def put(self, events: list[bytes], received_at: float) -> None:
-        """Enqueue what fits; spill the rest, or count it dropped (``queue_full``)."""
-        nbytes = sum(map(len, events))
-        count = len(events)
-        if not self.fits(count, nbytes):
-            fitting, nbytes = self.prefix_that_fits(events)
-            if self.spill is not None:
-                self.spill(events[len(fitting) :])
-            else:
-                self._stats.dropped[QUEUE_FULL] += count - len(fitting)
-            events = fitting
-            count = len(events)
-            if not count:
-                return
-        self._chunks.append(Chunk(events, nbytes, received_at))
-        self.events += count
-        self.bytes += nbytes
-        self._nonempty.set()
 
     def room(self) -> int:
         """How many more events a ``put`` can keep (queue or spill): what the
@@ -91,36 +84,83 @@ class EventQueue:
             taken += 1
         return events[:taken], nbytes
 
-    def take(self, max_count: int, max_bytes: int, overhead: int) -> Chunk | None:
-        """Pop the head chunk, or the prefix of it that fits the room left.
+    def admit(self, events: list[bytes]) -> tuple[list[bytes], int]:
+        """The prefix of ``events`` the bounds keep, and its bytes; the
+        caller spills or drops the rest."""
+        nbytes = sum(map(len, events))
+        if self.fits(len(events), nbytes):
+            return events, nbytes
+        return self.prefix_that_fits(events)
 
-        ``max_bytes`` is compared against sum(len + overhead) so the caller can
-        bound the encoded size. Returns None when the queue is empty or not
-        even the first event fits.
-        """
-        if not self._chunks:
+    def count_in(self, chunk: Chunk) -> None:
+        self.events += len(chunk.events)
+        self.bytes += chunk.nbytes
+
+    def count_out(self, chunk: Chunk) -> None:
+        self.events -= len(chunk.events)
+        self.bytes -= chunk.nbytes
+
+
+def take_from(chunks: deque[Chunk], max_count: int, max_bytes: int, overhead: int) -> Chunk | None:
+    """Pop the head chunk of ``chunks``, or the prefix of it that fits.
+
+    ``max_bytes`` is compared against sum(len + overhead) so the caller can
+    bound the encoded size. None when ``chunks`` is empty or not even the
+    first event fits.
+    """
+    if not chunks:
+        return None
+    head = chunks[0]
+    count = len(head.events)
+    if count <= max_count and head.nbytes + overhead * count <= max_bytes:
+        return chunks.popleft()
+    n = 0
+    nbytes = 0
+    for event in head.events[:max_count]:
+        size = len(event)
+        if nbytes + size + overhead * (n + 1) > max_bytes:
+            break
+        nbytes += size
+        n += 1
+    if not n:
+        return None
+    taken = Chunk(head.events[:n], nbytes, head.received_at)
+    head.events = head.events[n:]
+    head.nbytes -= nbytes
+    return taken
+
+
+class EventQueue(Bounded):
+    """One FIFO of chunks. ``put`` never blocks or awaits."""
+
+    def __init__(self, max_events: int, max_bytes: int, stats: Stats) -> None:
+        super().__init__(max_events, max_bytes, stats)
+        self._chunks: deque[Chunk] = deque()
+        self._nonempty = asyncio.Event()
+        # Where the overflow goes instead of being dropped (spool.Spool.append).
+        self.spill: Callable[[list[bytes]], None] | None = None
+
+    def put(self, events: list[bytes], received_at: float) -> None:
+        """Enqueue what fits; spill the rest, or count it dropped (``queue_full``)."""
+        kept, nbytes = self.admit(events)
+        if len(kept) < len(events):
+            if self.spill is not None:
+                self.spill(events[len(kept) :])
+            else:
+                self.drop_full(len(events) - len(kept))
+            if not kept:
+                return
+        chunk = Chunk(kept, nbytes, received_at)
+        self._chunks.append(chunk)
+        self.count_in(chunk)
+        self._nonempty.set()
+
+    def take(self, max_count: int, max_bytes: int, overhead: int) -> Chunk | None:
+        """``take_from`` the queue's FIFO."""
+        taken = take_from(self._chunks, max_count, max_bytes, overhead)
+        if taken is None:
             return None
-        head = self._chunks[0]
-        count = len(head.events)
-        if count <= max_count and head.nbytes + overhead * count <= max_bytes:
-            self._chunks.popleft()
-            taken = head
-        else:
-            n = 0
-            nbytes = 0
-            for event in head.events[:max_count]:
-                size = len(event)
-                if nbytes + size + overhead * (n + 1) > max_bytes:
-                    break
-                nbytes += size
-                n += 1
-            if not n:
-                return None
-            taken = Chunk(head.events[:n], nbytes, head.received_at)
-            head.events = head.events[n:]
-            head.nbytes -= nbytes
-        self.events -= len(taken.events)
-        self.bytes -= taken.nbytes
+        self.count_out(taken)
         if not self._chunks and not self.closed:
             self._nonempty.clear()
         return taken

@@ -10,7 +10,12 @@ Pacing, so replay never starves live traffic:
 
 Ordering: the spool is replayed in the order it was written, but live events
 go straight to the queue while there is room, so live and replayed events
-interleave; no global order is promised.
+interleave; no global order is promised (README, "Ordering keys").
+
+What comes back depends on the pipeline (``admit``): the plain one takes
+the events as they are, and the data of messages an earlier run spooled with
+metadata; lanes.MessageLanes.admit takes messages with their metadata, and
+gives plain events this run's.
 """
 
 from __future__ import annotations
@@ -18,40 +23,57 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ingest.queue import EventQueue
+from ingest.message import plain
+from ingest.queue import Bounded, EventQueue
 from ingest.spool import Spool
+
+# Puts one spooled record's events (of its kind, for its topic) in the queue.
+Admit = Callable[[list[bytes], int, str, float], None]
 
 REPLAY_EVENTS_PER_STEP = 5_000
 REPLAY_IDLE_S = 0.02  # nothing to replay, or no room: look again this often
 
 
-def has_room(queue: EventQueue) -> bool:
+def has_room(queue: Bounded) -> bool:
     return queue.events * 2 < queue.max_events and queue.bytes * 2 < queue.max_bytes
 
 
-def replay_step(spool: Spool, queue: EventQueue, now: float) -> int:
+def plain_admit(queue: EventQueue) -> Admit:
+    def admit(events: list[bytes], kind: int, topic: str, now: float) -> None:
+        queue.put(plain(kind, events), now)
+
+    return admit
+
+
+def replay_step(spool: Spool, queue: Bounded, now: float, admit: Admit | None = None) -> int:
     """Move records (or, when one is larger than the queue's room, the prefix
     of it that fits) from the spool to the queue while the pacing rule allows;
     returns the number of events moved. The spool's cursor records a prefix
     too, so a stop between two parts of a record repeats neither."""
+    if admit is None:
+        assert isinstance(queue, EventQueue)
+        admit = plain_admit(queue)
     moved = 0
     while moved < REPLAY_EVENTS_PER_STEP and has_room(queue):
-        events = spool.peek()
-        if events is None:
+        record = spool.peek_record()
+        if record is None:
             break
         # Fill at most to half the event bound: the other half stays for live traffic.
-        events, _ = queue.prefix_that_fits(events[: max(1, queue.max_events // 2 - queue.events)])
+        room = max(1, queue.max_events // 2 - queue.events)
+        events, _ = queue.prefix_that_fits(record.events[:room])
         if not events:
             break
         # No await between the two: the events are counted in exactly one place.
         spool.consume(len(events))
-        queue.put(events, now)
+        admit(events, record.kind, record.topic, now)
         moved += len(events)
     return moved
 
 
-async def run_replay(spool: Spool, queue: EventQueue, paused: Callable[[], bool]) -> None:
+async def run_replay(
+    spool: Spool, queue: Bounded, paused: Callable[[], bool], admit: Admit | None = None
+) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        moved = 0 if paused() else replay_step(spool, queue, loop.time())
+        moved = 0 if paused() else replay_step(spool, queue, loop.time(), admit)
         await asyncio.sleep(0 if moved >= REPLAY_EVENTS_PER_STEP else REPLAY_IDLE_S)

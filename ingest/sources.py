@@ -30,7 +30,7 @@ from ingest.codec import (
 )
 from ingest.config import SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
 from ingest.message import MessageBuilder, encode_attribute
-from ingest.queue import EventQueue
+from ingest.queue import Intake
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
 
@@ -315,7 +315,7 @@ class DatagramSource:
         self,
         listener: Listener,
         sock: socket.socket,
-        queue: EventQueue,
+        queue: Intake,
         stats: Stats,
         max_datagram_bytes: int,
         *,

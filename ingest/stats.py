@@ -85,6 +85,9 @@ class Stats:
     publish_retries: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     attributes_skipped: defaultdict[str, int] = field(default_factory=_counter)  # by reason
     published: int = 0
+    # The same events by topic ID: --topic, and the --route topics (bounded:
+    # they come only from the configuration).
+    published_by_topic: defaultdict[str, int] = field(default_factory=_counter)
     unconfirmed: int = 0  # sent, answer cut off by the drain deadline: fate unknown
     # The disk spool (spool.py): events written to it, handed back from it to
     # the memory queue, and found in it at startup (left by an earlier run).

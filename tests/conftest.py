@@ -7,6 +7,8 @@ installed; on our machines and in CI it is, and they run.
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,3 +73,14 @@ def sockdir(tmp_path: Path) -> Iterator[Path]:
     """A directory short enough for unix socket paths (sun_path is 108 bytes)."""
     with short_dir(tmp_path) as path:
         yield path
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A socket directory other users can reach (pytest's own is mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="ingest-shared-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)

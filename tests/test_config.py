@@ -22,6 +22,8 @@ from ingest.config import (
     DEFAULT_UDP,
     DEFAULT_UNIX_PATH,
     MAX_DATAGRAM_CEILING,
+    PUBSUB_MAX_ATTRIBUTE_KEY_BYTES,
+    PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES,
     PUBSUB_MAX_REQUEST_BYTES,
     PUBSUB_MAX_REQUEST_MESSAGES,
     SERVE_OPTIONS,
@@ -218,6 +220,23 @@ INVALID: list[tuple[str, Any]] = [
     ("spool_dir", "relative/spool"),
     ("spool_max_bytes", "1000"),
     ("spool_fsync", "sometimes"),
+    ("attributes", "host"),  # no =
+    ("attributes", "=web-1"),  # an empty key
+    ("attributes", "googhost=web-1"),  # Pub/Sub reserves goog
+    ("attributes", "k" * (PUBSUB_MAX_ATTRIBUTE_KEY_BYTES + 1) + "=v"),
+    ("attributes", "k=" + "v" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES + 1)),
+    ("attributes", ["k=1", "k=2"]),  # a key twice
+    ("attribute_fields", "kind"),
+    ("attribute_fields", "kind=user..id"),  # an empty step in the path
+    ("attribute_fields", "kind="),
+    ("ordering_key_field", "user."),
+    ("routes", "errors=level"),  # no TOPIC:
+    ("routes", "errors:level"),  # no =VALUE
+    ("routes", "e:level=error"),  # not a topic ID
+    ("routes", "goog-errors:level=error"),
+    ("unix_credentials", "sometimes"),
+    ("unix_allow_uids", "no-such-user-for-ingest"),
+    ("unix_allow_uids", str(1 << 32)),
 ]
 
 
@@ -455,6 +474,12 @@ VALID_TEXT: dict[str, str] = {
     "spool_dir": "/var/spool/ingest",
     "spool_max_bytes": "1073741824",
     "spool_fsync": "roll",
+    "attributes": "host=web-1",
+    "attribute_fields": "kind=event.kind",
+    "ordering_key_field": "user.id",
+    "routes": "errors:level=error",
+    "unix_credentials": "true",
+    "unix_allow_uids": "1000",
 }
 
 
@@ -862,3 +887,77 @@ def test_unknown_numeric_unix_group_flag_exits_2(command: str) -> None:
         run_ingest(command, "--project", "p", "--topic", "events", "--unix-group", str(gid)),
         f"--unix-group: group {gid} does not exist",
     )
+
+
+# --- Pub/Sub-native messages: repeatable KEY=VALUE settings and their limits
+
+
+def test_message_settings_from_flags_env_and_toml_lists(tmp_path: Path) -> None:
+    """Flags repeat and keep commas in values; the environment twin is a
+    comma-separated list; the TOML key is a list."""
+    args = build_parser().parse_args(
+        [
+            "serve", "--project", "p", "--topic", "events",
+            "--attribute", "note=a,b", "--attribute", "host=web-1",
+            "--route", "errors:level=error", "--route", "audit:kind=login",
+            "--unix-allow-uid", "0,1",
+        ]
+    )  # fmt: skip
+    settings = settings_from(args, {})
+    assert settings.attributes == (("note", "a,b"), ("host", "web-1"))
+    assert [(r.topic, r.field, r.value) for r in settings.routes] == [
+        ("errors", "level", "error"),
+        ("audit", "kind", "login"),
+    ]
+    assert settings.topics == ("events", "errors", "audit")
+    assert settings.unix_allow_uids == (0, 1)
+    assert settings.unix_credentials  # implied by the allow-list
+    env = build(env={"INGEST_ATTRIBUTE": "host=web-1,dc=eu", "INGEST_ROUTE": "errors:level=error"})
+    assert env.attributes == (("host", "web-1"), ("dc", "eu"))
+    assert env.topics == ("events", "errors")
+    config = tmp_path / "ingest.toml"
+    config.write_text(
+        'attribute = ["host=web-1"]\nattribute_field = ["kind=event.kind"]\n'
+        'route = ["errors:level=error"]\nordering_key_field = "user.id"\n'
+        "unix_allow_uid = [0]\n"
+    )
+    toml = settings_from(
+        build_parser().parse_args(["serve", "--project", "p", "--topic", "events",
+                                   "--config", str(config)]),
+        {},
+    )  # fmt: skip
+    assert toml.attributes == (("host", "web-1"),)
+    assert toml.attribute_fields == (("kind", "event.kind"),)
+    assert toml.ordering_key_field == "user.id"
+    assert toml.unix_allow_uids == (0,)
+    assert toml.metadata and not build().metadata
+
+
+@pytest.mark.parametrize(
+    ("values", "flag", "needle"),
+    [
+        ({"attributes": "k=1", "attribute_fields": "k=f"}, "--attribute-field", "'k'"),
+        (
+            {"attributes": "sender_uid=1", "unix_credentials": "1"},
+            "--unix-credentials",
+            "sender_uid",
+        ),
+        (
+            {"attributes": [f"k{i}=v" for i in range(98)], "unix_credentials": "1"},
+            "--unix-credentials",
+            "101 attributes",
+        ),
+    ],
+)
+def test_attribute_keys_are_unique_and_within_pubsubs_count(
+    values: dict[str, Any], flag: str, needle: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build(values)
+    assert caught.value.flag == flag
+    assert needle in str(caught.value)
+
+
+def test_the_most_attributes_pubsub_allows_are_accepted() -> None:
+    settings = build({"attributes": [f"k{i}=v" for i in range(97)], "unix_credentials": "1"})
+    assert len(settings.attributes) == 97

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -104,17 +103,6 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     event_loop = asyncio.new_event_loop()
     yield event_loop
     event_loop.close()
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A socket directory nobody can reach (pytest's own is mode 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="ingest-cred-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def builder_for(stats: Stats) -> MessageBuilder:

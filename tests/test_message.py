@@ -11,17 +11,20 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
+from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from ingest.message import (
-    KIND_DATA,
-    KIND_MESSAGES,
     NOT_SCALAR,
+    ORDERING_KEY_TOO_LONG,
     VALUE_TOO_LONG,
     MessageBuilder,
     MessageRequestEncoder,
+    Route,
     data_of,
+    encode_attribute,
+    ordering_key_of,
     plain,
 )
+from ingest.spoolfmt import KIND_DATA, KIND_MESSAGES
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 PubsubMessage = pubsub_types.PubsubMessage.pb()
@@ -35,9 +38,12 @@ field_names = keys.filter(lambda k: "." not in k)  # a dot separates a path's st
 def parsed(request: bytes) -> list[tuple[bytes, dict[str, str]]]:
     message_list = PublishRequest.FromString(request)
     assert message_list.topic == TOPIC
-    for message in message_list.messages:
-        assert not message.ordering_key
     return [(m.data, dict(m.attributes)) for m in message_list.messages]
+
+
+def body(build: MessageBuilder, data: bytes, event: dict[str, object]) -> bytes:
+    """The body ``build`` makes of one event (its lane aside)."""
+    return build.build(data, event)[1]
 
 
 def builder(
@@ -57,7 +63,7 @@ def test_static_attributes_parse_back_to_protobufs_own_message(
     events: list[bytes], static: dict[str, str]
 ) -> None:
     build, _ = builder(sorted(static.items()))
-    request = MessageRequestEncoder(TOPIC).encode([build.build(e, {}) for e in events])
+    request = MessageRequestEncoder(TOPIC).encode([body(build, e, {}) for e in events])
     reference = PublishRequest(
         topic=TOPIC, messages=[PubsubMessage(data=e, attributes=static) for e in events]
     )
@@ -74,7 +80,7 @@ def test_one_attribute_is_byte_identical_to_protobuf(data: bytes, key: str, valu
     reference = PublishRequest(
         topic=TOPIC, messages=[PubsubMessage(data=data, attributes={key: value})]
     )
-    encoded = MessageRequestEncoder(TOPIC).encode([build.build(data, {})])
+    encoded = MessageRequestEncoder(TOPIC).encode([body(build, data, {})])
     assert encoded == reference.SerializeToString(deterministic=True)
 
 
@@ -99,7 +105,7 @@ def test_field_attributes_parse_back_as_protobuf_reads_them(
     fields = [(f"a-{key}", key) for key in event]
     build, skipped = builder(sorted(static.items()), fields)
     data = orjson.dumps(event)
-    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([build.build(data, event)]))
+    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, data, event)]))
     assert got_data == data  # byte for byte
     expected = dict(static)
     for key, value in event.items():
@@ -126,7 +132,7 @@ def test_scalars_become_strings(value: object, attribute: str) -> None:
     build, skipped = builder(fields=[("kind", "kind")])
     event = {"kind": value}
     [(_, got)] = parsed(
-        MessageRequestEncoder(TOPIC).encode([build.build(orjson.dumps(event), event)])
+        MessageRequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
     )
     assert got == {"kind": attribute}
     assert not skipped
@@ -136,7 +142,7 @@ def test_dotted_paths_reach_into_nested_objects() -> None:
     build, _ = builder(fields=[("user", "user.id"), ("deep", "a.b.c"), ("miss", "user.name.x")])
     event = {"user": {"id": 7, "name": "ann"}, "a": {"b": {"c": "x"}}}
     [(_, got)] = parsed(
-        MessageRequestEncoder(TOPIC).encode([build.build(orjson.dumps(event), event)])
+        MessageRequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
     )
     assert got == {"user": "7", "deep": "x"}  # through a string: absent, not an error
 
@@ -157,7 +163,7 @@ def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
     build, skipped = builder([("host", "web-1")], [("bad", "v"), ("ok", "ok")])
     event = {"v": value, "ok": "yes"}
     data = orjson.dumps(event)
-    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([build.build(data, event)]))
+    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, data, event)]))
     assert got_data == data
     assert got == {"host": "web-1", "ok": "yes"}
     assert dict(skipped) == {reason: 1}
@@ -167,7 +173,7 @@ def test_the_longest_value_is_kept() -> None:
     build, skipped = builder(fields=[("v", "v")])
     event = {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
     [(_, got)] = parsed(
-        MessageRequestEncoder(TOPIC).encode([build.build(orjson.dumps(event), event)])
+        MessageRequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
     )
     assert got == {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
     assert not skipped
@@ -177,7 +183,7 @@ def test_the_longest_value_is_kept() -> None:
 @given(st.binary(max_size=70_000))
 def test_data_of_gives_back_the_event(data: bytes) -> None:
     build, _ = builder([("k", "v")])
-    assert data_of(build.build(data, {})) == data
+    assert data_of(body(build, data, {})) == data
 
 
 def test_spooled_events_follow_the_pipeline_they_return_to() -> None:
@@ -185,10 +191,109 @@ def test_spooled_events_follow_the_pipeline_they_return_to() -> None:
     spooled with attributes give back their data to a plain pipeline."""
     build, _ = builder([("host", "web-1")], [("kind", "kind")])
     event = b'{"kind":"signup"}'
-    [body] = build.adopt(KIND_DATA, [event])
-    assert parsed(MessageRequestEncoder(TOPIC).encode([body])) == [
+    [(lane, made)] = build.adopt_data([event])
+    assert lane == (0, b"")
+    assert parsed(MessageRequestEncoder(TOPIC).encode([made])) == [
         (event, {"host": "web-1", "kind": "signup"})
     ]
-    assert build.adopt(KIND_MESSAGES, [body]) == [body]
-    assert plain(KIND_MESSAGES, [body]) == [event]
+    assert plain(KIND_MESSAGES, [made]) == [event]
     assert plain(KIND_DATA, [event]) == [event]
+
+
+ordering_keys = st.text(max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.dictionaries(keys, values, max_size=4), ordering_keys)
+def test_ordering_key_parses_back_and_is_the_lane(
+    data: bytes, static: dict[str, str], key: str
+) -> None:
+    """PubsubMessage.ordering_key (field 5) as protobuf reads it, UTF-8
+    included; an empty key is no key (Pub/Sub's own rule)."""
+    build, skipped = builder(sorted(static.items()))
+    build = MessageBuilder(sorted(static.items()), [], skipped, ordering_field="user.id")
+    event: dict[str, object] = {"user": {"id": key}}
+    lane, made = build.build(data, event)
+    assert lane == (0, key.encode())
+    [message] = PublishRequest.FromString(MessageRequestEncoder(TOPIC).encode([made])).messages
+    assert message.data == data
+    assert message.ordering_key == key
+    assert dict(message.attributes) == static
+    assert ordering_key_of(made) == key.encode()
+    assert data_of(made) == data
+
+
+def test_one_ordering_key_is_byte_identical_to_protobuf() -> None:
+    build = MessageBuilder([("k", "v")], [], defaultdict(int), ordering_field="o")
+    _, made = build.build(b"{}", {"o": "user-7"})
+    reference = PublishRequest(
+        topic=TOPIC,
+        messages=[PubsubMessage(data=b"{}", attributes={"k": "v"}, ordering_key="user-7")],
+    )
+    assert MessageRequestEncoder(TOPIC).encode([made]) == reference.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("value", "key", "reason"),
+    [
+        (42, b"42", None),
+        (True, b"true", None),
+        (None, b"", None),
+        ("", b"", None),
+        ({"an": "object"}, b"", NOT_SCALAR),
+        ("k" * PUBSUB_MAX_ORDERING_KEY_BYTES, b"k" * PUBSUB_MAX_ORDERING_KEY_BYTES, None),
+        ("k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1), b"", ORDERING_KEY_TOO_LONG),
+    ],
+)
+def test_ordering_key_rules(value: object, key: bytes, reason: str | None) -> None:
+    """The attribute rules; a key that cannot be one leaves the message
+    unordered, published, and counted."""
+    skipped: defaultdict[str, int] = defaultdict(int)
+    build = MessageBuilder([], [], skipped, ordering_field="o")
+    event = {"o": value}
+    data = orjson.dumps(event)
+    lane, made = build.build(data, event)
+    assert lane == (0, key)
+    assert ordering_key_of(made) == key
+    assert data_of(made) == data
+    assert dict(skipped) == ({reason: 1} if reason else {})
+
+
+def test_routes_first_match_wins_by_the_attribute_rules() -> None:
+    routes = [
+        Route(1, "level", "error"),
+        Route(2, "level", "error"),
+        Route(2, "http.status", "500"),
+    ]
+    build = MessageBuilder([], [], defaultdict(int), routes=routes)
+    cases = [
+        ({"level": "error"}, 1),  # the first match wins, not the last
+        ({"http": {"status": 500}}, 2),  # a number matches its JSON text
+        ({"http": {"status": "500"}}, 2),
+        ({"level": "warning"}, 0),  # no match: --topic
+        ({"level": ["error"]}, 0),  # an array is not a scalar: no match
+        ({}, 0),
+    ]
+    for event, topic in cases:
+        lane, _ = build.build(orjson.dumps(event), event)
+        assert lane == (topic, b""), event
+
+
+def test_sender_attributes_belong_to_one_source() -> None:
+    build = MessageBuilder([("host", "web-1")], [], defaultdict(int))
+    source = build.for_source()
+    source.sender = encode_attribute(b"sender_uid", b"1000")
+    [(_, mine)] = parsed(MessageRequestEncoder(TOPIC).encode([body(source, b"{}", {})]))
+    [(_, other)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, b"{}", {})]))
+    assert mine == {"host": "web-1", "sender_uid": "1000"}
+    assert other == {"host": "web-1"}
+
+
+def test_a_spooled_event_that_is_not_an_object_is_still_published_as_data() -> None:
+    build = MessageBuilder([("host", "web-1")], [], defaultdict(int))
+    adopted = build.adopt_data([b"[1]", b"\xff", b'{"ok":1}'])
+    assert [data_of(made) for _, made in adopted] == [b"[1]", b"\xff", b'{"ok":1}']
+    assert parsed(MessageRequestEncoder(TOPIC).encode([made for _, made in adopted]))[2] == (
+        b'{"ok":1}',
+        {"host": "web-1"},
+    )

@@ -25,6 +25,7 @@ from ingest.publisher import (
     SHUTDOWN,
     PublisherPool,
     Retry,
+    Spill,
     backoff_s,
     classify,
 )
@@ -103,7 +104,7 @@ def make_pool(
     topic: str,
     *,
     client: PubSubClient | None = None,
-    spill: Callable[[list[bytes]], None] | None = None,
+    spill: Spill | None = None,
 ) -> tuple[PublisherPool, Stats, EventQueue]:
     stats = Stats()
     queue = EventQueue(1_000_000, 1 << 30, stats)
@@ -405,7 +406,7 @@ class HangingClient(PubSubClient):
 
 
 async def cancel_on_the_wire(
-    events: list[bytes], spill: Callable[[list[bytes]], None] | None = None
+    events: list[bytes], spill: Spill | None = None
 ) -> tuple[PublisherPool, Stats, EventQueue]:
     """Publish ``events`` to a server that never answers and cancel the
     worker, as the drain deadline does, while the request is on the wire."""
@@ -438,7 +439,9 @@ def test_cancel_with_a_spool_spools_the_request_on_the_wire() -> None:
     """With a spool nothing is unconfirmed: the events are kept and published
     by a later run (a duplicate if the cut-off request had reached Pub/Sub)."""
     spooled: list[bytes] = []
-    _, stats, _ = asyncio.run(cancel_on_the_wire([b"x", b"y"], spill=spooled.extend))
+    _, stats, _ = asyncio.run(
+        cancel_on_the_wire([b"x", b"y"], spill=lambda events, lane: spooled.extend(events))
+    )
     assert spooled == [b"x", b"y"]
     assert stats.unconfirmed == 0
     assert stats.dropped_total() == 0

@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 from google.protobuf import empty_pb2
@@ -183,13 +184,19 @@ class Emulator:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
 
-    def create_subscription(self, subscription: str, topic: str) -> None:
+    def create_subscription(self, subscription: str, topic: str, *, ordered: bool = False) -> None:
         """Create the subscription BEFORE publishing: a message published to a
-        topic without subscriptions is gone."""
+        topic without subscriptions is gone. ``ordered``: messages of one
+        ordering key are delivered in the order Pub/Sub received them."""
         try:
             self._call(
                 "/google.pubsub.v1.Subscriber/CreateSubscription",
-                _Subscription(name=subscription, topic=topic, ack_deadline_seconds=600),
+                _Subscription(
+                    name=subscription,
+                    topic=topic,
+                    ack_deadline_seconds=600,
+                    enable_message_ordering=ordered,
+                ),
                 _Subscription,
             )
         except grpc.RpcError as exc:
@@ -210,6 +217,12 @@ class Emulator:
 
     def pull(self, subscription: str, max_messages: int = 100, ack: bool = True) -> list[bytes]:
         """One immediate Pull; returns message data (acked unless ack=False)."""
+        return [m.data for m in self.pull_messages(subscription, max_messages, ack)]
+
+    def pull_messages(
+        self, subscription: str, max_messages: int = 100, ack: bool = True
+    ) -> list[Any]:
+        """One immediate Pull; the PubsubMessages (attributes, ordering key)."""
         response = self._call(
             "/google.pubsub.v1.Subscriber/Pull",
             _PullRequest(
@@ -224,18 +237,24 @@ class Emulator:
                 _AckRequest(subscription=subscription, ack_ids=[m.ack_id for m in received]),
                 empty_pb2.Empty,
             )
-        return [m.message.data for m in received]
+        return [m.message for m in received]
 
-    def pull_until(self, subscription: str, count: int, timeout_s: float = 30.0) -> list[bytes]:
+    def pull_messages_until(
+        self, subscription: str, count: int, timeout_s: float = 30.0
+    ) -> list[Any]:
         """Pull until ``count`` messages arrived or the deadline passes."""
-        out: list[bytes] = []
+        out: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while len(out) < count and time.monotonic() < deadline:
-            batch = self.pull(subscription)
+            batch = self.pull_messages(subscription)
             out.extend(batch)
             if not batch:
                 time.sleep(0.05)
         return out
+
+    def pull_until(self, subscription: str, count: int, timeout_s: float = 30.0) -> list[bytes]:
+        """Pull until ``count`` messages arrived or the deadline passes."""
+        return [m.data for m in self.pull_messages_until(subscription, count, timeout_s)]
 
     def pull_quiet(
         self, subscription: str, quiet_s: float = 1.0, timeout_s: float = 30.0

@@ -1,0 +1,279 @@
+"""Lanes: the queue and batching of Pub/Sub-native messages.
+
+A *lane* is where a message goes: (topic number, ordering key). Messages of
+one lane share requests and never share one with another lane's: a request
+names one topic, and Pub/Sub wants one ordering key per request (Google's
+publishers batch per key too). A lane with an ordering key also has at most
+one request in flight: its publisher *holds* the lane from the moment it
+takes its messages until they are published or dropped, so a key whose
+request fails waits -- retries, backoff, an outage -- and its later messages
+cannot overtake it. Lanes without a key (b"") are not held: any number of
+publishers send them at once, exactly like the plain path.
+
+The queue keeps one FIFO of chunks per lane, under the one pair of bounds
+(events and bytes) of queue.Bounded: a held lane's messages wait in memory
+and count against the same bounds as everything else, so a stuck key fills
+the queue (and spills, or drops as ``queue_full``) rather than memory.
+
+Lanes are served oldest first: a lane is kept in insertion order while it
+has messages, so the next lane a publisher takes is the one waiting longest
+that is not held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from collections import deque
+from collections.abc import Callable
+
+from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch
+from ingest.codec import Decoder, decode_messages
+from ingest.config import Settings
+from ingest.message import (
+    Lane,
+    MessageBuilder,
+    Route,
+    ordering_key_of,
+)
+from ingest.queue import Bounded, Chunk, take_from
+from ingest.spool import Spool
+from ingest.spoolfmt import KIND_DATA, KIND_MESSAGES
+from ingest.stats import Stats
+
+log = logging.getLogger(__name__)
+
+# A lane's queued messages, spilled together (the lane names their topic).
+LaneSpill = Callable[[list[bytes], Lane | None], None]
+
+
+class LaneQueue(Bounded):
+    """Bounded like EventQueue; items are (lane, body) pairs, kept per lane."""
+
+    def __init__(self, max_events: int, max_bytes: int, stats: Stats) -> None:
+        super().__init__(max_events, max_bytes, stats)
+        self._lanes: dict[Lane, deque[Chunk]] = {}
+        self._held: set[Lane] = set()
+        # Set by a put, a release and close: a filler waiting for a lane it
+        # may take looks again. Cleared by that filler before it waits.
+        self._changed = asyncio.Event()
+        self.spill: LaneSpill | None = None
+
+    def put(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
+        """Enqueue one wake-up's messages per lane, in their order; what does
+        not fit is spilled, or counted dropped (``queue_full``)."""
+        groups: dict[Lane, list[bytes]] = {}
+        for lane, body in items:
+            group = groups.get(lane)
+            if group is None:
+                groups[lane] = [body]
+            else:
+                group.append(body)
+        for lane, bodies in groups.items():
+            kept, nbytes = self.admit(bodies)
+            if len(kept) < len(bodies):
+                if self.spill is not None:
+                    self.spill(bodies[len(kept) :], lane)
+                else:
+                    self.drop_full(len(bodies) - len(kept))
+                if not kept:
+                    continue
+            chunk = Chunk(kept, nbytes, received_at)
+            chunks = self._lanes.get(lane)
+            if chunks is None:
+                self._lanes[lane] = deque((chunk,))
+            else:
+                chunks.append(chunk)
+            self.count_in(chunk)
+        self._changed.set()
+
+    def next_lane(self) -> Lane | None:
+        """The lane waiting longest that no publisher holds, or None."""
+        held = self._held
+        for lane in self._lanes:
+            if lane not in held:
+                return lane
+        return None
+
+    def take(self, lane: Lane, max_count: int, max_bytes: int, overhead: int) -> Chunk | None:
+        """``take_from`` the lane's FIFO (queue.take_from's rules)."""
+        chunks = self._lanes.get(lane)
+        if chunks is None:
+            return None
+        taken = take_from(chunks, max_count, max_bytes, overhead)
+        if taken is None:
+            return None
+        if not chunks:
+            del self._lanes[lane]
+        self.count_out(taken)
+        return taken
+
+    def has(self, lane: Lane) -> bool:
+        return lane in self._lanes
+
+    def hold(self, lane: Lane) -> None:
+        """Keep other publishers off an ordered lane until ``release``."""
+        if lane[1]:
+            self._held.add(lane)
+
+    def release(self, lane: Lane) -> None:
+        if lane in self._held:
+            self._held.discard(lane)
+            self._changed.set()
+
+    async def wait_changed(self) -> None:
+        """Until the next put, release or close (the caller saw nothing to take)."""
+        self._changed.clear()
+        await self._changed.wait()
+
+    def drain_all(self) -> list[tuple[Lane, Chunk]]:
+        """Remove and return everything queued (shutdown), lane by lane."""
+        out = [(lane, chunk) for lane, chunks in self._lanes.items() for chunk in chunks]
+        self._lanes.clear()
+        self.events = 0
+        self.bytes = 0
+        return out
+
+    def close(self) -> None:
+        """No more puts are coming: wake waiters so they can see the end."""
+        self.closed = True
+        self._changed.set()
+
+
+class LaneBatcher:
+    """batch.Batcher's rule (count, encoded bytes, linger), per lane.
+
+    One publisher fills at a time. It takes the oldest lane it may (not
+    held), holds it when it has an ordering key, and takes that lane's
+    messages up to the bounds. It lingers for more of the same lane only when
+    no other lane is waiting: under load each fill returns at once, so the
+    other publishers send the other lanes meanwhile.
+    """
+
+    def __init__(
+        self,
+        queue: LaneQueue,
+        max_messages: int,
+        max_request_bytes: int,
+        reserved_bytes: int,
+        linger_s: float,
+    ) -> None:
+        self._queue = queue
+        self._max_messages = max_messages
+        # Bytes left for messages once the longest topic field is encoded.
+        self._max_bytes = max_request_bytes - reserved_bytes
+        self._linger_s = linger_s
+        self._fill_lock = asyncio.Lock()
+
+    async def fill(self, batch: Batch) -> bool:
+        """Fill ``batch`` from one lane (``batch.lane``); False when the
+        queue is closed and empty. Filled in place, as batch.Batcher does."""
+        queue = self._queue
+        async with self._fill_lock:
+            while True:
+                lane = queue.next_lane()
+                if lane is not None:
+                    break
+                if queue.closed and not queue.events:
+                    return False
+                await queue.wait_changed()
+            queue.hold(lane)
+            batch.lane = lane
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._linger_s
+            while True:
+                room = self._max_bytes - batch.nbytes - MESSAGE_OVERHEAD_BYTES * len(batch)
+                chunk = queue.take(
+                    lane, self._max_messages - len(batch), room, MESSAGE_OVERHEAD_BYTES
+                )
+                if chunk is None and not batch.messages:
+                    # One message larger than a request may be (a maximal
+                    # datagram with many attributes): sent alone, Pub/Sub
+                    # rejects it (INVALID_ARGUMENT, dropped as invalid_message).
+                    chunk = queue.take(lane, 1, sys.maxsize, 0)
+                if chunk is not None:
+                    if not batch.messages:
+                        batch.oldest_received_at = chunk.received_at
+                    batch.messages += chunk.events
+                    batch.nbytes += chunk.nbytes
+                    batch.newest_received_at = chunk.received_at
+                    if queue.has(lane):
+                        continue  # more of this lane: take until a bound stops us
+                if len(batch) >= self._max_messages or queue.has(lane):
+                    return True  # full by count, or the next message does not fit
+                if queue.closed or queue.next_lane() is not None:
+                    return True  # the end, or another lane is waiting: no linger
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return True
+                try:
+                    async with asyncio.timeout(remaining):
+                        await queue.wait_changed()
+                except TimeoutError:
+                    return True
+
+    def done(self, batch: Batch) -> None:
+        """Its publisher is done with ``batch``: its lane may be taken again."""
+        if batch.lane is not None:
+            self._queue.release(batch.lane)
+
+
+class MessageLanes:
+    """The metadata pipeline's parts, from the configuration: the topics (by
+    number: 0 is --topic, then the routes' in order), the builder, the lane
+    queue, and how lanes go to the spool and come back from it."""
+
+    def __init__(self, settings: Settings, stats: Stats) -> None:
+        self.topics = settings.topics
+        routes = [Route(self.topics.index(r.topic), r.field, r.value) for r in settings.routes]
+        self.builder = MessageBuilder(
+            settings.attributes,
+            settings.attribute_fields,
+            stats.attributes_skipped,
+            ordering_field=settings.ordering_key_field,
+            routes=routes,
+        )
+        self.queue = LaneQueue(settings.queue_max_events, settings.queue_max_bytes, stats)
+        self._unknown_topics: set[str] = set()
+
+    def decoder(self, builder: MessageBuilder | None = None) -> Decoder:
+        """A reader's decode: ``builder`` when the source sets its sender."""
+        return functools.partial(decode_messages, build=(builder or self.builder).build)
+
+    def spill_to(self, spool: Spool) -> LaneSpill:
+        """Spool bodies with their topic's ID ("" for --topic, so a restart
+        with another --topic publishes them there, as it does plain events)."""
+
+        def spill(bodies: list[bytes], lane: Lane | None) -> None:
+            topic = lane[0] if lane is not None else 0
+            spool.append(bodies, kind=KIND_MESSAGES, topic=self.topics[topic] if topic else "")
+
+        return spill
+
+    def admit(self, events: list[bytes], kind: int, topic: str, now: float) -> None:
+        """Spooled events back into the lanes (replay.py). Plain events an
+        earlier run spooled get this configuration's metadata; bodies keep
+        theirs, and their topic unless it is no longer configured."""
+        if kind == KIND_DATA:
+            items = self.builder.adopt_data(events)
+        else:
+            index = self._topic_number(topic)
+            items = [((index, ordering_key_of(body)), body) for body in events]
+        self.queue.put(items, now)
+
+    def _topic_number(self, topic: str) -> int:
+        if not topic or topic == self.topics[0]:
+            return 0
+        if topic in self.topics:
+            return self.topics.index(topic)
+        if topic not in self._unknown_topics:
+            self._unknown_topics.add(topic)
+            log.warning(
+                "spooled messages for topic %s, which is no longer routed to: "
+                "publishing them to %s",
+                topic,
+                self.topics[0],
+            )
+        return 0

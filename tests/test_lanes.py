@@ -1,0 +1,198 @@
+"""Lanes: per-(topic, ordering key) FIFOs under one pair of bounds, and the
+batching rule that keeps an ordered lane to one request in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from ingest.batch import Batch
+from ingest.config import PUBSUB_MAX_REQUEST_BYTES
+from ingest.lanes import LaneBatcher, LaneQueue
+from ingest.message import Lane
+from ingest.queue import QUEUE_FULL
+from ingest.stats import Stats
+
+DEADLINE_S = 5.0
+LONG_LINGER_S = 30.0  # a test that wrongly lingers hits DEADLINE_S instead
+PLAIN: Lane = (0, b"")
+USER_A: Lane = (0, b"a")
+USER_B: Lane = (0, b"b")
+ERRORS: Lane = (1, b"")
+
+
+def items(lane: Lane, n: int, tag: str = "") -> list[tuple[Lane, bytes]]:
+    name = tag or lane[1].decode() or str(lane[0])
+    return [(lane, f"{name}{i}".encode()) for i in range(n)]
+
+
+def batcher(queue: LaneQueue, max_messages: int = 1000, linger_s: float = 0.0) -> LaneBatcher:
+    return LaneBatcher(queue, max_messages, PUBSUB_MAX_REQUEST_BYTES, 0, linger_s)
+
+
+async def fill(lanes: LaneBatcher) -> Batch:
+    batch = Batch()
+    async with asyncio.timeout(DEADLINE_S):
+        assert await lanes.fill(batch)
+    return batch
+
+
+def test_put_keeps_each_lanes_order_and_the_shared_bounds() -> None:
+    stats = Stats()
+    queue = LaneQueue(5, 1 << 20, stats)
+    mixed = [*items(USER_A, 2), *items(USER_B, 2), *items(USER_A, 3, "late")]
+    queue.put(mixed, 1.0)
+    # One wake-up's items are grouped by lane, each group in its order, the
+    # lanes in the order they first appear; the bound (5 events) keeps what
+    # still fits, group by group.
+    assert queue.events == 5
+    assert stats.dropped[QUEUE_FULL] == 2
+    by_lane = {lane: [e for c in chunks for e in c.events] for lane, chunks in queue._lanes.items()}
+    assert by_lane == {USER_A: [b"a0", b"a1", b"late0", b"late1", b"late2"]}
+
+
+def test_overflow_spills_with_its_lane() -> None:
+    queue = LaneQueue(1, 1 << 20, Stats())
+    spilled: list[tuple[list[bytes], Lane | None]] = []
+    queue.spill = lambda events, lane: spilled.append((events, lane))
+    queue.put([*items(ERRORS, 2), *items(USER_A, 1)], 1.0)
+    assert spilled == [([b"11"], ERRORS), ([b"a0"], USER_A)]
+    assert queue.events == 1
+
+
+def test_a_batch_holds_one_lane_and_lanes_are_served_oldest_first() -> None:
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 20, Stats())
+        lanes = batcher(queue)
+        queue.put([*items(ERRORS, 2), *items(PLAIN, 2), *items(ERRORS, 1, "x")], 1.0)
+        first = await fill(lanes)
+        assert (first.lane, first.messages) == (ERRORS, [b"10", b"11", b"x0"])
+        second = await fill(lanes)
+        assert (second.lane, second.messages) == (PLAIN, [b"00", b"01"])
+
+    asyncio.run(main())
+
+
+def test_an_ordered_lane_has_one_batch_out_until_done() -> None:
+    """The heart of ordering: while a batch of key "a" is out (publishing,
+    retrying, backing off), later "a" messages wait; other lanes go on."""
+
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 20, Stats())
+        lanes = batcher(queue, max_messages=2)
+        queue.put([*items(USER_A, 3), *items(USER_B, 1)], 1.0)
+        first = await fill(lanes)
+        assert (first.lane, first.messages) == (USER_A, [b"a0", b"a1"])
+        second = await fill(lanes)  # "a" is held: the next lane, not a2
+        assert (second.lane, second.messages) == (USER_B, [b"b0"])
+        third = asyncio.create_task(fill(lanes))
+        await asyncio.sleep(0.05)  # a filler with only a held lane queued must wait
+        assert not third.done()
+        lanes.done(first)
+        batch = await third
+        assert (batch.lane, batch.messages) == (USER_A, [b"a2"])
+
+    asyncio.run(main())
+
+
+def test_unordered_lanes_are_never_held() -> None:
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 20, Stats())
+        lanes = batcher(queue, max_messages=2)
+        queue.put(items(PLAIN, 4), 1.0)
+        first = await fill(lanes)
+        second = await fill(lanes)  # without done(first): no key, no order to keep
+        assert first.messages + second.messages == [b"00", b"01", b"02", b"03"]
+
+    asyncio.run(main())
+
+
+def test_lingers_for_its_lane_only_while_no_other_lane_waits() -> None:
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 20, Stats())
+        lanes = batcher(queue, linger_s=LONG_LINGER_S)
+        queue.put(items(USER_A, 1), 1.0)
+        filling = asyncio.create_task(fill(lanes))
+        await asyncio.sleep(0.02)
+        queue.put(items(USER_A, 1, "more"), 2.0)  # same lane: taken, still lingering
+        await asyncio.sleep(0.02)
+        assert not filling.done()
+        queue.put(items(USER_B, 1), 3.0)  # another lane waits: stop lingering
+        batch = await filling
+        assert (batch.lane, batch.messages) == (USER_A, [b"a0", b"more0"])
+
+    asyncio.run(main())
+
+
+def test_closed_and_empty_ends_the_fill() -> None:
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 20, Stats())
+        lanes = batcher(queue, linger_s=LONG_LINGER_S)
+        waiting = asyncio.create_task(lanes.fill(Batch()))
+        await asyncio.sleep(0.02)
+        queue.close()
+        async with asyncio.timeout(DEADLINE_S):
+            assert await waiting is False
+
+    asyncio.run(main())
+
+
+def test_a_message_larger_than_a_request_goes_alone() -> None:
+    """It cannot share a request; sent alone, Pub/Sub judges it, rather than
+    the lane stalling forever on a message no batch can take."""
+
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 30, Stats())
+        lanes = LaneBatcher(queue, 1000, 1000, 0, 0.0)
+        queue.put([(USER_A, b"x" * 5000), (USER_A, b"y")], 1.0)
+        batch = await fill(lanes)
+        assert batch.messages == [b"x" * 5000]
+        lanes.done(batch)
+        assert (await fill(lanes)).messages == [b"y"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_concurrent_publishers_keep_every_keys_order(seed: int) -> None:
+    """Publishers that take random time per batch (as requests and retries
+    do) still complete each key's messages in the order they were put."""
+    rng = random.Random(seed)
+    keys = [(0, f"k{i}".encode()) for i in range(5)] + [PLAIN]
+
+    async def main() -> None:
+        queue = LaneQueue(100_000, 1 << 30, Stats())
+        lanes = batcher(queue, max_messages=7)
+        completed: dict[Lane, list[bytes]] = {lane: [] for lane in keys}
+        sent: dict[Lane, list[bytes]] = {lane: [] for lane in keys}
+        for step in range(40):
+            wake_up = []
+            for n in range(rng.randrange(1, 30)):
+                lane = rng.choice(keys)
+                body = f"{step}-{n}".encode()
+                sent[lane].append(body)
+                wake_up.append((lane, body))
+            queue.put(wake_up, float(step))
+        queue.close()
+
+        async def publisher() -> None:
+            while True:
+                batch = Batch()
+                if not await lanes.fill(batch):
+                    return
+                await asyncio.sleep(rng.uniform(0, 0.003))
+                assert batch.lane is not None
+                completed[batch.lane] += batch.messages
+                lanes.done(batch)
+
+        async with asyncio.timeout(DEADLINE_S * 4):
+            await asyncio.gather(*(publisher() for _ in range(4)))
+        for lane in keys:
+            if lane[1]:
+                assert completed[lane] == sent[lane], lane
+            else:
+                assert sorted(completed[lane]) == sorted(sent[lane])
+
+    asyncio.run(main())
