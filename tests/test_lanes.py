@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import defaultdict
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
 from ingest.lanes import LaneBatcher, LaneQueue
-from ingest.message import Lane
+from ingest.message import Lane, MessageBuilder, MessageRequestEncoder
 from ingest.queue import QUEUE_FULL
 from ingest.stats import Stats
 
@@ -194,5 +197,44 @@ def test_concurrent_publishers_keep_every_keys_order(seed: int) -> None:
                 assert completed[lane] == sent[lane], lane
             else:
                 assert sorted(completed[lane]) == sorted(sent[lane])
+
+    asyncio.run(main())
+
+
+@settings(max_examples=50, deadline=None)
+@example([200] * 300, 0, "")  # equal bodies: the framing alone decides the last one
+@example([60] * 500, 3, "user-1")
+@given(
+    st.lists(st.integers(0, 3_000), min_size=1, max_size=300),
+    st.integers(0, 20),
+    st.text(min_size=0, max_size=20),
+)
+def test_a_full_batch_encodes_within_the_request_byte_bound(
+    sizes: list[int], attributes: int, key: str
+) -> None:
+    """The byte bound counts whole bodies (data, attributes, ordering key)
+    plus their framing: the encoded request never exceeds it."""
+    topic = "projects/p/topics/a-topic-of-some-length"
+    max_request = 20_000  # many messages a request: their framing adds up
+    build = MessageBuilder(
+        [(f"attribute-{i}", "v" * 20) for i in range(attributes)],
+        [],
+        defaultdict(int),
+        ordering_field="k",
+    )
+
+    async def main() -> None:
+        queue = LaneQueue(1_000_000, 1 << 30, Stats())
+        lanes = LaneBatcher(queue, 1000, max_request, len(topic) + 8, 0.0)
+        queue.put([build.build(b"x" * size, {"k": key}) for size in sizes], 1.0)
+        queue.close()
+        encoder = MessageRequestEncoder(topic)
+        while True:
+            batch = Batch()
+            if not await lanes.fill(batch):
+                return
+            if len(batch) > 1:  # a lone message larger than a request goes alone
+                assert len(encoder.encode(batch.messages)) <= max_request
+            lanes.done(batch)
 
     asyncio.run(main())
