@@ -256,6 +256,21 @@ def _listeners_box(history: History, snap: Snapshot) -> _Box:
     return _Box("listeners", table, 1 + len(snap.listeners))
 
 
+def _topics_box(history: History, snap: Snapshot) -> _Box | None:
+    """Published events by topic, --topic's first; None with a single topic
+    (its numbers are the totals) and from an old daemon without the label."""
+    if len(snap.published_by_topic) < 2:
+        return None
+    table = _table("topic", "events/s", "published")
+    for topic in snap.published_by_topic:
+        table.add_row(
+            topic,
+            _rate(history.rate(_entry(lambda s: s.published_by_topic, topic))),
+            _num(snap.published_by_topic[topic]),
+        )
+    return _Box("published by topic", table, 1 + len(snap.published_by_topic))
+
+
 def _reasons_box(snap: Snapshot) -> _Box:
     table = _table("lost", "reason", "events")
     lost = [("rejected", r, n) for r, n in sorted(snap.rejected.items()) if n]
@@ -287,6 +302,9 @@ def _panels(
         "reasons": _reasons_box(snap),
         "codes": _codes_box(history, snap),
     }
+    topics = _topics_box(history, snap)
+    if topics is not None:
+        boxes["topics"] = topics
     if warns:
         lines = Text("\n".join(f"! {line}" for line in warns), style="yellow", no_wrap=True)
         lines.overflow = "ellipsis"
@@ -301,14 +319,25 @@ _WIDE_ROWS = (
     ("warnings",),
     ("latency", "codes"),
     ("listeners",),
+    ("topics",),  # only with more than one topic
     ("reasons",),
 )
-_WIDE_PRIORITY = (0, 1, 2, 3, 4, 5)
+_WIDE_PRIORITY = (0, 1, 2, 3, 4, 6, 5)
 _NARROW_ROWS = tuple(
     (name,)
-    for name in ("warnings", "totals", "rates", "queue", "latency", "listeners", "reasons", "codes")
+    for name in (
+        "warnings",
+        "totals",
+        "rates",
+        "queue",
+        "latency",
+        "listeners",
+        "topics",
+        "reasons",
+        "codes",
+    )
 )
-_NARROW_PRIORITY = (2, 0, 1, 3, 4, 5, 6, 7)
+_NARROW_PRIORITY = (2, 0, 1, 3, 4, 5, 8, 6, 7)
 
 
 def _header(

@@ -54,7 +54,10 @@ class PipelineView(Protocol):
     def listener_views(self) -> Iterable[ListenerView]: ...
 
     @property
-    def topic_path(self) -> str: ...
+    def topic_path(self) -> str: ...  # --topic's: topic_paths[0]
+
+    @property
+    def topic_paths(self) -> tuple[str, ...]: ...  # every one it may publish to, --topic's first
 
     @property
     def udp_rcvbuf_requested(self) -> int: ...
@@ -112,10 +115,15 @@ class IngestCollector(Collector):
         info = GaugeMetricFamily("ingest_build_info", "ingest version", labels=["version"])
         info.add_metric([__version__], 1)
         yield info
+        topic_paths = view.topic_paths
         topic = GaugeMetricFamily(
-            "ingest_topic_info", "the Pub/Sub topic published to", labels=["topic"]
+            "ingest_topic_info",
+            "the Pub/Sub topics published to, one series each: --topic's first, then the "
+            "--route topics'",
+            labels=["topic"],
         )
-        topic.add_metric([view.topic_path], 1)
+        for path in topic_paths:
+            topic.add_metric([path], 1)
         yield topic
 
         yield _counter(
@@ -153,9 +161,7 @@ class IngestCollector(Collector):
             stats.dropped,
             KNOWN_DROP_REASONS,
         )
-        published = CounterMetricFamily("ingest_events_published", "events Pub/Sub acknowledged")
-        published.add_metric([], stats.published)
-        yield published
+        yield _published(stats, topic_paths)
         unconfirmed = CounterMetricFamily(
             "ingest_events_unconfirmed",
             "events whose Publish request the drain deadline cancelled before Pub/Sub "
@@ -257,6 +263,24 @@ class IngestCollector(Collector):
         yield _gauge(
             "ingest_healthy", "1 when /healthz answers 200", 1 if view.verdict().healthy else 0
         )
+
+
+def _published(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:
+    """Events Pub/Sub acknowledged, by topic ID. Every configured topic is
+    exported, at 0 until something is published to it, --topic's first. The
+    label set is bounded: topics come only from the configuration (--topic and
+    the --route topics), never from events."""
+    family = CounterMetricFamily(
+        "ingest_events_published",
+        "events Pub/Sub acknowledged, by topic ID (--topic and the --route topics: "
+        "bounded by the configuration)",
+        labels=["topic"],
+    )
+    counts = dict.fromkeys((path.rpartition("/")[2] for path in topic_paths), 0)
+    counts.update(stats.published_by_topic)
+    for topic_id, count in counts.items():
+        family.add_metric([topic_id], count)
+    return family
 
 
 def _spool_metrics(spool: Spool | None, stats: Stats) -> Iterator[Metric]:

@@ -14,7 +14,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client.metrics_core import Metric
 
@@ -42,7 +42,7 @@ class Snapshot:
     datagrams: Mapping[str, int]  # by listener
     rejected: Mapping[str, int]  # by reason
     dropped: Mapping[str, int]  # by reason
-    published: int
+    published: int  # events, over every topic
     requests: Mapping[str, int]  # by gRPC code
     kernel_drops: Mapping[str, int]  # by UDP listener
     rcvbuf: Mapping[str, int]  # by UDP listener
@@ -60,6 +60,9 @@ class Snapshot:
     spool_recovered: int = 0  # found in the spool at startup
     unconfirmed: int = 0  # cut off at the drain deadline awaiting Pub/Sub's answer
     rcvbuf_requested: int | None = None  # --udp-rcvbuf-bytes (absent from old daemons)
+    # ``published`` by topic ID, --topic's first; empty from an old daemon,
+    # whose ingest_events_published_total had no topic label.
+    published_by_topic: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_families(
@@ -85,6 +88,7 @@ class Snapshot:
             pairs = [(float(labels["le"]), value) for labels, value in samples.get(name, [])]
             return tuple(sorted(pairs))
 
+        published = samples.get("ingest_events_published_total", [])
         start = one("process_start_time_seconds")
         wall = time.time() if wall_time is None else wall_time
         healthy = one("ingest_healthy")
@@ -100,7 +104,10 @@ class Snapshot:
             datagrams=by("ingest_datagrams_received_total", "listener"),
             rejected=by("ingest_events_rejected_total", "reason"),
             dropped=by("ingest_events_dropped_total", "reason"),
-            published=int(one("ingest_events_published_total") or 0),
+            published=int(sum(value for _, value in published)),
+            published_by_topic={
+                labels["topic"]: int(value) for labels, value in published if "topic" in labels
+            },
             unconfirmed=int(one("ingest_events_unconfirmed_total") or 0),
             requests=by("ingest_publish_requests_total", "code"),
             kernel_drops=by("ingest_kernel_drops_total", "listener"),

@@ -30,6 +30,8 @@ def exposition(
     *,
     received: dict[str, int] | None = None,
     published: int = 0,
+    by_topic: dict[str, int] | None = None,  # instead of ``published``, to topic "t"
+    unlabelled: bool = False,  # ``published`` as a daemon before routing exported it
     rejected: dict[str, int] | None = None,
     dropped: dict[str, int] | None = None,
     requests: dict[str, int] | None = None,
@@ -47,9 +49,10 @@ def exposition(
     """/metrics text shaped like the daemon's (the names are the contract)."""
     received = {UDP: 0, UNIX: 0} if received is None else received
     up = up or dict.fromkeys(received, 1)
+    by_topic = {"t": published} if by_topic is None else by_topic
     lines = [
         'ingest_build_info{version="9.8.7"} 1',
-        'ingest_topic_info{topic="projects/p/topics/t"} 1',
+        *(f'ingest_topic_info{{topic="projects/p/topics/{k}"}} 1' for k in by_topic),
         f"process_start_time_seconds {start}",
         "# TYPE ingest_events_received_total counter",
         *(f'ingest_events_received_total{{listener="{k}"}} {v}' for k, v in received.items()),
@@ -58,7 +61,11 @@ def exposition(
         "# TYPE ingest_events_dropped_total counter",
         *(f'ingest_events_dropped_total{{reason="{k}"}} {v}' for k, v in (dropped or {}).items()),
         "# TYPE ingest_events_published_total counter",
-        f"ingest_events_published_total {published}",
+        *(
+            [f"ingest_events_published_total {published}"]
+            if unlabelled
+            else [f'ingest_events_published_total{{topic="{k}"}} {v}' for k, v in by_topic.items()]
+        ),
         "# TYPE ingest_publish_requests_total counter",
         *(f'ingest_publish_requests_total{{code="{k}"}} {v}' for k, v in (requests or {}).items()),
         f"ingest_queue_events {queue[0]}",
@@ -163,6 +170,54 @@ def test_rates_come_from_two_snapshots() -> None:
     assert row(view, UDP, "up", "2,000.0/s", "5,000")  # per listener: rate, total
     assert row(view, UNIX, "up", "500.0/s", "1,000")
     assert row(view, "OK", "30", "10.0/s")  # publish requests by code
+
+
+def test_published_is_the_sum_over_topics_and_an_unlabelled_series_still_reads() -> None:
+    routed = snap(1.0, by_topic={"events": 700, "errors": 300})
+    assert routed.published == 1_000
+    assert routed.published_by_topic == {"events": 700, "errors": 300}
+    old = snap(1.0, published=42, unlabelled=True)  # a daemon from before routing
+    assert old.published == 42 and old.published_by_topic == {}
+    assert old.unaccounted == snap(1.0, published=42).unaccounted
+
+
+def test_two_topics_get_a_row_each_with_rate_and_count() -> None:
+    hist = history(
+        snap(100.0, received={UDP: 100}, by_topic={"events": 100, "audit": 0}),
+        snap(102.0, received={UDP: 2_600}, by_topic={"events": 2_100, "audit": 500}),
+    )
+    assert hist.rate(lambda s: s.published) == 1_250.0
+    view = text_of(hist, [])
+    assert "published by topic" in view
+    assert row(view, "topic", "events/s", "published")
+    assert row(view, "events", "1,000.0/s", "2,100")
+    assert row(view, "audit", "250.0/s", "500")
+    assert row(view, "published", "2,600")  # the totals panel: every topic
+    assert row(view, "out", "1,250.0/s")
+    assert "accounted ✓" in view
+    lines = view.splitlines()
+    first = next(i for i, line in enumerate(lines) if row(line, "events", "1,000.0/s"))
+    assert row(lines[first + 1], "audit", "250.0/s")  # --topic's first, as configured
+    # A small terminal gives this panel up before the others.
+    small = text_of(hist, [], width=100, height=26)
+    assert "published by topic" not in small and "(1 more panel: enlarge" in small
+    assert "rejected / dropped by reason" in small
+
+
+@pytest.mark.parametrize("width", [120, 60])
+def test_one_topic_looks_as_before_routing(width: int) -> None:
+    """One topic: no per-topic rows, the same screen as from a daemon whose
+    ingest_events_published_total had no label."""
+    kwargs: dict[str, object] = {"received": {UDP: 900, UNIX: 100}, "published": 990}
+    hist = history(snap(1.0, received={UDP: 0, UNIX: 0}), snap(2.0, **kwargs))
+    old = history(
+        snap(1.0, received={UDP: 0, UNIX: 0}, unlabelled=True),
+        snap(2.0, unlabelled=True, **kwargs),
+    )
+    view = text_of(hist, [], width=width)
+    assert "published by topic" not in view and "more panel" not in view
+    assert row(view, "published", "990")
+    assert view == text_of(old, [], width=width)
 
 
 def test_a_restarted_daemon_starts_a_new_history() -> None:
@@ -316,10 +371,14 @@ class _View:
         self.queue = EventQueue(1000, 1_000_000, self.stats)
         self.in_flight = 3
         self.listener_views: list[object] = []
-        self.topic_path = "projects/p/topics/t"
+        self.topic_paths: tuple[str, ...] = ("projects/p/topics/t",)
         self.udp_rcvbuf_requested = 32 << 20
         self.spool = None
         self.notifier = Notifier()  # disabled: no NOTIFY_SOCKET
+
+    @property
+    def topic_path(self) -> str:
+        return self.topic_paths[0]
 
     def verdict(self) -> Verdict:
         return Verdict(True, ())
@@ -333,6 +392,7 @@ def test_registry_and_parsed_text_give_the_same_snapshot() -> None:
     view.stats.events_received[UDP] += 1_234
     view.stats.rejected["not_object"] += 4
     view.stats.published += 1_227
+    view.stats.published_by_topic["t"] += 1_227
     view.stats.publish_requests["OK"] += 9
     view.stats.publish_latency.observe(0.003)
     registry = build_registry(view)  # type: ignore[arg-type]
@@ -347,10 +407,47 @@ def test_registry_and_parsed_text_give_the_same_snapshot() -> None:
     assert direct.unaccounted == 0
 
 
+def test_metrics_export_every_configured_topic_by_id() -> None:
+    view = _View()
+    view.topic_paths = (
+        "projects/p/topics/events",
+        "projects/p/topics/errors",
+        "projects/p/topics/audit",
+    )
+    view.stats.events_received[UDP] += 10  # 7 published, 3 in flight
+    view.stats.published += 7
+    view.stats.published_by_topic["errors"] += 2
+    view.stats.published_by_topic["events"] += 5
+    registry = build_registry(view)  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    published = [
+        line for line in text.splitlines() if line.startswith("ingest_events_published_total")
+    ]
+    # Configured order (--topic's first); audit at 0 before its first event.
+    assert published == [
+        'ingest_events_published_total{topic="events"} 5.0',
+        'ingest_events_published_total{topic="errors"} 2.0',
+        'ingest_events_published_total{topic="audit"} 0.0',
+    ]
+    assert [line for line in text.splitlines() if line.startswith("ingest_topic_info")] == [
+        'ingest_topic_info{topic="projects/p/topics/events"} 1.0',
+        'ingest_topic_info{topic="projects/p/topics/errors"} 1.0',
+        'ingest_topic_info{topic="projects/p/topics/audit"} 1.0',
+    ]
+    direct = Snapshot.from_families(registry.collect(), now=1.0, wall_time=START)
+    parsed = Snapshot.from_families(text_string_to_metric_families(text), now=1.0, wall_time=START)
+    assert direct == parsed
+    assert parsed.published == 7 and parsed.unaccounted == 0
+    assert parsed.published_by_topic == {"events": 5, "errors": 2, "audit": 0}
+    assert list(parsed.published_by_topic) == ["events", "errors", "audit"]
+    assert parsed.topic == "projects/p/topics/events"
+
+
 def test_inline_dashboard_draws_and_logs_above_until_cancelled() -> None:
     view = _View()
     view.stats.events_received[UDP] += 12_345
     view.stats.published += 12_342
+    view.stats.published_by_topic["t"] += 12_342
     registry = build_registry(view)  # type: ignore[arg-type]
     out = io.StringIO()
     console = Console(file=out, width=100, height=40, force_terminal=True, color_system=None)

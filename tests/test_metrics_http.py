@@ -129,10 +129,57 @@ def test_metrics_exact_counts_after_a_known_load(
     assert value(samples, "ingest_event_latency_seconds_count") >= 2
     assert value(samples, "ingest_queue_capacity_events") == 100_000
     assert value(samples, "ingest_build_info", version="0.1.0") == 1
+    assert value(samples, "ingest_topic_info", topic=pubsub.topic) == 1
+    assert value(samples, "ingest_events_published_total", topic=pubsub.topic_id) == 502
     assert value(samples, "ingest_listener_up", listener=listener) == 1
     assert total(samples, "process_resident_memory_bytes") > 0
     assert unaccounted(samples) == 0
     assert len(emulator.pull_until(pubsub.subscription, 502)) == 502
+    assert daemon.stop() == 0
+
+
+def another_topic(emulator: Emulator, names: PubSubNames, suffix: str) -> PubSubNames:
+    """A topic with a subscription, in the same project, named after ``names``'."""
+    other = PubSubNames(
+        names.project,
+        f"{names.topic_id}-{suffix}",
+        f"{names.topic}-{suffix}",
+        f"{names.subscription}-{suffix}",
+    )
+    emulator.create_topic(other.topic)
+    emulator.create_subscription(other.subscription, other.topic)
+    return other
+
+
+def test_published_events_are_counted_by_topic(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
+) -> None:
+    """Every configured topic has its series, at 0 before its first event;
+    the series add up to the events published."""
+    errors = another_topic(emulator, pubsub, "errors")
+    quiet = another_topic(emulator, pubsub, "quiet")
+    path = sockdir / "in.sock"
+    daemon, base = start(
+        daemons, pubsub, "--unix", str(path),
+        "--route", f"{errors.topic_id}:level=error",
+        "--route", f"{quiet.topic_id}:level=never",
+    )  # fmt: skip
+    samples = scrape(base)
+    for names in (pubsub, errors, quiet):
+        assert value(samples, "ingest_topic_info", topic=names.topic) == 1
+        assert value(samples, "ingest_events_published_total", topic=names.topic_id) == 0
+    assert total(samples, "ingest_topic_info") == 3
+    with UnixSender(path) as sender:
+        for i in range(50):
+            sender.send(orjson.dumps({"level": "error" if i % 5 < 3 else "info", "i": i}))
+    wait_for(lambda: total(scrape(base), "ingest_events_published_total") == 50, 20, "50 published")
+    samples = scrape(base)
+    assert value(samples, "ingest_events_published_total", topic=errors.topic_id) == 30
+    assert value(samples, "ingest_events_published_total", topic=pubsub.topic_id) == 20
+    assert value(samples, "ingest_events_published_total", topic=quiet.topic_id) == 0
+    assert len([key for key in samples if key[0] == "ingest_events_published_total"]) == 3
+    assert unaccounted(samples) == 0
+    assert len(emulator.pull_until(errors.subscription, 30)) == 30
     assert daemon.stop() == 0
 
 
