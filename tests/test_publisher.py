@@ -445,3 +445,44 @@ def test_cancel_with_a_spool_spools_the_request_on_the_wire() -> None:
     assert spooled == [b"x", b"y"]
     assert stats.unconfirmed == 0
     assert stats.dropped_total() == 0
+
+
+class HangsAfterFirstAnswer(PubSubClient):
+    """Answers its first Publish as the real server would, then never again
+    (a fake: the cut must fall between the parts of a bisected batch)."""
+
+    def __init__(self, channel: grpc.aio.Channel, topic: str) -> None:
+        super().__init__(channel, topic)
+        self.calls = 0
+        self.second = asyncio.Event()
+
+    async def publish(self, request: bytes, timeout_s: float) -> None:
+        self.calls += 1
+        if self.calls <= 2:  # the whole batch (INVALID_ARGUMENT), then its first half
+            await super().publish(request, timeout_s)
+            return
+        self.second.set()
+        await asyncio.Event().wait()
+
+
+def test_published_by_topic_agrees_with_the_total_between_bisected_parts() -> None:
+    """/metrics sums the per-topic series for the total: a part published
+    before a cancellation must be in both, or the books never balance."""
+
+    async def main() -> Stats:
+        async with fake_publisher(bad_rule) as (_, channel):
+            client = HangsAfterFirstAnswer(channel, TOPIC)
+            pool, stats, queue = make_pool(channel, TOPIC, client=client)
+            queue.put([b"a", b"b", b"c", b"bad"], 0.0)
+            worker = asyncio.create_task(pool.run_worker(0))
+            async with asyncio.timeout(DEADLINE_S):
+                await client.second.wait()
+            worker.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                async with asyncio.timeout(DEADLINE_S):
+                    await worker
+            return stats
+
+    stats = asyncio.run(main())
+    assert stats.published == 2  # "a" and "b", the first half
+    assert dict(stats.published_by_topic) == {TOPIC.rpartition("/")[2]: 2}
