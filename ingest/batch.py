@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from ingest.queue import EventQueue
+from ingest.queue import Bounded, Chunk, EventQueue
+
+Q = TypeVar("Q", bound=Bounded)
 
 # Upper bound of the protobuf framing one message adds to a PublishRequest:
 # tag(1) + len(<=3) for the PubsubMessage, tag(1) + len(<=3) for its data.
@@ -38,12 +41,13 @@ class Batch:
         return len(self.messages)
 
 
-class Batcher:
-    """Fills batches from the queue under the count, byte and linger bounds."""
+class BatchRule(Generic[Q]):
+    """The bounds a batch closes on, and how a chunk joins one; Batcher (one
+    FIFO) and lanes.LaneBatcher (one FIFO per lane) fill from their queue."""
 
     def __init__(
         self,
-        queue: EventQueue,
+        queue: Q,
         max_messages: int,
         max_request_bytes: int,
         reserved_bytes: int,
@@ -55,6 +59,28 @@ class Batcher:
         self._max_bytes = max_request_bytes - reserved_bytes
         self._linger_s = linger_s
         self._fill_lock = asyncio.Lock()
+
+    def room(self, batch: Batch) -> tuple[int, int]:
+        """(messages, bytes) ``batch`` may still take; a message's framing
+        (MESSAGE_OVERHEAD_BYTES) counts against the bytes."""
+        used = batch.nbytes + MESSAGE_OVERHEAD_BYTES * len(batch)
+        return self._max_messages - len(batch), self._max_bytes - used
+
+    @staticmethod
+    def add(batch: Batch, chunk: Chunk) -> None:
+        if not batch.messages:
+            batch.oldest_received_at = chunk.received_at
+        batch.messages += chunk.events
+        batch.nbytes += chunk.nbytes
+        batch.newest_received_at = chunk.received_at
+
+    def done(self, batch: Batch) -> None:
+        """Its publisher is done with ``batch`` (lanes.LaneBatcher releases
+        its lane; nothing here)."""
+
+
+class Batcher(BatchRule[EventQueue]):
+    """Fills batches from the queue under the count, byte and linger bounds."""
 
     async def fill(self, batch: Batch) -> bool:
         """Fill ``batch`` in place; False when the queue is closed and empty.
@@ -72,14 +98,9 @@ class Batcher:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._linger_s
             while True:
-                room = self._max_bytes - batch.nbytes - MESSAGE_OVERHEAD_BYTES * len(batch)
-                chunk = queue.take(self._max_messages - len(batch), room, MESSAGE_OVERHEAD_BYTES)
+                chunk = queue.take(*self.room(batch), MESSAGE_OVERHEAD_BYTES)
                 if chunk is not None:
-                    if not batch.messages:
-                        batch.oldest_received_at = chunk.received_at
-                    batch.messages += chunk.events
-                    batch.nbytes += chunk.nbytes
-                    batch.newest_received_at = chunk.received_at
+                    self.add(batch, chunk)
                     if queue.events:
                         continue  # more queued: keep taking until a bound stops us
                 if len(batch) >= self._max_messages or queue.events:
@@ -94,6 +115,3 @@ class Batcher:
                         await queue.wait_nonempty()
                 except TimeoutError:
                     return True
-
-    def done(self, batch: Batch) -> None:
-        """Its publisher is done with ``batch`` (lanes.LaneBatcher holds lanes; nothing here)."""

@@ -32,7 +32,7 @@ from ingest.httpd import HttpServer
 from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
 from ingest.message import Lane, MessageBuilder, MessageRequestEncoder
 from ingest.metrics import build_registry
-from ingest.publisher import SHUTDOWN, PublisherPool, Spill
+from ingest.publisher import SHUTDOWN, Filler, PublisherPool, Spill
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import Chunk, EventQueue
 from ingest.replay import run_replay
@@ -163,18 +163,21 @@ class Daemon:
             encoder_reserved,
             settings.batch_linger_ms / 1000,
         )
+        batcher: Filler
+        if isinstance(self.queue, LaneQueue):
+            batcher = LaneBatcher(self.queue, *batch_bounds)
+            encoders = [MessageRequestEncoder(path) for path in self.topic_paths]
+        else:
+            batcher = Batcher(self.queue, *batch_bounds)
+            encoders = []  # the pool's default: raw events to --topic
         self.pool = PublisherPool(
             self._client,
-            LaneBatcher(self.lanes.queue, *batch_bounds)
-            if self.lanes
-            else Batcher(self.queue, *batch_bounds),  # type: ignore[arg-type]
+            batcher,
             self.stats,
             settings.publish_timeout_s,
             health=self.health,
             spill=self._spill_to_spool() if self.spool else None,
-            encoders=[MessageRequestEncoder(path) for path in self.topic_paths]
-            if self.lanes
-            else (),
+            encoders=encoders,
             topics=settings.topics,
         )
         for index in range(settings.publishers):

@@ -29,7 +29,7 @@ import sys
 from collections import deque
 from collections.abc import Callable
 
-from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch
+from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
 from ingest.codec import Decoder, decode_messages
 from ingest.config import Settings
 from ingest.message import (
@@ -142,7 +142,7 @@ class LaneQueue(Bounded):
         self._changed.set()
 
 
-class LaneBatcher:
+class LaneBatcher(BatchRule["LaneQueue"]):
     """batch.Batcher's rule (count, encoded bytes, linger), per lane.
 
     One publisher fills at a time. It takes the oldest lane it may (not
@@ -151,21 +151,6 @@ class LaneBatcher:
     no other lane is waiting: under load each fill returns at once, so the
     other publishers send the other lanes meanwhile.
     """
-
-    def __init__(
-        self,
-        queue: LaneQueue,
-        max_messages: int,
-        max_request_bytes: int,
-        reserved_bytes: int,
-        linger_s: float,
-    ) -> None:
-        self._queue = queue
-        self._max_messages = max_messages
-        # Bytes left for messages once the longest topic field is encoded.
-        self._max_bytes = max_request_bytes - reserved_bytes
-        self._linger_s = linger_s
-        self._fill_lock = asyncio.Lock()
 
     async def fill(self, batch: Batch) -> bool:
         """Fill ``batch`` from one lane (``batch.lane``); False when the
@@ -184,21 +169,14 @@ class LaneBatcher:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._linger_s
             while True:
-                room = self._max_bytes - batch.nbytes - MESSAGE_OVERHEAD_BYTES * len(batch)
-                chunk = queue.take(
-                    lane, self._max_messages - len(batch), room, MESSAGE_OVERHEAD_BYTES
-                )
+                chunk = queue.take(lane, *self.room(batch), MESSAGE_OVERHEAD_BYTES)
                 if chunk is None and not batch.messages:
                     # One message larger than a request may be (a maximal
                     # datagram with many attributes): sent alone, Pub/Sub
                     # rejects it (INVALID_ARGUMENT, dropped as invalid_message).
                     chunk = queue.take(lane, 1, sys.maxsize, 0)
                 if chunk is not None:
-                    if not batch.messages:
-                        batch.oldest_received_at = chunk.received_at
-                    batch.messages += chunk.events
-                    batch.nbytes += chunk.nbytes
-                    batch.newest_received_at = chunk.received_at
+                    self.add(batch, chunk)
                     if queue.has(lane):
                         continue  # more of this lane: take until a bound stops us
                 if len(batch) >= self._max_messages or queue.has(lane):

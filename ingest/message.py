@@ -33,7 +33,7 @@ from collections.abc import MutableMapping, Sequence
 from orjson import JSONDecodeError, dumps, loads
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from ingest.pubsub import encode_topic_field, varint
+from ingest.pubsub import RequestEncoder, varint
 from ingest.spoolfmt import KIND_DATA
 
 # ingest_attributes_skipped_total reasons: an event's field cannot be an attribute.
@@ -217,23 +217,13 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-class MessageRequestEncoder:
-    """PublishRequests of prebuilt bodies for one topic (the plain path's
-    pubsub.RequestEncoder wraps raw events instead)."""
+def _body_header(size: int) -> bytes:
+    # PublishRequest.messages (field 2, LEN) of a PubsubMessage of ``size`` bytes.
+    return b"\x12" + varint(size)
 
-    def __init__(self, topic_path: str) -> None:
-        self.topic_field = encode_topic_field(topic_path)
-        self._headers: dict[int, bytes] = {}
 
-    def encode(self, bodies: list[bytes]) -> bytes:
-        headers = self._headers
-        parts = [self.topic_field]
-        append = parts.append
-        for body in bodies:
-            size = len(body)
-            header = headers.get(size)
-            if header is None:
-                header = headers[size] = b"\x12" + varint(size)
-            append(header)
-            append(body)
-        return b"".join(parts)
+class MessageRequestEncoder(RequestEncoder):
+    """PublishRequests of prebuilt bodies for one topic: each body is a whole
+    PubsubMessage already, so only its field header goes before it."""
+
+    header = staticmethod(_body_header)

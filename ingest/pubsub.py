@@ -100,7 +100,11 @@ def encode_topic_field(topic_path: str) -> bytes:
 
 
 class RequestEncoder:
-    """Encodes PublishRequests for one topic; headers are cached by length."""
+    """Encodes PublishRequests of raw events for one topic, each wrapped in a
+    PubsubMessage holding only ``data``; headers are cached by length.
+    (message.MessageRequestEncoder frames prebuilt messages instead.)"""
+
+    header = staticmethod(_message_header)  # what precedes a message of N bytes
 
     def __init__(self, topic_path: str) -> None:
         self.topic_field = encode_topic_field(topic_path)
@@ -114,7 +118,7 @@ class RequestEncoder:
             size = len(message)
             header = headers.get(size)
             if header is None:
-                header = headers[size] = _message_header(size)
+                header = headers[size] = self.header(size)
             append(header)
             append(message)
         return b"".join(parts)

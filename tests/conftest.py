@@ -84,3 +84,19 @@ def shared_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)
+
+
+def another_topic(
+    emulator: Emulator, names: PubSubNames, suffix: str, *, ordered: bool = False
+) -> PubSubNames:
+    """A topic with a subscription (``ordered``: with message ordering), in
+    the same project, named after ``names``'."""
+    other = PubSubNames(
+        names.project,
+        f"{names.topic_id}-{suffix}",
+        f"{names.topic}-{suffix}",
+        f"{names.subscription}-{suffix}",
+    )
+    emulator.create_topic(other.topic)
+    emulator.create_subscription(other.subscription, other.topic, ordered=ordered)
+    return other

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import PubSubNames
+from tests.conftest import PubSubNames, another_topic
 from tests.helpers import (
     DaemonProcess,
     Daemons,
@@ -136,19 +136,6 @@ def test_metrics_exact_counts_after_a_known_load(
     assert unaccounted(samples) == 0
     assert len(emulator.pull_until(pubsub.subscription, 502)) == 502
     assert daemon.stop() == 0
-
-
-def another_topic(emulator: Emulator, names: PubSubNames, suffix: str) -> PubSubNames:
-    """A topic with a subscription, in the same project, named after ``names``'."""
-    other = PubSubNames(
-        names.project,
-        f"{names.topic_id}-{suffix}",
-        f"{names.topic}-{suffix}",
-        f"{names.subscription}-{suffix}",
-    )
-    emulator.create_topic(other.topic)
-    emulator.create_subscription(other.subscription, other.topic)
-    return other
 
 
 def test_published_events_are_counted_by_topic(

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from tests.conftest import PubSubNames
+from tests.conftest import PubSubNames, another_topic
 from tests.helpers import Daemons, UnixSender, serve_args, wait_for
 from tests.test_credentials import nobody
 from tests.test_metrics_http import scrape, start, total, unaccounted, value
@@ -34,19 +34,8 @@ from tools.tcpproxy import TcpProxy
 _names = itertools.count()
 
 
-def second_topic(emulator: Emulator, names: PubSubNames, *, subscribe: bool = True) -> PubSubNames:
-    """Another topic (with a subscription) in the same project."""
-    n = next(_names)
-    other = PubSubNames(
-        names.project,
-        f"{names.topic_id}-routed-{n}",
-        f"{names.topic}-routed-{n}",
-        f"{names.subscription}-routed-{n}",
-    )
-    emulator.create_topic(other.topic)
-    if subscribe:
-        emulator.create_subscription(other.subscription, other.topic)
-    return other
+def second_topic(emulator: Emulator, names: PubSubNames, *, ordered: bool = False) -> PubSubNames:
+    return another_topic(emulator, names, f"routed-{next(_names)}", ordered=ordered)
 
 
 def send_all(sock: Path, events: list[bytes]) -> None:
@@ -169,8 +158,7 @@ def assert_each_key_in_order(messages: list[Any], keys: int, per_key: int) -> No
 def test_ordering_keys_deliver_each_key_in_order(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
-    ordered = second_topic(emulator, pubsub, subscribe=False)
-    emulator.create_subscription(ordered.subscription, ordered.topic, ordered=True)
+    ordered = second_topic(emulator, pubsub, ordered=True)
     sock = sockdir / "in.sock"
     daemon, _ = start(
         daemons, ordered, "--unix", str(sock), "--ordering-key-field", "user",
