@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
-from ingest.lanes import LaneBatcher, LaneQueue
+from ingest.lanes import LANE_BYTES, LaneBatcher, LaneQueue
 from ingest.message import Lane, MessageBuilder, MessageRequestEncoder
 from ingest.queue import QUEUE_FULL
 from ingest.stats import Stats
@@ -238,3 +238,18 @@ def test_a_full_batch_encodes_within_the_request_byte_bound(
             lanes.done(batch)
 
     asyncio.run(main())
+
+
+def test_each_lane_costs_its_overhead_against_the_byte_bound() -> None:
+    """Every event a new ordering key: the structure per lane (~1 KiB) is
+    charged, so the byte bound bounds memory, and it is given back when the
+    lane empties."""
+    stats = Stats()
+    queue = LaneQueue(1_000_000, 10 * LANE_BYTES, stats)
+    queue.put([((0, b"k%d" % i), b"{}") for i in range(50)], 1.0)
+    assert len(queue._lanes) <= 10  # not 50: the bound counted the lanes
+    assert queue.bytes <= 10 * LANE_BYTES + LANE_BYTES
+    assert stats.dropped[QUEUE_FULL] == 50 - len(queue._lanes)
+    for lane in list(queue._lanes):
+        assert queue.take(lane, 10, 1 << 20, 0) is not None
+    assert (queue.events, queue.bytes) == (0, 0)
