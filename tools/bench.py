@@ -19,6 +19,24 @@ Two runs, reported apart and then side by side (tools/benchreport.py):
    Publish and checks every event's sequence number. The offered UDP rate is
    stepped up (``--standin-rates``) until a step loses more than the bound.
 
+Both runs have a *metadata* variant of their UDP phases, reported beside the
+plain ones (``plain vs metadata``: daemon CPU per event and the difference,
+loss, mean messages per Publish request, requests/s): the same daemon and rate
+with ``--attribute-field method=method --attribute-field status=status
+--ordering-key-field user --route <topic>-routed:user=u0``, fed events that
+also carry ``"user":"u<seq % K>"`` (tools.loadgen ``--keys K``; ``--keys``
+here, 100 by default): K ordering keys, so K lanes, and 1/K of the events
+routed to a second topic. The emulator run has one in each of its first
+``--metadata-repeat`` (3) repeats, in turn with the plain phase, and verifies
+both topics' subscriptions into one count, each message's attributes,
+ordering key and topic checked too. The stand-in run has a metadata step
+after the plain step at each ``--standin-metadata-rates`` rate the stepping
+reaches; the rates below the stepping's first (50k and 100k/s: the metadata
+daemon keeps up there on 2 cores, and with many keys its requests are
+smallest, so the per-request cost shows) get a plain step of their own
+first; the fake checks the same. Target: metadata costs at most 1.5 µs of
+daemon CPU per event more than the plain path.
+
 Both servers run niced (``--emulator-nice``): they stand in for a remote
 service. Unix datagram senders get EAGAIN once 11 datagrams wait
 (net.unix.max_dgram_qlen, 10 by default, per network namespace). Run as root
@@ -35,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import platform
@@ -58,7 +77,7 @@ from tools.daemonproc import DaemonProcess
 from tools.emulator import Emulator, free_port
 from tools.fakepubsub import FakePubSub
 from tools.procfs import group_cpu_s, machine_cpu_s, peak_rss_kib, process_cpu_s, read_text
-from tools.verify import Verification, verify
+from tools.verify import Metadata, Verification, verify
 
 RECOMMENDED_QLEN = UNIX_QLEN_RECOMMENDED  # what the daemon's warning and the drop-in say
 PROJECT = "ingest-bench"
@@ -66,6 +85,12 @@ WARMUP_MESSAGES = 600_000  # its publish path costs 12 µs/msg cold, ~5 µs afte
 QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
 SEQ_STRIDE = 100_000_000  # phase i sends sequence numbers from i * SEQ_STRIDE
 STANDIN_RATES = "150000,200000,250000,300000,350000,400000"
+STANDIN_METADATA_RATES = "50000,100000,150000,200000"
+KEYS = 100  # distinct ordering keys (users) of the metadata phases
+METADATA_REPEATS = 3  # emulator run: metadata phases in this many of its UDP repeats
+ROUTED_USER = "u0"  # the metadata phases route this user's events to a second topic
+# What the metadata daemon makes of every loadgen event (method "GET", status 200).
+METADATA_ATTRIBUTES = (("method", "GET"), ("status", "200"))
 
 T = TypeVar("T")
 Check = Callable[[], Verification]  # what arrived of the phase's sequence numbers
@@ -81,9 +106,10 @@ class Sink(Protocol):
     def cpu_s(self) -> float | None: ...
 
     def session(
-        self, name: str, first_seq: int, expected: int
-    ) -> contextlib.AbstractContextManager[tuple[str, Check]]:
-        """A topic ID for the phase's daemon, and how to check what arrived."""
+        self, name: str, first_seq: int, expected: int, metadata: Metadata | None
+    ) -> contextlib.AbstractContextManager[tuple[list[str], Check]]:
+        """Topic IDs for the phase's daemon (with ``metadata``: its --topic and
+        its route's), and how to check what arrived."""
         ...
 
 
@@ -117,12 +143,22 @@ class EmulatorSink:
                 self.admin.delete_subscription(subscription)
 
     @contextlib.contextmanager
-    def session(self, name: str, first_seq: int, expected: int) -> Iterator[tuple[str, Check]]:
-        with self.topic(name) as (topic, subscription):
+    def session(
+        self, name: str, first_seq: int, expected: int, metadata: Metadata | None
+    ) -> Iterator[tuple[list[str], Check]]:
+        names = [name, f"{name}-routed"] if metadata else [name]
+        with contextlib.ExitStack() as stack:
+            made = [stack.enter_context(self.topic(n)) for n in names]
+            subscriptions = [subscription for _, subscription in made]
             yield (
-                topic.rpartition("/")[2],
+                [topic.rpartition("/")[2] for topic, _ in made],
                 lambda: verify(
-                    self.admin.channel, subscription, first_seq, expected, self.verify_deadline_s
+                    self.admin.channel,
+                    subscriptions,
+                    first_seq,
+                    expected,
+                    self.verify_deadline_s,
+                    metadata=metadata,
                 ),
             )
 
@@ -155,12 +191,19 @@ class FakeSink:
             # Not one per event: the stand-in's 1,001 quantiles (0.1 % steps,
             # then the maximum), which latency_ms indexes as it would all.
             latencies_us=r["latency_quantiles_us"],
+            metadata_checked=r["metadata_checked"],
+            wrong_metadata=r["wrong_metadata"],
+            routed=r["routed"],
         )
 
     @contextlib.contextmanager
-    def session(self, name: str, first_seq: int, expected: int) -> Iterator[tuple[str, Check]]:
-        self.fake.report(first_seq, expected)  # forgets what came before; arms the check
-        yield name, lambda: self._check(first_seq, expected)
+    def session(
+        self, name: str, first_seq: int, expected: int, metadata: Metadata | None
+    ) -> Iterator[tuple[list[str], Check]]:
+        names = [name, f"{name}-routed"] if metadata else [name]
+        # Forgets what came before; arms the check (every topic exists here).
+        self.fake.report(first_seq, expected, metadata, names[-1])
+        yield names, lambda: self._check(first_seq, expected)
 
 
 # ---------------------------------------------------------------- phases
@@ -214,6 +257,8 @@ def run_senders(
     command += ["--rate", str(phase.rate / args.senders), "--seconds", str(seconds)]
     command += ["--slot-ms", str(args.slot_ms), "--first-seq", str(first_seq)]
     command += ["--count", str(args.senders), "--start-at", repr(start_at)]
+    if phase.metadata:
+        command += ["--keys", str(phase.metadata.keys)]
     procs = [bench.spawn([*command, "--index", str(i)]) for i in range(args.senders)]
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds * 3 + 30)
@@ -254,11 +299,13 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
     rcvbuf = [f"--udp-rcvbuf-bytes={phase.rcvbuf}"] if phase.rcvbuf else []
     sink = bench.sink
     expected = int(phase.rate / args.senders * seconds) * args.senders
-    with sink.session(f"bench-{phase.name}", first_seq, expected) as (topic, check):
+    session = sink.session(f"bench-{phase.name}", first_seq, expected, phase.metadata)
+    with session as (topics, check):
         daemon = DaemonProcess(
             [
                 f"--project={PROJECT}",
-                f"--topic={topic}",
+                f"--topic={topics[0]}",
+                *metadata_flags(phase.metadata, topics),
                 f"--udp=127.0.0.1:{udp_port}",
                 f"--unix={unix_path}",
                 f"--metrics=127.0.0.1:{metrics_port}",
@@ -301,6 +348,22 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
             phase.warnings = daemon.warnings()
         phase.verification = check()
     return phase
+
+
+def metadata_flags(metadata: Metadata | None, topics: list[str]) -> list[str]:
+    """The metadata phase's `ingest serve` flags (none for a plain phase):
+    attributes from two event fields, the ordering key from ``user``, and
+    one route, ``user`` = ``metadata.routed``, to the second topic."""
+    if metadata is None:
+        return []
+    flags = [f"--attribute-field={key}={key}" for key, _ in metadata.attributes]
+    flags.append("--ordering-key-field=user")
+    flags.append(f"--route={topics[1]}:user={metadata.routed}")
+    return flags
+
+
+def metadata_of(args: argparse.Namespace) -> Metadata:
+    return Metadata(args.keys, METADATA_ATTRIBUTES, ROUTED_USER)
 
 
 def run_naive(bench: Bench, mode: str, seconds: float) -> dict[str, float]:
@@ -360,11 +423,13 @@ def print_naive(naive: dict[str, dict[str, float]]) -> None:
 def report(
     args: argparse.Namespace,
     phases: list[Phase],
-    steps: list[Phase],
+    all_steps: list[Phase],
     naive: dict[str, dict[str, float]],
     standin_engine: str,
 ) -> None:
-    udp = [p for p in phases if p.transport == "udp"]
+    # The plain path's targets, and the side by side, are the plain phases'.
+    udp = [p for p in phases if p.transport == "udp" and not p.metadata]
+    steps = [p for p in all_steps if p.stepping and not p.metadata]
     if phases:
         rep.print_table(
             f"EMULATOR RUN (verified delivery): fixed offered rate for {args.seconds:g} s per "
@@ -380,10 +445,16 @@ def report(
             f"STAND-IN RUN (the daemon's ceiling): a FAKE Publish server (tools/fakepubsub.py, "
             f"{standin_engine}, nice {args.emulator_nice}) instead of the emulator; UDP, "
             f"{args.standin_seconds:g} s per step; every event's sequence number checked by the "
-            "fake",
-            steps,
+            "fake"
+            + (
+                "; the metadata steps (-meta), and plain steps below the first rate, are not "
+                "part of the stepping"
+                if args.keys
+                else ""
+            ),
+            all_steps,
         )
-        rep.print_daemon_lines(steps)
+        rep.print_daemon_lines(all_steps)
     print("\ntargets")
     if phases:
         print("  emulator run (delivery verified by Pull):")
@@ -393,6 +464,8 @@ def report(
         print("  stand-in run (the daemon's ceiling; the Pub/Sub side is a fake):")
         for line in rep.standin_targets(steps):
             print(line)
+    for line in rep.plain_vs_metadata(phases, all_steps):
+        print(line)
     if udp and steps:
         rep.side_by_side(udp, steps)
 
@@ -436,7 +509,9 @@ def _ints(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.bench", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--runs",
@@ -494,6 +569,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="N[,N...]",
         help="offered UDP events/s of the stand-in run's steps, until one misses the loss bound",
     )
+    parser.add_argument(
+        "--standin-metadata-rates",
+        type=_ints,
+        default=_ints(STANDIN_METADATA_RATES),
+        metavar="N[,N...]",
+        help="stand-in run: a metadata step after the plain step at each of these rates "
+        "(that the stepping reaches; one below the stepping's first rate gets a plain step "
+        "of its own first)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=int,
+        default=KEYS,
+        help="the metadata phases' distinct ordering keys (users; one of them is routed to a "
+        "second topic); 0: no metadata phases",
+    )
+    parser.add_argument(
+        "--metadata-repeat",
+        type=int,
+        default=METADATA_REPEATS,
+        help="emulator run: UDP phases with metadata in this many of the --repeat repeats "
+        "(each ~20 s: the metadata daemon falls behind at 150k/s, then every message is pulled)",
+    )
     parser.add_argument("--standin-seconds", type=float, default=5.0, help="per step")
     parser.add_argument(
         "--standin-engine",
@@ -527,6 +625,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if unknown := set(args.runs.split(",")) - {"emulator", "standin"}:
         parser.error(f"--runs: unknown {','.join(sorted(unknown))}")
+    if args.keys < 0:
+        parser.error("--keys: must be >= 0")
     return args
 
 
@@ -536,18 +636,23 @@ def rotated(values: list[T], by: int) -> list[T]:
 
 
 def plan(args: argparse.Namespace) -> list[Phase]:
-    """The emulator run's phases: per repeat, UDP at each rcvbuf value, then
-    unix at each qlen, the order rotated every repeat so that neither a noisy
-    minute nor the emulator's cold start always falls on the same value."""
+    """The emulator run's phases: per repeat, UDP at each rcvbuf value, plain
+    and (the first ``--metadata-repeat`` repeats) with metadata, then unix at
+    each qlen, the order rotated every repeat so that neither a noisy minute
+    nor the emulator's cold start always falls on the same value."""
     transports = args.transports.split(",")
     phases = []
     if "udp" in transports:
         rcvbufs: list[int | None] = list(args.rcvbuf) or [None]
         for run in range(1, args.repeat + 1):
-            for rcvbuf in rotated(rcvbufs, run - 1):
+            with_metadata = args.keys and run <= args.metadata_repeat
+            variants: list[Metadata | None] = [None, metadata_of(args)] if with_metadata else [None]
+            udp = [(rcvbuf, metadata) for rcvbuf in rcvbufs for metadata in variants]
+            for rcvbuf, metadata in rotated(udp, run - 1):
                 name = "udp" if rcvbuf is None else f"udp-{rcvbuf / (1 << 20):g}M"
+                name += "-meta" if metadata else ""
                 name += f".r{run}" if args.repeat > 1 else ""
-                phases.append(Phase(name, "udp", args.rate, rcvbuf=rcvbuf))
+                phases.append(Phase(name, "udp", args.rate, rcvbuf=rcvbuf, metadata=metadata))
     if "unix" in transports:
         host_qlen = int(args.host_qlen or read_text(QLEN_PATH) or 10)
         qlens = [host_qlen]
@@ -611,23 +716,51 @@ def standin_run(
     print(f"\nstarted the FAKE Pub/Sub stand-in ({fake.engine}) at {fake.host}")
     bench = Bench(args, FakeSink(fake), workdir)
     stack.callback(bench.stop_children)
+    indices = itertools.count(3, 2)  # two per step: its sequence numbers, a second attempt
     steps: list[Phase] = []
-    for index, rate in enumerate(args.standin_rates, start=1):
-        for attempt in (1, 2):
-            print(f"stand-in {rate:,}/s for {args.standin_seconds:g} s ...", flush=True)
-            phase = Phase(f"standin-{rate // 1000}k", "udp", rate)
-            run_phase(bench, phase, 2 * index + attempt, args.standin_seconds)
-            print(f"  loss {phase.loss_pct:.3f} % ({phase.delivered:,} checked)", flush=True)
-            # The run stops at the first miss, so a miss that other work on
-            # the machine caused is run once more (and said so).
-            if phase.meets(rate) or (phase.others_cores or 0) <= QUIET_BUSY_CORES / 2:
-                break
-            if attempt == 1:
-                print(f"  other processes used {phase.others_cores:.2f} cores: once more")
+    metadata_rates = args.standin_metadata_rates if args.keys else []
+
+    def metadata_step(rate: int) -> None:
+        meta = Phase(f"standin-{rate // 1000}k-meta", "udp", rate, metadata=metadata_of(args))
+        steps.append(standin_step(bench, meta, next(indices)))
+
+    # Rates below the stepping's: a plain step outside the stepping, then the metadata step.
+    for rate in sorted(r for r in metadata_rates if r < min(args.standin_rates)):
+        plain = Phase(f"standin-{rate // 1000}k", "udp", rate, stepping=False)
+        steps.append(standin_step(bench, plain, next(indices)))
+        metadata_step(rate)
+    for rate in args.standin_rates:
+        phase = standin_step(bench, Phase(f"standin-{rate // 1000}k", "udp", rate), next(indices))
         steps.append(phase)
+        if rate in metadata_rates:
+            metadata_step(rate)
         if not phase.meets(rate):
             break
     return steps, fake.engine
+
+
+def standin_step(bench: Bench, template: Phase, index: int) -> Phase:
+    """One step of the stand-in run (sequence numbers from phase ``index``,
+    ``index + 1`` for a second attempt). The stepping stops at its first
+    miss, so a miss of one of its steps that other work on the machine caused
+    is run once more (and said so)."""
+    seconds = bench.args.standin_seconds
+    rate = template.rate
+    what = " with metadata" if template.metadata else ""
+    for attempt in (1, 2):
+        print(f"stand-in {rate:,.0f}/s{what} for {seconds:g} s ...", flush=True)
+        phase = Phase(
+            template.name, "udp", rate, metadata=template.metadata, stepping=template.stepping
+        )
+        run_phase(bench, phase, index + attempt - 1, seconds)
+        print(f"  loss {phase.loss_pct:.3f} % ({phase.delivered:,} checked)", flush=True)
+        if not phase.stepping or phase.metadata or phase.meets(rate):
+            break
+        if (phase.others_cores or 0) <= QUIET_BUSY_CORES / 2:
+            break
+        if attempt == 1:
+            print(f"  other processes used {phase.others_cores:.2f} cores: once more")
+    return phase
 
 
 def run(args: argparse.Namespace, workdir: str, stack: contextlib.ExitStack) -> None:

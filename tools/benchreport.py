@@ -9,6 +9,11 @@ runs them). Two runs are reported apart and then side by side:
 - the stand-in run: a fake Publish server (tools/fakepubsub.py) that costs
   the host almost nothing, as the remote service does in production, stepped
   up in offered rate — the daemon's own ceiling.
+
+Both runs also have *metadata* phases: the same daemon, rate and transport
+(UDP) with Pub/Sub-native metadata (two attributes from event fields, an
+ordering key of ``--keys`` distinct values, one route to a second topic),
+reported beside the plain phases (``plain_vs_metadata``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tools.daemonproc import STOPPED_RE, Metrics
-from tools.verify import Verification
+from tools.verify import Metadata, Verification
 
 # Targets (issue 8). Emulator run: the UDP loss target in every one of
 # TARGET_REPEATS runs; stand-in run: the daemon's ceiling and its CPU.
@@ -32,6 +37,7 @@ TARGET_CPU_US = 6.0  # daemon CPU per event, emulator run
 TARGET_RATIO = 15.0  # ingest's events/s over the naive publisher's
 STANDIN_TARGET_RATE = 200_000  # events/s over UDP against the stand-in, same loss bound
 STANDIN_TARGET_CPU_US = 4.0  # daemon CPU per event against the stand-in
+TARGET_METADATA_EXTRA_US = 1.5  # metadata's daemon CPU per event over the plain path's
 QUIET_BUSY_CORES = 0.3  # the machine counts as quiet below this (2 cores shared)
 MAX_COLUMNS = 4  # per printed table, so that it fits a terminal
 
@@ -70,6 +76,8 @@ class Phase:
     rate: float  # events/s asked of the senders
     qlen: int | None = None  # net.unix.max_dgram_qlen the daemon's sockets were made under
     rcvbuf: int | None = None  # --udp-rcvbuf-bytes given to the daemon (None: its default)
+    metadata: Metadata | None = None  # the metadata variant: what its messages carry
+    stepping: bool = True  # a stand-in step of the stepping (not a metadata comparison's own)
     senders: Senders = field(default_factory=Senders)
     drained: bool = False
     window_s: float = 0.0  # senders start -> drained
@@ -91,7 +99,8 @@ class Phase:
         if self.transport == "unix":
             return f"unix qlen {self.qlen}"
         rcvbuf = f"rcvbuf {self.rcvbuf / (1 << 20):g} MiB" if self.rcvbuf else "rcvbuf default"
-        return f"udp {self.rate:,.0f}/s {rcvbuf}"
+        metadata = f" metadata ({self.metadata.keys} keys)" if self.metadata else ""
+        return f"udp {self.rate:,.0f}/s {rcvbuf}{metadata}"
 
     @property
     def received(self) -> int:
@@ -138,6 +147,18 @@ class Phase:
         return self.daemon_cpu_s / self.received * 1e6 if self.received else None
 
     @property
+    def events_per_request(self) -> float | None:
+        """Mean messages per successful Publish request (the daemon's /metrics)."""
+        ok = self.metrics.get("ingest_publish_requests_total", {}).get('code="OK"')
+        return self.metrics.total("ingest_events_published_total") / ok if ok else None
+
+    @property
+    def requests_per_s(self) -> float | None:
+        """Publish requests (any outcome) over the phase's window."""
+        n = self.metrics.total("ingest_publish_requests_total")
+        return n / self.window_s if self.window_s else None
+
+    @property
     def server_us_per_message(self) -> float | None:
         n = self.metrics.total("ingest_events_published_total")
         return self.server_cpu_s / n * 1e6 if self.server_cpu_s is not None and n else None
@@ -167,7 +188,7 @@ def phase_cells(p: Phase) -> dict[str, str]:
     per_event = lambda cpu, n: _n(cpu / n * 1e6 if cpu is not None and n else None, 2)  # noqa: E731
     cores = lambda cpu: _n(cpu / p.window_s if p.window_s else None, 2)  # noqa: E731
     is_udp = p.transport == "udp"
-    ok_requests = m.get("ingest_publish_requests_total", {}).get('code="OK"')
+    checked = v is not None and v.metadata_checked
     return {
         "offered events/s": _n(p.offered_rate),
         "events offered": _n(s.attempted),
@@ -180,12 +201,13 @@ def phase_cells(p: Phase) -> dict[str, str]:
         if is_udp
         else "n/a",
         "daemon received": _n(p.received),
-        "events per Publish request": _n(
-            m.total("ingest_events_published_total") / ok_requests if ok_requests else None
-        ),
+        "events per Publish request": _n(p.events_per_request),
+        "Publish requests/s": _n(p.requests_per_s),
         "daemon dropped": str(m.nonzero("ingest_events_dropped_total") or 0),
         "delivered (distinct seq)": (_n(p.delivered) + ("" if p.verified else " PARTIAL")),
         "  duplicates / foreign": f"{v.duplicates} / {v.foreign}" if v else "-",
+        "  on the route's topic": _n(v.routed) if v and checked else "n/a",
+        "  wrong attrs/key/topic": _n(v.wrong_metadata) if v and checked else "n/a",
         "  verification (s)": _n(v.elapsed_s, 1) if v else "-",
         "loss % of offered": _n(p.loss_pct, 3),
         "loss % of sent ok": _n(100 * (s.ok - p.delivered) / s.ok if s.ok else None, 3),
@@ -222,7 +244,7 @@ def print_table(title: str, phases: Sequence[Phase]) -> None:
 def print_daemon_lines(phases: Sequence[Phase]) -> None:
     print("\nthe daemon's own view (its last line after SIGTERM):")
     for p in phases:
-        print(f"  {p.name:<14} {(p.stopped_line or 'no stopped line').split('stopped: ')[-1]}")
+        print(f"  {p.name:<18} {(p.stopped_line or 'no stopped line').split('stopped: ')[-1]}")
     for p in phases:
         if (p.others_cores or 0) > QUIET_BUSY_CORES / 2:
             print(
@@ -420,3 +442,104 @@ def side_by_side(udp: Sequence[Phase], steps: Sequence[Phase]) -> None:
     print(f"\nside by side\n  {'':<30}{'emulator run':>24}{right:>28}")
     for label, (left, value) in rows:
         print(f"  {label:<30}{left:>24}{value:>28}")
+
+
+def _pairs(
+    emulator: Sequence[Phase], standin: Sequence[Phase]
+) -> list[tuple[str, list[Phase], list[Phase]]]:
+    """(label, plain phases, metadata phases): the emulator run's UDP phases
+    at the daemon's default rcvbuf (medians over the repeats), then each
+    stand-in rate that has both."""
+    out = []
+    udp = [p for p in emulator if p.transport == "udp" and p.rcvbuf is None]
+    plain = [p for p in udp if not p.metadata]
+    meta = [p for p in udp if p.metadata]
+    if plain and meta:
+        rate = plain[0].rate
+        out.append(
+            (f"emulator run {rate / 1000:g}k/s, median of {len(plain)}/{len(meta)}", plain, meta)
+        )
+    for m in sorted(standin, key=lambda p: p.rate):
+        if m.metadata:
+            same = [p for p in standin if not p.metadata and p.rate == m.rate]
+            if same:
+                out.append((f"stand-in run {m.rate / 1000:g}k/s", same, [m]))
+    return out
+
+
+def metadata_diff(plain: Sequence[Phase], meta: Sequence[Phase]) -> float | None:
+    """Metadata's daemon CPU µs/event over the plain path's (medians)."""
+    a = _median([p.cpu_us_per_event for p in plain])
+    b = _median([p.cpu_us_per_event for p in meta])
+    return None if a is None or b is None else b - a
+
+
+def plain_vs_metadata(emulator: Sequence[Phase], standin: Sequence[Phase]) -> list[str]:
+    """Plain and metadata phases of the same run and rate, side by side: daemon
+    CPU per event and its difference, loss, mean messages per Publish request
+    and requests per second (medians where there are repeats); then the
+    target lines. Empty when no run had both."""
+    pairs = _pairs(emulator, standin)
+    if not pairs:
+        return []
+    meta = next(m for _, _, ms in pairs for m in ms)
+    assert meta.metadata is not None
+    keys = meta.metadata.keys
+    lines = [
+        "",
+        f"plain vs metadata (UDP; metadata: {len(meta.metadata.attributes)} attributes from "
+        f"event fields, ordering key of "
+        f"{keys} distinct values, 1 route taking {100 / keys:g} % to a 2nd topic)",
+        f"  {'':<38}{'daemon CPU µs/event':>26}{'loss % of offered':>20}"
+        f"{'events/request':>18}{'requests/s':>18}",
+        f"  {'':<38}{'plain':>8}{'meta':>8}{'diff':>10}{'plain':>10}{'meta':>10}"
+        f"{'plain':>9}{'meta':>9}{'plain':>9}{'meta':>9}",
+    ]
+    for label, plain, metas in pairs:
+
+        def med(phases: Sequence[Phase], f: Callable[[Phase], float | None]) -> float | None:
+            return _median([f(p) for p in phases])
+
+        diff = metadata_diff(plain, metas)
+        lines.append(
+            f"  {label:<38}"
+            f"{_n(med(plain, lambda p: p.cpu_us_per_event), 2):>8}"
+            f"{_n(med(metas, lambda p: p.cpu_us_per_event), 2):>8}"
+            f"{'-' if diff is None else f'{diff:+.2f}':>10}"
+            f"{_n(med(plain, lambda p: p.loss_pct), 3):>10}"
+            f"{_n(med(metas, lambda p: p.loss_pct), 3):>10}"
+            f"{_n(med(plain, lambda p: p.events_per_request), 1):>9}"
+            f"{_n(med(metas, lambda p: p.events_per_request), 1):>9}"
+            f"{_n(med(plain, lambda p: p.requests_per_s)):>9}"
+            f"{_n(med(metas, lambda p: p.requests_per_s)):>9}"
+        )
+        if len(plain) > 1 or len(metas) > 1:
+            lines.append(
+                f"  {'  ranges':<38}µs/event plain {_span([p.cpu_us_per_event for p in plain], 2)}"
+                f", meta {_span([p.cpu_us_per_event for p in metas], 2)}; loss plain "
+                f"{_span([p.loss_pct for p in plain], 3)}, meta "
+                f"{_span([p.loss_pct for p in metas], 3)}"
+            )
+    wrong = sum(p.verification.wrong_metadata for _, _, ms in pairs for p in ms if p.verification)
+    routed = [
+        (p.verification.routed, p.delivered) for _, _, ms in pairs for p in ms if p.verification
+    ]
+    share = sum(r for r, _ in routed) / max(1, sum(d for _, d in routed))
+    lines.append(
+        f"  metadata checked on every delivered event: {wrong:,} with wrong attributes, "
+        f"ordering key or topic; {100 * share:.2f} % arrived on the route's topic"
+    )
+    diffs = [(label, metadata_diff(plain, metas)) for label, plain, metas in pairs]
+    known = [d for _, d in diffs if d is not None]
+    ok = bool(known) and len(known) == len(diffs) and max(known) <= TARGET_METADATA_EXTRA_US
+    lines.append(
+        f"  {verdict(ok and not wrong)}  metadata costs <= {TARGET_METADATA_EXTRA_US:g} µs/event "
+        "more daemon CPU than plain: "
+        + "; ".join(f"{label} {'-' if d is None else f'{d:+.2f}'}" for label, d in diffs)
+    )
+    met = [p.meets(p.rate) for _, _, ms in pairs for p in ms]
+    lines.append(
+        f"        metadata phases within the loss bound ({TARGET_LOSS_PCT} %): "
+        f"{sum(met)} of {len(met)}"
+    )
+    return lines

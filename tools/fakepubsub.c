@@ -17,13 +17,23 @@
  *     probe, --create-topic): echoed, since GetTopicRequest.topic and
  *     Topic.name are both field 1, so every topic exists;
  *   - JSON (starts with '{'): the bench's Report, {"first_seq":F,
- *     "expected":E}; answered with the counts since the last report, which
- *     are then reset, and E sequence numbers from F are checked from then on.
+ *     "expected":E} (and for the metadata run "keys", "attributes",
+ *     "route_topic", "routed": below); answered with the counts since the
+ *     last report, which are then reset, and E sequence numbers from F are
+ *     checked from then on.
  * Anything else is INVALID_ARGUMENT. It stores nothing and is no Pub/Sub.
  *
  * The check, inline (a few hundredths of a us a message): the data must be byte for byte the
  * event loadgen sends for its seq and sent_us; distinct seqs are kept in a
- * bitmap, with the latency from sent_us to this request's arrival. */
+ * bitmap, with the latency from sent_us to this request's arrival.
+ *
+ * The metadata run (tools/verify.py's Metadata; a Report with "keys": N > 0):
+ * events carry ,"user":"u<seq % N>" last (loadgen --keys); each distinct
+ * event's message must have that user as its ordering key (field 5), exactly
+ * the attributes of "attributes" ("k=v,k=v": map entries, field 2, in any
+ * order), and have been published to the topic whose ID is "route_topic"
+ * exactly when its user is "routed"; any other is counted in wrong_metadata.
+ * Names are plain text (no JSON escapes), as the bench makes them. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -49,6 +59,9 @@
 #define EVENT_MID ",\"sent_us\":"
 #define EVENT_TAIL ",\"host\":\"web-01\",\"method\":\"GET\",\"path\":\"/api/v1/orders\"," \
                    "\"status\":200,\"dur_ms\":12.5}"
+#define EVENT_USER ",\"user\":\"u"    /* --keys: EVENT_TAIL less its '}', this, the number, "} */
+#define MAX_ATTRS 16
+#define NAME_MAX_LEN 256
 
 /* ------------------------------------------------------------ the ledger */
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -57,7 +70,19 @@ static struct {
     long long first_seq, expected;
     unsigned char *seen;
     long long *lat;
+    /* the metadata run's expectations (keys > 0) and findings */
+    long long keys, wrong_metadata, routed;
+    char route_topic[NAME_MAX_LEN], routed_user[NAME_MAX_LEN];
+    int n_attrs;
+    char attr_key[MAX_ATTRS][NAME_MAX_LEN], attr_value[MAX_ATTRS][NAME_MAX_LEN];
 } L;
+
+/* What a message carries besides its data, and where it was published. */
+struct meta {
+    const unsigned char *key; size_t key_len;   /* ordering key (field 5) */
+    const unsigned char *attrs; size_t attrs_len;  /* the message, to walk its map entries */
+    int to_route;                                /* published to L.route_topic */
+};
 
 static long long now_us(void) {  /* wall clock: compared with the senders' stamps */
     struct timespec ts;
@@ -81,20 +106,69 @@ static long long number(const unsigned char *p, size_t n, size_t *used) {
     return v;
 }
 
-/* Under mu. One message's data, checked as a loadgen event. */
-static void check_event(const unsigned char *d, size_t n, long long arrived) {
-    size_t a, b, head = sizeof EVENT_HEAD - 1, mid = sizeof EVENT_MID - 1, tail = sizeof EVENT_TAIL - 1;
-    long long seq, sent;
+static int varint(const unsigned char **p, const unsigned char *end, uint64_t *out);
+
+/* Whether a message's attributes are exactly L's: each map entry (field 2:
+ * key = 1, value = 2) one of them, and as many. */
+static int attributes_match(const unsigned char *q, const unsigned char *end) {
+    int found = 0;
+    while (q < end) {
+        uint64_t tag, len;
+        if (varint(&q, end, &tag) || (tag & 7) != 2 || varint(&q, end, &len) || len > (uint64_t)(end - q)) return 0;
+        const unsigned char *e = q, *e_end = q + len, *k = NULL, *v = NULL;
+        size_t k_len = 0, v_len = 0;
+        q += len;
+        if (tag >> 3 != 2) continue;
+        while (e < e_end) {
+            uint64_t t, l;
+            if (varint(&e, e_end, &t) || (t & 7) != 2 || varint(&e, e_end, &l) || l > (uint64_t)(e_end - e)) return 0;
+            if (t >> 3 == 1) { k = e; k_len = l; } else if (t >> 3 == 2) { v = e; v_len = l; }
+            e += l;
+        }
+        int ok = 0;
+        for (int i = 0; i < L.n_attrs && !ok; i++)
+            ok = k && v && strlen(L.attr_key[i]) == k_len && !memcmp(L.attr_key[i], k, k_len) &&
+                 strlen(L.attr_value[i]) == v_len && !memcmp(L.attr_value[i], v, v_len);
+        if (!ok) return 0;
+        found++;
+    }
+    return found == L.n_attrs;
+}
+
+/* Under mu. One message's data, checked as a loadgen event; with L.keys, the
+ * --keys variant, and its metadata (m) as the top of this file says. */
+static void check_event(const unsigned char *d, size_t n, long long arrived, const struct meta *m) {
+    size_t a, b, c = 0, head = sizeof EVENT_HEAD - 1, mid = sizeof EVENT_MID - 1, tail = sizeof EVENT_TAIL - 1;
+    size_t user = sizeof EVENT_USER - 1;
+    long long seq, sent, u = 0;
     if (n < head || memcmp(d, EVENT_HEAD, head)) goto foreign;
     if ((seq = number(d + head, n - head, &a)) < 0) goto foreign;
     if (n < head + a + mid || memcmp(d + head + a, EVENT_MID, mid)) goto foreign;
     if ((sent = number(d + head + a + mid, n - head - a - mid, &b)) < 0) goto foreign;
-    if (n != head + a + mid + b + tail || memcmp(d + head + a + mid + b, EVENT_TAIL, tail)) goto foreign;
+    const unsigned char *t = d + head + a + mid + b;
+    size_t rest = n - head - a - mid - b;
+    if (!L.keys) {
+        if (rest != tail || memcmp(t, EVENT_TAIL, tail)) goto foreign;
+    } else {  /* EVENT_TAIL less '}', ,"user":"u, seq % keys, "} */
+        if (rest < tail - 1 + user || memcmp(t, EVENT_TAIL, tail - 1) || memcmp(t + tail - 1, EVENT_USER, user))
+            goto foreign;
+        t += tail - 1 + user;
+        rest -= tail - 1 + user;
+        if ((u = number(t, rest, &c)) < 0 || u != seq % L.keys || rest != c + 2 || memcmp(t + c, "\"}", 2))
+            goto foreign;
+    }
     long long i = seq - L.first_seq;
     if (i < 0 || i >= L.expected) goto foreign;
     if (L.seen[i]) { L.duplicates++; return; }
     L.seen[i] = 1;
     L.lat[L.distinct++] = arrived - sent;
+    if (L.keys) {  /* the user's text is t[0..c), "u" before it */
+        int routed = strlen(L.routed_user) == c + 1 && L.routed_user[0] == 'u' && !memcmp(L.routed_user + 1, t, c);
+        L.routed += m->to_route;
+        if (m->key_len != c + 1 || m->key[0] != 'u' || memcmp(m->key + 1, t, c) || routed != m->to_route ||
+            !attributes_match(m->attrs, m->attrs + m->attrs_len))
+            L.wrong_metadata++;
+    }
     return;
 foreign:
     L.foreign++;
@@ -139,13 +213,15 @@ static long long walk(const unsigned char *p, const unsigned char *end, int want
     return found;
 }
 
-struct publish { long long arrived; int bad; };
+struct publish { long long arrived; int bad, to_route; };
 
-/* One PubsubMessage (every field of which is LEN): its data is checked. */
+/* One PubsubMessage (every field of which is LEN: data 1, attributes 2,
+ * ordering_key 5): its data is checked, and with L.keys its metadata. */
 static void data_field(const unsigned char *p, size_t n, void *arg) {
     struct publish *pub = arg;
     const unsigned char *q = p, *end = p + n, *data = q;
     uint64_t data_len = 0;
+    struct meta m = {(const unsigned char *)"", 0, p, n, pub->to_route};
     while (q < end) {
         uint64_t key, v;
         if (varint(&q, end, &key) || (key & 7) != 2 || varint(&q, end, &v) || v > (uint64_t)(end - q)) {
@@ -153,9 +229,28 @@ static void data_field(const unsigned char *p, size_t n, void *arg) {
             return;
         }
         if ((key >> 3) == 1) { data = q; data_len = v; }
+        else if ((key >> 3) == 5) { m.key = q; m.key_len = v; }
         q += v;
     }
-    check_event(data, data_len, pub->arrived);
+    check_event(data, data_len, pub->arrived, &m);
+}
+
+/* Whether a PublishRequest's topic (field 1) has the ID L.route_topic. */
+static int to_route(const unsigned char *p, const unsigned char *end) {
+    size_t want = strlen(L.route_topic);
+    while (want && p < end) {
+        uint64_t key, v;
+        if (varint(&p, end, &key)) return 0;
+        if ((key & 7) != 2) return 0;  /* a PublishRequest has LEN fields only */
+        if (varint(&p, end, &v) || v > (uint64_t)(end - p)) return 0;
+        if ((key >> 3) == 1) {
+            const unsigned char *slash = p + v;
+            while (slash > p && slash[-1] != '/') slash--;
+            return (size_t)(p + v - slash) == want && !memcmp(slash, L.route_topic, want);
+        }
+        p += v;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------ HTTP/2 */
@@ -282,12 +377,27 @@ static unsigned char *ids_for(long long n, size_t *len) {
     return out;
 }
 
+/* A string member of the Report's JSON ("name": "text", no escapes) into out. */
+static void json_text(const char *ask, const char *name, char *out, size_t cap) {
+    out[0] = 0;
+    const char *at = strstr(ask, name);
+    if (!at) return;
+    at += strlen(name);
+    while (*at == ' ' || *at == ':') at++;
+    if (*at++ != '"') return;
+    size_t i = 0;
+    while (*at && *at != '"' && i + 1 < cap) out[i++] = *at++;
+    out[i] = 0;
+}
+
 static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
-    char ask[256] = {0};
+    char ask[4096] = {0}, attrs[4096];
     memcpy(ask, req, n < sizeof ask - 1 ? n : sizeof ask - 1);
     const char *f = strstr(ask, "\"first_seq\":"), *e = strstr(ask, "\"expected\":");
+    const char *k = strstr(ask, "\"keys\":");
     long long first = f ? strtoll(f + 12, NULL, 10) : 0;
     long long expected = e ? strtoll(e + 11, NULL, 10) : 0;
+    long long keys = k ? strtoll(k + 7, NULL, 10) : 0;
     double cpu0 = cpu_s();
     pthread_mutex_lock(&mu);
     qsort(L.lat, (size_t)L.distinct, sizeof *L.lat, cmp_ll);
@@ -296,8 +406,10 @@ static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
     int at = snprintf(out, cap,
                       "{\"requests\": %lld, \"messages\": %lld, \"unchecked\": 0, \"probes\": %lld, "
                       "\"distinct\": %lld, \"duplicates\": %lld, \"foreign\": %lld, \"last_us\": %lld, "
+                      "\"metadata_checked\": %s, \"wrong_metadata\": %lld, \"routed\": %lld, "
                       "\"latency_quantiles_us\": [",
-                      L.requests, L.messages, L.probes, L.distinct, L.duplicates, L.foreign, L.last_us);
+                      L.requests, L.messages, L.probes, L.distinct, L.duplicates, L.foreign, L.last_us,
+                      L.keys ? "true" : "false", L.wrong_metadata, L.routed);
     if (L.distinct) {
         for (long long i = 0; i <= QUANTILES; i++) {
             long long k = i < QUANTILES ? i * L.distinct / QUANTILES : L.distinct - 1;
@@ -308,6 +420,19 @@ static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
     memset(&L, 0, sizeof L);
     L.first_seq = first;
     L.expected = expected > 0 ? expected : 0;
+    L.keys = keys > 0 ? keys : 0;
+    json_text(ask, "\"route_topic\"", L.route_topic, sizeof L.route_topic);
+    json_text(ask, "\"routed\"", L.routed_user, sizeof L.routed_user);
+    json_text(ask, "\"attributes\"", attrs, sizeof attrs);
+    for (char *save = NULL, *pair = strtok_r(attrs, ",", &save); pair && L.n_attrs < MAX_ATTRS;
+         pair = strtok_r(NULL, ",", &save)) {  /* "k=v,k=v" */
+        char *eq = strchr(pair, '=');
+        if (!eq) continue;
+        *eq = 0;
+        snprintf(L.attr_key[L.n_attrs], NAME_MAX_LEN, "%s", pair);
+        snprintf(L.attr_value[L.n_attrs], NAME_MAX_LEN, "%s", eq + 1);
+        L.n_attrs++;
+    }
     L.seen = calloc((size_t)L.expected + 1, 1);
     L.lat = malloc(((size_t)L.expected + 1) * sizeof *L.lat);
     pthread_mutex_unlock(&mu);
@@ -338,8 +463,9 @@ static int handle(struct conn *c, uint32_t id, const unsigned char *b, size_t n)
             memcpy(out, m, mlen);
             len = mlen;
         } else {
-            struct publish pub = {arrived, 0};
+            struct publish pub = {arrived, 0, 0};
             pthread_mutex_lock(&mu);
+            pub.to_route = to_route(m, m + mlen);
             L.requests++;
             L.messages += count;
             if (arrived > L.last_us) L.last_us = arrived;

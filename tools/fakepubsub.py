@@ -26,7 +26,13 @@ ingest/topic.py) and one of its own:
   a string, so the bytes are a Topic named as asked;
 - ``ingest.bench.FakePublisher/Report``, JSON ``{"first_seq": F,
   "expected": E}``: the counts since the last report (then reset), and from
-  now on E sequence numbers from F are checked.
+  now on E sequence numbers from F are checked. For the bench's metadata run
+  it also names what the messages must carry (tools/verify.py's Metadata):
+  ``"keys": N`` (events sent with ``tools.loadgen --keys N``), ``"attributes":
+  "k=v,k=v"``, ``"route_topic"`` and ``"routed"`` (the user whose events go
+  to that topic ID); each distinct event's ordering key, attributes and topic
+  are then checked (``wrong_metadata``), and those on the route's topic
+  counted (``routed``). Any topic is accepted.
 
 Two implementations, one protocol. tools/fakepubsub.c (built with the
 machine's C compiler on first use, as tools/loadgen.c is) speaks just enough
@@ -60,6 +66,7 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from tools import cbuild
 from tools.emulator import free_port, stop_process_group
 from tools.loadgen import event_bytes, parse_event
+from tools.verify import Metadata
 
 C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepubsub.c")
 _PublishRequest = pubsub_types.PublishRequest.pb()
@@ -84,6 +91,8 @@ class Ledger:
     probes: int = 0  # GetTopic / CreateTopic calls
     first_seq: int = 0  # the range of sequence numbers checked (set by a report)
     expected: int = 0
+    metadata: Metadata | None = None  # and what their messages carry (set by a report)
+    route_topic: str = ""  # the topic ID the metadata's ``routed`` user goes to
     _ids: dict[int, bytes] = field(default_factory=dict)
 
     def response(self, count: int) -> bytes:
@@ -123,9 +132,10 @@ class Ledger:
         ask = json.loads(request or b"{}")
         with self.lock:
             kept, self.kept = self.kept, []
-            checked = (self.first_seq, self.expected)
+            checked = (self.first_seq, self.expected, self.metadata, self.route_topic)
             self.first_seq = int(ask.get("first_seq", 0))
             self.expected = int(ask.get("expected", 0))
+            self.metadata, self.route_topic = metadata_of(ask)
             out: dict[str, Any] = {
                 "requests": self.requests,
                 "messages": self.messages,
@@ -137,19 +147,39 @@ class Ledger:
         return json.dumps(out).encode()
 
 
-def check(kept: list[tuple[int, bytes, int]], first_seq: int, expected: int) -> dict[str, Any]:
+def metadata_of(ask: dict[str, Any]) -> tuple[Metadata | None, str]:
+    """A Report's expectations of the metadata run (see the top), if any."""
+    keys = int(ask.get("keys", 0))
+    if keys <= 0:
+        return None, ""
+    pairs = [pair.partition("=") for pair in str(ask.get("attributes", "")).split(",") if pair]
+    attributes = tuple((key, value) for key, _, value in pairs)
+    return Metadata(keys, attributes, str(ask.get("routed", ""))), str(ask.get("route_topic", ""))
+
+
+def check(
+    kept: list[tuple[int, bytes, int]],
+    first_seq: int,
+    expected: int,
+    metadata: Metadata | None = None,
+    route_topic: str = "",
+) -> dict[str, Any]:
     """Distinct, duplicate and foreign events in the kept requests (as
-    tools/verify.py counts them: every message byte for byte), and the
-    latency (send -> arrival here) quantiles of the distinct ones."""
+    tools/verify.py counts them: every message byte for byte, and with
+    ``metadata`` its attributes, ordering key and topic), and the latency
+    (send -> arrival here) quantiles of the distinct ones."""
     started = time.process_time()
     seen = bytearray(expected)
     latencies: list[int] = []
     append = latencies.append
-    duplicates = foreign = 0
+    duplicates = foreign = wrong = routed = 0
+    keys = metadata.keys if metadata else 0
     last_us = 0
     for arrived_us, request, _ in kept:
         last_us = max(last_us, arrived_us)
-        for message in _PublishRequest.FromString(request).messages:
+        parsed = _PublishRequest.FromString(request)
+        topic = int(parsed.topic.rpartition("/")[2] == route_topic)
+        for message in parsed.messages:
             data = message.data
             try:
                 seq, sent_us = parse_event(data)
@@ -157,13 +187,16 @@ def check(kept: list[tuple[int, bytes, int]], first_seq: int, expected: int) -> 
                 foreign += 1
                 continue
             index = seq - first_seq
-            if not 0 <= index < expected or data != event_bytes(seq, sent_us):
+            if not 0 <= index < expected or data != event_bytes(seq, sent_us, keys):
                 foreign += 1
             elif seen[index]:
                 duplicates += 1
             else:
                 seen[index] = 1
                 append(arrived_us - sent_us)
+                if metadata is not None:
+                    routed += topic
+                    wrong += metadata.wrong(seq, message.attributes, message.ordering_key, topic)
     latencies.sort()
     quantiles = []
     if latencies:
@@ -177,6 +210,9 @@ def check(kept: list[tuple[int, bytes, int]], first_seq: int, expected: int) -> 
         "duplicates": duplicates,
         "foreign": foreign,
         "last_us": last_us,
+        "metadata_checked": metadata is not None,
+        "wrong_metadata": wrong,
+        "routed": routed,
         "latency_quantiles_us": quantiles,
         "check_cpu_s": time.process_time() - started,
     }
@@ -254,12 +290,27 @@ class FakePubSub:
             ) from None
         return self
 
-    def report(self, first_seq: int, expected: int, timeout_s: float = 300.0) -> dict[str, Any]:
+    def report(
+        self,
+        first_seq: int,
+        expected: int,
+        metadata: Metadata | None = None,
+        route_topic: str = "",
+        timeout_s: float = 300.0,
+    ) -> dict[str, Any]:
         """Counts since the last report (then reset); the sequence numbers
-        checked from now on: ``expected`` of them from ``first_seq``."""
+        checked from now on: ``expected`` of them from ``first_seq``, and with
+        ``metadata`` what their messages carry (``route_topic``: the ID of the
+        topic its ``routed`` user's events go to)."""
         assert self._channel is not None
         call = self._channel.unary_unary(REPORT_METHOD)
-        ask = json.dumps({"first_seq": first_seq, "expected": expected}).encode()
+        fields: dict[str, Any] = {"first_seq": first_seq, "expected": expected}
+        if metadata is not None:
+            fields["keys"] = metadata.keys
+            fields["attributes"] = ",".join(f"{k}={v}" for k, v in metadata.attributes)
+            fields["route_topic"] = route_topic
+            fields["routed"] = metadata.routed
+        ask = json.dumps(fields).encode()
         result: dict[str, Any] = json.loads(call(ask, timeout=timeout_s))
         return result
 

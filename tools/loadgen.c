@@ -2,7 +2,8 @@
  * arguments and JSON report, at a fraction of the CPU (sendmmsg, no
  * interpreter). On a 2-core machine the Python sender's ~4 us per event was a
  * third of a core at 150k events/s, taken from the daemon under test.
- * Built on demand by tools/loadgen.py (cc -O2); see that file for the rules. */
+ * Built on demand by tools/loadgen.py (cc -O2); see that file for the rules
+ * (--keys N: each event also carries "user":"u<seq % N>", last). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netinet/in.h>
@@ -18,6 +19,9 @@
 #define BATCH 64
 #define TEMPLATE "{\"seq\":%lld,\"sent_us\":%lld,\"host\":\"web-01\",\"method\":\"GET\"," \
                  "\"path\":\"/api/v1/orders\",\"status\":200,\"dur_ms\":12.5}"
+/* --keys N: TEMPLATE with ,"user":"u<seq % N>" before the closing brace */
+#define KEYED_TEMPLATE "{\"seq\":%lld,\"sent_us\":%lld,\"host\":\"web-01\",\"method\":\"GET\"," \
+                       "\"path\":\"/api/v1/orders\",\"status\":200,\"dur_ms\":12.5,\"user\":\"u%lld\"}"
 
 static double mono(void) {
     struct timespec ts;
@@ -46,7 +50,7 @@ static void sleep_s(double s) {
 int main(int argc, char **argv) {
     const char *udp = NULL, *unix_path = NULL;
     double rate = 0, seconds = 0, slot_ms = 1.0, start_at = 0;
-    long long first = 0, index = 0, count = 1;
+    long long first = 0, index = 0, count = 1, keys = 0;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--udp")) udp = v;
@@ -58,10 +62,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--count")) count = atoll(v);
         else if (!strcmp(k, "--slot-ms")) slot_ms = atof(v);
         else if (!strcmp(k, "--start-at")) start_at = atof(v);
+        else if (!strcmp(k, "--keys")) keys = atoll(v);
         else { fprintf(stderr, "loadgen: unknown argument %s\n", k); return 2; }
     }
-    if (rate <= 0 || seconds <= 0 || (!udp == !unix_path)) {
-        fprintf(stderr, "loadgen: need --rate, --seconds and one of --udp/--unix\n");
+    if (rate <= 0 || seconds <= 0 || (!udp == !unix_path) || keys < 0) {
+        fprintf(stderr, "loadgen: need --rate, --seconds and one of --udp/--unix (--keys >= 0)\n");
         return 2;
     }
     int fd;
@@ -108,7 +113,9 @@ int main(int argc, char **argv) {
         while (due > 0) {
             int n = due < BATCH ? (int)due : BATCH;
             for (int i = 0; i < n; i++) {
-                iov[i].iov_len = snprintf(bufs[i], sizeof bufs[i], TEMPLATE, seq, sent_us);
+                iov[i].iov_len = keys
+                    ? snprintf(bufs[i], sizeof bufs[i], KEYED_TEMPLATE, seq, sent_us, seq % keys)
+                    : snprintf(bufs[i], sizeof bufs[i], TEMPLATE, seq, sent_us);
                 seq += count;
             }
             int done = 0;

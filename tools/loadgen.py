@@ -15,6 +15,11 @@ exact payload, so the verifier can check delivery byte for byte. With several
 sender processes, sender ``index`` of ``count`` sends the sequence numbers
 ``first + index + count * k``.
 
+``--keys N`` (the bench's metadata run) adds one field with N distinct values
+to every event, ``"user":"u<seq % N>"``, last, so that an ordering key, an
+attribute or a route can be read from it; without it the events are byte for
+byte the plain ones, and ``parse_event`` reads both.
+
 Prints one JSON object with the counts on stdout when done.
 
 The same sender in C (tools/loadgen.c: same events, schedule, arguments and
@@ -46,9 +51,19 @@ EVENT_TEMPLATE = (
     b'"path":"/api/v1/orders","status":200,"dur_ms":12.5}'
 )
 SEQ_OFFSET = len(b'{"seq":')
+# --keys N: the same event with "user":"u<seq % N>" before the closing brace.
+KEYED_TEMPLATE = EVENT_TEMPLATE[:-1] + b',"user":"u%d"}'
 
 
-def event_bytes(seq: int, sent_us: int) -> bytes:
+def user_of(seq: int, keys: int) -> str:
+    """The ``user`` field of event ``seq`` sent with ``--keys keys``."""
+    return f"u{seq % keys}"
+
+
+def event_bytes(seq: int, sent_us: int, keys: int = 0) -> bytes:
+    """The event sent for ``seq`` (with ``keys``: the ``--keys`` variant)."""
+    if keys:
+        return KEYED_TEMPLATE % (seq, sent_us, seq % keys)
     return EVENT_TEMPLATE % (seq, sent_us)
 
 
@@ -84,10 +99,13 @@ def run(
     slot_s: float,
     start_at: float,
     give_up_s: float,
+    keys: int = 0,
 ) -> dict[str, object]:
-    """Send ``total`` events at ``rate``/s from ``start_at`` (time.monotonic)."""
+    """Send ``total`` events at ``rate``/s from ``start_at`` (time.monotonic);
+    with ``keys``, each carries ``"user":"u<seq % keys>"``."""
     send = sock.send
     template = EVENT_TEMPLATE
+    keyed = KEYED_TEMPLATE
     monotonic = time.monotonic
     attempted = ok = eagain = 0
     errors: Counter[str] = Counter()
@@ -113,7 +131,10 @@ def run(
         sent_us = int((wall_t0 + (now - t0)) * 1e6)
         for _ in range(due):
             try:
-                send(template % (seq, sent_us))
+                if keys:
+                    send(keyed % (seq, sent_us, seq % keys))
+                else:
+                    send(template % (seq, sent_us))
                 ok += 1
             except BlockingIOError:
                 eagain += 1
@@ -164,9 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1, help="number of senders")
     parser.add_argument("--slot-ms", type=float, default=1.0)
     parser.add_argument(
+        "--keys",
+        type=int,
+        default=0,
+        help='events also carry "user":"u<seq %% N>" (N distinct values; 0: plain events)',
+    )
+    parser.add_argument(
         "--start-at", type=float, default=0.0, help="time.monotonic() to start at (sync)"
     )
     args = parser.parse_args(argv)
+    if args.keys < 0:
+        parser.error("--keys: must be >= 0")
     total = int(args.rate * args.seconds)
     sock = connect(args.udp, args.unix)
     try:
@@ -179,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             slot_s=args.slot_ms / 1000,
             start_at=args.start_at or time.monotonic(),
             give_up_s=args.seconds * 2 + 5,
+            keys=args.keys,
         )
     finally:
         sock.close()
