@@ -41,8 +41,8 @@ VALUE_TOO_LONG = "value_too_long"  # over PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
 NOT_SCALAR = "not_scalar"  # an object or an array (an attribute or the ordering key)
 ORDERING_KEY_TOO_LONG = "ordering_key_too_long"  # over PUBSUB_MAX_ORDERING_KEY_BYTES
 SKIP_REASONS = (VALUE_TOO_LONG, NOT_SCALAR, ORDERING_KEY_TOO_LONG)
-ATTRIBUTE_LIMIT = (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, VALUE_TOO_LONG)
-ORDERING_KEY_LIMIT = (PUBSUB_MAX_ORDERING_KEY_BYTES, ORDERING_KEY_TOO_LONG)
+ORDERING_SLOT = -1  # the ordering key's slot in MessageBuilder's cache (fields: 0, 1, ...)
+PIECES_CACHED = 4096
 
 # Where a message goes: (topic number, ordering key). Messages of one lane
 # share requests; a lane with a key has at most one request in flight.
@@ -71,11 +71,12 @@ class Route:
     attribute rules: a string as it is, a number or boolean as its JSON
     text) go to topic number ``topic`` (0 is --topic)."""
 
-    __slots__ = ("path", "topic", "value")
+    __slots__ = ("path", "text", "topic", "value")
 
     def __init__(self, topic: int, path: str, value: str) -> None:
         self.topic = topic
         self.path = tuple(path.split("."))
+        self.text = value
         self.value = value.encode()
 
 
@@ -121,7 +122,13 @@ class MessageBuilder:
         routes: Sequence[Route] = (),
     ) -> None:
         self._static = b"".join(encode_attribute(k.encode(), v.encode()) for k, v in static)
-        self._fields = tuple((key.encode(), tuple(path.split("."))) for key, path in fields)
+        self._keys = tuple(key.encode() for key, _ in fields)
+        self._paths = tuple(tuple(path.split(".")) for _, path in fields)
+        # Encoded pieces by (slot, type, value); bounded (cleared when full),
+        # and values over the attribute limit are never kept: at most
+        # PIECES_CACHED x ~3 KiB (value, text, piece).
+        self._data_headers: dict[int, bytes] = {}  # data's tag and length, by length
+        self._pieces: dict[tuple[int, type, object], tuple[bytes, bytes] | str] = {}
         self._ordering = tuple(ordering_field.split(".")) if ordering_field else None
         self._routes = tuple(routes)
         self._skipped = skipped
@@ -134,36 +141,71 @@ class MessageBuilder:
         return twin
 
     def build(self, data: bytes, event: dict[str, object]) -> tuple[Lane, bytes]:
-        parts = [encode_data(data), self._static, self.sender]
-        for key, path in self._fields:
-            raw = self._text(field_of(event, path), ATTRIBUTE_LIMIT)
-            if raw is not None:
-                parts.append(encode_attribute(key, raw))
+        size = len(data)
+        header = self._data_headers.get(size)
+        if header is None:
+            header = self._data_headers[size] = b"\x0a" + varint(size)  # as encode_data
+        parts = [header, data, self._static, self.sender]
+        for slot, path in enumerate(self._paths):
+            value = field_of(event, path)
+            if value is not None:
+                piece = self._piece(slot, value)
+                if piece is not None:
+                    parts.append(piece[0])
         key = b""
         if self._ordering is not None:
-            raw = self._text(field_of(event, self._ordering), ORDERING_KEY_LIMIT)
-            if raw:
-                key = raw
-                parts.append(b"\x2a" + varint(len(raw)) + raw)
+            value = field_of(event, self._ordering)
+            if value is not None:
+                piece = self._piece(ORDERING_SLOT, value)
+                if piece is not None:
+                    parts.append(piece[0])
+                    key = piece[1]
         topic = 0
         for route in self._routes:
             value = field_of(event, route.path)
-            if value is not None and scalar_text(value) == route.value:
+            if value is None:
+                continue
+            if value == route.text if type(value) is str else scalar_text(value) == route.value:
                 topic = route.topic
                 break
         return (topic, key), b"".join(parts)
 
-    def _text(self, value: object, limit: tuple[int, str]) -> bytes | None:
-        """An attribute's (or the ordering key's) text, or None, counted when skipped."""
-        if value is None:
-            return None
-        raw = scalar_text(value)
-        if raw is None:
+    def _piece(self, slot: int, value: object) -> tuple[bytes, bytes] | None:
+        """The encoded attribute entry (or ordering key field) for a field's
+        value, and its text; None when it is skipped, counted. Encodings are
+        cached by value: the same few values (a kind, a status, a user id)
+        recur, and encoding one costs more than finding it."""
+        kind = type(value)
+        if kind is dict or kind is list:
             self._skipped[NOT_SCALAR] += 1
-        elif len(raw) > limit[0]:
-            self._skipped[limit[1]] += 1
-            raw = None
-        return raw
+            return None
+        cached: tuple[bytes, bytes] | str | None
+        if isinstance(value, str) and len(value) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:
+            cached = self._encode(slot, value)  # too long in any case: never cached
+        else:
+            cache_key = (slot, kind, value)  # the type too: True == 1 == 1.0, not as text
+            cached = self._pieces.get(cache_key)
+            if cached is None:
+                cached = self._encode(slot, value)
+                if len(self._pieces) >= PIECES_CACHED:
+                    self._pieces.clear()
+                self._pieces[cache_key] = cached
+        if isinstance(cached, str):
+            self._skipped[cached] += 1
+            return None
+        return cached
+
+    def _encode(self, slot: int, value: object) -> tuple[bytes, bytes] | str:
+        """What ``_piece`` caches: (piece, text), or the reason it is skipped."""
+        raw = scalar_text(value)
+        assert raw is not None  # objects and arrays were turned away before
+        if slot == ORDERING_SLOT:
+            if len(raw) > PUBSUB_MAX_ORDERING_KEY_BYTES:
+                return ORDERING_KEY_TOO_LONG
+            return (b"\x2a" + varint(len(raw)) + raw if raw else b""), raw
+        if len(raw) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:
+            return VALUE_TOO_LONG
+        return encode_attribute(self._keys[slot], raw), raw
 
     def adopt_data(self, events: list[bytes]) -> list[tuple[Lane, bytes]]:
         """Events an earlier run spooled as plain data, given this

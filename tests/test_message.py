@@ -297,3 +297,18 @@ def test_a_spooled_event_that_is_not_an_object_is_still_published_as_data() -> N
         b'{"ok":1}',
         {"host": "web-1"},
     )
+
+
+def test_cached_encodings_keep_types_apart_and_count_every_skip() -> None:
+    """Encodings are cached by value: true, 1 and 1.0 are equal in Python
+    but not as text, and a skipped value is counted each time, not once."""
+    skipped: defaultdict[str, int] = defaultdict(int)
+    build = MessageBuilder([], [("v", "v")], skipped, ordering_field="o")
+    for _ in range(2):
+        for value, text in ((True, "true"), (1, "1"), (1.0, "1.0"), ("1", "1")):
+            event = {"v": value, "o": value}
+            [(_, got)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, b"{}", event)]))
+            assert got == {"v": text}
+            assert build.build(b"{}", event)[0] == (0, text.encode())
+        build.build(b"{}", {"v": [1], "o": "k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1)})
+    assert dict(skipped) == {NOT_SCALAR: 2, ORDERING_KEY_TOO_LONG: 2}
