@@ -42,10 +42,12 @@ soak: $(STAMP)
 	$(BIN)/python -m tools.soak
 
 # Speed and memory: against the real emulator, verified delivery (UDP loss in
-# 5 runs, unix, CPU per event, the naive publisher); against a fake Publish
-# server (tools/fakepubsub.py), the daemon's own ceiling; then what watching
-# costs, the client's emit cost, a gunicorn app's request latency with and
-# without ingest, and the spool's throughput. `python -m tools.bench --help`.
+# 5 runs, unix, CPU per event, the naive publisher, plain vs metadata);
+# against a fake Publish server (tools/fakepubsub.py), the daemon's own
+# ceiling; then what watching costs, the client's emit cost, a gunicorn app's
+# request latency with and without ingest, the spool's throughput, gzip on
+# the wire, and what reading unix senders' credentials costs.
+# `python -m tools.bench --help`.
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
 	$(BIN)/python -m tools.bench_scrape
@@ -53,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tools.bench_gunicorn
 	$(BIN)/python -m tools.bench_spool
 	$(BIN)/python -m tools.bench_compression
+	$(BIN)/python -m tools.bench_credentials
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
