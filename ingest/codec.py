@@ -41,10 +41,7 @@ def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str,
         try:
             obj = loads(data)
         except JSONDecodeError:
-            if not data.strip(_JSON_WHITESPACE):
-                return 0
-            rejected[_reason(data)] += 1
-            return 1
+            return _unparsable(data, rejected)
         if type(obj) is dict:
             out.append(data)
         else:
@@ -55,10 +52,7 @@ def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str,
         try:
             obj = loads(line)
         except JSONDecodeError:
-            if not line.strip(_JSON_WHITESPACE):
-                continue
-            rejected[_reason(line)] += 1
-            events += 1
+            events += _unparsable(line, rejected)
             continue
         events += 1
         if type(obj) is dict:
@@ -83,10 +77,7 @@ def decode_messages(
         try:
             obj = loads(line)
         except JSONDecodeError:
-            if not line.strip(_JSON_WHITESPACE):
-                continue
-            rejected[_reason(line)] += 1
-            events += 1
+            events += _unparsable(line, rejected)
             continue
         events += 1
         if type(obj) is dict:
@@ -94,6 +85,15 @@ def decode_messages(
         else:
             rejected[NOT_OBJECT] += 1
     return events
+
+
+def _unparsable(line: bytes, rejected: MutableMapping[str, int]) -> int:
+    """A line orjson refused: blank (0 events), or one event rejected by
+    reason. The error path only."""
+    if not line.strip(_JSON_WHITESPACE):
+        return 0
+    rejected[_reason(line)] += 1
+    return 1
 
 
 def _reason(line: bytes) -> str:

@@ -270,14 +270,14 @@ def test_ndjson_mix_accepts_objects_and_rejects_the_rest(items: list[tuple[bytes
     assert all(any(line == got for got in remaining) for line, is_object in items if is_object)
 
 
+def datagrams_of(lines: list[bytes]) -> st.SearchStrategy[bytes]:
+    """Datagrams of up to 12 of ``lines`` (objects, non-objects, blanks,
+    bad bytes), or arbitrary bytes."""
+    return st.lists(st.sampled_from(lines), max_size=12).map(b"\n".join) | st.binary(max_size=300)
+
+
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from([b"{}", b"[1]", b"x", b"", b" ", b"\r", b"\t \r", b" {} ", b"\xff"]),
-        max_size=12,
-    ).map(b"\n".join)
-    | st.binary(max_size=300)
-)
+@given(datagrams_of([b"{}", b"[1]", b"x", b"", b" ", b"\r", b"\t \r", b" {} ", b"\xff"]))
 def test_count_events_agrees_with_decoding(data: bytes) -> None:
     """What a reader counts without decoding (the queue is full) is exactly
     what decoding would have counted: the identity holds either way."""
@@ -285,13 +285,7 @@ def test_count_events_agrees_with_decoding(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.sampled_from([b'{"a":1}', b"[1]", b"x", b"", b" ", b"\r", b" {} ", b"\xff", b"{}"]),
-        max_size=12,
-    ).map(b"\n".join)
-    | st.binary(max_size=300)
-)
+@given(datagrams_of([b'{"a":1}', b"[1]", b"x", b"", b" ", b"\r", b" {} ", b"\xff", b"{}"]))
 def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes) -> None:
     """The attributes pipeline's decoder accepts, rejects and counts the same
     lines as the plain one, and hands each accepted line and its object to

@@ -406,12 +406,15 @@ class HangingClient(PubSubClient):
 
 
 async def cancel_on_the_wire(
-    events: list[bytes], spill: Spill | None = None
+    events: list[bytes],
+    spill: Spill | None = None,
+    hanging: type[HangingClient] = HangingClient,
 ) -> tuple[PublisherPool, Stats, EventQueue]:
-    """Publish ``events`` to a server that never answers and cancel the
-    worker, as the drain deadline does, while the request is on the wire."""
+    """Publish ``events`` to a server that stops answering (``hanging``)
+    and cancel the worker, as the drain deadline does, while a request is
+    on the wire."""
     async with fake_publisher(bad_rule) as (_, channel):
-        client = HangingClient(channel, TOPIC)
+        client = hanging(channel, TOPIC)
         pool, stats, queue = make_pool(channel, TOPIC, client=client, spill=spill)
         queue.put(events, 0.0)
         worker = asyncio.create_task(pool.run_worker(0))
@@ -447,42 +450,28 @@ def test_cancel_with_a_spool_spools_the_request_on_the_wire() -> None:
     assert stats.dropped_total() == 0
 
 
-class HangsAfterFirstAnswer(PubSubClient):
-    """Answers its first Publish as the real server would, then never again
-    (a fake: the cut must fall between the parts of a bisected batch)."""
+class HangsAfterFirstAnswer(HangingClient):
+    """Answers the whole batch (INVALID_ARGUMENT) and its first half as the
+    real server would, then never again (a fake: the cut must fall between
+    the parts of a bisected batch)."""
 
     def __init__(self, channel: grpc.aio.Channel, topic: str) -> None:
         super().__init__(channel, topic)
-        self.calls = 0
-        self.second = asyncio.Event()
+        self.answered = 0
 
     async def publish(self, request: bytes, timeout_s: float) -> None:
-        self.calls += 1
-        if self.calls <= 2:  # the whole batch (INVALID_ARGUMENT), then its first half
-            await super().publish(request, timeout_s)
+        if self.answered < 2:
+            self.answered += 1
+            await PubSubClient.publish(self, request, timeout_s)
             return
-        self.second.set()
-        await asyncio.Event().wait()
+        await super().publish(request, timeout_s)
 
 
 def test_published_by_topic_agrees_with_the_total_between_bisected_parts() -> None:
     """/metrics sums the per-topic series for the total: a part published
     before a cancellation must be in both, or the books never balance."""
-
-    async def main() -> Stats:
-        async with fake_publisher(bad_rule) as (_, channel):
-            client = HangsAfterFirstAnswer(channel, TOPIC)
-            pool, stats, queue = make_pool(channel, TOPIC, client=client)
-            queue.put([b"a", b"b", b"c", b"bad"], 0.0)
-            worker = asyncio.create_task(pool.run_worker(0))
-            async with asyncio.timeout(DEADLINE_S):
-                await client.second.wait()
-            worker.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                async with asyncio.timeout(DEADLINE_S):
-                    await worker
-            return stats
-
-    stats = asyncio.run(main())
+    _, stats, _ = asyncio.run(
+        cancel_on_the_wire([b"a", b"b", b"c", b"bad"], hanging=HangsAfterFirstAnswer)
+    )
     assert stats.published == 2  # "a" and "b", the first half
     assert dict(stats.published_by_topic) == {TOPIC.rpartition("/")[2]: 2}

@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -701,25 +701,19 @@ def bare_datagrams(draw: st.DrawFn) -> Case:
     return pri + tag + message, body, facts + tag_facts
 
 
-@settings(max_examples=200, deadline=None)
-@given(rfc5424_datagrams())
-def test_generated_rfc5424_round_trips(case: Case) -> None:
-    data, body, facts = case
-    assert parse(data) == Syslog(body, tuple(facts))
+@pytest.mark.parametrize(
+    "datagrams", [rfc5424_datagrams, rfc3164_datagrams, bare_datagrams], ids=lambda f: f.__name__
+)
+def test_generated_datagrams_round_trip(datagrams: Callable[[], st.SearchStrategy[Case]]) -> None:
+    """RFC 5424, RFC 3164 and the bare form: the body byte for byte, the facts as generated."""
 
+    @settings(max_examples=200, deadline=None)
+    @given(datagrams())
+    def round_trips(case: Case) -> None:
+        data, body, facts = case
+        assert parse(data) == Syslog(body, tuple(facts))
 
-@settings(max_examples=200, deadline=None)
-@given(rfc3164_datagrams())
-def test_generated_rfc3164_round_trips(case: Case) -> None:
-    data, body, facts = case
-    assert parse(data) == Syslog(body, tuple(facts))
-
-
-@settings(max_examples=200, deadline=None)
-@given(bare_datagrams())
-def test_generated_bare_round_trips(case: Case) -> None:
-    data, body, facts = case
-    assert parse(data) == Syslog(body, tuple(facts))
+    round_trips()
 
 
 @settings(max_examples=200, deadline=None)
