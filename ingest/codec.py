@@ -92,11 +92,11 @@ def _unparsable(line: bytes, rejected: MutableMapping[str, int]) -> int:
     reason. The error path only."""
     if not line.strip(_JSON_WHITESPACE):
         return 0
-    rejected[_reason(line)] += 1
+    rejected[reason_of(line)] += 1
     return 1
 
 
-def _reason(line: bytes) -> str:
+def reason_of(line: bytes) -> str:
     """Why a line failed to parse; runs only on the error path."""
     try:
         line.decode("utf-8")

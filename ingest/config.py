@@ -33,6 +33,8 @@ PUBSUB_RESERVED_KEY_PREFIX = "goog"  # attribute keys Pub/Sub keeps for itself
 # datagrams can be larger, but a protobuf length prefix of <= 3 bytes (lengths
 # below 2 MiB) keeps the batcher's per-message overhead a fixed bound.
 MAX_DATAGRAM_CEILING = 1 << 20
+# What a datagram may be written in (dialects.py), the order --input-formats lists.
+INPUT_FORMATS = ("json", "gelf", "syslog", "statsd")
 
 # sun_path in <sys/un.h> is 108 bytes on Linux, the terminating NUL included;
 # CPython refuses a 108-byte path outright ("AF_UNIX path too long").
@@ -118,6 +120,10 @@ class Settings:
     routes: tuple[RouteRule, ...] = ()
     unix_credentials: bool = False  # implied by unix_allow_uids
     unix_allow_uids: tuple[int, ...] = ()  # empty: every sender
+    # The dialects every listener takes (dialects.py).
+    input_formats: frozenset[str] = frozenset(INPUT_FORMATS)
+    max_event_bytes: int = MAX_DATAGRAM_CEILING  # an inflated GELF message, at most
+    syslog_wrap_text: bool = False
 
     @property
     def metadata(self) -> bool:
@@ -314,6 +320,16 @@ def _compression(raw: Any) -> str:
     if value not in ("none", "gzip"):  # pubsub.PUBLISH_COMPRESSIONS
         raise ValueError(f"must be none or gzip (got {raw!r})")
     return value
+
+
+def _formats(raw: Any) -> frozenset[str]:
+    names = [str(item).strip().lower() for item in _as_list(raw)]
+    for name in names:
+        if name not in INPUT_FORMATS:
+            raise ValueError(f"{name!r} is not one of {', '.join(INPUT_FORMATS)}")
+    if not names:
+        raise ValueError(f"needs at least one of {', '.join(INPUT_FORMATS)}")
+    return frozenset(names)
 
 
 def _log_level(raw: Any) -> str:
@@ -683,6 +699,27 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         metavar="UID",
     ),
     Option(
+        "input_formats",
+        _formats,
+        "the formats every listener accepts, comma-separated: json, gelf, syslog, "
+        "statsd (all four); a datagram of another is rejected (format_disabled)",
+        True,
+        metavar="FORMATS",
+    ),
+    Option(
+        "max_event_bytes",
+        _int_range(16, MAX_DATAGRAM_CEILING),
+        "largest event a GELF message may inflate or reassemble to; larger ones "
+        "are rejected (too_large) having inflated no more (1048576)",
+    ),
+    Option(
+        "syslog_wrap_text",
+        _bool,
+        'publish a syslog message that is not a JSON object as {"message": TEXT} '
+        "instead of rejecting it",
+        is_flag=True,
+    ),
+    Option(
         "dashboard",
         _bool,
         "show the live dashboard below the log when stdout is a terminal",
@@ -813,6 +850,10 @@ def build_settings(
 
 # The attributes --unix-credentials sets (sources.py fills them in).
 SENDER_ATTRIBUTES = ("sender_pid", "sender_uid", "sender_gid")
+# The attributes a syslog event may get from its header (dialects.py).
+SYSLOG_ATTRIBUTES = tuple(
+    f"syslog_{name}" for name in ("severity", "facility", "timestamp", "host", "app", "pid")
+)
 
 
 def _check_attribute_keys(values: Mapping[str, Any]) -> None:
@@ -823,6 +864,8 @@ def _check_attribute_keys(values: Mapping[str, Any]) -> None:
     keys += [("--attribute-field", key) for key, _ in values.get("attribute_fields", ())]
     if values.get("unix_credentials"):
         keys += [("--unix-credentials", key) for key in SENDER_ATTRIBUTES]
+    if "syslog" in values.get("input_formats", INPUT_FORMATS):
+        keys += [("--input-formats", key) for key in SYSLOG_ATTRIBUTES]
     for flag, key in keys:
         if key in seen:
             raise ConfigError(flag, f"attribute key {key!r} is also set by {seen[key]}")

@@ -27,19 +27,22 @@ from ingest import kernel, systemd
 from ingest.batch import Batcher
 from ingest.codec import Decoder, decode_datagram
 from ingest.config import ConfigError, Listener, Settings
+from ingest.dialects import GELF_PENDING_MAX_BYTES, JSON, Dialects
+from ingest.gelf import Reassembler
 from ingest.health import PubSubHealth, Verdict, evaluate
 from ingest.httpd import HttpServer
 from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
-from ingest.message import Lane, MessageBuilder, MessageRequestEncoder
+from ingest.message import Lane, MessageBuilder
 from ingest.metrics import build_registry
 from ingest.publisher import SHUTDOWN, Filler, PublisherPool, Spill
-from ingest.pubsub import PubSubClient, create_channel, emulator_host
+from ingest.pubsub import PubSubClient, RequestEncoder, create_channel, emulator_host
 from ingest.queue import Chunk, EventQueue
 from ingest.replay import run_replay
 from ingest.sources import FINAL_DRAIN_MAX_S, DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import RejectSummary, Stats
+from ingest.tap import TapHub
 from ingest.topic import TopicWatch
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Daemon:
         self.pool: PublisherPool | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None
+        self.tap = TapHub()  # `ingest tap`, served by self.http
         self.spool: Spool | None = None
         self.topics: list[TopicWatch] = []  # --topic's first, then the routes'
         self._client: PubSubClient | None = None
@@ -147,7 +151,7 @@ class Daemon:
         registry = build_registry(self)
         if settings.metrics is not None:
             host, port = settings.metrics
-            self.http = HttpServer(host, port, registry, self.verdict)
+            self.http = HttpServer(host, port, registry, self.verdict, tap=self.tap)
             try:
                 await self.http.start()
             except OSError as exc:
@@ -166,7 +170,7 @@ class Daemon:
         batcher: Filler
         if isinstance(self.queue, LaneQueue):
             batcher = LaneBatcher(self.queue, *batch_bounds)
-            encoders = [MessageRequestEncoder(path) for path in self.topic_paths]
+            encoders = [RequestEncoder(path) for path in self.topic_paths]
         else:
             batcher = Batcher(self.queue, *batch_bounds)
             encoders = []  # the pool's default: raw events to --topic
@@ -259,6 +263,8 @@ class Daemon:
                 log.warning("%s", summary)
             for source in self.sources:
                 source.check_path(self.settings.unix_mode, self.settings.unix_gid)
+                if source.dialects is not None:  # chunked GELF messages past their time
+                    source.dialects.expire(time.monotonic())
             if self.spool is not None:
                 self.spool.recheck()
             if self.notifier.enabled:
@@ -421,6 +427,18 @@ class Daemon:
             decode = self.lanes.decoder(credentials)
         else:
             decode, credentials = self.lanes.decoder(), None
+        dialects = None
+        if settings.input_formats != {JSON}:
+            dialects = Dialects(
+                listener.label,
+                settings.input_formats,
+                decode,
+                self.stats,
+                Reassembler(GELF_PENDING_MAX_BYTES, settings.max_event_bytes),
+                max_event_bytes=settings.max_event_bytes,
+                wrap_text=settings.syslog_wrap_text,
+                builder=credentials or (self.lanes.builder if self.lanes else None),
+            )
         return DatagramSource(
             listener,
             sock,
@@ -430,8 +448,10 @@ class Daemon:
             allow=settings.udp_allow,
             adopted=adopted,
             decode=decode,
+            dialects=dialects,
             credentials=credentials,
             allow_uids=settings.unix_allow_uids if credentials else (),
+            tap=self.tap,
         )
 
     def _spill_to_spool(self) -> Spill:

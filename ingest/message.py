@@ -8,8 +8,8 @@ builds each event's PubsubMessage *body* once, as it decodes it
 attributes, the ordering key; and its *lane*, (topic number, ordering key),
 which lanes.py batches by. From there the body is what the queue bounds, the
 batcher counts against the request's byte bound (attributes included), the
-spool keeps (so metadata survives a restart), and ``MessageRequestEncoder``
-frames.
+spool keeps (so metadata survives a restart), and pubsub.RequestEncoder
+frames as they are.
 
 Protobuf wire format (google/pubsub/v1/pubsub.proto)::
 
@@ -33,7 +33,7 @@ from collections.abc import MutableMapping, Sequence
 from orjson import JSONDecodeError, dumps, loads
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from ingest.pubsub import RequestEncoder, varint
+from ingest.pubsub import varint
 from ingest.spoolfmt import KIND_DATA
 
 # ingest_attributes_skipped_total reasons: an event's field cannot be an attribute.
@@ -140,12 +140,15 @@ class MessageBuilder:
         twin.sender = b""
         return twin
 
-    def build(self, data: bytes, event: dict[str, object]) -> tuple[Lane, bytes]:
+    def build(
+        self, data: bytes, event: dict[str, object], extra: bytes = b""
+    ) -> tuple[Lane, bytes]:
+        """``extra``: attribute entries of this event alone (syslog's facts)."""
         size = len(data)
         header = self._data_headers.get(size)
         if header is None:
             header = self._data_headers[size] = b"\x0a" + varint(size)  # as encode_data
-        parts = [header, data, self._static, self.sender]
+        parts = [header, data, self._static, self.sender, extra]
         for slot, path in enumerate(self._paths):
             value = field_of(event, path)
             if value is not None:
@@ -257,15 +260,3 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, pos
         shift += 7
-
-
-def _body_header(size: int) -> bytes:
-    # PublishRequest.messages (field 2, LEN) of a PubsubMessage of ``size`` bytes.
-    return b"\x12" + varint(size)
-
-
-class MessageRequestEncoder(RequestEncoder):
-    """PublishRequests of prebuilt bodies for one topic: each body is a whole
-    PubsubMessage already, so only its field header goes before it."""
-
-    header = staticmethod(_body_header)

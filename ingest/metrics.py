@@ -18,8 +18,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ingest import __version__, kernel
+from ingest import __version__, gelf, kernel, statsd, syslog
 from ingest.codec import REJECT_REASONS
+from ingest.dialects import JSON, UNKNOWN
+from ingest.dialects import REJECT_REASONS as DIALECT_REJECT_REASONS
 from ingest.health import Verdict
 from ingest.message import SKIP_REASONS
 from ingest.queue import Bounded
@@ -28,6 +30,21 @@ from ingest.spool import Spool
 from ingest.stats import Histogram, Stats
 from ingest.systemd import Notifier
 
+# Every reject reason there is, exported from the start (0 until seen).
+ALL_REJECT_REASONS = tuple(
+    dict.fromkeys(
+        (
+            *REJECT_REASONS,
+            *DIALECT_REJECT_REASONS,
+            *gelf.ERROR_REASONS,
+            *gelf.ABANDON_REASONS,
+            *syslog.REJECT_REASONS,
+            *statsd.REJECT_REASONS,
+        )
+    )
+)
+IGNORE_REASONS = ("empty", *gelf.IGNORE_REASONS)
+
 
 class ListenerView(Protocol):
     label: str
@@ -35,6 +52,12 @@ class ListenerView(Protocol):
     udp_inode: int | None
     rcvbuf_granted: int | None
     problem: str | None
+
+    @property
+    def input_formats(self) -> Iterable[str]: ...  # --input-formats, as config lists them
+
+    @property
+    def gelf_pending(self) -> tuple[int, int] | None: ...  # (messages, bytes); None: no GELF
 
 
 class PipelineView(Protocol):
@@ -133,26 +156,20 @@ class IngestCollector(Collector):
             stats.datagrams_received,
             labels,
         )
-        yield _counter(
-            "ingest_events_received",
-            "events (non-blank lines, plus oversized datagrams) read from a listener",
-            "listener",
-            stats.events_received,
-            labels,
-        )
+        yield _received_by_format(stats, listeners)
         yield _counter(
             "ingest_datagrams_ignored",
-            "datagrams without any event (empty or blank)",
+            "datagrams without any event: empty or blank, or GELF chunks of no live message",
             "reason",
             stats.datagrams_ignored,
-            ("empty",),
+            IGNORE_REASONS,
         )
         yield _counter(
             "ingest_events_rejected",
             "events refused as invalid input, never forwarded",
             "reason",
             stats.rejected,
-            REJECT_REASONS,
+            ALL_REJECT_REASONS,
         )
         yield _counter(
             "ingest_events_dropped",
@@ -253,6 +270,23 @@ class IngestCollector(Collector):
             view.udp_rcvbuf_requested,
         )
         yield up
+        pending_messages = GaugeMetricFamily(
+            "ingest_gelf_pending_messages",
+            "chunked GELF messages awaiting more chunks",
+            labels=["listener"],
+        )
+        pending_bytes = GaugeMetricFamily(
+            "ingest_gelf_pending_bytes",
+            "memory held by chunked GELF messages awaiting more chunks (bounded)",
+            labels=["listener"],
+        )
+        for item in listeners:
+            pending = item.gelf_pending
+            if pending is not None:
+                pending_messages.add_metric([item.label], pending[0])
+                pending_bytes.add_metric([item.label], pending[1])
+        yield pending_messages
+        yield pending_bytes
         qlen = kernel.unix_max_dgram_qlen()
         if qlen is not None:
             yield _gauge(
@@ -263,6 +297,29 @@ class IngestCollector(Collector):
         yield _gauge(
             "ingest_healthy", "1 when /healthz answers 200", 1 if view.verdict().healthy else 0
         )
+
+
+def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> CounterMetricFamily:
+    """Events read from each listener by the format they were taken for.
+    Stats keep the formats other than JSON (the plain path counts nothing
+    more); JSON's share is the rest of the listener's events."""
+    family = CounterMetricFamily(
+        "ingest_events_received",
+        "events read from a listener, by format: json, gelf, syslog, statsd, or unknown "
+        "(rejected before being looked at: oversized, or from a denied sender). An event "
+        "is a JSON line, a GELF message, a syslog message or a statsd sample",
+        labels=["listener", "format"],
+    )
+    by_format = stats.events_by_format
+    formats_of = {item.label: tuple(item.input_formats) for item in listeners}
+    for label in dict.fromkeys([*formats_of, *stats.events_received]):
+        others = {fmt: by_format.get((label, fmt), 0) for fmt in formats_of.get(label, ())}
+        others[UNKNOWN] = by_format.get((label, UNKNOWN), 0)
+        others[JSON] = 0
+        others[JSON] = stats.events_received.get(label, 0) - sum(others.values())
+        for fmt, count in others.items():
+            family.add_metric([label, fmt], count)
+    return family
 
 
 def _published(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:

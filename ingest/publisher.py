@@ -117,10 +117,8 @@ class PublisherPool:
         self._batcher = batcher
         self._stats = stats
         self._timeout_s = timeout_s
-        # By topic number (a batch's lane[0]; 0 on the plain path): raw
-        # events (pubsub.RequestEncoder) or prebuilt bodies
-        # (message.MessageRequestEncoder). ``topics``: their IDs, the
-        # ``topic`` label of published events.
+        # By topic number (a batch's lane[0]; 0 on the plain path).
+        # ``topics``: their IDs, the ``topic`` label of published events.
         self._encoders = tuple(encoders) or (RequestEncoder(client.topic_path),)
         self._topics = tuple(topics) or (client.topic_path.rpartition("/")[2],)
         self._rng = rng or random.Random()

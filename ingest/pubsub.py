@@ -93,6 +93,11 @@ def _message_header(size: int) -> bytes:
     return b"\x12" + varint(1 + len(data_len) + size) + b"\x0a" + data_len
 
 
+def _body_header(size: int) -> bytes:
+    # PublishRequest.messages (field 2, LEN) of a PubsubMessage of ``size`` bytes.
+    return b"\x12" + varint(size)
+
+
 def encode_topic_field(topic_path: str) -> bytes:
     """PublishRequest.topic (field 1): the part every request repeats."""
     raw = topic_path.encode()
@@ -100,15 +105,17 @@ def encode_topic_field(topic_path: str) -> bytes:
 
 
 class RequestEncoder:
-    """Encodes PublishRequests of raw events for one topic, each wrapped in a
-    PubsubMessage holding only ``data``; headers are cached by length.
-    (message.MessageRequestEncoder frames prebuilt messages instead.)"""
-
-    header = staticmethod(_message_header)  # what precedes a message of N bytes
+    """Encodes PublishRequests for one topic. A message is either an event's
+    bytes, wrapped here in a PubsubMessage holding only ``data``, or a whole
+    PubsubMessage *body* built earlier (message.py; dialects.py), framed as
+    it is. A body starts with 0x0a, the tag of its ``data`` field; an event
+    never does (the readers see to that), so the first byte tells them apart.
+    Headers are cached by length."""
 
     def __init__(self, topic_path: str) -> None:
         self.topic_field = encode_topic_field(topic_path)
         self._headers: dict[int, bytes] = {}
+        self._body_headers: dict[int, bytes] = {}
 
     def encode(self, messages: list[bytes]) -> bytes:
         headers = self._headers
@@ -116,9 +123,14 @@ class RequestEncoder:
         append = parts.append
         for message in messages:
             size = len(message)
-            header = headers.get(size)
-            if header is None:
-                header = headers[size] = self.header(size)
+            if message[:1] == b"\x0a":
+                header = self._body_headers.get(size)
+                if header is None:
+                    header = self._body_headers[size] = _body_header(size)
+            else:
+                header = headers.get(size)
+                if header is None:
+                    header = headers[size] = _message_header(size)
             append(header)
             append(message)
         return b"".join(parts)

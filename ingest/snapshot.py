@@ -74,7 +74,12 @@ class Snapshot:
                 samples.setdefault(sample.name, []).append((sample.labels, sample.value))
 
         def by(name: str, label: str) -> dict[str, int]:
-            return {labels.get(label, ""): int(value) for labels, value in samples.get(name, [])}
+            """The samples of ``name`` summed by ``label`` (over its other labels)."""
+            out: dict[str, int] = {}
+            for labels, value in samples.get(name, []):
+                key = labels.get(label, "")
+                out[key] = out.get(key, 0) + int(value)
+            return out
 
         def one(name: str) -> float | None:
             found = samples.get(name)

@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import socket
 import stat
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from typing import Any
 
 from ingest.codec import (
     SENDER_DENIED,
@@ -28,11 +31,13 @@ from ingest.codec import (
     count_events,
     decode_datagram,
 )
-from ingest.config import SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
-from ingest.message import MessageBuilder, encode_attribute
-from ingest.queue import Intake
+from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
+from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.message import MessageBuilder, data_of, encode_attribute
+from ingest.queue import QUEUE_FULL, Intake
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
+from ingest.tap import TapHub
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,10 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>
 FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
 REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
+TAP_TEXT_BYTES = 1024  # of a datagram's text a tap shows
+# A tapped datagram's outcome (tap.py): all its events accepted, some
+# rejected, or not looked at because the queue was full.
+ACCEPTED, REJECTED, DROPPED = "accepted", "rejected", "dropped"
 # struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
 UCRED = struct.Struct("iII")
 # Room for the credentials and nothing more: file descriptors a sender
@@ -322,8 +331,10 @@ class DatagramSource:
         allow: Sequence[IPNetwork] = (),
         adopted: bool = False,
         decode: Decoder = decode_datagram,
+        dialects: Dialects | None = None,
         credentials: MessageBuilder | None = None,
         allow_uids: Sequence[int] = (),
+        tap: TapHub | None = None,
     ) -> None:
         if allow_uids and credentials is None:
             # Ignoring it would silently admit every uid.
@@ -341,6 +352,19 @@ class DatagramSource:
         self._stats = stats
         self._max_bytes = max_datagram_bytes
         self._decode = decode  # codec.decode_datagram, or attributes' decode_messages
+        # What decodes a datagram that does not start with "{" (dialects.py),
+        # and counts one the queue has no room for; without dialects, the
+        # JSON decoder takes them all. Without JSON among the formats, the
+        # dialects take "{" too (they reject it as format_disabled).
+        self.dialects = dialects
+        self._other: Decoder = dialects.decode if dialects is not None else decode
+        self._count: Callable[[bytes], int] = (
+            dialects.count if dialects is not None else count_events
+        )
+        if dialects is not None and JSON not in dialects.formats:
+            self._decode = dialects.decode
+        self.tap = tap
+        self._tap_sender: str | None = None  # the datagram being decoded's, while tapped
         self._limiter = LogLimiter()
         self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
         self._denied_reason = SENDER_DENIED if self.senders is not None else SOURCE_DENIED
@@ -354,6 +378,20 @@ class DatagramSource:
             # Linux reports double the usable size it granted (man 7 socket).
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         self._inode = self._path_inode() if listener.kind == "unix" else None
+
+    @property
+    def input_formats(self) -> tuple[str, ...]:
+        """The formats this listener takes (--input-formats), in config's order."""
+        formats = self.dialects.formats if self.dialects is not None else {JSON}
+        return tuple(fmt for fmt in INPUT_FORMATS if fmt in formats)
+
+    @property
+    def gelf_pending(self) -> tuple[int, int] | None:
+        """Chunked GELF messages awaiting chunks: (messages, bytes held)."""
+        if self.dialects is None or GELF not in self.dialects.formats:
+            return None
+        reassembler = self.dialects.reassembler
+        return reassembler.pending_messages, reassembler.pending_bytes
 
     @property
     def bound_label(self) -> str:
@@ -388,15 +426,20 @@ class DatagramSource:
         # Chosen per call (the socket may have been re-created): the plain
         # recv, the allow-list's, which skips and counts denied senders, or
         # the credentials', which also sets each datagram's sender.
+        tapped = self.tap is not None and self.tap.active
         if self.allow is not None:
-            recv = self._allowed_receiver()
+            recv = self._allowed_receiver(tapped)
         elif self.senders is not None:
-            recv = self._credentials_receiver()
+            recv = self._credentials_receiver(tapped)
+        elif tapped and self.kind == "udp":
+            recv = self._addressed_receiver()
         else:
             recv = self.sock.recv
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
-        decode = self._decode
+        decode, other, count_full = self._decode, self._other, self._count
+        if tapped:
+            decode, other, count_full = self._tapped(decode, other, count_full)
         room = self._queue.room()
         # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
         # events (no datagram holds more than ``limit``): with this much room
@@ -405,7 +448,7 @@ class DatagramSource:
         max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
         small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
         more = False
-        datagrams = received = empty = full = nread = 0
+        datagrams = received = empty = full = nread = unknown = 0
         for _ in range(DRAIN_BATCH):
             try:
                 data = recv(limit)
@@ -425,13 +468,23 @@ class DatagramSource:
                 if size > max_bytes:  # rejected whole, never forwarded truncated
                     rejected[TOO_LARGE] += 1
                     received += 1
+                    unknown += 1
+                    if tapped:
+                        self._tap_oversize(data)
                     if more:
                         break
                     continue
             if roomy or len(events) < room:
-                count = decode(data, events, rejected)
+                try:  # JSON, the common case, pays one compare for the dialects
+                    plain = data[0] == 0x7B  # {
+                except IndexError:  # an empty datagram: the JSON decoder counts it
+                    plain = True
+                if plain:
+                    count = decode(data, events, rejected)
+                else:
+                    count = other(data, events, rejected)
             else:
-                count = count_events(data)
+                count = count_full(data)
                 full += count
             received += count
             if count != 1:  # blank, or several lines: the rare paths
@@ -444,15 +497,16 @@ class DatagramSource:
         else:
             more = True
         if datagrams or self._denied:
-            self._settle(datagrams, received, empty, full, events)
+            self._settle(datagrams, received, events, empty=empty, full=full, unknown=unknown)
         return more
 
-    def _allowed_receiver(self) -> Callable[[int], bytes]:
+    def _allowed_receiver(self, tapped: bool = False) -> Callable[[int], bytes]:
         """``recv`` for a source with an allow-list, built once per wake-up:
         it returns the next datagram from an allowed sender. One from outside
         the list counts as one event received and rejected (``source_denied``,
         added up in ``_settle``) and is never decoded; DRAIN_BATCH of them end
-        the wake-up (_DeniedBurst) like any other budget."""
+        the wake-up (_DeniedBurst) like any other budget. ``tapped``: it also
+        notes each sender for a tap."""
         assert self.allow is not None
         verdicts = self.allow.verdicts.get
         decide = self.allow.decide
@@ -465,12 +519,14 @@ class DatagramSource:
                 if allowed is None:
                     allowed = decide(address[0])
                 if allowed:
+                    if tapped:
+                        self._tap_sender = f"{address[0]}:{address[1]}"
                     return data
                 self._count_denied()
 
         return receive
 
-    def _credentials_receiver(self) -> Callable[[int], bytes]:
+    def _credentials_receiver(self, tapped: bool = False) -> Callable[[int], bytes]:
         """``recv`` for a unix source with credentials, built once per
         wake-up: it returns the next datagram of an allowed sender, having set
         the builder's ``sender`` to that sender's attributes. One denied is
@@ -495,6 +551,8 @@ class DatagramSource:
                 entries, allowed = verdicts(cmsg) or learn(cmsg)
                 if allowed:
                     builder.sender = entries
+                    if tapped:
+                        self._tap_sender = senders.describe(cmsg)
                     return data
                 self._limiter.log(
                     log,
@@ -508,6 +566,122 @@ class DatagramSource:
 
         return receive
 
+    def _addressed_receiver(self) -> Callable[[int], bytes]:
+        """``recv`` for a tapped UDP source: recvfrom, noting the sender."""
+        recvfrom = self.sock.recvfrom
+
+        def receive(limit: int) -> bytes:
+            data, address = recvfrom(limit)
+            self._tap_sender = f"{address[0]}:{address[1]}"
+            return data
+
+        return receive
+
+    def _tapped(
+        self, decode: Decoder, other: Decoder, count_full: Callable[[bytes], int]
+    ) -> tuple[Decoder, Decoder, Callable[[bytes], int]]:
+        """The wake-up's decoders while a tap is connected (tap.py): each
+        datagram's outcome is offered to the tap, which samples. A datagram
+        decodes into its own reject counter first, so its reasons are known
+        without comparing the totals."""
+        hub = self.tap
+        assert hub is not None
+        label = self.label
+        dialects = self.dialects
+
+        def watch(decoder: Decoder, json: bool) -> Decoder:
+            def run(data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+                before = len(out)
+                reasons: defaultdict[str, int] = defaultdict(int)
+                count = decoder(data, out, reasons)
+                for reason, n in reasons.items():
+                    rejected[reason] += n
+                if count:
+                    fmt = JSON if json or dialects is None else dialects.last_format
+                    accepted = len(out) - before
+                    outcome = ACCEPTED if not reasons else REJECTED
+                    hub.offer(
+                        label,
+                        fmt,
+                        outcome,
+                        lambda: self._tap_record(
+                            data,
+                            fmt,
+                            outcome,
+                            reasons,
+                            events=count,
+                            accepted=accepted,
+                            published=out[before:],
+                        ),
+                    )
+                return count
+
+            return run
+
+        def dropped(data: bytes) -> int:
+            count = count_full(data)
+            if count:
+                fmt = JSON if dialects is None else dialects.last_format
+                hub.offer(
+                    label,
+                    fmt,
+                    DROPPED,
+                    lambda: self._tap_record(data, fmt, DROPPED, {QUEUE_FULL: count}, events=count),
+                )
+            return count
+
+        return watch(decode, True), watch(other, False), dropped
+
+    def _tap_oversize(self, data: bytes) -> None:
+        assert self.tap is not None
+        self.tap.offer(
+            self.label,
+            UNKNOWN,
+            REJECTED,
+            lambda: self._tap_record(data, UNKNOWN, REJECTED, {TOO_LARGE: 1}, events=1),
+        )
+
+    def _tap_record(
+        self,
+        data: bytes,
+        fmt: str,
+        outcome: str,
+        reasons: Mapping[str, int],
+        *,
+        events: int,
+        accepted: int = 0,
+        published: Sequence[Any] = (),
+    ) -> dict[str, object]:
+        """What a tap shows of one datagram: who sent it, what it was taken
+        for, what became of it, and its text (GELF's inflated; not UTF-8
+        bytes escaped), cut at TAP_TEXT_BYTES. ``event``: the first event
+        published from it, when that is not the text itself (statsd's JSON,
+        say)."""
+        shown = data
+        if fmt == GELF and self.dialects is not None and self.dialects.last_text is not None:
+            shown = self.dialects.last_text
+        record: dict[str, object] = {
+            "time": time.time(),
+            "listener": self.label,
+            "sender": self._tap_sender,
+            "format": fmt,
+            "outcome": outcome,
+            "reason": next(iter(reasons), None),
+            "events": events,
+            "accepted": accepted,
+            "rejected": dict(reasons),
+            "text": shown[:TAP_TEXT_BYTES].decode("utf-8", "backslashreplace"),
+            "truncated": len(shown) > TAP_TEXT_BYTES,
+        }
+        if published:
+            first = published[0]
+            event = data_of(first[1]) if isinstance(first, tuple) else first
+            if event[:1] == b"\x0a":  # a body on the plain path (dialects.py)
+                event = data_of(event)
+            if event != shown:
+                record["event"] = event[:TAP_TEXT_BYTES].decode("utf-8", "backslashreplace")
+        return record
+
     def _count_denied(self) -> None:
         """One more datagram of a denied sender; DRAIN_BATCH of them end the
         wake-up (_DeniedBurst), since reading them is work too."""
@@ -520,7 +694,14 @@ class DatagramSource:
         self._limiter.log(log, "recv", logging.WARNING, "%s: receive failed: %s", self.label, exc)
 
     def _settle(
-        self, datagrams: int, received: int, empty: int, full: int, events: list[bytes]
+        self,
+        datagrams: int,
+        received: int,
+        events: list[bytes],
+        *,
+        empty: int,
+        full: int,
+        unknown: int,
     ) -> None:
         """Once per wake-up: the counters, and one queue put for all events."""
         stats = self._stats
@@ -528,7 +709,13 @@ class DatagramSource:
             stats.rejected[self._denied_reason] += self._denied
             datagrams += self._denied
             received += self._denied
+            unknown += self._denied
             self._denied = 0
+        if unknown:
+            stats.events_by_format[(self.label, UNKNOWN)] += unknown
+        if self.dialects is not None:
+            empty -= self.dialects.absorbed  # chunks: part of a message, not empty
+            self.dialects.take_counts()
         stats.datagrams_received[self.label] += datagrams
         stats.events_received[self.label] += received
         if empty:
@@ -551,6 +738,8 @@ class DatagramSource:
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
+        if self.dialects is not None:  # no more chunks can come: incomplete messages end
+            self.dialects.expire(math.inf)
         if self._inode is not None and not self.adopted:  # systemd owns adopted files
             self._unlink_if_ours()
 

@@ -78,6 +78,12 @@ class Stats:
 
     datagrams_received: defaultdict[str, int] = field(default_factory=_counter)  # by listener
     events_received: defaultdict[str, int] = field(default_factory=_counter)  # by listener
+    # The part of events_received that is not JSON, by (listener, format):
+    # dialects.py's formats, and "unknown" (rejected before being looked at).
+    # JSON's share is the rest, so the plain path counts nothing more.
+    events_by_format: defaultdict[tuple[str, str], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
     datagrams_ignored: defaultdict[str, int] = field(default_factory=_counter)  # by reason
     rejected: defaultdict[str, int] = field(default_factory=_counter)  # events, by reason
     dropped: defaultdict[str, int] = field(default_factory=_counter)  # events, by reason

@@ -152,6 +152,10 @@ def test_unknown_env_variable_only_warns(caplog: pytest.LogCaptureFixture) -> No
         ("log_level", "WARNING", "warning"),
         ("pubsub_endpoint", "localhost:8085", "localhost:8085"),
         ("max_datagram_bytes", str(MAX_DATAGRAM_CEILING), MAX_DATAGRAM_CEILING),
+        ("input_formats", "JSON, statsd", frozenset({"json", "statsd"})),
+        ("input_formats", ["gelf"], frozenset({"gelf"})),
+        ("max_event_bytes", "65536", 65536),
+        ("syslog_wrap_text", "yes", True),
         ("unix_gid", "root", 0),  # --unix-group: a name, resolved to its gid
         ("unix_gid", "0", 0),  # or a numeric gid that exists
         (
@@ -237,6 +241,11 @@ INVALID: list[tuple[str, Any]] = [
     ("unix_credentials", "sometimes"),
     ("unix_allow_uids", "no-such-user-for-ingest"),
     ("unix_allow_uids", str(1 << 32)),
+    ("input_formats", "json,xml"),
+    ("input_formats", ","),  # none at all
+    ("max_event_bytes", "15"),
+    ("max_event_bytes", str(MAX_DATAGRAM_CEILING + 1)),
+    ("syslog_wrap_text", "sometimes"),
 ]
 
 
@@ -480,6 +489,9 @@ VALID_TEXT: dict[str, str] = {
     "routes": "errors:level=error",
     "unix_credentials": "true",
     "unix_allow_uids": "1000",
+    "input_formats": "json,statsd",
+    "max_event_bytes": "65536",
+    "syslog_wrap_text": "true",
 }
 
 
@@ -943,10 +955,17 @@ def test_message_settings_from_flags_env_and_toml_lists(tmp_path: Path) -> None:
             "sender_uid",
         ),
         (
-            {"attributes": [f"k{i}=v" for i in range(98)], "unix_credentials": "1"},
+            {
+                "attributes": [f"k{i}=v" for i in range(98)],
+                "unix_credentials": "1",
+                "input_formats": "json",
+            },
             "--unix-credentials",
             "101 attributes",
         ),
+        # syslog's attributes count while syslog is accepted (the default)
+        ({"attributes": "syslog_app=x"}, "--input-formats", "syslog_app"),
+        ({"attributes": [f"k{i}=v" for i in range(95)]}, "--input-formats", "101 attributes"),
     ],
 )
 def test_attribute_keys_are_unique_and_within_pubsubs_count(
@@ -959,5 +978,14 @@ def test_attribute_keys_are_unique_and_within_pubsubs_count(
 
 
 def test_the_most_attributes_pubsub_allows_are_accepted() -> None:
-    settings = build({"attributes": [f"k{i}=v" for i in range(97)], "unix_credentials": "1"})
+    settings = build(
+        {
+            "attributes": [f"k{i}=v" for i in range(97)],
+            "unix_credentials": "1",
+            "input_formats": "json,gelf,statsd",
+        }
+    )
     assert len(settings.attributes) == 97
+    assert len(build({"attributes": [f"k{i}=v" for i in range(94)]}).attributes) == 94
+    # without syslog, its keys are free to use
+    assert build({"attributes": "syslog_app=x", "input_formats": "json"}).attributes

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
 from ingest.lanes import LANE_BYTES, LaneBatcher, LaneQueue
-from ingest.message import Lane, MessageBuilder, MessageRequestEncoder
+from ingest.message import Lane, MessageBuilder
 from ingest.queue import QUEUE_FULL
+from ingest.pubsub import RequestEncoder
 from ingest.stats import Stats
 
 DEADLINE_S = 5.0
@@ -228,7 +229,7 @@ def test_a_full_batch_encodes_within_the_request_byte_bound(
         lanes = LaneBatcher(queue, 1000, max_request, len(topic) + 8, 0.0)
         queue.put([build.build(b"x" * size, {"k": key}) for size in sizes], 1.0)
         queue.close()
-        encoder = MessageRequestEncoder(topic)
+        encoder = RequestEncoder(topic)
         while True:
             batch = Batch()
             if not await lanes.fill(batch):

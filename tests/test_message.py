@@ -17,13 +17,13 @@ from ingest.message import (
     ORDERING_KEY_TOO_LONG,
     VALUE_TOO_LONG,
     MessageBuilder,
-    MessageRequestEncoder,
     Route,
     data_of,
     encode_attribute,
     ordering_key_of,
     plain,
 )
+from ingest.pubsub import RequestEncoder
 from ingest.spoolfmt import KIND_DATA, KIND_MESSAGES
 
 PublishRequest = pubsub_types.PublishRequest.pb()
@@ -63,7 +63,7 @@ def test_static_attributes_parse_back_to_protobufs_own_message(
     events: list[bytes], static: dict[str, str]
 ) -> None:
     build, _ = builder(sorted(static.items()))
-    request = MessageRequestEncoder(TOPIC).encode([body(build, e, {}) for e in events])
+    request = RequestEncoder(TOPIC).encode([body(build, e, {}) for e in events])
     reference = PublishRequest(
         topic=TOPIC, messages=[PubsubMessage(data=e, attributes=static) for e in events]
     )
@@ -80,7 +80,7 @@ def test_one_attribute_is_byte_identical_to_protobuf(data: bytes, key: str, valu
     reference = PublishRequest(
         topic=TOPIC, messages=[PubsubMessage(data=data, attributes={key: value})]
     )
-    encoded = MessageRequestEncoder(TOPIC).encode([body(build, data, {})])
+    encoded = RequestEncoder(TOPIC).encode([body(build, data, {})])
     assert encoded == reference.SerializeToString(deterministic=True)
 
 
@@ -105,7 +105,7 @@ def test_field_attributes_parse_back_as_protobuf_reads_them(
     fields = [(f"a-{key}", key) for key in event]
     build, skipped = builder(sorted(static.items()), fields)
     data = orjson.dumps(event)
-    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, data, event)]))
+    [(got_data, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, data, event)]))
     assert got_data == data  # byte for byte
     expected = dict(static)
     for key, value in event.items():
@@ -132,7 +132,7 @@ def test_scalars_become_strings(value: object, attribute: str) -> None:
     build, skipped = builder(fields=[("kind", "kind")])
     event = {"kind": value}
     [(_, got)] = parsed(
-        MessageRequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
+        RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
     )
     assert got == {"kind": attribute}
     assert not skipped
@@ -142,7 +142,7 @@ def test_dotted_paths_reach_into_nested_objects() -> None:
     build, _ = builder(fields=[("user", "user.id"), ("deep", "a.b.c"), ("miss", "user.name.x")])
     event = {"user": {"id": 7, "name": "ann"}, "a": {"b": {"c": "x"}}}
     [(_, got)] = parsed(
-        MessageRequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
+        RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
     )
     assert got == {"user": "7", "deep": "x"}  # through a string: absent, not an error
 
@@ -163,7 +163,7 @@ def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
     build, skipped = builder([("host", "web-1")], [("bad", "v"), ("ok", "ok")])
     event = {"v": value, "ok": "yes"}
     data = orjson.dumps(event)
-    [(got_data, got)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, data, event)]))
+    [(got_data, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, data, event)]))
     assert got_data == data
     assert got == {"host": "web-1", "ok": "yes"}
     assert dict(skipped) == {reason: 1}
@@ -173,7 +173,7 @@ def test_the_longest_value_is_kept() -> None:
     build, skipped = builder(fields=[("v", "v")])
     event = {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
     [(_, got)] = parsed(
-        MessageRequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
+        RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
     )
     assert got == {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
     assert not skipped
@@ -193,7 +193,7 @@ def test_spooled_events_follow_the_pipeline_they_return_to() -> None:
     event = b'{"kind":"signup"}'
     [(lane, made)] = build.adopt_data([event])
     assert lane == (0, b"")
-    assert parsed(MessageRequestEncoder(TOPIC).encode([made])) == [
+    assert parsed(RequestEncoder(TOPIC).encode([made])) == [
         (event, {"host": "web-1", "kind": "signup"})
     ]
     assert plain(KIND_MESSAGES, [made]) == [event]
@@ -215,7 +215,7 @@ def test_ordering_key_parses_back_and_is_the_lane(
     event: dict[str, object] = {"user": {"id": key}}
     lane, made = build.build(data, event)
     assert lane == (0, key.encode())
-    [message] = PublishRequest.FromString(MessageRequestEncoder(TOPIC).encode([made])).messages
+    [message] = PublishRequest.FromString(RequestEncoder(TOPIC).encode([made])).messages
     assert message.data == data
     assert message.ordering_key == key
     assert dict(message.attributes) == static
@@ -230,7 +230,7 @@ def test_one_ordering_key_is_byte_identical_to_protobuf() -> None:
         topic=TOPIC,
         messages=[PubsubMessage(data=b"{}", attributes={"k": "v"}, ordering_key="user-7")],
     )
-    assert MessageRequestEncoder(TOPIC).encode([made]) == reference.SerializeToString()
+    assert RequestEncoder(TOPIC).encode([made]) == reference.SerializeToString()
 
 
 @pytest.mark.parametrize(
@@ -283,8 +283,8 @@ def test_sender_attributes_belong_to_one_source() -> None:
     build = MessageBuilder([("host", "web-1")], [], defaultdict(int))
     source = build.for_source()
     source.sender = encode_attribute(b"sender_uid", b"1000")
-    [(_, mine)] = parsed(MessageRequestEncoder(TOPIC).encode([body(source, b"{}", {})]))
-    [(_, other)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, b"{}", {})]))
+    [(_, mine)] = parsed(RequestEncoder(TOPIC).encode([body(source, b"{}", {})]))
+    [(_, other)] = parsed(RequestEncoder(TOPIC).encode([body(build, b"{}", {})]))
     assert mine == {"host": "web-1", "sender_uid": "1000"}
     assert other == {"host": "web-1"}
 
@@ -293,7 +293,7 @@ def test_a_spooled_event_that_is_not_an_object_is_still_published_as_data() -> N
     build = MessageBuilder([("host", "web-1")], [], defaultdict(int))
     adopted = build.adopt_data([b"[1]", b"\xff", b'{"ok":1}'])
     assert [data_of(made) for _, made in adopted] == [b"[1]", b"\xff", b'{"ok":1}']
-    assert parsed(MessageRequestEncoder(TOPIC).encode([made for _, made in adopted]))[2] == (
+    assert parsed(RequestEncoder(TOPIC).encode([made for _, made in adopted]))[2] == (
         b'{"ok":1}',
         {"host": "web-1"},
     )
@@ -307,7 +307,7 @@ def test_cached_encodings_keep_types_apart_and_count_every_skip() -> None:
     for _ in range(2):
         for value, text in ((True, "true"), (1, "1"), (1.0, "1.0"), ("1", "1")):
             event = {"v": value, "o": value}
-            [(_, got)] = parsed(MessageRequestEncoder(TOPIC).encode([body(build, b"{}", event)]))
+            [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, b"{}", event)]))
             assert got == {"v": text}
             assert build.build(b"{}", event)[0] == (0, text.encode())
         build.build(b"{}", {"v": [1], "o": "k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1)})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.batch import MESSAGE_OVERHEAD_BYTES
+from ingest.message import encode_attribute, encode_data
 from ingest.pubsub import RequestEncoder, encode_topic_field
 
 PublishRequest = pubsub_types.PublishRequest.pb()
@@ -27,10 +30,13 @@ def parse(request: bytes) -> tuple[str, list[bytes]]:
 
 
 topics = st.text(min_size=1, max_size=300).map(lambda t: f"projects/p/topics/{t}")
+# An event never starts with 0x0a: a message that does is a whole PubsubMessage
+# body (test_bodies_are_framed_as_they_are).
+events = st.binary(max_size=300).filter(lambda m: m[:1] != b"\n")
 
 
 @settings(max_examples=300, deadline=None)
-@given(topics, st.lists(st.binary(max_size=300), max_size=40))
+@given(topics, st.lists(events, max_size=40))
 def test_encoding_parses_back_to_the_same_request(topic: str, messages: list[bytes]) -> None:
     encoder = RequestEncoder(topic)
     assert parse(encoder.encode(messages)) == (topic, messages)
@@ -39,7 +45,7 @@ def test_encoding_parses_back_to_the_same_request(topic: str, messages: list[byt
 
 
 @settings(max_examples=300, deadline=None)
-@given(topics, st.lists(st.binary(min_size=1, max_size=300), max_size=40))
+@given(topics, st.lists(events.filter(bool), max_size=40))
 def test_byte_identical_to_protobuf_when_no_message_is_empty(
     topic: str, messages: list[bytes]
 ) -> None:
@@ -110,3 +116,40 @@ def test_topic_lengths_near_varint_boundaries(length: int) -> None:
 def test_non_ascii_topic_is_utf8() -> None:
     topic = "projects/p/topics/évènements-😀"
     assert RequestEncoder(topic).encode([b"m"]) == reference(topic, [b"m"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    topics,
+    st.lists(
+        st.tuples(
+            st.binary(max_size=300),
+            st.dictionaries(st.text(min_size=1, max_size=20), st.text(max_size=40), max_size=3),
+        ),
+        max_size=20,
+    ),
+    st.lists(events.filter(bool), max_size=20),
+    st.randoms(use_true_random=False),
+)
+def test_bodies_are_framed_as_they_are(
+    topic: str,
+    bodies: list[tuple[bytes, dict[str, str]]],
+    plain: list[bytes],
+    rng: random.Random,
+) -> None:
+    """A message starting with 0x0a is a prebuilt PubsubMessage (data first,
+    then attributes; message.py): framed as it is, mixed in one request with
+    raw events."""
+    messages = [
+        encode_data(data)
+        + b"".join(encode_attribute(k.encode(), v.encode()) for k, v in attrs.items())
+        for data, attrs in bodies
+    ] + plain
+    rng.shuffle(messages)
+    parsed = PublishRequest.FromString(RequestEncoder(topic).encode(messages))
+    assert parsed.topic == topic
+    got = sorted((m.data, sorted(m.attributes.items())) for m in parsed.messages)
+    expected = sorted(
+        [(data, sorted(attrs.items())) for data, attrs in bodies] + [(p, []) for p in plain]
+    )
+    assert got == expected

@@ -1,0 +1,315 @@
+"""Which dialect a datagram speaks, and turning it into events.
+
+Every listener takes, by default, four formats (``--input-formats``), told
+apart by their leading bytes, byte compares only:
+
+=========  ==========================================  ==========================
+format     a datagram that                             module
+=========  ==========================================  ==========================
+json       starts with ``{`` (or anything else below)  codec.py
+syslog     starts ``<`` 1-3 digits ``>``               syslog.py
+gelf       starts ``78 01|5e|9c|da`` (zlib),           gelf.py
+           ``1f 8b`` (gzip) or ``1e 0f`` (a chunk)
+statsd     starts with a letter, digit or ``_`` and    statsd.py
+           holds a ``|`` (``name:value|type``)
+=========  ==========================================  ==========================
+
+The reader (sources.py) sends a datagram that starts with ``{`` straight to
+the JSON decoder, so the plain path pays one byte compare for all this, and
+every other datagram here. What matches no dialect goes to the JSON decoder
+too, and is rejected as it always was (``invalid_json``, ``not_object``: a
+bare ``123`` or ``[1]`` has no ``|``, so it is never taken for statsd). A
+datagram of a recognised format that ``--input-formats`` leaves out is
+rejected as ``format_disabled``, one event per line: it names what arrived
+instead of calling a statsd line bad JSON.
+
+What each dialect publishes
+---------------------------
+* gelf: the inflated JSON object, byte for byte (whitespace around it
+  removed); the whole GELF message is one event, newlines and all.
+* syslog: the message, which must be a JSON object, byte for byte, with the
+  header's facts as ``syslog_*`` attributes (config.SYSLOG_ATTRIBUTES); with
+  ``--syslog-wrap-text`` a message that is not a JSON object is published as
+  ``{"message": "<its text>"}`` instead of rejected.
+* statsd: one JSON object per sample, written here (statsd.py has the shapes).
+
+Attributes on the plain path
+----------------------------
+Without --attribute and the like, the pipeline carries each event as its own
+bytes, and the publisher wraps each in a PubsubMessage holding only ``data``.
+A syslog event carries attributes, so it travels as a whole PubsubMessage
+*body* (message.py) in the same queue: the publisher tells the two apart by
+the first byte (pubsub.RequestEncoder). A body starts with 0x0a, data's
+field tag; an event's bytes never do, because the JSON decoder splits lines
+at 0x0a, and a GELF or syslog event that would start with one goes as a body
+here. With metadata configured, every event is a body anyway (lanes.py) and
+the facts join the configured attributes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import MutableMapping
+from typing import Any
+
+from orjson import JSONDecodeError, loads
+
+from ingest import gelf, statsd, syslog
+from ingest.codec import NOT_OBJECT, Decoder, count_events, reason_of
+from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
+from ingest.message import VALUE_TOO_LONG, MessageBuilder, encode_attribute, encode_data
+from ingest.stats import Stats
+
+JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
+# The format label of events rejected before their bytes were looked at:
+# a datagram over --max-datagram-bytes, a sender outside an allow-list.
+UNKNOWN = "unknown"
+
+# Reject reasons of this module (fixed; metric labels).
+FORMAT_DISABLED = "format_disabled"
+REJECT_REASONS = (FORMAT_DISABLED,)
+
+
+# Incomplete chunked GELF messages of one listener: their bytes and
+# bookkeeping (gelf.Reassembler's estimate). 128 chunks of 8 KiB is 1 MiB, so
+# this holds dozens of large messages in flight at once.
+GELF_PENDING_MAX_BYTES = 32 << 20
+ENCODED_FACTS_CACHED = 4096
+
+_STATSD_FIRST = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
+_GELF_FIRST = frozenset((0x78, 0x1F, 0x1E))
+_AROUND_JSON = b" \t\r\n"  # JSON's insignificant whitespace
+
+
+def recognise(data: bytes) -> str:
+    """The format ``data`` looks like, by its leading bytes (JSON when
+    nothing else fits)."""
+    if not data:
+        return JSON
+    first = data[0]
+    if first == 0x3C:  # <
+        return SYSLOG if syslog.looks_like_syslog(data) else JSON
+    if first in _GELF_FIRST and gelf.kind(data) is not None:
+        return GELF
+    if first in _STATSD_FIRST and b"|" in data:
+        return STATSD
+    return JSON
+
+
+class Dialects:
+    """The decoder of one listener's datagrams that do not start with ``{``.
+
+    ``decode`` and ``count`` have the codec's contract (events appended to
+    ``out``, rejects counted, the datagram's events returned) so the reader
+    can call them in place of ``decode_json`` and ``codec.count_events``.
+    Events of a dialect are counted by format in ``counts`` until the reader
+    takes them (``take_counts``, once a wake-up); JSON's are what remains.
+
+    ``builder``: the metadata pipeline's (events go out as (lane, body)
+    pairs, message.py), or None for the plain pipeline. ``reassembler``: the
+    listener's own; the 8 random bytes of GELF's message id keep senders
+    apart (the reader does not learn UDP addresses: that would cost every
+    datagram a recvfrom).
+    """
+
+    def __init__(
+        self,
+        label: str,
+        formats: frozenset[str],
+        decode_json: Decoder,
+        stats: Stats,
+        reassembler: gelf.Reassembler,
+        *,
+        max_event_bytes: int,
+        wrap_text: bool = False,
+        builder: MessageBuilder | None = None,
+    ) -> None:
+        self.label = label
+        self.formats = formats
+        self.decode_json = decode_json
+        self.stats = stats
+        self.reassembler = reassembler
+        self.max_event_bytes = max_event_bytes
+        self.wrap_text = wrap_text
+        self.builder = builder
+        self.counts: Counter[str] = Counter()  # this wake-up's events by format, json aside
+        self.absorbed = 0  # this wake-up's chunk datagrams that ended no message
+        self.last_format = JSON  # of the datagram decoded last (for a tap)
+        self.last_text: bytes | None = None  # GELF's inflated payload, for a tap
+        self._facts: dict[tuple[str, str], bytes] = {}  # encoded syslog attributes
+
+    # ------------------------------------------------------------ the reader's
+    def decode(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+        fmt = self.last_format = recognise(data)
+        if fmt not in self.formats:
+            return self._disabled(fmt, data, rejected)
+        if fmt == JSON:
+            return self.decode_json(data, out, rejected)
+        if fmt == STATSD:
+            count = self._statsd(data, out, rejected)
+        elif fmt == SYSLOG:
+            count = self._syslog(data, out, rejected)
+        else:
+            count = self._gelf(data, out, rejected)
+        self.counts[fmt] += count
+        return count
+
+    def count(self, data: bytes) -> int:
+        """``codec.count_events`` for a datagram that cannot be kept (the
+        queue is full): one per line for statsd, one for a GELF or syslog
+        message. A GELF chunk still goes to the reassembler, so the message
+        it belongs to is counted once, as dropped, when it completes."""
+        fmt = self.last_format = recognise(data)
+        if fmt == JSON or fmt not in self.formats:
+            return count_events(data)
+        if fmt == STATSD:
+            count = count_events(data)
+        elif fmt == GELF and gelf.kind(data) == gelf.CHUNK:
+            count = 1 if self._reassemble(data) is not None else 0
+        else:
+            count = 1
+        self.counts[fmt] += count
+        return count
+
+    def take_counts(self) -> int:
+        """Move this wake-up's counts into the stats; returns the events of
+        dialects among the wake-up's received, and resets.
+        ``absorbed`` is the reader's to read first."""
+        counts = self.counts
+        total = 0
+        by_format = self.stats.events_by_format
+        for fmt, n in counts.items():
+            by_format[(self.label, fmt)] += n
+            total += n
+        counts.clear()
+        self.absorbed = 0
+        return total
+
+    def expire(self, now: float) -> None:
+        """End chunked messages whose time ran out (housekeeping; at
+        shutdown with ``math.inf``): each is an event received here and
+        rejected."""
+        self.reassembler.expire(now)
+        self._settle_reassembler()
+
+    # ---------------------------------------------------------------- formats
+    def _disabled(self, fmt: str, data: bytes, rejected: MutableMapping[str, int]) -> int:
+        count = count_events(data) if fmt in (STATSD, JSON) else 1
+        if count:
+            rejected[FORMAT_DISABLED] += count
+            if fmt != JSON:
+                self.counts[fmt] += count
+        return count
+
+    def _statsd(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+        if self.builder is None:
+            return statsd.decode_statsd(data, out, rejected)
+        events: list[bytes] = []
+        count = statsd.decode_statsd(data, events, rejected)
+        build = self.builder.build
+        out.extend(build(event, loads(event)) for event in events)
+        return count
+
+    def _syslog(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+        try:
+            message = syslog.parse(data)
+        except syslog.SyslogError as exc:
+            rejected[exc.reason] += 1
+            return 1
+        body = message.body
+        try:
+            parsed = loads(body)
+        except JSONDecodeError:
+            parsed, reason = None, reason_of(body)
+        else:
+            reason = NOT_OBJECT
+        if type(parsed) is not dict:
+            if not self.wrap_text:
+                rejected[reason] += 1
+                return 1
+            body = syslog.wrap_text(body)
+            parsed = loads(body)
+        self._emit(body, parsed, self._encoded(message.facts), out)
+        return 1
+
+    def _gelf(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+        payload = data
+        if gelf.kind(data) == gelf.CHUNK:
+            whole = self._reassemble(data)
+            if whole is None:
+                return 0
+            payload = whole
+        try:
+            text = gelf.unwrap(payload, self.max_event_bytes).strip(_AROUND_JSON)
+        except gelf.GelfError as exc:
+            rejected[exc.reason] += 1
+            return 1
+        self.last_text = text
+        try:
+            parsed = loads(text)
+        except JSONDecodeError:
+            rejected[reason_of(text)] += 1
+            return 1
+        if type(parsed) is not dict:
+            rejected[NOT_OBJECT] += 1
+            return 1
+        self._emit(text, parsed, b"", out)
+        return 1
+
+    # ---------------------------------------------------------------- helpers
+    def _reassemble(self, chunk: bytes) -> bytes | None:
+        """The chunk's message when it completes one, else None (the chunk
+        was kept, or ended a message counted by the reassembler)."""
+        payload = self.reassembler.add(chunk, None, time.monotonic())
+        if payload is None:
+            self.absorbed += 1
+        self._settle_reassembler()
+        return payload
+
+    def _settle_reassembler(self) -> None:
+        """Messages the reassembler gave up on are events received at this
+        listener and rejected; chunks it could not use are ignored datagrams."""
+        reassembler = self.reassembler
+        stats = self.stats
+        if reassembler.abandoned:
+            for reason, n in reassembler.abandoned.items():
+                stats.rejected[reason] += n
+                stats.events_received[self.label] += n
+                stats.events_by_format[(self.label, GELF)] += n
+            reassembler.abandoned.clear()
+        if reassembler.ignored:
+            for reason, n in reassembler.ignored.items():
+                stats.datagrams_ignored[reason] += n
+            reassembler.ignored.clear()
+
+    def _emit(self, data: bytes, parsed: dict[str, object], facts: bytes, out: list[Any]) -> None:
+        """One accepted event, in the pipeline's shape."""
+        if self.builder is not None:
+            out.append(self.builder.build(data, parsed, facts))
+        elif facts or data[0] == 0x0A:  # a body: see "Attributes on the plain path"
+            out.append(encode_data(data) + facts)
+        else:
+            out.append(data)
+
+    def _encoded(self, facts: syslog.Facts) -> bytes:
+        """The facts as attribute entries; each (name, value) encoded once
+        (bounded cache: timestamps and pids keep changing)."""
+        cache = self._facts
+        parts = []
+        for fact in facts:
+            piece = cache.get(fact)
+            if piece is None:
+                if len(cache) >= ENCODED_FACTS_CACHED:
+                    cache.clear()
+                name, value = fact
+                raw = value.encode()
+                if len(raw) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:  # Pub/Sub would refuse it all
+                    piece = b""
+                else:
+                    piece = encode_attribute(f"syslog_{name}".encode(), raw)
+                cache[fact] = piece
+            if not piece:
+                self.stats.attributes_skipped[VALUE_TOO_LONG] += 1
+            parts.append(piece)
+        return b"".join(parts)
