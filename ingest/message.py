@@ -66,6 +66,12 @@ def data_of(body: bytes) -> bytes:
     return body[pos : pos + size]
 
 
+def _data_header(body: bytes) -> bytes:
+    """The tag and length before a body's data."""
+    _, pos = _read_varint(body, 1)
+    return body[:pos]
+
+
 class Route:
     """``--route TOPIC:FIELD=VALUE``: events whose FIELD reads VALUE (by the
     attribute rules: a string as it is, a number or boolean as its JSON
@@ -212,19 +218,26 @@ class MessageBuilder:
 
     def adopt_data(self, events: list[bytes]) -> list[tuple[Lane, bytes]]:
         """Events an earlier run spooled as plain data, given this
-        configuration's metadata now. They were JSON objects when accepted
-        and the spool checksums them; one that somehow is not is still
-        published, as bare data, rather than stopping the replay."""
+        configuration's metadata now. An item of the plain pipeline is an
+        event's bytes, or a body (a syslog event with its attributes,
+        dialects.py): its data is built on, its attributes kept. They were
+        JSON objects when accepted and the spool checksums them; one that
+        somehow is not is still published, as bare data, rather than
+        stopping the replay."""
         out = []
         for event in events:
+            data, extra = event, b""
+            if event[:1] == b"\x0a":  # a body: data first, then attributes
+                data = data_of(event)
+                extra = event[len(_data_header(event)) + len(data) :]
             try:
-                parsed = loads(event)
+                parsed = loads(data)
             except JSONDecodeError:
                 parsed = None
             if type(parsed) is dict:
-                out.append(self.build(event, parsed))
+                out.append(self.build(data, parsed, extra))
             else:
-                out.append(((0, b""), encode_data(event)))
+                out.append(((0, b""), encode_data(data) + extra))
         return out
 
 

@@ -20,6 +20,7 @@ from ingest.message import (
     Route,
     data_of,
     encode_attribute,
+    encode_data,
     ordering_key_of,
     plain,
 )
@@ -131,9 +132,7 @@ def test_field_attributes_parse_back_as_protobuf_reads_them(
 def test_scalars_become_strings(value: object, attribute: str) -> None:
     build, skipped = builder(fields=[("kind", "kind")])
     event = {"kind": value}
-    [(_, got)] = parsed(
-        RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
-    )
+    [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
     assert got == {"kind": attribute}
     assert not skipped
 
@@ -141,9 +140,7 @@ def test_scalars_become_strings(value: object, attribute: str) -> None:
 def test_dotted_paths_reach_into_nested_objects() -> None:
     build, _ = builder(fields=[("user", "user.id"), ("deep", "a.b.c"), ("miss", "user.name.x")])
     event = {"user": {"id": 7, "name": "ann"}, "a": {"b": {"c": "x"}}}
-    [(_, got)] = parsed(
-        RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
-    )
+    [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
     assert got == {"user": "7", "deep": "x"}  # through a string: absent, not an error
 
 
@@ -172,9 +169,7 @@ def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
 def test_the_longest_value_is_kept() -> None:
     build, skipped = builder(fields=[("v", "v")])
     event = {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
-    [(_, got)] = parsed(
-        RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)])
-    )
+    [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
     assert got == {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
     assert not skipped
 
@@ -312,3 +307,15 @@ def test_cached_encodings_keep_types_apart_and_count_every_skip() -> None:
             assert build.build(b"{}", event)[0] == (0, text.encode())
         build.build(b"{}", {"v": [1], "o": "k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1)})
     assert dict(skipped) == {NOT_SCALAR: 2, ORDERING_KEY_TOO_LONG: 2}
+
+
+def test_a_spooled_body_of_the_plain_path_keeps_its_attributes_when_adopted() -> None:
+    """A syslog event on the plain path is spooled as a body with its syslog
+    attributes; a later run with metadata builds on its data and keeps them."""
+    build = MessageBuilder([("host", "web-1")], [("kind", "kind")], defaultdict(int))
+    spooled = encode_data(b'{"kind":"a"}') + encode_attribute(b"syslog_app", b"app")
+    [(lane, made)] = build.adopt_data([spooled])
+    assert lane == (0, b"")
+    assert parsed(RequestEncoder(TOPIC).encode([made])) == [
+        (b'{"kind":"a"}', {"host": "web-1", "kind": "a", "syslog_app": "app"})
+    ]

@@ -316,6 +316,67 @@ def test_spooled_messages_come_back_with_their_metadata(
         assert emulator.pull_quiet(topic.replace("/topics/", "/subscriptions/"), 0.3) == []
 
 
+@pytest.mark.parametrize("second_run", ["plain", "metadata"])
+def test_syslog_attributes_survive_the_spool_on_the_plain_path(
+    private_emulator: tuple[Emulator, TcpProxy],
+    daemons: Daemons,
+    sockdir: Path,
+    tmp_path: Path,
+    second_run: str,
+) -> None:
+    """Without metadata configured, a syslog event travels as a whole
+    PubsubMessage among raw events and is spooled so: a restart publishes it
+    with its syslog attributes, whether the next run is plain too or has
+    metadata (which builds on the spooled body and keeps them)."""
+    emulator, proxy = private_emulator
+    project = "spooled"
+    topic = f"projects/{project}/topics/main"
+    subscription = f"projects/{project}/subscriptions/main"
+    emulator.create_topic(topic)
+    emulator.create_subscription(subscription, topic)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sock = sockdir / "in.sock"
+    args = (
+        "--project", project, "--topic", "main", "--unix", str(sock),
+        "--spool-dir", str(spool), "--publish-timeout", "1", "--drain-timeout", "1",
+    )  # fmt: skip
+    sent = [b'<13>Nov 28 03:24:03 app[7]: {"n":%d}' % n for n in range(20)]
+    sent += [b'{"n":%d}' % n for n in range(20, 40)]
+    port = free_port()
+    first = daemons.start(
+        *args, "--metrics", f"127.0.0.1:{port}", emulator_host=f"127.0.0.1:{proxy.port}"
+    )
+    first.wait_ready()
+    send_all(sock, sent)
+    wait_for(
+        lambda: total(scrape(f"http://127.0.0.1:{port}"), "ingest_events_received_total") == 40,
+        10,
+        "the daemon reading every event",
+    )
+    assert first.stop() == 0
+    assert first.stopped_counts()["spooled"] == 40
+
+    proxy.refuse = False
+    more = ("--attribute", "host=web-1") if second_run == "metadata" else ()
+    second = daemons.start(*args, *more, emulator_host=f"127.0.0.1:{proxy.port}")
+    second.wait_ready()
+    got = by_data(emulator.pull_messages_until(subscription, 40))
+    static = {"host": "web-1"} if more else {}
+    facts = {
+        "syslog_severity": "notice",
+        "syslog_facility": "user",
+        "syslog_timestamp": "Nov 28 03:24:03",
+        "syslog_app": "app",
+        "syslog_pid": "7",
+    }
+    assert sorted(got) == sorted(b'{"n":%d}' % n for n in range(40))
+    for n in range(40):
+        attributes = dict(got[b'{"n":%d}' % n].attributes)
+        assert attributes == ({**static, **facts} if n < 20 else static)
+    assert second.stop() == 0
+
+
 # ---------------------------------------------------------- sender identity
 
 
