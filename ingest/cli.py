@@ -1,11 +1,13 @@
-"""Command line: ``ingest serve``, ``check-config``, ``send`` and ``top``; flags, INGEST_* env, exit codes.
+"""Command line: ``ingest serve``, ``check-config``, ``send``, ``top`` and ``tap``; flags, INGEST_* env, exit codes.
 
 Exit codes: 0 ok; 1 runtime failure (serve: a crashed task; send: nothing
-takes the datagrams now: no socket, nothing listens, nobody reads); 2 bad
+takes the datagrams now: no socket, nothing listens, nobody reads; tap: the
+daemon cannot be reached, is full of taps, or closed the stream); 2 bad
 configuration or startup error (one line naming the flag; send: an invalid or
-too large event, or a target that is not a datagram socket); 3 serve stopped
-but dropped events at the drain deadline; 4 send: permission denied; 130 serve
-stopped at once by a second SIGINT.
+too large event, or a target that is not a datagram socket; tap: the daemon
+refused the request); 3 serve stopped but dropped events at the drain
+deadline; 4 send: permission denied; 130 serve stopped at once by a second
+SIGINT.
 """
 
 from __future__ import annotations
@@ -113,6 +115,63 @@ def _top_parser(sub: Any) -> None:
     )
 
 
+def _tap_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "tap",
+        help="print a live sample of the datagrams a running daemon receives, as JSON lines",
+        description="Prints one JSON line per datagram (listener, sender, format, outcome, "
+        "reason, counts, text) from the daemon's /tap, flushed per line so `| jq` works live. "
+        "The daemon samples: at most ~100 lines a second, with bursts of 200; what it leaves "
+        "out is counted on stderr. Without an outcome flag, every outcome is shown. Exit 0 "
+        "after --limit lines or on Ctrl-C; 1 when the daemon cannot be reached or goes away; "
+        "2 when it refuses the request (a bad filter).",
+    )
+    parser.add_argument(
+        "--url",
+        default=f"http://{DEFAULT_METRICS}",
+        help="the daemon's --metrics base URL, as for `ingest top` "
+        f"(default http://{DEFAULT_METRICS})",
+    )
+    for outcome, what in (
+        ("accepted", "accepted datagrams"),
+        ("rejected", "datagrams with a rejected event"),
+        ("dropped", "datagrams dropped for a full queue"),
+    ):
+        parser.add_argument(
+            f"--{outcome}",
+            dest="outcomes",
+            action="append_const",
+            const=outcome,
+            help=f"show {what} (the outcome flags add up)",
+        )
+    parser.add_argument(
+        "--listener",
+        action="append",
+        metavar="LABEL",
+        help="only this listener, exactly as in the metrics (udp:127.0.0.1:8125, "
+        "unix:/run/ingest/ingest.sock); repeatable",
+    )
+    parser.add_argument(
+        "--format",
+        action="append",
+        metavar="FMT",
+        help="only these formats: json, gelf, syslog, statsd; comma-separated or repeated",
+    )
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="exit after N lines (default: never)"
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest", description="Datagram relay from web workers and emitters to Pub/Sub."
@@ -123,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     _check_config_parser(sub)
     _send_parser(sub)
     _top_parser(sub)
+    _tap_parser(sub)
     return parser
 
 
@@ -238,6 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ingest.top import run_top  # rich's live display: only `top` pays for it
 
         return run_top(args.url)
+    if args.command == "tap":
+        from ingest.tap import run_tap
+
+        formats = [part for item in args.format or () for part in item.split(",")]
+        return run_tap(
+            args.url,
+            outcomes=args.outcomes or (),
+            listeners=args.listener or (),
+            formats=formats,
+            limit=args.limit,
+        )
     from ingest.send import send_command
 
     return send_command(args.unix, args.udp, args.events, sys.stdin)
