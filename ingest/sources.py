@@ -37,7 +37,7 @@ from ingest.message import MessageBuilder, data_of, encode_attribute
 from ingest.queue import QUEUE_FULL, Intake
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
-from ingest.tap import TapHub
+from ingest.tap import ACCEPTED, DROPPED, REJECTED, TapHub
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,6 @@ FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
 REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
 TAP_TEXT_BYTES = 1024  # of a datagram's text a tap shows
-# A tapped datagram's outcome (tap.py): all its events accepted, some
-# rejected, or not looked at because the queue was full.
-ACCEPTED, REJECTED, DROPPED = "accepted", "rejected", "dropped"
 # struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
 UCRED = struct.Struct("iII")
 # Room for the credentials and nothing more: file descriptors a sender

@@ -7,7 +7,8 @@ on ``GET /tap``; its query filters what it sees:
   absent: all three;
 * ``listener=LABEL`` -- exact label (``udp:127.0.0.1:8125``); repeatable, never
   comma-split (a unix path may hold a comma); absent: every listener;
-* ``format=json|gelf|syslog|statsd`` -- repeatable or comma-separated; absent: all;
+* ``format=json|gelf|syslog|statsd|unknown`` -- repeatable or comma-separated;
+  absent: all;
 * ``limit=N`` -- the server closes the stream after N records.
 
 Anything else, or a bad value, is a 400 with a one-line reason.
@@ -50,6 +51,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
+from ingest.config import INPUT_FORMATS
 from ingest.ratelimit import LogLimiter
 
 if TYPE_CHECKING:
@@ -57,8 +59,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("accepted", "rejected", "dropped")
-FORMATS = ("json", "gelf", "syslog", "statsd")
+# A datagram's outcome: all its events accepted, some rejected, or not
+# looked at because the queue was full (sources.py decides).
+ACCEPTED, REJECTED, DROPPED = OUTCOMES = ("accepted", "rejected", "dropped")
+# What a datagram was taken for (dialects.py); "unknown": rejected before
+# being looked at (over --max-datagram-bytes).
+FORMATS = (*INPUT_FORMATS, "unknown")
 MAX_TAPS = 4
 RATE_PER_S = 100.0
 BURST = 200

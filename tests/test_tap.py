@@ -8,6 +8,7 @@ subprocess); everything the hub does is called on that loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import signal
 import socket
@@ -15,8 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -38,7 +41,10 @@ from ingest.tap import (
     parse_query,
 )
 from ingest.top import base_url as top_base_url
-from tests.helpers import closed_tcp_port, wait_for
+from tests.conftest import PubSubNames
+from tests.helpers import INGEST, Daemons, closed_tcp_port, wait_for
+from tests.test_metrics_http import start
+from tools.emulator import free_port
 
 T = TypeVar("T")
 TIMEOUT_S = 5.0
@@ -250,7 +256,7 @@ def test_query_parameters(query: bytes, expected: TapFilter) -> None:
     ("query", "reason"),
     [
         (b"outcome=lost", "outcome must be one of accepted, rejected, dropped, not 'lost'"),
-        (b"format=xml", "format must be one of json, gelf, syslog, statsd, not 'xml'"),
+        (b"format=xml", "format must be one of json, gelf, syslog, statsd, unknown, not 'xml'"),
         (b"limit=0", "limit must be a positive integer, not '0'"),
         (b"limit=-1", "limit must be a positive integer, not '-1'"),
         (b"limit=1&limit=2", "limit given twice"),
@@ -543,7 +549,7 @@ def test_cli_exits_2_with_the_daemons_line_when_it_refuses(
     assert (proc.returncode, out) == (2, "")
     assert err == (
         f"ingest tap: {served.base}/tap: "
-        "format must be one of json, gelf, syslog, statsd, not 'xml' (400)\n"
+        "format must be one of json, gelf, syslog, statsd, unknown, not 'xml' (400)\n"
     )
 
 
@@ -573,3 +579,91 @@ def test_cli_ctrl_c_exits_0_quietly(serve: Callable[..., Served]) -> None:
         proc.kill()
     assert (proc.returncode, out, err) == (0, "", "")
     wait_for(lambda: not served.active(), TIMEOUT_S, "the CLI's tap to leave")
+
+
+# --- against a real daemon --------------------------------------------------------
+
+
+def test_a_real_daemon_shows_what_arrives_and_why_it_was_rejected(
+    daemons: Daemons, pubsub: PubSubNames, sockdir: Path
+) -> None:
+    """``ingest serve`` and ``ingest tap`` as users run them: a tap asking for
+    rejected datagrams of UDP shows the bad ones with their sender, format and
+    reason, and the good datagrams sent between them not at all."""
+    udp_port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon, base = start(
+        daemons, pubsub, "--udp", f"127.0.0.1:{udp_port}", "--unix", str(sockdir / "in.sock")
+    )
+    tap = subprocess.Popen(
+        [INGEST, "tap", "--url", base, "--rejected", "--limit", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.bind(("127.0.0.1", 0))
+        sender.connect(("127.0.0.1", udp_port))
+        sender_port = sender.getsockname()[1]
+        # The tap sees only what arrives after it connected: send until it
+        # has shown three, each bad datagram between good ones.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sender.send(b'{"good":1}')
+            sender.send(b"a.hits:one|c")  # statsd, with a value that is no number
+            sender.send(b'{"good":2}')
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                tap.wait(timeout=0.05)  # paced by the tap's exit: its limit reached
+                break
+        out, err = tap.communicate(timeout=10)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+        sender.close()
+    assert tap.returncode == 0, err
+    records = [orjson.loads(line) for line in out.splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert record["listener"] == f"udp:127.0.0.1:{udp_port}"
+        assert record["sender"] == f"127.0.0.1:{sender_port}"
+        assert record["format"] == "statsd"
+        assert record["outcome"] == "rejected"
+        assert record["reason"] == "invalid_statsd"
+        assert record["text"] == "a.hits:one|c"
+    assert daemon.stop() == 0
+
+
+def test_a_tap_shows_gelf_inflated_and_the_event_ingest_made_of_a_statsd_line(
+    daemons: Daemons, pubsub: PubSubNames
+) -> None:
+    udp_port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    _, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{udp_port}")
+    tap = subprocess.Popen(
+        [INGEST, "tap", "--url", base, "--accepted", "--format", "gelf,statsd", "--limit", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    gelf = b'{"version":"1.1","host":"h","short_message":"hi"}'
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.connect(("127.0.0.1", udp_port))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            sender.send(b'{"json":"not asked for"}')
+            sender.send(zlib.compress(gelf))
+            sender.send(b"a.hits:1|c|#env:prod")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                tap.wait(timeout=0.05)
+                break
+    out, err = tap.communicate(timeout=10)
+    assert tap.returncode == 0, err
+    first, second = (orjson.loads(line) for line in out.splitlines())
+    assert (first["format"], first["outcome"], first["text"]) == ("gelf", "accepted", gelf.decode())
+    assert "event" not in first  # what was published is the text itself
+    assert (second["format"], second["text"]) == ("statsd", "a.hits:1|c|#env:prod")
+    assert orjson.loads(second["event"]) == {
+        "metric": "a.hits",
+        "value": 1,
+        "type": "c",
+        "tags": {"env": "prod"},
+    }
