@@ -135,6 +135,10 @@ class Dialects:
         self.builder = builder
         self.counts: Counter[str] = Counter()  # this wake-up's events by format, json aside
         self.absorbed = 0  # this wake-up's chunk datagrams that ended no message
+        # This wake-up's bytes inflated from GELF, kept or refused: the reader
+        # stops the wake-up at its bytes budget, as for bytes received, so a
+        # burst of small datagrams cannot inflate to gigabytes in one go.
+        self.inflated = 0
         self.last_format = JSON  # of the datagram decoded last (for a tap)
         self.last_text: bytes | None = None  # GELF's inflated payload, for a tap
         self._facts: dict[tuple[str, str], bytes] = {}  # encoded syslog attributes
@@ -183,7 +187,7 @@ class Dialects:
             by_format[(self.label, fmt)] += n
             total += n
         counts.clear()
-        self.absorbed = 0
+        self.absorbed = self.inflated = 0
         return total
 
     def expire(self, now: float) -> None:
@@ -241,11 +245,14 @@ class Dialects:
                 return 0
             payload = whole
         try:
-            text = gelf.unwrap(payload, self.max_event_bytes).strip(_AROUND_JSON)
+            text = gelf.unwrap(payload, self.max_event_bytes)
         except gelf.GelfError as exc:
+            if exc.reason == gelf.TOO_LARGE:
+                self.inflated += self.max_event_bytes
             rejected[exc.reason] += 1
             return 1
-        self.last_text = text
+        self.inflated += len(text)
+        text = self.last_text = text.strip(_AROUND_JSON)
         try:
             parsed = loads(text)
         except JSONDecodeError:

@@ -435,6 +435,7 @@ class DatagramSource:
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode, other, count_full = self._decode, self._other, self._count
+        dialects = self.dialects
         if tapped:
             decode, other, count_full = self._tapped(decode, other, count_full)
         room = self._queue.room()
@@ -480,6 +481,8 @@ class DatagramSource:
                     count = decode(data, events, rejected)
                 else:
                     count = other(data, events, rejected)
+                    if dialects is not None and dialects.inflated >= max_read:
+                        more = True  # GELF's inflated bytes count as read
             else:
                 count = count_full(data)
                 full += count

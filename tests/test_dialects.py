@@ -483,3 +483,29 @@ def test_no_queued_event_starts_with_0x0a_unless_it_is_a_whole_body(
                 assert type(orjson.loads(item)) is dict
     for data, _ in published(out):
         assert type(orjson.loads(data)) is dict
+
+
+def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf() -> None:
+    """Small datagrams that inflate to a lot (kept, or refused as bombs) end
+    a wake-up at WAKEUP_MAX_BYTES of inflated bytes, as bytes read would."""
+
+    def test() -> None:
+        reader = Reader(max_event_bytes=512 << 10)
+        big = b'{"pad":"' + b" " * (300 << 10) + b'"}'  # 300 KiB, compresses to ~300 B
+        bomb = zlib.compress(b"{" + b" " * (4 << 20) + b"}")
+        for datagram in [zlib.compress(big)] * 10 + [bomb] * 10:
+            reader.sender.send(datagram)
+        wake_ups = []
+        while True:
+            before = reader.stats.datagrams_received[reader.label]
+            more = reader.source.drain()
+            wake_ups.append(reader.stats.datagrams_received[reader.label] - before)
+            if not more:
+                break
+        # 1 MiB a wake-up, the datagram that crosses it included: 4 of 300 KiB,
+        # again, then 2 of them and a bomb (charged its 512 KiB bound), then bombs
+        assert wake_ups == [4, 4, 3, 2, 2, 2, 2, 1]
+        assert reader.stats.rejected["too_large"] == 10
+        reader.close()
+
+    run(test)

@@ -15,8 +15,8 @@ from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
 from ingest.lanes import LANE_BYTES, LaneBatcher, LaneQueue
 from ingest.message import Lane, MessageBuilder
-from ingest.queue import QUEUE_FULL
 from ingest.pubsub import RequestEncoder
+from ingest.queue import QUEUE_FULL
 from ingest.stats import Stats
 
 DEADLINE_S = 5.0
