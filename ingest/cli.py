@@ -25,6 +25,7 @@ from ingest.config import (
     DEFAULT_METRICS,
     DEFAULT_UNIX_PATH,
     ENV_PREFIX,
+    INPUT_FORMATS,
     SERVE_OPTIONS,
     ConfigError,
     Settings,
@@ -262,7 +263,10 @@ def summary(settings: Settings) -> str:
         f"publishers={settings.publishers}",
         f"queue {settings.queue_max_events} events/{settings.queue_max_bytes} bytes",
         f"drain-timeout={settings.drain_timeout_s:g}s",
+        "formats " + ",".join(f for f in INPUT_FORMATS if f in settings.input_formats),
     ]
+    if settings.syslog_wrap_text:
+        parts.append("syslog-wrap-text")
     if settings.udp_allow:
         parts.append("udp-allow " + ",".join(str(net) for net in settings.udp_allow))
     if settings.unix_gid is not None:

@@ -989,3 +989,14 @@ def test_the_most_attributes_pubsub_allows_are_accepted() -> None:
     assert len(build({"attributes": [f"k{i}=v" for i in range(94)]}).attributes) == 94
     # without syslog, its keys are free to use
     assert build({"attributes": "syslog_app=x", "input_formats": "json"}).attributes
+
+
+def test_check_config_names_the_input_formats(tmp_path: Path) -> None:
+    path = tmp_path / "ingest.toml"
+    path.write_bytes(
+        REQUIRED_TOML + b'input_formats = ["statsd", "json"]\nsyslog_wrap_text = true\n'
+    )
+    result = run_ingest("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "formats json,statsd;" in result.stdout + result.stderr
+    assert "syslog-wrap-text" in result.stdout + result.stderr
