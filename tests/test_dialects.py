@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import socket
+import time
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -33,6 +34,10 @@ from ingest.pubsub import RequestEncoder
 from ingest.queue import QUEUE_FULL, EventQueue
 from ingest.sources import DatagramSource, bind_udp
 from ingest.stats import Stats
+from tests.conftest import PubSubNames
+from tests.helpers import Daemons, wait_for
+from tests.test_metrics_http import scrape, start, unaccounted, value
+from tools.emulator import free_port
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 ALL = frozenset(INPUT_FORMATS)
@@ -308,16 +313,25 @@ def test_duplicate_chunks_are_ignored_datagrams_and_incomplete_messages_end_at_c
     run(test)
 
 
-def test_interleaved_chunked_messages_both_complete() -> None:
+def test_interleaved_chunked_messages_from_two_senders_both_complete() -> None:
     def test() -> None:
         reader = Reader()
+        other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        other.connect(reader.sender.getpeername())
         first = json.dumps({"who": "a", "b": os.urandom(1500).hex()}).encode()
         second = json.dumps({"who": "b", "b": os.urandom(1500).hex()}).encode()
         a, b = chunks(zlib.compress(first), 400), chunks(gzip.compress(second), 400)
-        mixed = [part for pair in zip(a, b, strict=False) for part in pair]
-        mixed += a[len(b) :] + b[len(a) :]
-        items = reader.feed(*mixed)
+        for part_a, part_b in zip(a, b, strict=False):
+            reader.sender.send(part_a)
+            other.send(part_b)
+        for part in a[len(b) :]:
+            reader.sender.send(part)
+        for part in b[len(a) :]:
+            other.send(part)
+        items = reader.feed()
         assert sorted(d for d, _ in published(items)) == sorted([first, second])
+        assert not reader.stats.rejected_total()
+        other.close()
         reader.close()
 
     run(test)
@@ -509,3 +523,34 @@ def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf() -> None:
         reader.close()
 
     run(test)
+
+
+def test_a_daemon_ends_an_incomplete_chunked_message_after_its_five_seconds(
+    daemons: Daemons, pubsub: PubSubNames
+) -> None:
+    """The daemon's housekeeping expires chunked messages on time, with no
+    further traffic: counted gelf_incomplete, their memory freed."""
+    port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    _, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{port}")
+    label = f"udp:127.0.0.1:{port}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.connect(("127.0.0.1", port))
+        for part in chunks(zlib.compress(os.urandom(3000)), 1000)[:-1]:
+            sender.send(part)
+    wait_for(
+        lambda: value(scrape(base), "ingest_gelf_pending_messages", listener=label) == 1,
+        10,
+        "the message pending",
+    )
+    started = time.monotonic()
+    wait_for(
+        lambda: value(scrape(base), "ingest_events_rejected_total", reason="gelf_incomplete") == 1,
+        10,
+        "the message expired",
+    )
+    assert time.monotonic() - started < 9  # GELF's 5 s, housekeeping's second, and slack
+    samples = scrape(base)
+    assert value(samples, "ingest_gelf_pending_messages", listener=label) == 0
+    assert value(samples, "ingest_gelf_pending_bytes", listener=label) == 0
+    assert value(samples, "ingest_events_received_total", listener=label, format="gelf") == 1
+    assert unaccounted(samples) == 0
