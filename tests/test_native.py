@@ -257,6 +257,19 @@ def test_ordering_holds_across_a_frozen_emulator(
 # ------------------------------------------------- the spool keeps metadata
 
 
+def spooling_args(project: str, sockdir: Path, tmp_path: Path) -> tuple[Path, tuple[str, ...]]:
+    """A daemon on a unix socket with a spool, which gives up on an
+    unreachable Pub/Sub quickly: SIGTERM spools what it holds. Its socket
+    and its arguments (topic "main")."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    sock = sockdir / "in.sock"
+    return sock, (
+        "--project", project, "--topic", "main", "--unix", str(sock),
+        "--spool-dir", str(spool), "--publish-timeout", "1", "--drain-timeout", "1",
+    )  # fmt: skip
+
+
 def test_spooled_messages_come_back_with_their_metadata(
     private_emulator: tuple[Emulator, TcpProxy], daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
@@ -270,12 +283,9 @@ def test_spooled_messages_come_back_with_their_metadata(
     for topic in (main, errors):
         emulator.create_topic(topic)
         emulator.create_subscription(topic.replace("/topics/", "/subscriptions/"), topic)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    sock = sockdir / "in.sock"
+    sock, spooling = spooling_args(project, sockdir, tmp_path)
     args = (
-        "--project", project, "--topic", "main", "--unix", str(sock),
-        "--spool-dir", str(spool), "--publish-timeout", "1", "--drain-timeout", "1",
+        *spooling,
         "--attribute", "host=web-1", "--attribute-field", "kind=kind",
         "--ordering-key-field", "user", "--route", "errors:kind=error",
     )  # fmt: skip
@@ -334,13 +344,7 @@ def test_syslog_attributes_survive_the_spool_on_the_plain_path(
     subscription = f"projects/{project}/subscriptions/main"
     emulator.create_topic(topic)
     emulator.create_subscription(subscription, topic)
-    spool = tmp_path / "spool"
-    spool.mkdir(mode=0o700)
-    sock = sockdir / "in.sock"
-    args = (
-        "--project", project, "--topic", "main", "--unix", str(sock),
-        "--spool-dir", str(spool), "--publish-timeout", "1", "--drain-timeout", "1",
-    )  # fmt: skip
+    sock, args = spooling_args(project, sockdir, tmp_path)
     sent = [b'<13>Nov 28 03:24:03 app[7]: {"n":%d}' % n for n in range(20)]
     sent += [b'{"n":%d}' % n for n in range(20, 40)]
     port = free_port()
