@@ -37,6 +37,7 @@ from ingest.snapshot import (
     Snapshot,
     histogram_quantile,
 )
+from ingest.tap import FORMATS
 
 __all__ = ["History", "InlineDashboard", "Snapshot", "histogram_quantile", "render", "sparkline"]
 
@@ -271,6 +272,32 @@ def _topics_box(history: History, snap: Snapshot) -> _Box | None:
     return _Box("published by topic", table, 1 + len(snap.published_by_topic))
 
 
+def _formats_in_use(snap: Snapshot) -> list[str]:
+    """The formats that received events, as --input-formats lists them, unknown
+    (rejected unread) after them, and last any a newer daemon knows and this
+    dashboard does not. A format at 0 is configured but not in use."""
+    rank = {fmt: index for index, fmt in enumerate(FORMATS)}
+    used = [fmt for fmt, count in snap.received_by_format.items() if count > 0]
+    return sorted(used, key=lambda fmt: (rank.get(fmt, len(rank)), fmt))
+
+
+def _formats_box(history: History, snap: Snapshot) -> _Box | None:
+    """Received events by input format; None unless two or more formats are in
+    use (one format's numbers are the totals), and from an old daemon without
+    the label."""
+    formats = _formats_in_use(snap)
+    if len(formats) < 2:
+        return None
+    table = _table("format", "events/s", "received")
+    for fmt in formats:
+        table.add_row(
+            fmt,
+            _rate(history.rate(_entry(lambda s: s.received_by_format, fmt))),
+            _num(snap.received_by_format[fmt]),
+        )
+    return _Box("received by format", table, 1 + len(formats))
+
+
 def _reasons_box(snap: Snapshot) -> _Box:
     table = _table("lost", "reason", "events")
     lost = [("rejected", r, n) for r, n in sorted(snap.rejected.items()) if n]
@@ -302,9 +329,12 @@ def _panels(
         "reasons": _reasons_box(snap),
         "codes": _codes_box(history, snap),
     }
-    topics = _topics_box(history, snap)
-    if topics is not None:
-        boxes["topics"] = topics
+    for name, box in (
+        ("formats", _formats_box(history, snap)),
+        ("topics", _topics_box(history, snap)),
+    ):
+        if box is not None:
+            boxes[name] = box
     if warns:
         lines = Text("\n".join(f"! {line}" for line in warns), style="yellow", no_wrap=True)
         lines.overflow = "ellipsis"
@@ -313,16 +343,18 @@ def _panels(
 
 
 # Rows in display order; a row's priority decides what a small terminal keeps.
+# The breakdowns of a total (formats, then topics) are given up first.
 _WIDE_ROWS = (
     ("totals", "queue"),
     ("rates",),
     ("warnings",),
     ("latency", "codes"),
     ("listeners",),
+    ("formats",),  # only with more than one format in use
     ("topics",),  # only with more than one topic
     ("reasons",),
 )
-_WIDE_PRIORITY = (0, 1, 2, 3, 4, 6, 5)
+_WIDE_PRIORITY = (0, 1, 2, 3, 4, 7, 6, 5)
 _NARROW_ROWS = tuple(
     (name,)
     for name in (
@@ -332,12 +364,13 @@ _NARROW_ROWS = tuple(
         "queue",
         "latency",
         "listeners",
+        "formats",
         "topics",
         "reasons",
         "codes",
     )
 )
-_NARROW_PRIORITY = (2, 0, 1, 3, 4, 5, 8, 6, 7)
+_NARROW_PRIORITY = (2, 0, 1, 3, 4, 5, 9, 8, 6, 7)
 
 
 def _header(

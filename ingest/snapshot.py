@@ -63,6 +63,10 @@ class Snapshot:
     # ``published`` by topic ID, --topic's first; empty from an old daemon,
     # whose ingest_events_published_total had no topic label.
     published_by_topic: Mapping[str, int] = field(default_factory=dict)
+    # ``received`` by input format (json, gelf, syslog, statsd, unknown), summed
+    # over listeners; empty from an old daemon, whose
+    # ingest_events_received_total had no format label.
+    received_by_format: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_families(
@@ -73,10 +77,13 @@ class Snapshot:
             for sample in family.samples:
                 samples.setdefault(sample.name, []).append((sample.labels, sample.value))
 
-        def by(name: str, label: str) -> dict[str, int]:
-            """The samples of ``name`` summed by ``label`` (over its other labels)."""
+        def by(name: str, label: str, *, required: bool = False) -> dict[str, int]:
+            """The samples of ``name`` summed by ``label`` (over its other labels);
+            a sample without ``label`` counts under "", or not at all if ``required``."""
             out: dict[str, int] = {}
             for labels, value in samples.get(name, []):
+                if required and label not in labels:
+                    continue
                 key = labels.get(label, "")
                 out[key] = out.get(key, 0) + int(value)
             return out
@@ -106,6 +113,7 @@ class Snapshot:
             version=label_of("ingest_build_info", "version"),
             topic=label_of("ingest_topic_info", "topic"),
             received=by("ingest_events_received_total", "listener"),
+            received_by_format=by("ingest_events_received_total", "format", required=True),
             datagrams=by("ingest_datagrams_received_total", "listener"),
             rejected=by("ingest_events_rejected_total", "reason"),
             dropped=by("ingest_events_dropped_total", "reason"),

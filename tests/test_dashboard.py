@@ -8,12 +8,14 @@ import io
 import logging
 import re
 import sys
+from dataclasses import dataclass
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from ingest.config import INPUT_FORMATS
 from ingest.dashboard import History, InlineDashboard, Snapshot, histogram_quantile, render
 from ingest.health import Verdict
 from ingest.metrics import build_registry
@@ -28,7 +30,9 @@ START = 1_700_000_000.0
 
 def exposition(
     *,
-    received: dict[str, int] | None = None,
+    received: dict[str, int] | None = None,  # by listener
+    by_format: dict[str, dict[str, int]] | None = None,  # the part of ``received`` not JSON
+    formatless: bool = False,  # ``received`` as a daemon before dialects exported it
     published: int = 0,
     by_topic: dict[str, int] | None = None,  # instead of ``published``, to topic "t"
     unlabelled: bool = False,  # ``published`` as a daemon before routing exported it
@@ -55,7 +59,11 @@ def exposition(
         *(f'ingest_topic_info{{topic="projects/p/topics/{k}"}} 1' for k in by_topic),
         f"process_start_time_seconds {start}",
         "# TYPE ingest_events_received_total counter",
-        *(f'ingest_events_received_total{{listener="{k}"}} {v}' for k, v in received.items()),
+        *(
+            [f'ingest_events_received_total{{listener="{k}"}} {v}' for k, v in received.items()]
+            if formatless
+            else received_by_format(received, by_format or {})
+        ),
         "# TYPE ingest_events_rejected_total counter",
         *(f'ingest_events_rejected_total{{reason="{k}"}} {v}' for k, v in (rejected or {}).items()),
         "# TYPE ingest_events_dropped_total counter",
@@ -90,6 +98,21 @@ def exposition(
     lines.append(f'ingest_publish_latency_seconds_bucket{{le="+Inf"}} {running}')
     lines.append(f"ingest_publish_latency_seconds_count {running}")
     return "\n".join(lines) + "\n"
+
+
+def received_by_format(received: dict[str, int], by_format: dict[str, dict[str, int]]) -> list[str]:
+    """ingest_events_received_total as the daemon exports it: every format of
+    every listener, 0 until used, JSON's share the rest of the listener's events."""
+    lines = []
+    for listener, events in received.items():
+        counts = dict.fromkeys((*INPUT_FORMATS, "unknown"), 0)
+        counts.update(by_format.get(listener, {}))
+        counts["json"] = events - sum(counts.values())  # counts["json"] is still 0 here
+        lines += [
+            f'ingest_events_received_total{{listener="{listener}",format="{fmt}"}} {n}'
+            for fmt, n in counts.items()
+        ]
+    return lines
 
 
 def snap(at: float, **kwargs: object) -> Snapshot:
@@ -218,6 +241,108 @@ def test_one_topic_looks_as_before_routing(width: int) -> None:
     assert "published by topic" not in view and "more panel" not in view
     assert row(view, "published", "990")
     assert view == text_of(old, [], width=width)
+
+
+def test_received_by_format_sums_over_listeners_and_an_old_daemon_has_none() -> None:
+    kwargs: dict[str, object] = {
+        "received": {UDP: 1_000, UNIX: 500},
+        "published": 1_495,
+        "rejected": {"too_large": 5},
+    }
+    new = snap(1.0, by_format={UDP: {"statsd": 300}, UNIX: {"statsd": 100, "unknown": 5}}, **kwargs)
+    assert new.received == {UDP: 1_000, UNIX: 500}  # still by listener
+    assert new.received_by_format == {
+        "json": 1_095,
+        "gelf": 0,
+        "syslog": 0,
+        "statsd": 400,
+        "unknown": 5,
+    }
+    old = snap(1.0, formatless=True, **kwargs)  # a daemon from before dialects
+    assert old.received == new.received and old.received_by_format == {}
+    assert old.unaccounted == new.unaccounted == 0
+
+
+def two_formats(**kwargs: object) -> History:
+    """JSON on both listeners, statsd on the UDP one: 1,400/s and 1,100/s."""
+    return history(
+        snap(100.0, received={UDP: 1_000, UNIX: 0}, by_format={UDP: {"statsd": 400}}, **kwargs),
+        snap(
+            102.0,
+            received={UDP: 5_000, UNIX: 1_000},
+            by_format={UDP: {"statsd": 2_400}, UNIX: {"statsd": 200}},
+            **kwargs,
+        ),
+    )
+
+
+def test_two_formats_in_use_get_a_row_each_with_rate_and_count() -> None:
+    hist = two_formats()
+    assert hist.rate(lambda s: s.received_by_format["json"]) == 1_400.0
+    assert hist.rate(lambda s: s.received_by_format["statsd"]) == 1_100.0
+    view = text_of(hist, [])
+    assert "received by format" in view
+    assert row(view, "format", "events/s", "received")
+    assert row(view, "json", "1,400.0/s", "3,400")
+    assert row(view, "statsd", "1,100.0/s", "2,600")
+    assert row(view, "in", "2,500.0/s")  # the rows add up to the totals
+    assert row(view, "received", "6,000")
+    for idle in ("gelf", "syslog", "unknown"):  # exported at 0: not in use, no row
+        assert not row(view, idle)
+    lines = view.splitlines()
+    first = next(i for i, line in enumerate(lines) if row(line, "json", "1,400.0/s"))
+    assert row(lines[first + 1], "statsd", "1,100.0/s")  # as --input-formats lists them
+
+
+def without_hidden_line(view: str) -> str:
+    return re.sub(r"\(\d+ more panels?: enlarge the terminal\)\n", "", view)
+
+
+@pytest.mark.parametrize(("width", "height"), [(80, 24), (100, 30)])
+def test_a_small_terminal_gives_the_format_panel_up_first(width: int, height: int) -> None:
+    """Every other panel keeps its place: the same screen as with one format
+    in use, but for the line that counts what was left out."""
+    small = text_of(two_formats(), [], width=width, height=height)
+    assert "received by format" not in small and "more panel" in small
+    assert len(small.rstrip("\n").splitlines()) <= height
+    one = history(
+        snap(100.0, received={UDP: 1_000, UNIX: 0}),
+        snap(102.0, received={UDP: 5_000, UNIX: 1_000}),
+    )
+    before = text_of(one, [], width=width, height=height)
+    assert without_hidden_line(small) == without_hidden_line(before)
+    assert "health OK" in small and row(small, "received", "6,000")
+    assert "events/s, last" in small and "queue" in small and "latency" in small
+
+
+@pytest.mark.parametrize("width", [120, 80])
+@pytest.mark.parametrize(
+    "formats",
+    [{}, {UDP: {"statsd": 1_000}, UNIX: {"statsd": 100}}, {UNIX: {"unknown": 0}}],
+    ids=["json", "statsd", "unknown-at-0"],
+)
+def test_one_format_in_use_looks_as_before_dialects(
+    width: int, formats: dict[str, dict[str, int]]
+) -> None:
+    """One format: no per-format rows, the same screen as from a daemon whose
+    ingest_events_received_total had no format label (which still renders)."""
+    before = {"received": {UDP: 0, UNIX: 0}}
+    after: dict[str, object] = {"received": {UDP: 1_000, UNIX: 100}, "published": 1_100}
+    hist = history(snap(1.0, **before), snap(2.0, by_format=formats, **after))
+    old = history(snap(1.0, formatless=True, **before), snap(2.0, formatless=True, **after))
+    view = text_of(hist, [], width=width, height=50)
+    assert "received by format" not in view and "more panel" not in view
+    assert row(view, UDP, "up", "1,000.0/s", "1,000") and row(view, "received", "1,100")
+    assert view == text_of(old, [], width=width, height=50)
+
+
+def test_unknown_is_in_use_once_something_was_rejected_unread() -> None:
+    hist = history(
+        snap(1.0, received={UDP: 0}),
+        snap(2.0, received={UDP: 103}, by_format={UDP: {"unknown": 3}}, rejected={"too_large": 3}),
+    )
+    view = text_of(hist, [])
+    assert row(view, "json", "100.0/s", "100") and row(view, "unknown", "3.0/s", "3")
 
 
 def test_a_restarted_daemon_starts_a_new_history() -> None:
@@ -363,6 +488,19 @@ def test_disconnected_keeps_the_numbers_marked_stale() -> None:
     assert "DISCONNECTED: nope" in text_of(History(), None, disconnected="nope")
 
 
+@dataclass
+class _Listener:
+    """A ListenerView without a socket, taking every format."""
+
+    label: str
+    kind: str = "udp"
+    udp_inode: int | None = None  # no kernel drop counter, which could move between scrapes
+    rcvbuf_granted: int | None = 32 << 20
+    problem: str | None = None
+    input_formats: tuple[str, ...] = INPUT_FORMATS
+    gelf_pending: tuple[int, int] | None = (0, 0)
+
+
 class _View:
     """A PipelineView over real Stats and a real queue, without a daemon."""
 
@@ -389,7 +527,9 @@ class _View:
 
 def test_registry_and_parsed_text_give_the_same_snapshot() -> None:
     view = _View()
+    view.listener_views = [_Listener(UDP)]
     view.stats.events_received[UDP] += 1_234
+    view.stats.events_by_format[(UDP, "statsd")] += 34  # of the 1,234
     view.stats.rejected["not_object"] += 4
     view.stats.published += 1_227
     view.stats.published_by_topic["t"] += 1_227
@@ -405,6 +545,14 @@ def test_registry_and_parsed_text_give_the_same_snapshot() -> None:
     assert direct == parsed
     assert direct.received_total == 1_234 and direct.published == 1_227
     assert direct.unaccounted == 0
+    assert direct.received == {UDP: 1_234}
+    assert direct.received_by_format == {
+        "json": 1_200,
+        "gelf": 0,
+        "syslog": 0,
+        "statsd": 34,
+        "unknown": 0,
+    }
 
 
 def test_metrics_export_every_configured_topic_by_id() -> None:

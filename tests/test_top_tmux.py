@@ -32,6 +32,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 ROOT = Path(__file__).resolve().parents[1]
 VALID = 1_234
+STATSD = 3
 PACE_PER_S = 200  # ~6 s of load: long enough to watch the rate while it runs
 
 
@@ -212,15 +213,17 @@ def test_top_shows_what_was_sent_and_survives_the_daemon(serve: Serve, tmux: Tmu
     finally:
         load.join(timeout=30)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        for bad in (b"not json", b"[1, 2]", b"{oops", b"42"):
+        for bad in (b"not json", b"[1, 2]", b"{oops", b"42"):  # JSON to ingest, and invalid
             sock.sendto(bad, serve.unix_path)
+        for n in range(STATSD):  # one event each: a second format in use
+            sock.sendto(b"a.hits:%d|c" % n, serve.unix_path)
 
     # The totals match what was sent, exactly, with thousands separators.
     def totals_match() -> bool:
         screen = tmux.screen()
         return (
-            row(screen, "received", "1,238", "rejected", "4")
-            and row(screen, "published", "1,234", "dropped", "0")
+            row(screen, "received", "1,241", "rejected", "4")
+            and row(screen, "published", "1,237", "dropped", "0")
             and "accounted ✓" in screen
         )
 
@@ -231,11 +234,13 @@ def test_top_shows_what_was_sent_and_survives_the_daemon(serve: Serve, tmux: Tmu
     assert row(screen, "rejected", "invalid_json", "2") and row(
         screen, "rejected", "not_object", "2"
     )
+    # JSON and statsd: a row each, with its rate (whatever it is by now) and total.
+    assert re.search(r"│\s+json\s+\S+/s\s+1,238\s.*\n│\s+statsd\s+\S+/s\s+3\s", screen)
 
     # The daemon stops: DISCONNECTED, the last numbers kept. It comes back: reconnected.
     assert serve.stop() == 0
     poll(lambda: "DISCONNECTED" in tmux.screen(), "DISCONNECTED", 15, tmux.screen)
-    assert row(tmux.screen(), "published", "1,234")
+    assert row(tmux.screen(), "published", "1,237")
     serve.start()
 
     def reconnected() -> bool:
