@@ -27,7 +27,7 @@ from ingest import kernel, systemd
 from ingest.batch import Batcher
 from ingest.codec import Decoder, decode_datagram
 from ingest.config import ConfigError, Listener, Settings
-from ingest.dialects import GELF_PENDING_MAX_BYTES, JSON, Dialects
+from ingest.dialects import GELF_PENDING_MAX_BYTES, Dialects
 from ingest.gelf import Reassembler
 from ingest.health import PubSubHealth, Verdict, evaluate
 from ingest.httpd import HttpServer
@@ -427,18 +427,18 @@ class Daemon:
             decode = self.lanes.decoder(credentials)
         else:
             decode, credentials = self.lanes.decoder(), None
-        dialects = None
-        if settings.input_formats != {JSON}:
-            dialects = Dialects(
-                listener.label,
-                settings.input_formats,
-                decode,
-                self.stats,
-                Reassembler(GELF_PENDING_MAX_BYTES, settings.max_event_bytes),
-                max_event_bytes=settings.max_event_bytes,
-                wrap_text=settings.syslog_wrap_text,
-                builder=credentials or (self.lanes.builder if self.lanes else None),
-            )
+        # Always: with JSON alone too, the others must be recognised to be
+        # rejected as format_disabled rather than as bad JSON.
+        dialects = Dialects(
+            listener.label,
+            settings.input_formats,
+            decode,
+            self.stats,
+            Reassembler(GELF_PENDING_MAX_BYTES, settings.max_event_bytes),
+            max_event_bytes=settings.max_event_bytes,
+            wrap_text=settings.syslog_wrap_text,
+            builder=credentials or (self.lanes.builder if self.lanes else None),
+        )
         return DatagramSource(
             listener,
             sock,

@@ -313,11 +313,13 @@ def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> Coun
     by_format = stats.events_by_format
     formats_of = {item.label: tuple(item.input_formats) for item in listeners}
     for label in dict.fromkeys([*formats_of, *stats.events_received]):
-        others = {fmt: by_format.get((label, fmt), 0) for fmt in formats_of.get(label, ())}
-        others[UNKNOWN] = by_format.get((label, UNKNOWN), 0)
-        others[JSON] = 0
-        others[JSON] = stats.events_received.get(label, 0) - sum(others.values())
-        for fmt, count in others.items():
+        # The accepted formats and unknown from the start; a format turned
+        # away (format_disabled) once it has events.
+        counts = dict.fromkeys((*formats_of.get(label, ()), UNKNOWN), 0)
+        counts.update((fmt, n) for (where, fmt), n in by_format.items() if where == label)
+        counts[JSON] = 0
+        counts[JSON] = stats.events_received.get(label, 0) - sum(counts.values())
+        for fmt, count in counts.items():
             family.add_metric([label, fmt], count)
     return family
 
