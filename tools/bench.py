@@ -37,6 +37,31 @@ smallest, so the per-request cost shows) get a plain step of their own
 first; the fake checks the same. Target: metadata costs at most 1.5 µs of
 daemon CPU per event more than the plain path.
 
+The stand-in run also compares the input formats (``json vs gelf vs
+statsd``): at each ``--dialect-rates`` rate (50k and 100k/s by default, where
+every format keeps up on 2 cores, so the comparison is CPU per event, not
+loss) the plain JSON step is followed by a GELF step and a statsd step, each
+a fresh daemon with the defaults (every listener takes every format), fed by
+tools.loadgen ``--format gelf`` (graypy's message: a ~170-byte GELF object,
+``_seq`` and two ``_`` fields, zlib-compressed, one per datagram) or
+``--format statsd`` (``bench.requests:<seq>|c|#env:prod,route:/api``, one
+line per datagram, as the JSON events are one per datagram). The fake
+checks every event in the shape ingest publishes it: the inflated GELF
+object byte for byte (seq from ``_seq``, latency from ``timestamp``), the
+JSON event ingest writes for a statsd line (seq from ``value``; no send
+time, so no latency). Reported per format: offered and delivered events/s,
+daemon CPU µs per event and the difference to JSON, loss, events per
+Publish request, the sender's CPU per event; and that every statsd sample
+was one Pub/Sub message (ingest does not aggregate). The rates below the
+stepping's first share the plain step with the metadata comparison (plain,
+gelf, statsd, metadata: the formats right after the plain step, as their
+differences are the smaller); 4 steps of ``--standin-seconds`` (~9 s each with
+start-up and drain), ~35 s at the defaults. ``--dialect-rates ''`` skips
+them. The emulator run has them only when asked (``--emulator-dialects
+gelf,statsd``: one phase each at ``--rate`` after the first repeat's plain
+phase, every message pulled and checked as above; the emulator's CPU per
+message dominates there, so they are off by default).
+
 Both servers run niced (``--emulator-nice``): they stand in for a remote
 service. Unix datagram senders get EAGAIN once 11 datagrams wait
 (net.unix.max_dgram_qlen, 10 by default, per network namespace). Run as root
@@ -86,6 +111,8 @@ QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
 SEQ_STRIDE = 100_000_000  # phase i sends sequence numbers from i * SEQ_STRIDE
 STANDIN_RATES = "150000,200000,250000,300000,350000,400000"
 STANDIN_METADATA_RATES = "50000,100000,150000,200000"
+DIALECT_RATES = "50000,100000"  # stand-in: json, gelf and statsd steps at each
+DIALECTS = ("gelf", "statsd")  # tools.loadgen --format values besides json
 KEYS = 100  # distinct ordering keys (users) of the metadata phases
 METADATA_REPEATS = 3  # emulator run: metadata phases in this many of its UDP repeats
 ROUTED_USER = "u0"  # the metadata phases route this user's events to a second topic
@@ -106,10 +133,10 @@ class Sink(Protocol):
     def cpu_s(self) -> float | None: ...
 
     def session(
-        self, name: str, first_seq: int, expected: int, metadata: Metadata | None
+        self, name: str, first_seq: int, expected: int, metadata: Metadata | None, fmt: str
     ) -> contextlib.AbstractContextManager[tuple[list[str], Check]]:
         """Topic IDs for the phase's daemon (with ``metadata``: its --topic and
-        its route's), and how to check what arrived."""
+        its route's), and how to check what arrived (events sent as ``fmt``)."""
         ...
 
 
@@ -144,7 +171,7 @@ class EmulatorSink:
 
     @contextlib.contextmanager
     def session(
-        self, name: str, first_seq: int, expected: int, metadata: Metadata | None
+        self, name: str, first_seq: int, expected: int, metadata: Metadata | None, fmt: str
     ) -> Iterator[tuple[list[str], Check]]:
         names = [name, f"{name}-routed"] if metadata else [name]
         with contextlib.ExitStack() as stack:
@@ -159,6 +186,7 @@ class EmulatorSink:
                     expected,
                     self.verify_deadline_s,
                     metadata=metadata,
+                    fmt=fmt,
                 ),
             )
 
@@ -198,11 +226,11 @@ class FakeSink:
 
     @contextlib.contextmanager
     def session(
-        self, name: str, first_seq: int, expected: int, metadata: Metadata | None
+        self, name: str, first_seq: int, expected: int, metadata: Metadata | None, fmt: str
     ) -> Iterator[tuple[list[str], Check]]:
         names = [name, f"{name}-routed"] if metadata else [name]
         # Forgets what came before; arms the check (every topic exists here).
-        self.fake.report(first_seq, expected, metadata, names[-1])
+        self.fake.report(first_seq, expected, metadata, names[-1], fmt=fmt)
         yield names, lambda: self._check(first_seq, expected)
 
 
@@ -259,6 +287,8 @@ def run_senders(
     command += ["--count", str(args.senders), "--start-at", repr(start_at)]
     if phase.metadata:
         command += ["--keys", str(phase.metadata.keys)]
+    if phase.fmt != "json":
+        command += ["--format", phase.fmt]
     procs = [bench.spawn([*command, "--index", str(i)]) for i in range(args.senders)]
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds * 3 + 30)
@@ -299,7 +329,7 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
     rcvbuf = [f"--udp-rcvbuf-bytes={phase.rcvbuf}"] if phase.rcvbuf else []
     sink = bench.sink
     expected = int(phase.rate / args.senders * seconds) * args.senders
-    session = sink.session(f"bench-{phase.name}", first_seq, expected, phase.metadata)
+    session = sink.session(f"bench-{phase.name}", first_seq, expected, phase.metadata, phase.fmt)
     with session as (topics, check):
         daemon = DaemonProcess(
             [
@@ -428,8 +458,8 @@ def report(
     standin_engine: str,
 ) -> None:
     # The plain path's targets, and the side by side, are the plain phases'.
-    udp = [p for p in phases if p.transport == "udp" and not p.metadata]
-    steps = [p for p in all_steps if p.stepping and not p.metadata]
+    udp = [p for p in phases if p.transport == "udp" and p.plain]
+    steps = [p for p in all_steps if p.stepping and p.plain]
     if phases:
         rep.print_table(
             f"EMULATOR RUN (verified delivery): fixed offered rate for {args.seconds:g} s per "
@@ -447,9 +477,9 @@ def report(
             f"{args.standin_seconds:g} s per step; every event's sequence number checked by the "
             "fake"
             + (
-                "; the metadata steps (-meta), and plain steps below the first rate, are not "
-                "part of the stepping"
-                if args.keys
+                "; the metadata (-meta) and format (-gelf, -statsd) steps, and plain steps "
+                "below the first rate, are not part of the stepping"
+                if args.keys or args.dialect_rates
                 else ""
             ),
             all_steps,
@@ -465,6 +495,10 @@ def report(
         for line in rep.standin_targets(steps):
             print(line)
     for line in rep.plain_vs_metadata(phases, all_steps):
+        print(line)
+    for line in rep.json_vs_dialects(phases, "emulator run"):
+        print(line)
+    for line in rep.json_vs_dialects(all_steps, "stand-in run: the daemon's CPU per event"):
         print(line)
     if udp and steps:
         rep.side_by_side(udp, steps)
@@ -592,6 +626,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="emulator run: UDP phases with metadata in this many of the --repeat repeats "
         "(each ~20 s: the metadata daemon falls behind at 150k/s, then every message is pulled)",
     )
+    parser.add_argument(
+        "--dialect-rates",
+        type=_ints,
+        default=_ints(DIALECT_RATES),
+        metavar="N[,N...]",
+        help="stand-in run: a GELF (zlib) and a statsd step after the plain JSON step at each "
+        "of these rates (that the stepping reaches; one below the stepping's first rate gets "
+        "a plain step of its own first); '' for none",
+    )
+    parser.add_argument(
+        "--emulator-dialects",
+        default="",
+        metavar="FORMAT[,FORMAT...]",
+        help="emulator run: a UDP phase per format (gelf, statsd) at --rate after the first "
+        "repeat's plain phase (default none: the emulator's CPU dominates there)",
+    )
     parser.add_argument("--standin-seconds", type=float, default=5.0, help="per step")
     parser.add_argument(
         "--standin-engine",
@@ -627,6 +677,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"--runs: unknown {','.join(sorted(unknown))}")
     if args.keys < 0:
         parser.error("--keys: must be >= 0")
+    args.emulator_dialects = [f for f in args.emulator_dialects.split(",") if f]
+    if unknown := set(args.emulator_dialects) - set(DIALECTS):
+        parser.error(f"--emulator-dialects: unknown {','.join(sorted(unknown))}")
     return args
 
 
@@ -653,6 +706,9 @@ def plan(args: argparse.Namespace) -> list[Phase]:
                 name += "-meta" if metadata else ""
                 name += f".r{run}" if args.repeat > 1 else ""
                 phases.append(Phase(name, "udp", args.rate, rcvbuf=rcvbuf, metadata=metadata))
+                if run == 1 and rcvbuf is None and metadata is None:
+                    for fmt in args.emulator_dialects:
+                        phases.append(Phase(f"udp-{fmt}", "udp", args.rate, fmt=fmt))
     if "unix" in transports:
         host_qlen = int(args.host_qlen or read_text(QLEN_PATH) or 10)
         qlens = [host_qlen]
@@ -720,20 +776,28 @@ def standin_run(
     steps: list[Phase] = []
     metadata_rates = args.standin_metadata_rates if args.keys else []
 
-    def metadata_step(rate: int) -> None:
-        meta = Phase(f"standin-{rate // 1000}k-meta", "udp", rate, metadata=metadata_of(args))
-        steps.append(standin_step(bench, meta, next(indices)))
+    def comparisons(rate: int) -> None:
+        """After a plain step: the format steps (right after it, as their
+        differences are the smaller), then the metadata step."""
+        if rate in args.dialect_rates:
+            for fmt in DIALECTS:
+                name = f"standin-{rate // 1000}k-{fmt}"
+                dialect = Phase(name, "udp", rate, fmt=fmt, stepping=False)
+                steps.append(standin_step(bench, dialect, next(indices)))
+        if rate in metadata_rates:
+            meta = Phase(f"standin-{rate // 1000}k-meta", "udp", rate, metadata=metadata_of(args))
+            steps.append(standin_step(bench, meta, next(indices)))
 
-    # Rates below the stepping's: a plain step outside the stepping, then the metadata step.
-    for rate in sorted(r for r in metadata_rates if r < min(args.standin_rates)):
+    # Rates below the stepping's: a plain step outside the stepping, then the comparisons.
+    below = {r for r in [*metadata_rates, *args.dialect_rates] if r < min(args.standin_rates)}
+    for rate in sorted(below):
         plain = Phase(f"standin-{rate // 1000}k", "udp", rate, stepping=False)
         steps.append(standin_step(bench, plain, next(indices)))
-        metadata_step(rate)
+        comparisons(rate)
     for rate in args.standin_rates:
         phase = standin_step(bench, Phase(f"standin-{rate // 1000}k", "udp", rate), next(indices))
         steps.append(phase)
-        if rate in metadata_rates:
-            metadata_step(rate)
+        comparisons(rate)
         if not phase.meets(rate):
             break
     return steps, fake.engine
@@ -747,10 +811,16 @@ def standin_step(bench: Bench, template: Phase, index: int) -> Phase:
     seconds = bench.args.standin_seconds
     rate = template.rate
     what = " with metadata" if template.metadata else ""
+    what += f" as {template.fmt}" if template.fmt != "json" else ""
     for attempt in (1, 2):
         print(f"stand-in {rate:,.0f}/s{what} for {seconds:g} s ...", flush=True)
         phase = Phase(
-            template.name, "udp", rate, metadata=template.metadata, stepping=template.stepping
+            template.name,
+            "udp",
+            rate,
+            metadata=template.metadata,
+            fmt=template.fmt,
+            stepping=template.stepping,
         )
         run_phase(bench, phase, index + attempt - 1, seconds)
         print(f"  loss {phase.loss_pct:.3f} % ({phase.delivered:,} checked)", flush=True)

@@ -14,6 +14,11 @@ Both runs also have *metadata* phases: the same daemon, rate and transport
 (UDP) with Pub/Sub-native metadata (two attributes from event fields, an
 ordering key of ``--keys`` distinct values, one route to a second topic),
 reported beside the plain phases (``plain_vs_metadata``).
+
+The stand-in run also has *dialect* steps: the same daemon and rate fed GELF
+(zlib) messages or DogStatsD lines instead of JSON events (tools.loadgen
+``--format``), reported beside the plain JSON step of the same rate
+(``json_vs_dialects``).
 """
 
 from __future__ import annotations
@@ -77,7 +82,8 @@ class Phase:
     qlen: int | None = None  # net.unix.max_dgram_qlen the daemon's sockets were made under
     rcvbuf: int | None = None  # --udp-rcvbuf-bytes given to the daemon (None: its default)
     metadata: Metadata | None = None  # the metadata variant: what its messages carry
-    stepping: bool = True  # a stand-in step of the stepping (not a metadata comparison's own)
+    fmt: str = "json"  # the events' wire format (tools.loadgen --format)
+    stepping: bool = True  # a stand-in step of the stepping (not a comparison's own)
     senders: Senders = field(default_factory=Senders)
     drained: bool = False
     window_s: float = 0.0  # senders start -> drained
@@ -100,7 +106,13 @@ class Phase:
             return f"unix qlen {self.qlen}"
         rcvbuf = f"rcvbuf {self.rcvbuf / (1 << 20):g} MiB" if self.rcvbuf else "rcvbuf default"
         metadata = f" metadata ({self.metadata.keys} keys)" if self.metadata else ""
-        return f"udp {self.rate:,.0f}/s {rcvbuf}{metadata}"
+        fmt = "" if self.fmt == "json" else f" {self.fmt}"
+        return f"udp {self.rate:,.0f}/s {rcvbuf}{metadata}{fmt}"
+
+    @property
+    def plain(self) -> bool:
+        """JSON events without metadata: the plain path."""
+        return self.metadata is None and self.fmt == "json"
 
     @property
     def received(self) -> int:
@@ -452,7 +464,7 @@ def _pairs(
     stand-in rate that has both."""
     out = []
     udp = [p for p in emulator if p.transport == "udp" and p.rcvbuf is None]
-    plain = [p for p in udp if not p.metadata]
+    plain = [p for p in udp if p.plain]
     meta = [p for p in udp if p.metadata]
     if plain and meta:
         rate = plain[0].rate
@@ -461,7 +473,7 @@ def _pairs(
         )
     for m in sorted(standin, key=lambda p: p.rate):
         if m.metadata:
-            same = [p for p in standin if not p.metadata and p.rate == m.rate]
+            same = [p for p in standin if p.plain and p.rate == m.rate]
             if same:
                 out.append((f"stand-in run {m.rate / 1000:g}k/s", same, [m]))
     return out
@@ -542,4 +554,61 @@ def plain_vs_metadata(emulator: Sequence[Phase], standin: Sequence[Phase]) -> li
         f"        metadata phases within the loss bound ({TARGET_LOSS_PCT} %): "
         f"{sum(met)} of {len(met)}"
     )
+    return lines
+
+
+def dialect_groups(phases: Sequence[Phase]) -> list[tuple[float, Phase, list[Phase]]]:
+    """(rate, the plain JSON phase, the dialect phases) for each rate that
+    has both; a rate's last plain phase before its first dialect phase."""
+    out = []
+    for rate in sorted({p.rate for p in phases if p.fmt != "json"}):
+        dialects = [p for p in phases if p.fmt != "json" and p.rate == rate]
+        first = phases.index(dialects[0])
+        plain = [
+            p
+            for p in phases[:first]
+            if p.plain and p.rate == rate and p.transport == "udp" and p.rcvbuf is None
+        ]
+        if plain:
+            out.append((rate, plain[-1], dialects))
+    return out
+
+
+def json_vs_dialects(phases: Sequence[Phase], where: str) -> list[str]:
+    """JSON, GELF (zlib) and statsd steps of the same rate side by side:
+    offered and delivered events/s, daemon CPU per event and its difference to
+    JSON, loss, events per Publish request; then the note that every statsd
+    sample is a Pub/Sub message. Empty when no rate had both."""
+    groups = dialect_groups(phases)
+    if not groups:
+        return []
+    lines = [
+        "",
+        f"json vs gelf vs statsd ({where}; UDP, one event per datagram: JSON events of ~126 "
+        "bytes; GELF objects of ~170 bytes, zlib-compressed to ~145; DogStatsD counter lines "
+        "of ~47 bytes, published as ~93-byte JSON events)",
+        f"  {'':<22}{'offered/s':>11}{'delivered/s':>13}{'daemon µs/event':>17}{'vs json':>9}"
+        f"{'loss %':>9}{'events/request':>16}{'sender µs/event':>17}",
+    ]
+    for rate, plain, dialects in groups:
+        base = plain.cpu_us_per_event
+        for p in [plain, *dialects]:
+            cpu = p.cpu_us_per_event
+            diff = "" if p is plain or cpu is None or base is None else f"{cpu - base:+.2f}"
+            sender = p.senders.cpu_s / p.senders.attempted * 1e6 if p.senders.attempted else None
+            check = "" if p.verified else " PARTIAL"
+            lines.append(
+                f"  {f'{rate / 1000:g}k/s {p.fmt}':<22}{_n(p.offered_rate):>11}"
+                f"{_n(p.delivered_rate):>13}{_n(cpu, 2):>17}{diff:>9}"
+                f"{_n(p.loss_pct, 3) + check:>9}{_n(p.events_per_request):>16}{_n(sender, 2):>17}"
+            )
+    statsd = [p for _, _, ds in groups for p in ds if p.fmt == "statsd"]
+    if statsd:
+        top = max(statsd, key=lambda p: p.rate)
+        published = top.metrics.total("ingest_events_published_total")
+        lines.append(
+            "  note: ingest is not an aggregator: every statsd sample is one Pub/Sub message "
+            f"(at {top.rate:,.0f} samples/s offered: {top.senders.ok:,} samples sent, "
+            f"{published:,} messages published)"
+        )
     return lines

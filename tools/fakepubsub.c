@@ -33,7 +33,13 @@
  * the attributes of "attributes" ("k=v,k=v": map entries, field 2, in any
  * order), and have been published to the topic whose ID is "route_topic"
  * exactly when its user is "routed"; any other is counted in wrong_metadata.
- * Names are plain text (no JSON escapes), as the bench makes them. */
+ * Names are plain text (no JSON escapes), as the bench makes them.
+ *
+ * The dialect runs (a Report with "format": "gelf" or "statsd": events sent
+ * with tools.loadgen --format): each message is checked as the event ingest
+ * publishes for that format instead, the inflated GELF object (seq from
+ * "_seq", the send time from "timestamp") or the JSON event ingest writes for
+ * a statsd line (seq from "value"; no send time, so no latency). */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -60,6 +66,14 @@
 #define EVENT_TAIL ",\"host\":\"web-01\",\"method\":\"GET\",\"path\":\"/api/v1/orders\"," \
                    "\"status\":200,\"dur_ms\":12.5}"
 #define EVENT_USER ",\"user\":\"u"    /* --keys: EVENT_TAIL less its '}', this, the number, "} */
+/* tools/loadgen.py's GELF_TEMPLATE and STATSD_EVENT, around their numbers */
+#define GELF_HEAD "{\"version\":\"1.1\",\"host\":\"web-01\",\"short_message\":" \
+                  "\"GET /api/v1/orders 200\",\"timestamp\":"
+#define GELF_SEQ ",\"level\":6,\"_seq\":"
+#define GELF_TAIL ",\"_logger\":\"app.access\",\"_dur_ms\":12.5}"
+#define STATSD_HEAD "{\"metric\":\"bench.requests\",\"value\":"
+#define STATSD_TAIL ",\"type\":\"c\",\"tags\":{\"env\":\"prod\",\"route\":\"/api\"}}"
+enum { FORMAT_JSON, FORMAT_GELF, FORMAT_STATSD };
 #define MAX_ATTRS 16
 #define NAME_MAX_LEN 256
 
@@ -67,7 +81,8 @@
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     long long requests, messages, probes, distinct, duplicates, foreign, last_us;
-    long long first_seq, expected;
+    long long first_seq, expected, n_lat;  /* n_lat: distinct events with a send time */
+    int format;                            /* FORMAT_*: how the events were sent */
     unsigned char *seen;
     long long *lat;
     /* the metadata run's expectations (keys > 0) and findings */
@@ -108,6 +123,41 @@ static long long number(const unsigned char *p, size_t n, size_t *used) {
 
 static int varint(const unsigned char **p, const unsigned char *end, uint64_t *out);
 
+/* Whether the n bytes at d begin with the text lit; then *used is its length. */
+static int starts(const unsigned char *d, size_t n, const char *lit, size_t *used) {
+    size_t k = strlen(lit);
+    if (n < k || memcmp(d, lit, k)) return 0;
+    *used = k;
+    return 1;
+}
+
+/* seq and send time (-1: none) of a GELF or statsd event, or -1. */
+static long long dialect_event(const unsigned char *d, size_t n, long long *sent) {
+    size_t at = 0, k;
+    long long seq, secs, micros = 0;
+    *sent = -1;
+    if (L.format == FORMAT_STATSD) {
+        if (!starts(d, n, STATSD_HEAD, &k) || (seq = number(d + k, n - k, &at)) < 0) return -1;
+        at += k;
+        return n - at == strlen(STATSD_TAIL) && !memcmp(d + at, STATSD_TAIL, n - at) ? seq : -1;
+    }
+    if (!starts(d, n, GELF_HEAD, &k) || (secs = number(d + k, n - k, &at)) < 0) return -1;
+    at += k;
+    if (n - at < 7 || d[at] != '.') return -1;
+    for (int i = 1; i <= 6; i++) {  /* exactly six digits, leading zeros kept */
+        if (d[at + i] < '0' || d[at + i] > '9') return -1;
+        micros = micros * 10 + (d[at + i] - '0');
+    }
+    at += 7;
+    if (!starts(d + at, n - at, GELF_SEQ, &k)) return -1;
+    at += k;
+    if ((seq = number(d + at, n - at, &k)) < 0) return -1;
+    at += k;
+    if (n - at != strlen(GELF_TAIL) || memcmp(d + at, GELF_TAIL, n - at)) return -1;
+    *sent = secs * 1000000 + micros;
+    return seq;
+}
+
 /* Whether a message's attributes are exactly L's: each map entry (field 2:
  * key = 1, value = 2) one of them, and as many. */
 static int attributes_match(const unsigned char *q, const unsigned char *end) {
@@ -141,12 +191,18 @@ static void check_event(const unsigned char *d, size_t n, long long arrived, con
     size_t a, b, c = 0, head = sizeof EVENT_HEAD - 1, mid = sizeof EVENT_MID - 1, tail = sizeof EVENT_TAIL - 1;
     size_t user = sizeof EVENT_USER - 1;
     long long seq, sent, u = 0;
+    const unsigned char *t = d;  /* json --keys: the user's number */
+    size_t rest;
+    if (L.format != FORMAT_JSON) {
+        if ((seq = dialect_event(d, n, &sent)) < 0) goto foreign;
+        goto check;
+    }
     if (n < head || memcmp(d, EVENT_HEAD, head)) goto foreign;
     if ((seq = number(d + head, n - head, &a)) < 0) goto foreign;
     if (n < head + a + mid || memcmp(d + head + a, EVENT_MID, mid)) goto foreign;
     if ((sent = number(d + head + a + mid, n - head - a - mid, &b)) < 0) goto foreign;
-    const unsigned char *t = d + head + a + mid + b;
-    size_t rest = n - head - a - mid - b;
+    t = d + head + a + mid + b;
+    rest = n - head - a - mid - b;
     if (!L.keys) {
         if (rest != tail || memcmp(t, EVENT_TAIL, tail)) goto foreign;
     } else {  /* EVENT_TAIL less '}', ,"user":"u, seq % keys, "} */
@@ -157,12 +213,14 @@ static void check_event(const unsigned char *d, size_t n, long long arrived, con
         if ((u = number(t, rest, &c)) < 0 || u != seq % L.keys || rest != c + 2 || memcmp(t + c, "\"}", 2))
             goto foreign;
     }
+check:;
     long long i = seq - L.first_seq;
     if (i < 0 || i >= L.expected) goto foreign;
     if (L.seen[i]) { L.duplicates++; return; }
     L.seen[i] = 1;
-    L.lat[L.distinct++] = arrived - sent;
-    if (L.keys) {  /* the user's text is t[0..c), "u" before it */
+    L.distinct++;
+    if (sent >= 0) L.lat[L.n_lat++] = arrived - sent;
+    if (L.keys && L.format == FORMAT_JSON) {  /* the user's text is t[0..c), "u" before it */
         int routed = strlen(L.routed_user) == c + 1 && L.routed_user[0] == 'u' && !memcmp(L.routed_user + 1, t, c);
         L.routed += m->to_route;
         if (m->key_len != c + 1 || m->key[0] != 'u' || memcmp(m->key + 1, t, c) || routed != m->to_route ||
@@ -400,7 +458,7 @@ static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
     long long keys = k ? strtoll(k + 7, NULL, 10) : 0;
     double cpu0 = cpu_s();
     pthread_mutex_lock(&mu);
-    qsort(L.lat, (size_t)L.distinct, sizeof *L.lat, cmp_ll);
+    qsort(L.lat, (size_t)L.n_lat, sizeof *L.lat, cmp_ll);
     size_t cap = 512 + 24 * (QUANTILES + 1);
     char *out = malloc(cap);
     int at = snprintf(out, cap,
@@ -410,9 +468,9 @@ static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
                       "\"latency_quantiles_us\": [",
                       L.requests, L.messages, L.probes, L.distinct, L.duplicates, L.foreign, L.last_us,
                       L.keys ? "true" : "false", L.wrong_metadata, L.routed);
-    if (L.distinct) {
+    if (L.n_lat) {
         for (long long i = 0; i <= QUANTILES; i++) {
-            long long k = i < QUANTILES ? i * L.distinct / QUANTILES : L.distinct - 1;
+            long long k = i < QUANTILES ? i * L.n_lat / QUANTILES : L.n_lat - 1;
             at += snprintf(out + at, cap - at, "%s%lld", i ? ", " : "", L.lat[k]);
         }
     }
@@ -424,6 +482,9 @@ static unsigned char *report(const unsigned char *req, size_t n, size_t *len) {
     json_text(ask, "\"route_topic\"", L.route_topic, sizeof L.route_topic);
     json_text(ask, "\"routed\"", L.routed_user, sizeof L.routed_user);
     json_text(ask, "\"attributes\"", attrs, sizeof attrs);
+    char format[16];
+    json_text(ask, "\"format\"", format, sizeof format);
+    L.format = !strcmp(format, "gelf") ? FORMAT_GELF : !strcmp(format, "statsd") ? FORMAT_STATSD : FORMAT_JSON;
     for (char *save = NULL, *pair = strtok_r(attrs, ",", &save); pair && L.n_attrs < MAX_ATTRS;
          pair = strtok_r(NULL, ",", &save)) {  /* "k=v,k=v" */
         char *eq = strchr(pair, '=');

@@ -32,7 +32,11 @@ ingest/topic.py) and one of its own:
   "k=v,k=v"``, ``"route_topic"`` and ``"routed"`` (the user whose events go
   to that topic ID); each distinct event's ordering key, attributes and topic
   are then checked (``wrong_metadata``), and those on the route's topic
-  counted (``routed``). Any topic is accepted.
+  counted (``routed``). Any topic is accepted. ``"format": "gelf"`` or
+  ``"statsd"`` (events sent with ``tools.loadgen --format``) checks each
+  message as the event ingest publishes for that format instead (the
+  sequence number from GELF's ``_seq``, from the statsd event's ``value``;
+  a statsd event has no send time, so no latency).
 
 Two implementations, one protocol. tools/fakepubsub.c (built with the
 machine's C compiler on first use, as tools/loadgen.c is) speaks just enough
@@ -93,6 +97,7 @@ class Ledger:
     expected: int = 0
     metadata: Metadata | None = None  # and what their messages carry (set by a report)
     route_topic: str = ""  # the topic ID the metadata's ``routed`` user goes to
+    fmt: str = "json"  # tools.loadgen --format of the events (set by a report)
     _ids: dict[int, bytes] = field(default_factory=dict)
 
     def response(self, count: int) -> bytes:
@@ -133,9 +138,11 @@ class Ledger:
         with self.lock:
             kept, self.kept = self.kept, []
             checked = (self.first_seq, self.expected, self.metadata, self.route_topic)
+            fmt = self.fmt
             self.first_seq = int(ask.get("first_seq", 0))
             self.expected = int(ask.get("expected", 0))
             self.metadata, self.route_topic = metadata_of(ask)
+            self.fmt = str(ask.get("format", "json"))
             out: dict[str, Any] = {
                 "requests": self.requests,
                 "messages": self.messages,
@@ -143,7 +150,7 @@ class Ledger:
                 "probes": self.probes,
             }
             self.requests = self.messages = self.kept_bytes = self.unchecked = self.probes = 0
-        out.update(check(kept, *checked))
+        out.update(check(kept, *checked, fmt=fmt))
         return json.dumps(out).encode()
 
 
@@ -163,16 +170,19 @@ def check(
     expected: int,
     metadata: Metadata | None = None,
     route_topic: str = "",
+    *,
+    fmt: str = "json",
 ) -> dict[str, Any]:
     """Distinct, duplicate and foreign events in the kept requests (as
-    tools/verify.py counts them: every message byte for byte, and with
-    ``metadata`` its attributes, ordering key and topic), and the latency
-    (send -> arrival here) quantiles of the distinct ones."""
+    tools/verify.py counts them: every message byte for byte as published for
+    ``fmt``, and with ``metadata`` its attributes, ordering key and topic),
+    and the latency (send -> arrival here) quantiles of the distinct ones
+    that carry a send time."""
     started = time.process_time()
     seen = bytearray(expected)
     latencies: list[int] = []
     append = latencies.append
-    duplicates = foreign = wrong = routed = 0
+    distinct = duplicates = foreign = wrong = routed = 0
     keys = metadata.keys if metadata else 0
     last_us = 0
     for arrived_us, request, _ in kept:
@@ -182,18 +192,20 @@ def check(
         for message in parsed.messages:
             data = message.data
             try:
-                seq, sent_us = parse_event(data)
+                seq, sent_us = parse_event(data, fmt)
             except ValueError:
                 foreign += 1
                 continue
             index = seq - first_seq
-            if not 0 <= index < expected or data != event_bytes(seq, sent_us, keys):
+            if not 0 <= index < expected or data != event_bytes(seq, sent_us, keys, fmt):
                 foreign += 1
             elif seen[index]:
                 duplicates += 1
             else:
                 seen[index] = 1
-                append(arrived_us - sent_us)
+                distinct += 1
+                if sent_us is not None:
+                    append(arrived_us - sent_us)
                 if metadata is not None:
                     routed += topic
                     wrong += metadata.wrong(seq, message.attributes, message.ordering_key, topic)
@@ -206,7 +218,7 @@ def check(
             for i in range(LATENCY_QUANTILES)
         ] + [latencies[last]]
     return {
-        "distinct": len(latencies),
+        "distinct": distinct,
         "duplicates": duplicates,
         "foreign": foreign,
         "last_us": last_us,
@@ -296,15 +308,20 @@ class FakePubSub:
         expected: int,
         metadata: Metadata | None = None,
         route_topic: str = "",
+        *,
         timeout_s: float = 300.0,
+        fmt: str = "json",
     ) -> dict[str, Any]:
         """Counts since the last report (then reset); the sequence numbers
-        checked from now on: ``expected`` of them from ``first_seq``, and with
-        ``metadata`` what their messages carry (``route_topic``: the ID of the
-        topic its ``routed`` user's events go to)."""
+        checked from now on: ``expected`` of them from ``first_seq``, sent as
+        ``tools.loadgen --format fmt``, and with ``metadata`` what their
+        messages carry (``route_topic``: the ID of the topic its ``routed``
+        user's events go to)."""
         assert self._channel is not None
         call = self._channel.unary_unary(REPORT_METHOD)
         fields: dict[str, Any] = {"first_seq": first_seq, "expected": expected}
+        if fmt != "json":
+            fields["format"] = fmt
         if metadata is not None:
             fields["keys"] = metadata.keys
             fields["attributes"] = ",".join(f"{k}={v}" for k, v in metadata.attributes)

@@ -20,6 +20,31 @@ to every event, ``"user":"u<seq % N>"``, last, so that an ordering key, an
 attribute or a route can be read from it; without it the events are byte for
 byte the plain ones, and ``parse_event`` reads both.
 
+``--format`` picks the wire format, one event per datagram in each (the JSON
+events are one per datagram too); ``event_bytes`` is what the daemon
+publishes for it, ``datagram`` what is sent:
+
+- ``json`` (default): the event above;
+- ``gelf``: the GELF object a client such as graypy builds (``version``,
+  ``host``, ``short_message``, ``timestamp`` = the send time in seconds with 6
+  decimals, ``level``, ``_seq``, ``_logger``, ``_dur_ms``; 165-170 bytes),
+  zlib-compressed (graypy's default, header ``78 9c``); the daemon publishes
+  the inflated object, so the checks see it as they see a JSON event.
+  ``zlib.compress`` costs 5-6 us an event (C or Python), as much as the
+  daemon's whole path, so the C sender writes the stream itself: one
+  *dynamic*-Huffman block of literals (code lengths from the template's byte
+  frequencies, the block header made once), ~0.5 us. Inflating it costs the
+  daemon what graypy's stream costs within ~0.1 us (a fixed-Huffman stream
+  inflates ~1.1 us cheaper, so that shortcut would flatter GELF); the Python
+  engine calls ``zlib.compress`` (~5 us, once glibc is told to keep freed
+  memory: otherwise each call's 256 KiB of state is returned to the kernel
+  and faulted back in, ~60 us);
+- ``statsd``: the DogStatsD line ``bench.requests:<seq>|c|#env:prod,route:/api``
+  (no newline), the sequence number carried as the counter's value; the
+  daemon publishes ``{"metric":"bench.requests","value":<seq>,"type":"c",
+  "tags":{"env":"prod","route":"/api"}}`` (ingest/statsd.py). It carries no
+  send time, so a statsd run has no latency.
+
 Prints one JSON object with the counts on stdout when done.
 
 The same sender in C (tools/loadgen.c: same events, schedule, arguments and
@@ -33,12 +58,15 @@ compiler it is used anyway.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import errno
 import json
 import os
 import socket
 import sys
 import time
+import zlib
 from collections import Counter
 
 from tools import cbuild
@@ -55,25 +83,78 @@ SEQ_OFFSET = len(b'{"seq":')
 KEYED_TEMPLATE = EVENT_TEMPLATE[:-1] + b',"user":"u%d"}'
 
 
+FORMATS = ("json", "gelf", "statsd")
+# --format gelf: the GELF object (seconds, microseconds of the send time, seq).
+GELF_HEAD = (
+    b'{"version":"1.1","host":"web-01","short_message":"GET /api/v1/orders 200","timestamp":'
+)
+GELF_SEQ = b',"level":6,"_seq":'
+GELF_TEMPLATE = GELF_HEAD + b"%d.%06d" + GELF_SEQ + b'%d,"_logger":"app.access","_dur_ms":12.5}'
+# --format statsd: the line sent, and the event ingest makes of it.
+STATSD_LINE = b"bench.requests:%d|c|#env:prod,route:/api"
+STATSD_HEAD = b'{"metric":"bench.requests","value":'
+STATSD_EVENT = STATSD_HEAD + b'%d,"type":"c","tags":{"env":"prod","route":"/api"}}'
+
+
 def user_of(seq: int, keys: int) -> str:
     """The ``user`` field of event ``seq`` sent with ``--keys keys``."""
     return f"u{seq % keys}"
 
 
-def event_bytes(seq: int, sent_us: int, keys: int = 0) -> bytes:
-    """The event sent for ``seq`` (with ``keys``: the ``--keys`` variant)."""
+def event_bytes(seq: int, sent_us: int | None, keys: int = 0, fmt: str = "json") -> bytes:
+    """What the daemon publishes for event ``seq`` sent as ``fmt`` (with
+    ``keys``: the ``--keys`` variant; ``sent_us`` is None for statsd)."""
+    if fmt == "statsd":
+        return STATSD_EVENT % seq
+    assert sent_us is not None
+    if fmt == "gelf":
+        return GELF_TEMPLATE % (sent_us // 1_000_000, sent_us % 1_000_000, seq)
     if keys:
         return KEYED_TEMPLATE % (seq, sent_us, seq % keys)
     return EVENT_TEMPLATE % (seq, sent_us)
 
 
-def parse_event(data: bytes) -> tuple[int, int]:
-    """(seq, sent_us) of an event made by ``event_bytes``; ValueError otherwise."""
+def datagram(seq: int, sent_us: int, keys: int = 0, fmt: str = "json") -> bytes:
+    """What is sent for event ``seq`` as ``fmt`` (the Python engine's bytes;
+    the C engine's GELF stream differs, and inflates to the same)."""
+    if fmt == "statsd":
+        return STATSD_LINE % seq
+    if fmt == "gelf":
+        return zlib.compress(event_bytes(seq, sent_us, fmt=fmt))
+    return event_bytes(seq, sent_us, keys)
+
+
+def parse_event(data: bytes, fmt: str = "json") -> tuple[int, int | None]:
+    """(seq, sent_us) of an event made by ``event_bytes`` for ``fmt`` (sent_us
+    None for statsd, which has no send time); ValueError otherwise. Only
+    finds the numbers: comparing ``data`` with ``event_bytes`` checks the rest."""
+    if fmt == "gelf":
+        if not data.startswith(GELF_HEAD):
+            raise ValueError("not a bench GELF event")
+        dot = data.index(b".", len(GELF_HEAD))
+        end = data.index(b",", dot)
+        sent_us = int(data[len(GELF_HEAD) : dot]) * 1_000_000 + int(data[dot + 1 : end])
+        start = end + len(GELF_SEQ)
+        return int(data[start : data.index(b",", start)]), sent_us
+    if fmt == "statsd":
+        if not data.startswith(STATSD_HEAD):
+            raise ValueError("not a bench statsd event")
+        return int(data[len(STATSD_HEAD) : data.index(b",", len(STATSD_HEAD))]), None
     comma = data.index(b",", SEQ_OFFSET)
     seq = int(data[SEQ_OFFSET:comma])
     start = comma + len(b',"sent_us":')
     sent_us = int(data[start : data.index(b",", start)])
     return seq, sent_us
+
+
+def keep_freed_memory() -> None:
+    """glibc: keep freed memory for reuse (mallopt M_TRIM_THRESHOLD and
+    M_MMAP_THRESHOLD, 64 MiB), so that zlib.compress's state is not unmapped
+    and faulted back in on every call. A no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
 
 
 def connect(udp: str | None, unix: str | None) -> socket.socket:
@@ -100,12 +181,15 @@ def run(
     start_at: float,
     give_up_s: float,
     keys: int = 0,
+    fmt: str = "json",
 ) -> dict[str, object]:
-    """Send ``total`` events at ``rate``/s from ``start_at`` (time.monotonic);
-    with ``keys``, each carries ``"user":"u<seq % keys>"``."""
+    """Send ``total`` events at ``rate``/s from ``start_at`` (time.monotonic)
+    as ``fmt``; with ``keys``, each carries ``"user":"u<seq % keys>"``."""
     send = sock.send
     template = EVENT_TEMPLATE
     keyed = KEYED_TEMPLATE
+    gelf_template, compress, statsd_line = GELF_TEMPLATE, zlib.compress, STATSD_LINE
+    gelf, statsd = fmt == "gelf", fmt == "statsd"
     monotonic = time.monotonic
     attempted = ok = eagain = 0
     errors: Counter[str] = Counter()
@@ -129,9 +213,14 @@ def run(
         # How far behind schedule this slot starts (first due event's time).
         max_lag_s = max(max_lag_s, now - (t0 + attempted / rate))
         sent_us = int((wall_t0 + (now - t0)) * 1e6)
+        seconds, micros = divmod(sent_us, 1_000_000)
         for _ in range(due):
             try:
-                if keys:
+                if gelf:
+                    send(compress(gelf_template % (seconds, micros, seq)))
+                elif statsd:
+                    send(statsd_line % seq)
+                elif keys:
                     send(keyed % (seq, sent_us, seq % keys))
                 else:
                     send(template % (seq, sent_us))
@@ -191,11 +280,21 @@ def main(argv: list[str] | None = None) -> int:
         help='events also carry "user":"u<seq %% N>" (N distinct values; 0: plain events)',
     )
     parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="json events, zlib GELF messages or DogStatsD lines (see the top)",
+    )
+    parser.add_argument(
         "--start-at", type=float, default=0.0, help="time.monotonic() to start at (sync)"
     )
     args = parser.parse_args(argv)
     if args.keys < 0:
         parser.error("--keys: must be >= 0")
+    if args.keys and args.format != "json":
+        parser.error("--keys: json events only")
+    if args.format == "gelf":
+        keep_freed_memory()
     total = int(args.rate * args.seconds)
     sock = connect(args.udp, args.unix)
     try:
@@ -209,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             start_at=args.start_at or time.monotonic(),
             give_up_s=args.seconds * 2 + 5,
             keys=args.keys,
+            fmt=args.format,
         )
     finally:
         sock.close()

@@ -1,10 +1,16 @@
 """Verify delivery for `make bench`: pull subscriptions and count what arrived.
 
 Every message must be a load-generator event (tools.loadgen) whose bytes are
-exactly what was sent for its sequence number; distinct sequence numbers are
-counted in a bitmap, duplicates and anything else are counted apart. The
-emulator's publish_time minus the event's send time gives the end-to-end
-latency (datagram sent -> stored by Pub/Sub).
+exactly what the daemon publishes for its sequence number; distinct sequence
+numbers are counted in a bitmap, duplicates and anything else are counted
+apart. The emulator's publish_time minus the event's send time gives the
+end-to-end latency (datagram sent -> stored by Pub/Sub).
+
+Events sent with ``tools.loadgen --format gelf`` or ``statsd`` are checked
+the same way in the shape ingest publishes them (``fmt``): the inflated GELF
+object (``_seq``, the send time from ``timestamp``), the JSON event ingest
+writes for a statsd line (the sequence number is its ``value``; it carries
+no send time, so such a run has no latencies).
 
 The metadata run's daemon publishes to two topics (a route sends one user's
 events to the second): their subscriptions are pulled in turn into the same
@@ -71,7 +77,7 @@ class Verification:
     complete: bool = False  # the subscription was emptied before the deadline
     elapsed_s: float = 0.0
     last_publish_us: int = 0
-    latencies_us: list[int] = field(default_factory=list)  # per distinct event
+    latencies_us: list[int] = field(default_factory=list)  # per distinct event with a send time
     metadata_checked: bool = False  # the checks below were made (the metadata run)
     wrong_metadata: int = 0  # distinct events with wrong attributes, key or topic
     routed: int = 0  # distinct events that arrived on the second topic
@@ -92,10 +98,12 @@ def verify(
     deadline_s: float,
     *,
     metadata: Metadata | None = None,
+    fmt: str = "json",
 ) -> Verification:
     """Pull and ack each subscription until it is empty or ``deadline_s``
     (for them all) passes. ``metadata``: the events were sent with keys; the
-    second subscription is the route's topic's."""
+    second subscription is the route's topic's. ``fmt``: the events were sent
+    as ``tools.loadgen --format fmt``."""
     if isinstance(subscriptions, str):
         subscriptions = [subscriptions]
     pull = channel.unary_unary(
@@ -141,18 +149,19 @@ def verify(
                 message = item.message
                 data = message.data
                 try:
-                    seq, sent_us = parse_event(data)
+                    seq, sent_us = parse_event(data, fmt)
                 except ValueError:
                     result.foreign += 1
                     continue
                 index = seq - first_seq
-                if not 0 <= index < expected or data != event_bytes(seq, sent_us, keys):
+                if not 0 <= index < expected or data != event_bytes(seq, sent_us, keys, fmt):
                     result.foreign += 1
                     continue
                 if seen[index]:
                     result.duplicates += 1
                     continue
                 seen[index] = 1
+                result.distinct += 1
                 if metadata is not None:
                     result.routed += topic == 1
                     result.wrong_metadata += metadata.wrong(
@@ -160,10 +169,10 @@ def verify(
                     )
                 published = message.publish_time
                 publish_us = published.seconds * 1_000_000 + published.nanos // 1000
-                latencies.append(publish_us - sent_us)
+                if sent_us is not None:
+                    latencies.append(publish_us - sent_us)
                 result.last_publish_us = max(result.last_publish_us, publish_us)
         complete = complete and emptied
     result.complete = complete
-    result.distinct = len(latencies)
     result.elapsed_s = time.monotonic() - started
     return result
