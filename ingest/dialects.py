@@ -165,6 +165,7 @@ class Dialects:
         message. A GELF chunk still goes to the reassembler, so the message
         it belongs to is counted once, as dropped, when it completes."""
         fmt = self.last_format = recognise(data)
+        self.last_text = None
         if fmt == JSON or fmt not in self.formats:
             return count_events(data)
         if fmt == STATSD:
@@ -238,6 +239,7 @@ class Dialects:
         return 1
 
     def _gelf(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+        self.last_text = None  # until this datagram's payload is inflated
         payload = data
         if gelf.kind(data) == gelf.CHUNK:
             whole = self._reassemble(data)
