@@ -166,9 +166,11 @@ class Dialects:
         it belongs to is counted once, as dropped, when it completes."""
         fmt = self.last_format = recognise(data)
         self.last_text = None
-        if fmt == JSON or fmt not in self.formats:
+        if fmt == JSON:
             return count_events(data)
-        if fmt == STATSD:
+        if fmt not in self.formats:
+            count = _disabled_events(fmt, data)
+        elif fmt == STATSD:
             count = count_events(data)
         elif fmt == GELF and gelf.kind(data) == gelf.CHUNK:
             count = 1 if self._reassemble(data) is not None else 0
@@ -177,19 +179,14 @@ class Dialects:
         self.counts[fmt] += count
         return count
 
-    def take_counts(self) -> int:
-        """Move this wake-up's counts into the stats; returns the events of
-        dialects among the wake-up's received, and resets.
-        ``absorbed`` is the reader's to read first."""
-        counts = self.counts
-        total = 0
+    def take_counts(self) -> None:
+        """Move this wake-up's counts into the stats, and start the next
+        wake-up's (``absorbed`` is the reader's to read first)."""
         by_format = self.stats.events_by_format
-        for fmt, n in counts.items():
+        for fmt, n in self.counts.items():
             by_format[(self.label, fmt)] += n
-            total += n
-        counts.clear()
+        self.counts.clear()
         self.absorbed = self.inflated = 0
-        return total
 
     def expire(self, now: float) -> None:
         """End chunked messages whose time ran out (housekeeping; at
@@ -200,7 +197,7 @@ class Dialects:
 
     # ---------------------------------------------------------------- formats
     def _disabled(self, fmt: str, data: bytes, rejected: MutableMapping[str, int]) -> int:
-        count = count_events(data) if fmt in (STATSD, JSON) else 1
+        count = _disabled_events(fmt, data)
         if count:
             rejected[FORMAT_DISABLED] += count
             if fmt != JSON:
@@ -322,3 +319,10 @@ class Dialects:
                 self.stats.attributes_skipped[VALUE_TOO_LONG] += 1
             parts.append(piece)
         return b"".join(parts)
+
+
+def _disabled_events(fmt: str, data: bytes) -> int:
+    """The events of a datagram of a format turned away: its lines (JSON,
+    statsd), or one (a GELF or syslog datagram; a GELF chunk too, as chunks
+    are not put together then)."""
+    return count_events(data) if fmt in (STATSD, JSON) else 1

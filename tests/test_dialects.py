@@ -554,3 +554,17 @@ def test_a_daemon_ends_an_incomplete_chunked_message_after_its_five_seconds(
     assert value(samples, "ingest_gelf_pending_bytes", listener=label) == 0
     assert value(samples, "ingest_events_received_total", listener=label, format="gelf") == 1
     assert unaccounted(samples) == 0
+
+
+def test_a_full_queue_counts_a_turned_away_format_under_its_format() -> None:
+    def test() -> None:
+        reader = Reader({JSON}, max_events=1)
+        reader.queue.put([b"{}"], 0.0)  # full
+        payload = zlib.compress(b'{"m":"' + b"\n" * 50 + b'"}')
+        items = reader.feed(payload, b"a:1|c\nb:1|c")
+        assert items == [b"{}"]
+        assert reader.stats.dropped[QUEUE_FULL] == 3  # one GELF datagram, two statsd lines
+        assert reader.by_format() == {GELF: 1, STATSD: 2}
+        reader.close()
+
+    run(test)
