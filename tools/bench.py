@@ -55,8 +55,8 @@ Publish request, the sender's CPU per event; and that every statsd sample
 was one Pub/Sub message (ingest does not aggregate). The rates below the
 stepping's first share the plain step with the metadata comparison (plain,
 gelf, statsd, metadata: the formats right after the plain step, as their
-differences are the smaller); 4 steps of ``--standin-seconds`` (~9 s each with
-start-up and drain), ~35 s at the defaults. ``--dialect-rates ''`` skips
+differences are the smaller); 4 steps of ``--standin-seconds`` (~7 s each with
+start-up and drain on a quiet machine), ~30 s at the defaults. ``--dialect-rates ''`` skips
 them. The emulator run has them only when asked (``--emulator-dialects
 gelf,statsd``: one phase each at ``--rate`` after the first repeat's plain
 phase, every message pulled and checked as above; the emulator's CPU per
