@@ -86,7 +86,7 @@ class Route:
         self.value = value.encode()
 
 
-def field_of(event: dict[str, object], path: tuple[str, ...]) -> object:
+def field_of(event: object, path: tuple[str, ...]) -> object:
     """The value at a dotted path, or None when a step is absent or not an object."""
     value: object = event
     for name in path:
@@ -135,7 +135,20 @@ class MessageBuilder:
         # PIECES_CACHED x ~3 KiB (value, text, piece).
         self._data_headers: dict[int, bytes] = {}  # data's tag and length, by length
         self._pieces: dict[tuple[int, type, object], tuple[bytes, bytes] | str] = {}
-        self._ordering = tuple(ordering_field.split(".")) if ordering_field else None
+        # The same for str and int values that are not skipped, by slot and
+        # value alone (build's fast path; _piece fills them): no key to build,
+        # and a str never equals an int (bools and floats, which do equal
+        # ints, are kept out by type). Per field: (slot, its path's first
+        # name, the rest, its values).
+        self._strings: dict[int, dict[object, tuple[bytes, bytes]]] = {}
+        self._fields = tuple(
+            (slot, path[0], path[1:], self._strings.setdefault(slot, {}))
+            for slot, path in enumerate(self._paths)
+        )
+        self._ordering: tuple[str, tuple[str, ...], dict[object, tuple[bytes, bytes]]] | None = None
+        if ordering_field:
+            path = tuple(ordering_field.split("."))
+            self._ordering = (path[0], path[1:], self._strings.setdefault(ORDERING_SLOT, {}))
         self._routes = tuple(routes)
         self._skipped = skipped
         self.sender = b""
@@ -149,29 +162,50 @@ class MessageBuilder:
     def build(
         self, data: bytes, event: dict[str, object], extra: bytes = b""
     ) -> tuple[Lane, bytes]:
-        """``extra``: attribute entries of this event alone (syslog's facts)."""
+        """``extra``: attribute entries of this event alone (syslog's facts).
+
+        Per event, the hot path of the metadata pipeline: fields are read
+        with one ``dict.get`` when their path is one name, and a string's or
+        an int's encoding is found in its slot's own cache without building a
+        key (what fields mostly hold); anything else takes ``_piece``'s
+        general path."""
         size = len(data)
         header = self._data_headers.get(size)
         if header is None:
             header = self._data_headers[size] = b"\x0a" + varint(size)  # as encode_data
         parts = [header, data, self._static, self.sender, extra]
-        for slot, path in enumerate(self._paths):
-            value = field_of(event, path)
-            if value is not None:
+        for slot, name, rest, strings in self._fields:
+            value = event.get(name)
+            if rest and value is not None:
+                value = field_of(value, rest)
+            if value is None:
+                continue
+            kind = type(value)
+            piece = strings.get(value) if kind is str or kind is int else None
+            if piece is None:
                 piece = self._piece(slot, value)
-                if piece is not None:
-                    parts.append(piece[0])
+                if piece is None:
+                    continue
+            parts.append(piece[0])
         key = b""
         if self._ordering is not None:
-            value = field_of(event, self._ordering)
+            name, rest, strings = self._ordering
+            value = event.get(name)
+            if rest and value is not None:
+                value = field_of(value, rest)
             if value is not None:
-                piece = self._piece(ORDERING_SLOT, value)
+                kind = type(value)
+                piece = strings.get(value) if kind is str or kind is int else None
+                if piece is None:
+                    piece = self._piece(ORDERING_SLOT, value)
                 if piece is not None:
                     parts.append(piece[0])
                     key = piece[1]
         topic = 0
         for route in self._routes:
-            value = field_of(event, route.path)
+            value = event.get(route.path[0])
+            if len(route.path) > 1 and value is not None:
+                value = field_of(value, route.path[1:])
             if value is None:
                 continue
             if value == route.text if type(value) is str else scalar_text(value) == route.value:
@@ -198,10 +232,14 @@ class MessageBuilder:
                 cached = self._encode(slot, value)
                 if len(self._pieces) >= PIECES_CACHED:
                     self._pieces.clear()
+                    for strings in self._strings.values():
+                        strings.clear()
                 self._pieces[cache_key] = cached
         if isinstance(cached, str):
             self._skipped[cached] += 1
             return None
+        if kind is str or kind is int:
+            self._strings[slot][value] = cached
         return cached
 
     def _encode(self, slot: int, value: object) -> tuple[bytes, bytes] | str:
