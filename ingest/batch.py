@@ -54,11 +54,16 @@ class BatchRule(Generic[Q]):
         linger_s: float,
     ) -> None:
         self._queue = queue
+        self._reserved_bytes = reserved_bytes
+        self.set_bounds(max_messages, max_request_bytes, linger_s)
+        self._fill_lock = asyncio.Lock()
+
+    def set_bounds(self, max_messages: int, max_request_bytes: int, linger_s: float) -> None:
+        """The bounds of batches started from now on (a reload may change them)."""
         self._max_messages = max_messages
         # Bytes left for messages once the request's own fields are encoded.
-        self._max_bytes = max_request_bytes - reserved_bytes
+        self._max_bytes = max_request_bytes - self._reserved_bytes
         self._linger_s = linger_s
-        self._fill_lock = asyncio.Lock()
 
     def room(self, batch: Batch) -> tuple[int, int]:
         """(messages, bytes) ``batch`` may still take; a message's framing

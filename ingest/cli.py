@@ -232,7 +232,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from ingest.daemon import Daemon
 
-    daemon = Daemon(settings)
+    daemon = Daemon(settings, reload_settings=lambda: settings_from(args, os.environ))
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             return runner.run(daemon.run())

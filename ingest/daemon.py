@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from google.auth.exceptions import DefaultCredentialsError
@@ -34,11 +35,13 @@ from ingest.httpd import HttpServer
 from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
 from ingest.message import Lane, MessageBuilder
 from ingest.metrics import build_registry
-from ingest.publisher import SHUTDOWN, Filler, PublisherPool, Spill
+from ingest.publisher import SHUTDOWN, PublisherPool, Spill
 from ingest.pubsub import PubSubClient, RequestEncoder, create_channel, emulator_host
 from ingest.queue import Chunk, EventQueue
+from ingest.reload import METADATA
+from ingest.reload import plan as reload_plan
 from ingest.replay import run_replay
-from ingest.sources import FINAL_DRAIN_MAX_S, DatagramSource, bind_listener
+from ingest.sources import FINAL_DRAIN_MAX_S, REBIND_DRAIN_MAX_S, DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import RejectSummary, Stats
@@ -60,8 +63,22 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 class Daemon:
     """Owns every task, socket and the channel of one ``ingest serve`` run."""
 
-    def __init__(self, settings: Settings, stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        stats: Stats | None = None,
+        *,
+        reload_settings: Callable[[], Settings] | None = None,
+    ) -> None:
         self.settings = settings
+        # What SIGHUP reads the configuration with (cli: the same flags, the
+        # environment and the file again); None: reload is refused.
+        self._reload_settings = reload_settings
+        # The topics published to, by number (--topic's, then the routes'):
+        # fixed at startup, since queued lanes and the publishers name them so.
+        self.topic_ids = settings.topics
+        self._batcher: Batcher | LaneBatcher | None = None
+        self._reloading: asyncio.Task[None] | None = None
         self.stats = stats or Stats()
         # The plain pipeline carries events as they arrived; with metadata
         # (attributes, ordering keys, routes, credentials) it carries
@@ -167,13 +184,14 @@ class Daemon:
             encoder_reserved,
             settings.batch_linger_ms / 1000,
         )
-        batcher: Filler
+        batcher: Batcher | LaneBatcher
         if isinstance(self.queue, LaneQueue):
             batcher = LaneBatcher(self.queue, *batch_bounds)
             encoders = [RequestEncoder(path) for path in self.topic_paths]
         else:
             batcher = Batcher(self.queue, *batch_bounds)
             encoders = []  # the pool's default: raw events to --topic
+        self._batcher = batcher
         self.pool = PublisherPool(
             self._client,
             batcher,
@@ -295,7 +313,7 @@ class Daemon:
     def topic_paths(self) -> tuple[str, ...]:
         """Every topic this daemon may publish to; --topic's first."""
         prefix = self.settings.topic_path.rpartition("/")[0]
-        return tuple(f"{prefix}/{topic}" for topic in self.settings.topics)
+        return tuple(f"{prefix}/{topic}" for topic in self.topic_ids)
 
     @property
     def udp_rcvbuf_requested(self) -> int:
@@ -414,9 +432,19 @@ class Daemon:
         # Unconfirmed events may be lost as well: not a clean stop either.
         return EXIT_DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else EXIT_OK
 
-    def _source(self, listener: Listener, sock: socket.socket, adopted: bool) -> DatagramSource:
-        """A reader for one socket, decoding for this daemon's pipeline."""
-        settings = self.settings
+    def _source(
+        self,
+        listener: Listener,
+        sock: socket.socket,
+        adopted: bool,
+        *,
+        settings: Settings | None = None,
+        previous: DatagramSource | None = None,
+    ) -> DatagramSource:
+        """A reader for one socket, decoding for this daemon's pipeline.
+        ``previous``: the reader it replaces at a reload, whose chunked GELF
+        messages in progress it takes over."""
+        settings = settings or self.settings
         decode: Decoder
         credentials: MessageBuilder | None
         if self.lanes is None:
@@ -427,6 +455,11 @@ class Daemon:
             decode = self.lanes.decoder(credentials)
         else:
             decode, credentials = self.lanes.decoder(), None
+        if previous is not None and previous.dialects is not None:
+            reassembler = previous.dialects.reassembler
+            reassembler.max_message_bytes = settings.max_event_bytes
+        else:
+            reassembler = Reassembler(GELF_PENDING_MAX_BYTES, settings.max_event_bytes)
         # Always: with JSON alone too, the others must be recognised to be
         # rejected as format_disabled rather than as bad JSON.
         dialects = Dialects(
@@ -434,7 +467,7 @@ class Daemon:
             settings.input_formats,
             decode,
             self.stats,
-            Reassembler(GELF_PENDING_MAX_BYTES, settings.max_event_bytes),
+            reassembler,
             max_event_bytes=settings.max_event_bytes,
             wrap_text=settings.syslog_wrap_text,
             builder=credentials or (self.lanes.builder if self.lanes else None),
@@ -496,7 +529,96 @@ class Daemon:
         self._stop.set()
 
     def _on_hup(self) -> None:
-        log.info("SIGHUP received: configuration reload is not supported; still running")
+        # Signal handlers only flip state: the reload runs as a task, one at a time.
+        if self._reloading is not None and not self._reloading.done():
+            log.warning("SIGHUP: a reload is already running; ignored")
+            return
+        self._reloading = asyncio.create_task(self._reload(), name="reload")
+
+    async def _reload(self) -> None:
+        """Read the configuration again and apply what a running daemon can
+        (reload.py); a configuration that fails validation is refused whole
+        and the running one stays, said in one line."""
+        if self._reload_settings is None:
+            log.warning("SIGHUP: this daemon has no configuration to reload")
+            self.stats.config_reloads["error"] += 1
+            return
+        try:
+            new = self._reload_settings()
+        except ConfigError as exc:
+            self.stats.config_reloads["error"] += 1
+            log.error("reload refused, still running the previous configuration: %s", exc)
+            return
+        try:
+            changed = await self.reload(new)
+        except ConfigError as exc:  # a new listener that cannot be bound
+            self.stats.config_reloads["error"] += 1
+            log.error("reload stopped, the rest still as before: %s", exc)
+            return
+        self.stats.config_reloads["ok"] += 1
+        log.info("reloaded: %s", ", ".join(changed) if changed else "nothing changed")
+
+    async def reload(self, new: Settings) -> list[str]:
+        """Apply ``new`` to the running pipeline; returns the names of the
+        settings that changed. Listeners are bound first, so one that cannot
+        be is a ConfigError before anything else has changed."""
+        old = self.settings
+        planned = reload_plan(old, new, self.topic_ids)
+        for line in planned.kept:
+            log.warning("reload: not applied until restart: %s", line)
+        new = planned.settings
+        loop = asyncio.get_running_loop()
+        current = {source.label: source for source in self.sources}
+        wanted = {listener.label: listener for listener in new.listeners}
+        bound: list[tuple[Listener, socket.socket]] = []
+        try:
+            for label, listener in wanted.items():
+                if label not in current:
+                    sock = bind_listener(
+                        listener,
+                        new.udp_rcvbuf_bytes,
+                        new.unix_mode,
+                        new.unix_gid,
+                        unix_credentials=new.unix_credentials,
+                    )
+                    bound.append((listener, sock))
+        except ConfigError:
+            for listener, sock in bound:
+                DatagramSource(listener, sock, self.queue, self.stats, 0).close()  # unlinks
+            raise
+        self.settings = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        if self.lanes is not None and any(n in planned.changed for n in METADATA):
+            self.lanes.reconfigure(new)
+        self.queue.max_events = new.queue_max_events
+        self.queue.max_bytes = new.queue_max_bytes
+        if self._batcher is not None:
+            self._batcher.set_bounds(
+                new.batch_max_messages, new.batch_max_bytes, new.batch_linger_ms / 1000
+            )
+        kept: list[DatagramSource] = []
+        for source in self.sources:
+            if source.label not in wanted:
+                source.drain_until_empty(REBIND_DRAIN_MAX_S)
+                source.close()
+                log.info("%s: listener removed", source.label)
+                continue
+            # Rebuilt around the same socket: the new decoding, allow-lists
+            # and bounds, nothing dropped (the old reader stops between two
+            # wake-ups; what the socket holds is the new reader's).
+            fresh = self._source(
+                source.listener, source.sock, source.adopted, settings=new, previous=source
+            )
+            fresh.take_over(source)
+            source.stop()
+            fresh.start(loop)
+            kept.append(fresh)
+        added = [self._source(listener, sock, False, settings=new) for listener, sock in bound]
+        for source in added:
+            source.start(loop)
+            log.info("%s: listener added", source.label)
+        self.sources = kept + added
+        return planned.changed
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         # An exception escaping a reader callback is a bug: say so and stop,

@@ -214,16 +214,29 @@ class MessageLanes:
 
     def __init__(self, settings: Settings, stats: Stats) -> None:
         self.topics = settings.topics
+        self._stats = stats
+        self.builder = self._builder(settings)
+        self.queue = LaneQueue(settings.queue_max_events, settings.queue_max_bytes, stats)
+        self._unknown_topics: set[str] = set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """A reload's attributes, ordering key and routes, for messages built
+        from now on. Topics keep their numbers, since queued lanes name them;
+        a route may only name a topic this daemon already publishes to."""
+        unknown = [r.topic for r in settings.routes if r.topic not in self.topics]
+        if unknown:
+            raise ValueError(f"routes to topics not published to since startup: {unknown}")
+        self.builder = self._builder(settings)
+
+    def _builder(self, settings: Settings) -> MessageBuilder:
         routes = [Route(self.topics.index(r.topic), r.field, r.value) for r in settings.routes]
-        self.builder = MessageBuilder(
+        return MessageBuilder(
             settings.attributes,
             settings.attribute_fields,
-            stats.attributes_skipped,
+            self._stats.attributes_skipped,
             ordering_field=settings.ordering_key_field,
             routes=routes,
         )
-        self.queue = LaneQueue(settings.queue_max_events, settings.queue_max_bytes, stats)
-        self._unknown_topics: set[str] = set()
 
     def decoder(self, builder: MessageBuilder | None = None) -> Decoder:
         """A reader's decode: ``builder`` when the source sets its sender."""

@@ -207,6 +207,14 @@ class IngestCollector(Collector):
             stats.attributes_skipped,
             SKIP_REASONS,
         )
+        yield _counter(
+            "ingest_config_reloads",
+            "SIGHUP reloads of the configuration: ok (applied), error (refused: the old "
+            "configuration keeps running)",
+            "result",
+            stats.config_reloads,
+            ("ok", "error"),
+        )
         errors = CounterMetricFamily("ingest_receive_errors", "socket receive errors")
         errors.add_metric([], stats.receive_errors)
         yield errors

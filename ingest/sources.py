@@ -734,9 +734,21 @@ class DatagramSource:
         while self.drain() and time.monotonic() < deadline:
             pass
 
-    def close(self) -> None:
+    def take_over(self, previous: DatagramSource) -> None:
+        """Become ``previous``'s successor on the same socket (a reload): its
+        socket file's identity and problem, as the file may have changed
+        since it was bound."""
+        self._inode = previous._inode
+        self.problem = previous.problem
+
+    def stop(self) -> None:
+        """Stop reading, leaving the socket open (a reload's new reader takes it)."""
         if self._loop is not None:
             self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
+    def close(self) -> None:
+        self.stop()
         self.sock.close()
         if self.dialects is not None:  # no more chunks can come: incomplete messages end
             self.dialects.expire(math.inf)

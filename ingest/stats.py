@@ -90,6 +90,7 @@ class Stats:
     publish_requests: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     publish_retries: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     attributes_skipped: defaultdict[str, int] = field(default_factory=_counter)  # by reason
+    config_reloads: defaultdict[str, int] = field(default_factory=_counter)  # ok, error
     published: int = 0
     # The same events by topic ID: --topic, and the --route topics (bounded:
     # they come only from the configuration).
