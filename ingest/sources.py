@@ -19,9 +19,7 @@ import socket
 import stat
 import struct
 import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from ingest.codec import (
     SENDER_DENIED,
@@ -33,11 +31,12 @@ from ingest.codec import (
 )
 from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
 from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
-from ingest.message import MessageBuilder, data_of, encode_attribute
-from ingest.queue import QUEUE_FULL, Intake
+from ingest.message import MessageBuilder, encode_attribute
+from ingest.queue import Intake
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
-from ingest.tap import ACCEPTED, DROPPED, REJECTED, TapHub
+from ingest.tap import TapHub
+from ingest.tapped import TappedWakeUp
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,6 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>
 FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
 REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
 EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
-TAP_TEXT_BYTES = 1024  # of a datagram's text a tap shows
 # struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
 UCRED = struct.Struct("iII")
 # Room for the credentials and nothing more: file descriptors a sender
@@ -361,7 +359,6 @@ class DatagramSource:
         if dialects is not None and JSON not in dialects.formats:
             self._decode = dialects.decode
         self.tap = tap
-        self._tap_sender: str | None = None  # the datagram being decoded's, while tapped
         self._limiter = LogLimiter()
         self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
         self._denied_reason = SENDER_DENIED if self.senders is not None else SOURCE_DENIED
@@ -423,21 +420,24 @@ class DatagramSource:
         # Chosen per call (the socket may have been re-created): the plain
         # recv, the allow-list's, which skips and counts denied senders, or
         # the credentials', which also sets each datagram's sender.
-        tapped = self.tap is not None and self.tap.active
+        # While a tap is connected: a sample of each datagram's outcome
+        # (tapped.py); its receivers also note each sender.
+        tap = self.tap
+        tapped = TappedWakeUp(tap, self.label, self.dialects) if tap and tap.active else None
         if self.allow is not None:
             recv = self._allowed_receiver(tapped)
         elif self.senders is not None:
             recv = self._credentials_receiver(tapped)
-        elif tapped and self.kind == "udp":
-            recv = self._addressed_receiver()
+        elif tapped is not None and self.kind == "udp":
+            recv = tapped.addressed_receiver(self.sock)
         else:
             recv = self.sock.recv
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode, other, count_full = self._decode, self._other, self._count
         dialects = self.dialects
-        if tapped:
-            decode, other, count_full = self._tapped(decode, other, count_full)
+        if tapped is not None:
+            decode, other, count_full = tapped.decoders(decode, other, count_full)
         room = self._queue.room()
         # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
         # events (no datagram holds more than ``limit``): with this much room
@@ -467,8 +467,8 @@ class DatagramSource:
                     rejected[TOO_LARGE] += 1
                     received += 1
                     unknown += 1
-                    if tapped:
-                        self._tap_oversize(data)
+                    if tapped is not None:
+                        tapped.oversize(data)
                     if more:
                         break
                     continue
@@ -500,7 +500,7 @@ class DatagramSource:
             self._settle(datagrams, received, events, empty=empty, full=full, unknown=unknown)
         return more
 
-    def _allowed_receiver(self, tapped: bool = False) -> Callable[[int], bytes]:
+    def _allowed_receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
         """``recv`` for a source with an allow-list, built once per wake-up:
         it returns the next datagram from an allowed sender. One from outside
         the list counts as one event received and rejected (``source_denied``,
@@ -519,14 +519,14 @@ class DatagramSource:
                 if allowed is None:
                     allowed = decide(address[0])
                 if allowed:
-                    if tapped:
-                        self._tap_sender = f"{address[0]}:{address[1]}"
+                    if tapped is not None:
+                        tapped.sender = f"{address[0]}:{address[1]}"
                     return data
                 self._count_denied()
 
         return receive
 
-    def _credentials_receiver(self, tapped: bool = False) -> Callable[[int], bytes]:
+    def _credentials_receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
         """``recv`` for a unix source with credentials, built once per
         wake-up: it returns the next datagram of an allowed sender, having set
         the builder's ``sender`` to that sender's attributes. One denied is
@@ -551,8 +551,8 @@ class DatagramSource:
                 entries, allowed = verdicts(cmsg) or learn(cmsg)
                 if allowed:
                     builder.sender = entries
-                    if tapped:
-                        self._tap_sender = senders.describe(cmsg)
+                    if tapped is not None:
+                        tapped.sender = senders.describe(cmsg)
                     return data
                 self._limiter.log(
                     log,
@@ -565,122 +565,6 @@ class DatagramSource:
                 self._count_denied()
 
         return receive
-
-    def _addressed_receiver(self) -> Callable[[int], bytes]:
-        """``recv`` for a tapped UDP source: recvfrom, noting the sender."""
-        recvfrom = self.sock.recvfrom
-
-        def receive(limit: int) -> bytes:
-            data, address = recvfrom(limit)
-            self._tap_sender = f"{address[0]}:{address[1]}"
-            return data
-
-        return receive
-
-    def _tapped(
-        self, decode: Decoder, other: Decoder, count_full: Callable[[bytes], int]
-    ) -> tuple[Decoder, Decoder, Callable[[bytes], int]]:
-        """The wake-up's decoders while a tap is connected (tap.py): each
-        datagram's outcome is offered to the tap, which samples. A datagram
-        decodes into its own reject counter first, so its reasons are known
-        without comparing the totals."""
-        hub = self.tap
-        assert hub is not None
-        label = self.label
-        dialects = self.dialects
-
-        def watch(decoder: Decoder, json: bool) -> Decoder:
-            def run(data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
-                before = len(out)
-                reasons: defaultdict[str, int] = defaultdict(int)
-                count = decoder(data, out, reasons)
-                for reason, n in reasons.items():
-                    rejected[reason] += n
-                if count:
-                    fmt = JSON if json or dialects is None else dialects.last_format
-                    accepted = len(out) - before
-                    outcome = ACCEPTED if not reasons else REJECTED
-                    hub.offer(
-                        label,
-                        fmt,
-                        outcome,
-                        lambda: self._tap_record(
-                            data,
-                            fmt,
-                            outcome,
-                            reasons,
-                            events=count,
-                            accepted=accepted,
-                            published=out[before:],
-                        ),
-                    )
-                return count
-
-            return run
-
-        def dropped(data: bytes) -> int:
-            count = count_full(data)
-            if count:
-                fmt = JSON if dialects is None else dialects.last_format
-                hub.offer(
-                    label,
-                    fmt,
-                    DROPPED,
-                    lambda: self._tap_record(data, fmt, DROPPED, {QUEUE_FULL: count}, events=count),
-                )
-            return count
-
-        return watch(decode, True), watch(other, False), dropped
-
-    def _tap_oversize(self, data: bytes) -> None:
-        assert self.tap is not None
-        self.tap.offer(
-            self.label,
-            UNKNOWN,
-            REJECTED,
-            lambda: self._tap_record(data, UNKNOWN, REJECTED, {TOO_LARGE: 1}, events=1),
-        )
-
-    def _tap_record(
-        self,
-        data: bytes,
-        fmt: str,
-        outcome: str,
-        reasons: Mapping[str, int],
-        *,
-        events: int,
-        accepted: int = 0,
-        published: Sequence[Any] = (),
-    ) -> dict[str, object]:
-        """What a tap shows of one datagram: who sent it, what it was taken
-        for, what became of it, and its text (GELF's inflated; not UTF-8
-        bytes escaped), cut at TAP_TEXT_BYTES. ``event``: the first event
-        published from it, when that is not the text itself (statsd's JSON,
-        say)."""
-        shown = data
-        if fmt == GELF and self.dialects is not None and self.dialects.last_text is not None:
-            shown = self.dialects.last_text
-        record: dict[str, object] = {
-            "time": time.time(),
-            "listener": self.label,
-            "sender": self._tap_sender,
-            "format": fmt,
-            "outcome": outcome,
-            "reason": next(iter(reasons), None),
-            "events": events,
-            "accepted": accepted,
-            "rejected": dict(reasons),
-            "text": shown[:TAP_TEXT_BYTES].decode("utf-8", "backslashreplace"),
-            "truncated": len(shown) > TAP_TEXT_BYTES,
-        }
-        if published:
-            first = published[0]
-            event = data_of(first[1]) if isinstance(first, tuple) else first
-            if event[:1] == b"\x0a":  # a body on the plain path (dialects.py)
-                event = data_of(event)
-            if event != shown:
-                record["event"] = event[:TAP_TEXT_BYTES].decode("utf-8", "backslashreplace")
-        return record
 
     def _count_denied(self) -> None:
         """One more datagram of a denied sender; DRAIN_BATCH of them end the
