@@ -32,8 +32,9 @@ from ingest.config import (
     build_settings,
     load_file,
 )
+from ingest.vocabulary import Exit
 
-EXIT_USAGE = 2
+EXIT_USAGE = Exit.CONFIG
 log = logging.getLogger("ingest")
 
 

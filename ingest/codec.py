@@ -14,13 +14,15 @@ from typing import Any
 
 from orjson import JSONDecodeError, loads
 
+from ingest.vocabulary import Reject
+
 # Reject reasons: a fixed vocabulary (they become metric labels).
-INVALID_JSON = "invalid_json"
-INVALID_UTF8 = "invalid_utf8"
-NOT_OBJECT = "not_object"
-TOO_LARGE = "too_large"  # a whole datagram over --max-datagram-bytes
-SOURCE_DENIED = "source_denied"  # a UDP sender outside --udp-allow (never decoded)
-SENDER_DENIED = "sender_denied"  # a unix sender outside --unix-allow-uid (never decoded)
+INVALID_JSON = Reject.INVALID_JSON
+INVALID_UTF8 = Reject.INVALID_UTF8
+NOT_OBJECT = Reject.NOT_OBJECT
+TOO_LARGE = Reject.TOO_LARGE  # a whole datagram over --max-datagram-bytes
+SOURCE_DENIED = Reject.SOURCE_DENIED  # a UDP sender outside --udp-allow (never decoded)
+SENDER_DENIED = Reject.SENDER_DENIED  # a unix sender outside --unix-allow-uid (never decoded)
 REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, SOURCE_DENIED, SENDER_DENIED)
 
 # How a reader decodes a datagram: (datagram, out, rejected) -> events counted.

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.vocabulary import Fsync
+
 log = logging.getLogger(__name__)
 
 # Pub/Sub quotas and limits (cloud.google.com/pubsub/quotas, "Resource limits").
@@ -112,7 +114,7 @@ class Settings:
     dashboard: bool = False
     spool_dir: str | None = None  # None: no disk spool
     spool_max_bytes: int = 1 << 30
-    spool_fsync: str = "roll"
+    spool_fsync: Fsync = Fsync.ROLL
     # Pub/Sub-native messages (message.py); all empty: the plain path.
     attributes: tuple[tuple[str, str], ...] = ()  # --attribute KEY=VALUE
     attribute_fields: tuple[tuple[str, str], ...] = ()  # --attribute-field KEY=FIELD
@@ -308,11 +310,11 @@ def _optional_dir(raw: Any) -> str | None:
     return value or None
 
 
-def _fsync_policy(raw: Any) -> str:
+def _fsync_policy(raw: Any) -> Fsync:
     value = str(raw).strip().lower()
-    if value not in ("roll", "always", "never"):  # spool.FSYNC_POLICIES
-        raise ValueError(f"must be one of roll, always, never (got {raw!r})")
-    return value
+    if value not in tuple(Fsync):
+        raise ValueError(f"must be one of {', '.join(Fsync)} (got {raw!r})")
+    return Fsync(value)
 
 
 def _compression(raw: Any) -> str:

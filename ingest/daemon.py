@@ -47,15 +47,16 @@ from ingest.spool import Spool
 from ingest.stats import RejectSummary, Stats
 from ingest.tap import TapHub
 from ingest.topic import TopicWatch
+from ingest.vocabulary import Exit
 
 log = logging.getLogger(__name__)
 
 # Exit codes (documented in the README).
-EXIT_OK = 0  # stopped cleanly; everything accepted was published
-EXIT_FAILURE = 1  # a task crashed at runtime (a bug: the traceback is logged)
-EXIT_CONFIG = 2  # startup error: bad setting, address in use, missing topic, ...
-EXIT_DRAIN_INCOMPLETE = 3  # stopped, but events were dropped (or left unconfirmed) at the deadline
-EXIT_FORCED = 130  # a second SIGINT: stopped at once, unpublished events dropped
+EXIT_OK = Exit.OK
+EXIT_FAILURE = Exit.FAILURE
+EXIT_CONFIG = Exit.CONFIG
+EXIT_DRAIN_INCOMPLETE = Exit.DRAIN_INCOMPLETE
+EXIT_FORCED = Exit.FORCED
 
 HOUSEKEEPING_INTERVAL_S = 1.0
 

@@ -60,6 +60,7 @@ from ingest.codec import NOT_OBJECT, Decoder, count_events, reason_of
 from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
 from ingest.message import VALUE_TOO_LONG, MessageBuilder, encode_attribute, encode_data
 from ingest.stats import Stats
+from ingest.vocabulary import Reject
 
 JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
 # The format label of events rejected before their bytes were looked at:
@@ -67,7 +68,7 @@ JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
 UNKNOWN = "unknown"
 
 # Reject reasons of this module (fixed; metric labels).
-FORMAT_DISABLED = "format_disabled"
+FORMAT_DISABLED = Reject.FORMAT_DISABLED
 REJECT_REASONS = (FORMAT_DISABLED,)
 
 

@@ -99,6 +99,8 @@ from collections import Counter
 from collections.abc import Hashable
 from typing import cast
 
+from ingest.vocabulary import Ignore, Reject
+
 # kind() results
 ZLIB = "zlib"
 GZIP = "gzip"
@@ -110,20 +112,20 @@ TIMEOUT_S = 5.0  # the GELF spec: all chunks within 5 seconds of the first
 
 # GelfError reasons (rejected events): ``too_large`` is codec.TOO_LARGE's label
 # on purpose: the event is over a size bound either way.
-TOO_LARGE = "too_large"
-INVALID_GELF = "invalid_gelf"
+TOO_LARGE = Reject.TOO_LARGE
+INVALID_GELF = Reject.INVALID_GELF
 ERROR_REASONS = (TOO_LARGE, INVALID_GELF)
 
 # Reassembler.abandoned reasons: messages, each one event rejected.
-INCOMPLETE = "gelf_incomplete"
-PENDING_FULL = "gelf_pending_full"
-TOO_MANY_CHUNKS = "gelf_too_many_chunks"
-INVALID_CHUNK = "gelf_invalid_chunk"
+INCOMPLETE = Reject.GELF_INCOMPLETE
+PENDING_FULL = Reject.GELF_PENDING_FULL
+TOO_MANY_CHUNKS = Reject.GELF_TOO_MANY_CHUNKS
+INVALID_CHUNK = Reject.GELF_INVALID_CHUNK
 ABANDON_REASONS = (INCOMPLETE, PENDING_FULL, TOO_MANY_CHUNKS, INVALID_CHUNK, TOO_LARGE)
 
 # Reassembler.ignored reasons: datagrams, never events.
-DUPLICATE_CHUNK = "gelf_duplicate_chunk"
-LATE_CHUNK = "gelf_late_chunk"
+DUPLICATE_CHUNK = Ignore.GELF_DUPLICATE_CHUNK
+LATE_CHUNK = Ignore.GELF_LATE_CHUNK
 IGNORE_REASONS = (DUPLICATE_CHUNK, LATE_CHUNK)
 
 # The FLG bytes that, after CMF 0x78, make a zlib header we can inflate: FCHECK

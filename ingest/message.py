@@ -35,11 +35,12 @@ from orjson import JSONDecodeError, dumps, loads
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from ingest.pubsub import varint
 from ingest.spoolfmt import KIND_DATA
+from ingest.vocabulary import Skip
 
 # ingest_attributes_skipped_total reasons: an event's field cannot be an attribute.
-VALUE_TOO_LONG = "value_too_long"  # over PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-NOT_SCALAR = "not_scalar"  # an object or an array (an attribute or the ordering key)
-ORDERING_KEY_TOO_LONG = "ordering_key_too_long"  # over PUBSUB_MAX_ORDERING_KEY_BYTES
+VALUE_TOO_LONG = Skip.VALUE_TOO_LONG  # over PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
+NOT_SCALAR = Skip.NOT_SCALAR  # an object or an array (an attribute or the ordering key)
+ORDERING_KEY_TOO_LONG = Skip.ORDERING_KEY_TOO_LONG  # over PUBSUB_MAX_ORDERING_KEY_BYTES
 SKIP_REASONS = (VALUE_TOO_LONG, NOT_SCALAR, ORDERING_KEY_TOO_LONG)
 ORDERING_SLOT = -1  # the ordering key's slot in MessageBuilder's cache (fields: 0, 1, ...)
 PIECES_CACHED = 4096

@@ -18,32 +18,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ingest import __version__, gelf, kernel, statsd, syslog
-from ingest.codec import REJECT_REASONS
+from ingest import __version__, kernel
 from ingest.dialects import JSON, UNKNOWN
-from ingest.dialects import REJECT_REASONS as DIALECT_REJECT_REASONS
 from ingest.health import Verdict
-from ingest.message import SKIP_REASONS
 from ingest.queue import Bounded
-from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import Histogram, Stats
 from ingest.systemd import Notifier
-
-# Every reject reason there is, exported from the start (0 until seen).
-ALL_REJECT_REASONS = tuple(
-    dict.fromkeys(
-        (
-            *REJECT_REASONS,
-            *DIALECT_REJECT_REASONS,
-            *gelf.ERROR_REASONS,
-            *gelf.ABANDON_REASONS,
-            *syslog.REJECT_REASONS,
-            *statsd.REJECT_REASONS,
-        )
-    )
-)
-IGNORE_REASONS = ("empty", *gelf.IGNORE_REASONS)
+from ingest.vocabulary import Drop, Ignore, Reject, Skip
 
 
 class ListenerView(Protocol):
@@ -91,13 +73,6 @@ class PipelineView(Protocol):
 
 
 # Reasons exported at 0 before they first happen, so rates and alerts work.
-KNOWN_DROP_REASONS = (
-    "queue_full",
-    "invalid_message",
-    "shutdown",
-    "publisher_crashed",
-    *SPOOL_DROP_REASONS,
-)
 
 
 def _counter(
@@ -162,21 +137,21 @@ class IngestCollector(Collector):
             "datagrams without any event: empty or blank, or GELF chunks of no live message",
             "reason",
             stats.datagrams_ignored,
-            IGNORE_REASONS,
+            tuple(Ignore),
         )
         yield _counter(
             "ingest_events_rejected",
             "events refused as invalid input, never forwarded",
             "reason",
             stats.rejected,
-            ALL_REJECT_REASONS,
+            tuple(Reject),
         )
         yield _counter(
             "ingest_events_dropped",
             "accepted events lost, by reason",
             "reason",
             stats.dropped,
-            KNOWN_DROP_REASONS,
+            tuple(Drop),
         )
         yield _published(stats, topic_paths)
         unconfirmed = CounterMetricFamily(
@@ -205,7 +180,7 @@ class IngestCollector(Collector):
             "is an object or an array, or its value is over 1024 bytes",
             "reason",
             stats.attributes_skipped,
-            SKIP_REASONS,
+            tuple(Skip),
         )
         yield _counter(
             "ingest_config_reloads",

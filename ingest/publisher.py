@@ -32,6 +32,7 @@ from ingest.health import PubSubHealth
 from ingest.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0  # keeps recovery after an outage within seconds
 SINK_UNAVAILABLE_RETRY_S = 5.0
 # Drop reasons this module owns.
-INVALID_MESSAGE = "invalid_message"  # Pub/Sub said INVALID_ARGUMENT for it alone
-SHUTDOWN = "shutdown"  # still unpublished when the drain deadline passed
-CRASHED = "publisher_crashed"  # held by a publisher that failed (a bug; the daemon stops)
+INVALID_MESSAGE = Drop.INVALID_MESSAGE
+SHUTDOWN = Drop.SHUTDOWN
+CRASHED = Drop.PUBLISHER_CRASHED
 
 
 class Retry(enum.Enum):

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
-QUEUE_FULL = "queue_full"
+QUEUE_FULL = Drop.QUEUE_FULL
 
 
 @dataclass(slots=True)

@@ -22,11 +22,12 @@ from typing import TextIO
 import orjson
 
 from ingest.config import DEFAULT_UNIX_PATH, check_unix_path, parse_host_port
+from ingest.vocabulary import SendExit
 
-EXIT_OK = 0
-EXIT_UNREACHABLE = 1  # nothing takes the datagrams now; trying again later may work
-EXIT_INVALID = 2  # the event or the target is wrong; trying again will not help
-EXIT_DENIED = 4  # the target is there, but this user (or the network) may not send to it
+EXIT_OK = SendExit.OK
+EXIT_UNREACHABLE = SendExit.UNREACHABLE
+EXIT_INVALID = SendExit.INVALID
+EXIT_DENIED = SendExit.DENIED
 # A connected UDP socket learns of "port unreachable" only from the ICMP reply
 # that follows a send; on loopback it arrives within microseconds.
 UDP_REFUSAL_WAIT_S = 0.2

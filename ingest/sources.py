@@ -37,6 +37,7 @@ from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
 from ingest.tap import TapHub
 from ingest.tapped import TappedWakeUp
+from ingest.vocabulary import Ignore
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ SMALL_DATAGRAM_BYTES = 2048
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; not in Python
 FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
 REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
-EMPTY = "empty"  # datagrams_ignored reason: no non-blank line
+EMPTY = Ignore.EMPTY  # datagrams_ignored reason: no non-blank line
 # struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
 UCRED = struct.Struct("iII")
 # Room for the credentials and nothing more: file descriptors a sender

@@ -52,20 +52,21 @@ from ingest import spoolfmt
 from ingest.config import ConfigError
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
+from ingest.vocabulary import Drop, Fsync
 
 log = logging.getLogger(__name__)
 
-FSYNC_POLICIES = ("roll", "always", "never")  # the first is the default
+FSYNC_POLICIES = tuple(Fsync)  # the first is the default
 SEGMENT_MAX_BYTES = 16 << 20
 SEGMENT_MIN_BYTES = 64 << 10
 RECORDS_PER_SEGMENT = 4  # a record is at most a quarter of a segment (but one event)
 REOPEN_RETRY_S = 1.0  # after a failed segment creation, do not retry on every append
 SET_ASIDE_NAMES = 100  # NAME.corrupt, NAME.corrupt.1 ... before leaving it in place
 # Drop reasons this module owns.
-SPOOL_FULL = "spool_full"  # --spool-max-bytes reached
-SPOOL_ERROR = "spool_error"  # a write failed (disk full, I/O error)
-SPOOL_UNWRITABLE = "spool_unwritable"  # no segment could be created
-SPOOL_CORRUPT = "spool_corrupt"  # written this run, unreadable at replay
+SPOOL_FULL = Drop.SPOOL_FULL  # --spool-max-bytes reached
+SPOOL_ERROR = Drop.SPOOL_ERROR  # a write failed (disk full, I/O error)
+SPOOL_UNWRITABLE = Drop.SPOOL_UNWRITABLE  # no segment could be created
+SPOOL_CORRUPT = Drop.SPOOL_CORRUPT  # written this run, unreadable at replay
 DROP_REASONS = (SPOOL_FULL, SPOOL_ERROR, SPOOL_UNWRITABLE, SPOOL_CORRUPT)
 
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
@@ -448,7 +449,7 @@ class Spool:
         cursor = spoolfmt.Cursor(seq, self._read_off, self._pending_taken)
         try:
             os.pwrite(self._cursor_fd, spoolfmt.encode_cursor(cursor), 0)
-            if self.fsync == "always" or (roll and self.fsync == "roll"):
+            if self.fsync == Fsync.ALWAYS or (roll and self.fsync == Fsync.ROLL):
                 os.fsync(self._cursor_fd)
         except OSError as exc:
             # A stale cursor replays records again: duplicates, not loss.
@@ -481,7 +482,7 @@ class Spool:
             view = memoryview(record)
             while view:
                 view = view[os.write(fd, view) :]
-            if self.fsync == "always":
+            if self.fsync == Fsync.ALWAYS:
                 os.fdatasync(fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -542,7 +543,7 @@ class Spool:
         self._next_seq += 1
         try:
             os.write(fd, spoolfmt.HEADER)
-            if self.fsync != "never":
+            if self.fsync != Fsync.NEVER:
                 os.fsync(self._dir_fd)  # the new name survives a power cut
         except OSError:
             os.close(fd)
@@ -562,7 +563,7 @@ class Spool:
         if fd is None:
             return
         try:
-            if self.fsync != "never":
+            if self.fsync != Fsync.NEVER:
                 os.fdatasync(fd)
         except OSError as exc:
             self._limiter.log(log, "fsync", logging.WARNING, "spool fsync failed: %s", exc)
@@ -678,7 +679,7 @@ class Spool:
         self._close_active()
         self._save_cursor()
         with contextlib.suppress(OSError):
-            if self.fsync != "never":
+            if self.fsync != Fsync.NEVER:
                 os.fsync(self._cursor_fd)
         os.close(self._cursor_fd)
         os.close(self._lock_fd)  # releases the flock

@@ -101,11 +101,12 @@ from collections.abc import Callable, MutableMapping
 from orjson import dumps
 
 from ingest.codec import INVALID_UTF8
+from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels). A line that
 # is not UTF-8 is codec.INVALID_UTF8, already among codec.REJECT_REASONS.
-INVALID_STATSD = "invalid_statsd"
-UNSUPPORTED_STATSD = "unsupported_statsd"
+INVALID_STATSD = Reject.INVALID_STATSD
+UNSUPPORTED_STATSD = Reject.UNSUPPORTED_STATSD
 REJECT_REASONS = (INVALID_STATSD, UNSUPPORTED_STATSD)
 
 TagValue = str | None | list[str | None]

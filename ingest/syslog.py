@@ -52,8 +52,10 @@ from dataclasses import dataclass
 
 from orjson import dumps
 
+from ingest.vocabulary import Reject
+
 # Reject reason: a fixed vocabulary (it becomes a metric label).
-INVALID_SYSLOG = "invalid_syslog"
+INVALID_SYSLOG = Reject.INVALID_SYSLOG
 REJECT_REASONS = (INVALID_SYSLOG,)
 
 Facts = tuple[tuple[str, str], ...]
