@@ -133,7 +133,8 @@ class TappedWakeUp:
             "reason": next(iter(reasons), None),
             "events": events,
             "accepted": accepted,
-            "rejected": dict(reasons),
+            # Reasons are vocabulary members: plain strings for orjson's keys.
+            "rejected": {str(reason): n for reason, n in reasons.items()},
             "text": shown[:TEXT_BYTES].decode("utf-8", "backslashreplace"),
             "truncated": len(shown) > TEXT_BYTES,
         }
