@@ -25,19 +25,15 @@ from typing import Any
 from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import kernel, systemd
-from ingest.batch import Batcher
-from ingest.codec import Decoder, decode_datagram
 from ingest.config import ConfigError, Listener, Settings
-from ingest.dialects import GELF_PENDING_MAX_BYTES, Dialects
-from ingest.gelf import Reassembler
 from ingest.health import PubSubHealth, Verdict, evaluate
 from ingest.httpd import HttpServer
-from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
-from ingest.message import Lane, MessageBuilder
+from ingest.lanes import LaneQueue
 from ingest.metrics import build_registry
-from ingest.publisher import SHUTDOWN, PublisherPool, Spill
-from ingest.pubsub import PubSubClient, RequestEncoder, create_channel, emulator_host
-from ingest.queue import Chunk, EventQueue
+from ingest.pipeline import Pipeline
+from ingest.publisher import SHUTDOWN
+from ingest.pubsub import PubSubClient, create_channel, emulator_host
+from ingest.queue import EventQueue
 from ingest.reload import METADATA
 from ingest.reload import plan as reload_plan
 from ingest.replay import run_replay
@@ -78,20 +74,10 @@ class Daemon:
         # The topics published to, by number (--topic's, then the routes'):
         # fixed at startup, since queued lanes and the publishers name them so.
         self.topic_ids = settings.topics
-        self._batcher: Batcher | LaneBatcher | None = None
         self._reloading: asyncio.Task[None] | None = None
         self.stats = stats or Stats()
-        # The plain pipeline carries events as they arrived; with metadata
-        # (attributes, ordering keys, routes, credentials) it carries
-        # PubsubMessage bodies in lanes (lanes.py).
-        self.lanes = MessageLanes(settings, self.stats) if settings.metadata else None
-        self.queue: EventQueue | LaneQueue = (
-            self.lanes.queue
-            if self.lanes
-            else EventQueue(settings.queue_max_events, settings.queue_max_bytes, self.stats)
-        )
-        self.sources: list[DatagramSource] = []
-        self.pool: PublisherPool | None = None
+        # Made at startup, once the spool (if any) is open (pipeline.py).
+        self.pipeline: Pipeline | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None
         self.tap = TapHub()  # `ingest tap`, served by self.http
@@ -148,7 +134,9 @@ class Daemon:
             self.spool = Spool.open(
                 settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync, self.stats
             )
-            self.queue.spill = self.lanes.spill_to(self.spool) if self.lanes else self.spool.append
+        pipeline = self.pipeline = Pipeline(
+            settings, self.stats, self._client, health=self.health, spool=self.spool, tap=self.tap
+        )
 
         # After the checks: adopt what systemd passed, bind the rest.
         passed = systemd.listen_fds()
@@ -164,7 +152,7 @@ class Daemon:
             )
             if adopted is not None:
                 sock.setblocking(False)
-            self.sources.append(self._source(listener, sock, adopted is not None))
+            pipeline.sources.append(pipeline.add_reader(listener, sock, adopted is not None))
         self._warn_unix_qlen()
         registry = build_registry(self)
         if settings.metrics is not None:
@@ -177,42 +165,16 @@ class Daemon:
                     "--metrics", f"{host}:{port}: cannot listen: {exc.strerror}"
                 ) from None
 
-        # A request's own fields: the longest topic's, tag and length included.
-        encoder_reserved = max(len(path.encode()) for path in self.topic_paths) + 8
-        batch_bounds = (
-            settings.batch_max_messages,
-            settings.batch_max_bytes,
-            encoder_reserved,
-            settings.batch_linger_ms / 1000,
-        )
-        batcher: Batcher | LaneBatcher
-        if isinstance(self.queue, LaneQueue):
-            batcher = LaneBatcher(self.queue, *batch_bounds)
-            encoders = [RequestEncoder(path) for path in self.topic_paths]
-        else:
-            batcher = Batcher(self.queue, *batch_bounds)
-            encoders = []  # the pool's default: raw events to --topic
-        self._batcher = batcher
-        self.pool = PublisherPool(
-            self._client,
-            batcher,
-            self.stats,
-            settings.publish_timeout_s,
-            health=self.health,
-            spill=self._spill_to_spool() if self.spool else None,
-            encoders=encoders,
-            topics=settings.topics,
-        )
         for index in range(settings.publishers):
-            task = asyncio.create_task(self.pool.run_worker(index), name=f"publisher-{index}")
+            task = asyncio.create_task(pipeline.pool.run_worker(index), name=f"publisher-{index}")
             self._workers.append(task)
         self._background.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         if self.spool is not None:
             replay = run_replay(
                 self.spool,
-                self.queue,
+                pipeline.queue,
                 lambda: self.health.failing,
-                self.lanes.admit if self.lanes else None,
+                pipeline.lanes.admit if pipeline.lanes else None,
             )
             self._background.append(asyncio.create_task(replay, name="spool-replay"))
         if self.notifier.watchdog_interval_s:  # WATCHDOG=1 from the loop: a stall stops it
@@ -299,8 +261,17 @@ class Daemon:
     # ---------------------------------------------------------------- views
     # What /metrics, /healthz and the dashboard read (metrics.PipelineView).
     @property
+    def sources(self) -> list[DatagramSource]:
+        return self.pipeline.sources if self.pipeline else []
+
+    @property
+    def queue(self) -> EventQueue | LaneQueue:
+        assert self.pipeline is not None  # read by /metrics, served once startup made it
+        return self.pipeline.queue
+
+    @property
     def in_flight(self) -> int:
-        return self.pool.in_flight if self.pool else 0
+        return self.pipeline.pool.in_flight if self.pipeline else 0
 
     @property
     def listener_views(self) -> list[DatagramSource]:
@@ -372,11 +343,13 @@ class Daemon:
             source.close()
         # 2. Publishers drain the queue within the deadline.
         dropped_before = sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)
-        self.queue.close()
+        pipeline = self.pipeline
+        assert pipeline is not None  # startup made it, or raised
+        pipeline.queue.close()
         log.info(
             "stopping: draining %d queued and %d in-flight events (deadline %.1fs)",
-            self.queue.events,
-            self.pool.in_flight if self.pool else 0,
+            pipeline.queue.events,
+            pipeline.pool.in_flight,
             settings.drain_timeout_s,
         )
         pending = [task for task in self._workers if not task.done()]
@@ -396,8 +369,8 @@ class Daemon:
             await asyncio.gather(*stragglers, return_exceptions=True)
             if stragglers:
                 log.warning("cancelled %d publishers at the drain deadline", len(stragglers))
-        spill = self._spill_to_spool() if self.spool is not None else None
-        for lane, chunk in self._queued_by_lane():
+        spill = pipeline.spill_to_spool() if self.spool is not None else None
+        for lane, chunk in pipeline.queued_by_lane():
             if spill is not None:
                 spill(chunk.events, lane)
             else:
@@ -432,74 +405,6 @@ class Daemon:
             return EXIT_FORCED
         # Unconfirmed events may be lost as well: not a clean stop either.
         return EXIT_DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else EXIT_OK
-
-    def _source(
-        self,
-        listener: Listener,
-        sock: socket.socket,
-        adopted: bool,
-        *,
-        settings: Settings | None = None,
-        previous: DatagramSource | None = None,
-    ) -> DatagramSource:
-        """A reader for one socket, decoding for this daemon's pipeline.
-        ``previous``: the reader it replaces at a reload, whose chunked GELF
-        messages in progress it takes over."""
-        settings = settings or self.settings
-        decode: Decoder
-        credentials: MessageBuilder | None
-        if self.lanes is None:
-            decode, credentials = decode_datagram, None
-        elif settings.unix_credentials and listener.kind == "unix":
-            # Its own builder: the reader sets each datagram's sender on it.
-            credentials = self.lanes.builder.for_source()
-            decode = self.lanes.decoder(credentials)
-        else:
-            decode, credentials = self.lanes.decoder(), None
-        if previous is not None and previous.dialects is not None:
-            reassembler = previous.dialects.reassembler
-            reassembler.max_message_bytes = settings.max_event_bytes
-        else:
-            reassembler = Reassembler(GELF_PENDING_MAX_BYTES, settings.max_event_bytes)
-        # Always: with JSON alone too, the others must be recognised to be
-        # rejected as format_disabled rather than as bad JSON.
-        dialects = Dialects(
-            listener.label,
-            settings.input_formats,
-            decode,
-            self.stats,
-            reassembler,
-            max_event_bytes=settings.max_event_bytes,
-            wrap_text=settings.syslog_wrap_text,
-            builder=credentials or (self.lanes.builder if self.lanes else None),
-        )
-        return DatagramSource(
-            listener,
-            sock,
-            self.queue,
-            self.stats,
-            settings.max_datagram_bytes,
-            allow=settings.udp_allow,
-            adopted=adopted,
-            decode=decode,
-            dialects=dialects,
-            credentials=credentials,
-            allow_uids=settings.unix_allow_uids if credentials else (),
-            tap=self.tap,
-        )
-
-    def _spill_to_spool(self) -> Spill:
-        """Where a publisher's or the queue's leftovers go at shutdown."""
-        spool = self.spool
-        assert spool is not None
-        if self.lanes is not None:
-            return self.lanes.spill_to(spool)
-        return lambda events, lane: spool.append(events)
-
-    def _queued_by_lane(self) -> list[tuple[Lane | None, Chunk]]:
-        if isinstance(self.queue, LaneQueue):
-            return [(lane, chunk) for lane, chunk in self.queue.drain_all()]
-        return [(None, chunk) for chunk in self.queue.drain_all()]
 
     async def _close_partial_startup(self) -> None:
         for source in self.sources:
@@ -564,6 +469,9 @@ class Daemon:
         settings that changed. Listeners are bound first, so one that cannot
         be is a ConfigError before anything else has changed."""
         old = self.settings
+        pipeline = self.pipeline
+        if pipeline is None:  # a SIGHUP during startup: nothing to reconfigure yet
+            raise ConfigError("SIGHUP", "the daemon is still starting; send it again when ready")
         planned = reload_plan(old, new, self.topic_ids)
         for line in planned.kept:
             log.warning("reload: not applied until restart: %s", line)
@@ -585,18 +493,11 @@ class Daemon:
                     bound.append((listener, sock))
         except ConfigError:
             for listener, sock in bound:
-                DatagramSource(listener, sock, self.queue, self.stats, 0).close()  # unlinks
+                DatagramSource(listener, sock, pipeline.queue, self.stats, 0).close()  # unlinks
             raise
         self.settings = new
         logging.getLogger().setLevel(new.log_level.upper())
-        if self.lanes is not None and any(n in planned.changed for n in METADATA):
-            self.lanes.reconfigure(new)
-        self.queue.max_events = new.queue_max_events
-        self.queue.max_bytes = new.queue_max_bytes
-        if self._batcher is not None:
-            self._batcher.set_bounds(
-                new.batch_max_messages, new.batch_max_bytes, new.batch_linger_ms / 1000
-            )
+        pipeline.reconfigure(new, any(name in planned.changed for name in METADATA))
         kept: list[DatagramSource] = []
         for source in self.sources:
             if source.label not in wanted:
@@ -607,18 +508,17 @@ class Daemon:
             # Rebuilt around the same socket: the new decoding, allow-lists
             # and bounds, nothing dropped (the old reader stops between two
             # wake-ups; what the socket holds is the new reader's).
-            fresh = self._source(
+            fresh = pipeline.add_reader(
                 source.listener, source.sock, source.adopted, settings=new, previous=source
             )
-            fresh.take_over(source)
             source.stop()
             fresh.start(loop)
             kept.append(fresh)
-        added = [self._source(listener, sock, False, settings=new) for listener, sock in bound]
+        added = [pipeline.add_reader(listener, sock, settings=new) for listener, sock in bound]
         for source in added:
             source.start(loop)
             log.info("%s: listener added", source.label)
-        self.sources = kept + added
+        pipeline.sources[:] = kept + added
         return planned.changed
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

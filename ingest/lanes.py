@@ -59,14 +59,16 @@ LaneSpill = Callable[[list[bytes], Lane | None], None]
 class LaneQueue(Bounded):
     """Bounded like EventQueue; items are (lane, body) pairs, kept per lane."""
 
-    def __init__(self, max_events: int, max_bytes: int, stats: Stats) -> None:
+    def __init__(
+        self, max_events: int, max_bytes: int, stats: Stats, *, spill: LaneSpill | None = None
+    ) -> None:
         super().__init__(max_events, max_bytes, stats)
         self._lanes: dict[Lane, deque[Chunk]] = {}
         self._held: set[Lane] = set()
         # Set by a put, a release and close: a filler waiting for a lane it
         # may take looks again. Cleared by that filler before it waits.
         self._changed = asyncio.Event()
-        self.spill: LaneSpill | None = None
+        self.spill = spill
 
     def put(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
         """Enqueue one wake-up's messages per lane, in their order; what does
@@ -212,11 +214,16 @@ class MessageLanes:
     number: 0 is --topic, then the routes' in order), the builder, the lane
     queue, and how lanes go to the spool and come back from it."""
 
-    def __init__(self, settings: Settings, stats: Stats) -> None:
+    def __init__(self, settings: Settings, stats: Stats, spool: Spool | None = None) -> None:
         self.topics = settings.topics
         self._stats = stats
         self.builder = self._builder(settings)
-        self.queue = LaneQueue(settings.queue_max_events, settings.queue_max_bytes, stats)
+        self.queue = LaneQueue(
+            settings.queue_max_events,
+            settings.queue_max_bytes,
+            stats,
+            spill=self.spill_to(spool) if spool else None,
+        )
         self._unknown_topics: set[str] = set()
 
     def reconfigure(self, settings: Settings) -> None:

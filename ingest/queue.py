@@ -134,12 +134,19 @@ def take_from(chunks: deque[Chunk], max_count: int, max_bytes: int, overhead: in
 class EventQueue(Bounded):
     """One FIFO of chunks. ``put`` never blocks or awaits."""
 
-    def __init__(self, max_events: int, max_bytes: int, stats: Stats) -> None:
+    def __init__(
+        self,
+        max_events: int,
+        max_bytes: int,
+        stats: Stats,
+        *,
+        spill: Callable[[list[bytes]], None] | None = None,
+    ) -> None:
         super().__init__(max_events, max_bytes, stats)
         self._chunks: deque[Chunk] = deque()
         self._nonempty = asyncio.Event()
         # Where the overflow goes instead of being dropped (spool.Spool.append).
-        self.spill: Callable[[list[bytes]], None] | None = None
+        self.spill = spill
 
     def put(self, events: list[bytes], received_at: float) -> None:
         """Enqueue what fits; spill the rest, or count it dropped (``queue_full``)."""
