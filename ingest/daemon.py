@@ -382,6 +382,7 @@ class Daemon:
             await self._client.close()
         if self.http is not None:
             await self.http.close()
+        self.notifier.close()  # STOPPING=1 went out at the start of the stop
         # Lost at shutdown: dropped as ``shutdown``, or refused by the spool.
         lost = (
             self.stats.dropped.get(SHUTDOWN, 0)

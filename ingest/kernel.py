@@ -7,10 +7,8 @@ daemon runs the same on a kernel or container without them.
 from __future__ import annotations
 
 import contextlib
-import os
 
 UNIX_QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
-RMEM_MAX_PATH = "/proc/sys/net/core/rmem_max"
 # Below this, non-blocking same-host senders lose events to EAGAIN at load.
 # Measured at 150k events/s from 4 senders (README, Performance): 43-60 % of
 # sends failed with the default 10, up to 0.04 % with 512, none with 1024.
@@ -27,14 +25,6 @@ def read_int(path: str) -> int | None:
 
 def unix_max_dgram_qlen() -> int | None:
     return read_int(UNIX_QLEN_PATH)
-
-
-def rmem_max() -> int | None:
-    return read_int(RMEM_MAX_PATH)
-
-
-def socket_inode(fd: int) -> int:
-    return os.fstat(fd).st_ino
 
 
 def udp_drops_by_inode() -> dict[int, int]:
