@@ -36,10 +36,10 @@ from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import EventQueue
 from ingest.reload import METADATA
 from ingest.reload import plan as reload_plan
-from ingest.replay import run_replay
 from ingest.sources import FINAL_DRAIN_MAX_S, REBIND_DRAIN_MAX_S, DatagramSource, bind_listener
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
+from ingest.spool.replay import run_replay
 from ingest.stats import RejectSummary, Stats
 from ingest.tap import TapHub
 from ingest.topic import TopicWatch

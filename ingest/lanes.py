@@ -42,7 +42,7 @@ from ingest.message import (
 )
 from ingest.queue import Bounded, Chunk, take_from
 from ingest.spool import Spool
-from ingest.spoolfmt import KIND_DATA, KIND_MESSAGES
+from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from ingest.stats import Stats
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class MessageLanes:
         return spill
 
     def admit(self, events: list[bytes], kind: int, topic: str, now: float) -> None:
-        """Spooled events back into the lanes (replay.py). Plain events an
+        """Spooled events back into the lanes (spool/replay.py). Plain events an
         earlier run spooled get this configuration's metadata; bodies keep
         theirs, and their topic unless it is no longer configured."""
         if kind == KIND_DATA:

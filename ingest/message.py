@@ -34,7 +34,7 @@ from orjson import JSONDecodeError, dumps, loads
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from ingest.pubsub import varint
-from ingest.spoolfmt import KIND_DATA
+from ingest.spool.records import KIND_DATA
 from ingest.vocabulary import Skip
 
 # ingest_attributes_skipped_total reasons: an event's field cannot be an attribute.

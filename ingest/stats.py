@@ -96,7 +96,7 @@ class Stats:
     # they come only from the configuration).
     published_by_topic: defaultdict[str, int] = field(default_factory=_counter)
     unconfirmed: int = 0  # sent, answer cut off by the drain deadline: fate unknown
-    # The disk spool (spool.py): events written to it, handed back from it to
+    # The disk spool (spool/): events written to it, handed back from it to
     # the memory queue, and found in it at startup (left by an earlier run).
     spooled: int = 0
     replayed: int = 0

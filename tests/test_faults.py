@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest import spoolfmt
 from ingest.spool import Spool
+from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
 from tests.helpers import DaemonProcess, Daemons, UnixSender, subject_to_file_modes, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted

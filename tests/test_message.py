@@ -25,7 +25,7 @@ from ingest.message import (
     plain,
 )
 from ingest.pubsub import RequestEncoder
-from ingest.spoolfmt import KIND_DATA, KIND_MESSAGES
+from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 PubsubMessage = pubsub_types.PubsubMessage.pb()

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from ingest.queue import QUEUE_FULL, EventQueue
-from ingest.replay import REPLAY_EVENTS_PER_STEP, replay_step
 from ingest.spool import Spool
+from ingest.spool.replay import REPLAY_EVENTS_PER_STEP, replay_step
 from ingest.stats import Stats
 
 

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import spoolfmt
 from ingest.config import ConfigError
 from ingest.spool import SPOOL_FULL, SPOOL_UNWRITABLE, Spool
+from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
 
 # Accepted events are valid UTF-8 (codec.py), so they never contain 0xFF.

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest import spoolfmt
 from ingest.config import ConfigError
 from ingest.spool import SET_ASIDE_NAMES, Spool
+from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
 from tests.test_spool import replay_all
 

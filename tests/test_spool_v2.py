@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import spoolfmt
 from ingest.spool import RECORDS_PER_SEGMENT, SPOOL_CORRUPT, Spool
-from ingest.spoolfmt import KIND_DATA, KIND_MESSAGES
+from ingest.spool import records as spoolfmt
+from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from tests.test_spool import open_spool, replay_all, segment_files, text_events
 
 SEG0 = "seg-000000000000.spool"

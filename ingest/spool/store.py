@@ -1,7 +1,8 @@
 """The disk spool: where events go when the memory queue is full, and where
 shutdown puts what it could not publish. Append-only, segmented, replayed
-oldest first. The format is spoolfmt.py; pacing against live traffic is
-replay.py; this module owns the files, the lock, the cursor and the counts.
+oldest first. The format is records.py, the cursor ledger.py, safe file
+handling files.py; pacing against live traffic is replay.py; this module
+ties them: the lock, the segments written and read, and the counts.
 
 Directory layout::
 
@@ -41,16 +42,25 @@ import fcntl
 import logging
 import os
 import re
-import secrets
-import stat
 import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest import spoolfmt
 from ingest.config import ConfigError
 from ingest.ratelimit import LogLimiter
+from ingest.spool import records as spoolfmt
+from ingest.spool.files import (
+    SAFE_FLAGS,
+    UnsafeFile,
+    explain,
+    irregular,
+    open_directory,
+    open_regular,
+    probe,
+    read_all,
+)
+from ingest.spool.ledger import Ledger
 from ingest.stats import Stats
 from ingest.vocabulary import Drop, Fsync
 
@@ -70,133 +80,6 @@ SPOOL_CORRUPT = Drop.SPOOL_CORRUPT  # written this run, unreadable at replay
 DROP_REASONS = (SPOOL_FULL, SPOOL_ERROR, SPOOL_UNWRITABLE, SPOOL_CORRUPT)
 
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
-# Never through a symlink, never blocking on a FIFO, never a controlling tty.
-_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-_KINDS = (
-    (stat.S_ISLNK, "a symbolic link"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a device"),
-    (stat.S_ISBLK, "a device"),
-)
-
-
-class UnsafeFile(OSError):
-    """A name in the spool directory that is not a regular file to use."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason  # a noun phrase: "a FIFO, not a regular file"
-
-
-def _irregular(mode: int) -> UnsafeFile | None:
-    if stat.S_ISREG(mode):
-        return None
-    kind = next((kind for test, kind in _KINDS if test(mode)), "something")
-    return UnsafeFile(f"{kind}, not a regular file")
-
-
-def open_regular(dir_fd: int, name: str, flags: int) -> int:
-    """Open ``name`` in the directory ``dir_fd`` only as a regular file: lstat
-    first, so a device or FIFO is never even opened, then open without
-    following a symlink or blocking, and fstat what was opened. A file opened
-    for writing must have no other name (a hard link to a file elsewhere).
-    UnsafeFile otherwise; O_CREAT creates it 0600."""
-    try:
-        problem = _irregular(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    except FileNotFoundError:
-        if not flags & os.O_CREAT:
-            raise
-        problem = None
-    if problem is not None:
-        raise problem
-    fd = os.open(name, flags | _SAFE, 0o600, dir_fd=dir_fd)
-    st = os.fstat(fd)
-    problem = _irregular(st.st_mode)  # replaced between the lstat and the open
-    if problem is None and flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
-        problem = UnsafeFile("a file with other hard links")
-    if problem is not None:
-        os.close(fd)
-        raise problem
-    return fd
-
-
-def _explain(exc: OSError) -> str:
-    return exc.reason if isinstance(exc, UnsafeFile) else exc.strerror or str(exc)
-
-
-_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def check_directory(directory: str) -> None:
-    """What ``ingest check-config`` can know without creating anything: an
-    existing spool directory must pass the checks ``Spool.open`` makes (a
-    missing one is created 0700 by ``serve``). ConfigError otherwise."""
-    try:
-        fd = os.open(directory, _DIRECTORY_FLAGS)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise _unusable(directory, exc) from None
-    os.close(_trusted(directory, fd))
-
-
-def _open_directory(directory: str) -> int:
-    """The spool directory's fd, created 0700 if missing. ConfigError unless it
-    is a directory itself (not a symlink), owned by our euid and writable by
-    nobody else: whoever can write in it could plant names for us to follow."""
-    try:
-        try:
-            fd = os.open(directory, _DIRECTORY_FLAGS)
-        except FileNotFoundError:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(directory, _DIRECTORY_FLAGS)
-    except OSError as exc:
-        raise _unusable(directory, exc) from None
-    return _trusted(directory, fd)
-
-
-def _unusable(directory: str, exc: OSError) -> ConfigError:
-    if os.path.islink(directory):
-        return ConfigError("--spool-dir", f"{directory} is a symbolic link")
-    return ConfigError("--spool-dir", f"{directory}: cannot use: {exc.strerror}")
-
-
-def _trusted(directory: str, fd: int) -> int:
-    """``fd`` if its directory is ours alone; else close it, ConfigError."""
-    st = os.fstat(fd)
-    euid = os.geteuid()
-    problem = None
-    if st.st_uid != euid:
-        problem = f"is owned by uid {st.st_uid}, not by uid {euid} that runs ingest"
-    elif st.st_mode & 0o022:
-        problem = f"is writable by group or others (mode {st.st_mode & 0o7777:04o}; chmod go-w)"
-    if problem is not None:
-        os.close(fd)
-        raise ConfigError("--spool-dir", f"{directory} {problem}")
-    return fd
-
-
-def _probe(dir_fd: int) -> None:
-    """Create, write and remove a file under a fresh name (O_EXCL: never
-    something planted); OSError when the directory cannot be written."""
-    name = f".probe-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE, 0o600, dir_fd=dir_fd)
-    try:
-        os.write(fd, b"\0")
-    finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(name, dir_fd=dir_fd)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    parts, got = [], 0
-    while got < size and (part := os.pread(fd, size - got, got)):
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
 
 
 def _segment_name(seq: int) -> str:
@@ -256,7 +139,8 @@ class Spool:
         self.corrupt_records = 0  # damaged records, and files set aside
         self.problem: str | None = None
         self._stats = stats
-        self._dir_fd, self._lock_fd, self._cursor_fd = fds
+        self._dir_fd, self._lock_fd, cursor_fd = fds
+        self._ledger = Ledger(cursor_fd)  # where replay resumes
         self._clock = clock
         self._segments: list[Segment] = []  # oldest first; the last may be active
         self._active_fd: int | None = None  # write fd of self._segments[-1]
@@ -273,7 +157,7 @@ class Spool:
         """Create (0700), check and lock the directory and load what an earlier
         run left. ConfigError (exit 2) names --spool-dir when it cannot be used
         or trusted."""
-        dir_fd = _open_directory(directory)
+        dir_fd = open_directory(directory)
         fds = [dir_fd]
         name = "LOCK"
         try:
@@ -290,7 +174,7 @@ class Spool:
             name = "cursor"
             fds.append(open_regular(dir_fd, name, os.O_RDWR | os.O_CREAT))
             name = ""
-            _probe(dir_fd)
+            probe(dir_fd)
             spool = cls(directory, (fds[0], fds[1], fds[2]), max_bytes, fsync, stats)
             spool._load()
         except (OSError, ConfigError) as exc:
@@ -316,7 +200,7 @@ class Spool:
             int(m.group(1)) for name in os.listdir(self._dir_fd) if (m := _SEGMENT_RE.match(name))
         )
         self._next_seq = seqs[-1] + 1 if seqs else 0
-        cursor = self._read_cursor()
+        cursor = self._ledger.read()
         for seq in seqs:
             if cursor is not None and seq < cursor.seq:
                 self._discard(_segment_name(seq))
@@ -345,7 +229,7 @@ class Spool:
         """Remove a segment with nothing left to replay (the cursor passed it,
         or it holds no valid record); set it aside if it is no regular file."""
         try:
-            problem = _irregular(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode)
+            problem = irregular(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode)
             if problem is not None:
                 self._set_aside(name, problem.reason)
             else:
@@ -359,11 +243,11 @@ class Spool:
             fd = open_regular(self._dir_fd, name, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
-                data = _read_all(fd, size) if size <= spoolfmt.MAX_SEGMENT_BYTES else b""
+                data = read_all(fd, size) if size <= spoolfmt.MAX_SEGMENT_BYTES else b""
             finally:
                 os.close(fd)
         except OSError as exc:
-            self._set_aside(name, _explain(exc))
+            self._set_aside(name, explain(exc))
             return None
         if size > spoolfmt.MAX_SEGMENT_BYTES:
             self._set_aside(name, f"{size} bytes, larger than any segment; not read")
@@ -432,25 +316,14 @@ class Spool:
         else:
             self._read_off = record.end
 
-    def _read_cursor(self) -> spoolfmt.Cursor | None:
-        raw = os.pread(self._cursor_fd, spoolfmt.CURSOR_BYTES + 1, 0)
-        if not raw:
-            return None  # a new spool
-        cursor = spoolfmt.decode_cursor(raw)
-        if cursor is None:
-            log.warning("spool cursor damaged; replaying from the oldest segment (duplicates)")
-            os.ftruncate(self._cursor_fd, 0)
-        return cursor
-
     def _save_cursor(self, *, roll: bool = False) -> None:
         """Write the cursor (page cache); fsync it always, or at a roll (a
         segment fully replayed) under the default policy."""
         seq = self._segments[0].seq if self._segments else self._next_seq
         cursor = spoolfmt.Cursor(seq, self._read_off, self._pending_taken)
         try:
-            os.pwrite(self._cursor_fd, spoolfmt.encode_cursor(cursor), 0)
-            if self.fsync == Fsync.ALWAYS or (roll and self.fsync == Fsync.ROLL):
-                os.fsync(self._cursor_fd)
+            sync = self.fsync == Fsync.ALWAYS or (roll and self.fsync == Fsync.ROLL)
+            self._ledger.save(cursor, sync=sync)
         except OSError as exc:
             # A stale cursor replays records again: duplicates, not loss.
             self._limiter.log(log, "cursor", logging.WARNING, "spool cursor not saved: %s", exc)
@@ -509,7 +382,7 @@ class Spool:
         if self.problem is None:
             return
         try:
-            _probe(self._dir_fd)
+            probe(self._dir_fd)
         except OSError:
             return
         log.info("spool writable again (%s)", self.problem)
@@ -532,7 +405,7 @@ class Spool:
         try:
             fd = os.open(
                 name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | _SAFE,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | SAFE_FLAGS,
                 0o600,
                 dir_fd=self._dir_fd,
             )
@@ -635,7 +508,7 @@ class Spool:
             log.error(
                 "spool %s: cannot read: %s; skipping the rest of it",
                 self._path(segment.name),
-                _explain(exc),
+                explain(exc),
             )
         # Damaged: resynchronise on the next valid record (or the end).
         first = next(spoolfmt.scan(rest, 0, version=segment.version), None)
@@ -678,9 +551,6 @@ class Spool:
         """Shutdown: the policy's fsync, save the cursor, release the lock."""
         self._close_active()
         self._save_cursor()
-        with contextlib.suppress(OSError):
-            if self.fsync != Fsync.NEVER:
-                os.fsync(self._cursor_fd)
-        os.close(self._cursor_fd)
+        self._ledger.close(sync=self.fsync != Fsync.NEVER)
         os.close(self._lock_fd)  # releases the flock
         os.close(self._dir_fd)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from ingest.message import plain
 from ingest.queue import Bounded, EventQueue
-from ingest.spool import Spool
+from ingest.spool.store import Spool
 
 # Puts one spooled record's events (of its kind, for its topic) in the queue.
 Admit = Callable[[list[bytes], int, str, float], None]
