@@ -300,11 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args)
     if args.command == "top":
-        from ingest.top import run_top  # rich's live display: only `top` pays for it
+        from ingest.observe.top import run_top  # rich's live display: only `top` pays for it
 
         return run_top(args.url)
     if args.command == "tap":
-        from ingest.tap import run_tap
+        from ingest.observe.tap import run_tap
 
         formats = [part for item in args.format or () for part in item.split(",")]
         return run_tap(

@@ -26,10 +26,11 @@ from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import kernel, systemd
 from ingest.config import ConfigError, Listener, Settings
-from ingest.health import PubSubHealth, Verdict, evaluate
-from ingest.httpd import HttpServer
 from ingest.lanes import LaneQueue
-from ingest.metrics import build_registry
+from ingest.observe.health import PubSubHealth, Verdict, evaluate
+from ingest.observe.httpd import HttpServer
+from ingest.observe.metrics import build_registry
+from ingest.observe.tap import TapHub
 from ingest.pipeline import Pipeline
 from ingest.publisher import SHUTDOWN
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
@@ -41,7 +42,6 @@ from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.spool.replay import run_replay
 from ingest.stats import RejectSummary, Stats
-from ingest.tap import TapHub
 from ingest.topic import TopicWatch
 from ingest.vocabulary import Exit
 
@@ -182,7 +182,7 @@ class Daemon:
             self._background.append(watchdog)
 
         if settings.dashboard and sys.stdout.isatty():
-            from ingest.dashboard import InlineDashboard  # rich's Live only when asked
+            from ingest.observe.dashboard import InlineDashboard  # rich's Live only when asked
 
             view = InlineDashboard(registry.collect, lambda: self.verdict().reasons)
             self._dashboard = asyncio.create_task(view.run(), name="dashboard")

@@ -22,16 +22,16 @@ from ingest.codec import Decoder, decode_datagram
 from ingest.config import Listener, Settings
 from ingest.dialects import GELF_PENDING_MAX_BYTES, Dialects
 from ingest.gelf import Reassembler
-from ingest.health import PubSubHealth
 from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
 from ingest.message import Lane, MessageBuilder
+from ingest.observe.health import PubSubHealth
+from ingest.observe.tap import TapHub
 from ingest.publisher import PublisherPool, Spill
 from ingest.pubsub import PubSubClient, RequestEncoder
 from ingest.queue import Chunk, EventQueue
 from ingest.sources import DatagramSource
 from ingest.spool import Spool
 from ingest.stats import Stats
-from ingest.tap import TapHub
 
 # PublishRequest's own fields besides the topic path: its tag and length.
 TOPIC_FIELD_OVERHEAD_BYTES = 8

@@ -28,7 +28,7 @@ import grpc
 import grpc.aio
 
 from ingest.batch import Batch
-from ingest.health import PubSubHealth
+from ingest.observe.health import PubSubHealth
 from ingest.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats

@@ -32,10 +32,10 @@ from ingest.codec import (
 from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
 from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
 from ingest.message import MessageBuilder, encode_attribute
+from ingest.observe.tap import TapHub
 from ingest.queue import Intake
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
-from ingest.tap import TapHub
 from ingest.tapped import TappedWakeUp
 from ingest.vocabulary import Ignore
 

@@ -19,8 +19,8 @@ from typing import Any
 from ingest.codec import TOO_LARGE, Decoder
 from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
 from ingest.message import data_of
+from ingest.observe.tap import ACCEPTED, DROPPED, REJECTED, TapHub
 from ingest.queue import QUEUE_FULL
-from ingest.tap import ACCEPTED, DROPPED, REJECTED, TapHub
 
 TEXT_BYTES = 1024  # of a datagram's text a tap shows
 

@@ -16,7 +16,7 @@ import grpc
 import grpc.aio
 
 from ingest.config import ConfigError
-from ingest.health import PubSubHealth
+from ingest.observe.health import PubSubHealth
 from ingest.pubsub import PubSubClient
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from ingest.config import INPUT_FORMATS
-from ingest.dashboard import History, InlineDashboard, Snapshot, histogram_quantile, render
-from ingest.health import Verdict
-from ingest.metrics import build_registry
+from ingest.observe.dashboard import History, InlineDashboard, Snapshot, histogram_quantile, render
+from ingest.observe.health import Verdict
+from ingest.observe.metrics import build_registry
 from ingest.queue import EventQueue
 from ingest.stats import LATENCY_BUCKETS_S, Stats
 from ingest.systemd import Notifier

@@ -1,8 +1,8 @@
-"""The health rule (ingest/health.py) on a fake clock: pure state, no I/O."""
+"""The health rule (ingest/observe/health.py) on a fake clock: pure state, no I/O."""
 
 from __future__ import annotations
 
-from ingest.health import (
+from ingest.observe.health import (
     OUTSTANDING_LIMIT_S,
     PROBE_INTERVAL_S,
     QUEUE_FILL_LIMIT,

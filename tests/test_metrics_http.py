@@ -279,7 +279,7 @@ def test_idle_connections_cannot_exhaust_the_daemons_descriptors(
     """300 connections that never send a request (a slowloris, a stuck
     scraper): the daemon holds at most MAX_CONNECTIONS of them, closes the
     rest at once, and answers again as soon as they are gone."""
-    from ingest.httpd import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
+    from ingest.observe.httpd import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 
     daemon, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{free_udp_port()}")
     port = int(base.rsplit(":", 1)[1])

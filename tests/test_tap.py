@@ -26,10 +26,10 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from ingest import httpd
-from ingest.health import Verdict
-from ingest.httpd import HttpServer
-from ingest.tap import (
+from ingest.observe import httpd
+from ingest.observe.health import Verdict
+from ingest.observe.httpd import HttpServer
+from ingest.observe.tap import (
     BURST,
     MAX_BUFFER_RECORDS,
     MAX_TAPS,
@@ -40,7 +40,7 @@ from ingest.tap import (
     base_url,
     parse_query,
 )
-from ingest.top import base_url as top_base_url
+from ingest.observe.top import base_url as top_base_url
 from tests.conftest import PubSubNames
 from tests.helpers import INGEST, Daemons, closed_tcp_port, wait_for
 from tests.test_metrics_http import start

@@ -7,7 +7,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import codec, dialects, gelf, message, publisher, queue, sources, spool, statsd, syslog
-from ingest.metrics import build_registry
+from ingest.observe.metrics import build_registry
 from ingest.vocabulary import Drop, Ignore, Reject, Skip
 from tests.test_dashboard import _View
 

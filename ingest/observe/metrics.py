@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from ingest import __version__, kernel
 from ingest.dialects import JSON, UNKNOWN
-from ingest.health import Verdict
+from ingest.observe.health import Verdict
 from ingest.queue import Bounded
 from ingest.spool import Spool
 from ingest.stats import Histogram, Stats

@@ -330,7 +330,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 def base_url(url: str) -> str:
     """The daemon's base URL exactly as ``ingest top`` takes it (a trailing
     /metrics or /healthz accepted, the scheme optional), and a trailing /tap.
-    Not imported from ingest.top: that module loads rich, 90 ms at start."""
+    Not imported from ingest.observe.top: that module loads rich, 90 ms at start."""
     url = url.strip().rstrip("/")
     url = url.removesuffix("/tap").removesuffix("/metrics").removesuffix("/healthz")
     return url if "://" in url else "http://" + url

@@ -8,7 +8,7 @@ never reads its answer is cut off too), and at most MAX_CONNECTIONS at once --
 beyond that a connection is closed at once, so idle or slow clients can never
 take the file descriptors the spool and the sockets need.
 
-A /tap (see ingest.tap) streams until its client leaves: only its request
+A /tap (see ingest.observe.tap) streams until its client leaves: only its request
 head has the 5 s. It counts toward MAX_CONNECTIONS, and at most
 tap.MAX_TAPS stream at once (503 beyond). close() ends every tap: each
 writes what it holds and closes; one whose client does not take it within
@@ -26,9 +26,9 @@ import orjson
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ingest.health import Verdict
+from ingest.observe.health import Verdict
+from ingest.observe.tap import Tap, TapHub, parse_query
 from ingest.ratelimit import LogLimiter
-from ingest.tap import Tap, TapHub, parse_query
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from rich.styled import Styled
 from rich.table import Table
 from rich.text import Text
 
-from ingest.health import QUEUE_FILL_LIMIT
 from ingest.kernel import UNIX_QLEN_RECOMMENDED
-from ingest.snapshot import (
+from ingest.observe.health import QUEUE_FILL_LIMIT
+from ingest.observe.snapshot import (
     LATENCY_WINDOW_S,
     SPARK_S,
     Buckets,
@@ -37,7 +37,7 @@ from ingest.snapshot import (
     Snapshot,
     histogram_quantile,
 )
-from ingest.tap import FORMATS
+from ingest.observe.tap import FORMATS
 
 __all__ = ["History", "InlineDashboard", "Snapshot", "histogram_quantile", "render", "sparkline"]
 

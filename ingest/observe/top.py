@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.live import Live
 
-from ingest.dashboard import REFRESH_INTERVAL_S, History, Snapshot, render
+from ingest.observe.dashboard import REFRESH_INTERVAL_S, History, Snapshot, render
 
 FETCH_TIMEOUT_S = 1.0
 QUIT_KEYS = ("q", "Q")
