@@ -1,4 +1,4 @@
-"""Kernel facts the operator must see: UDP drops, queue and buffer limits.
+"""Kernel facts the operator must see: UDP drops and the unix datagram queue limit.
 
 All readers return None (or skip) where /proc does not have the file, so the
 daemon runs the same on a kernel or container without them.

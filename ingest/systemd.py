@@ -1,9 +1,9 @@
 """systemd integration, standard library only: socket activation and sd_notify.
 
 Socket activation (sd_listen_fds(3)): systemd passes listening sockets as fds
-3, 4, ... with LISTEN_FDS=n and LISTEN_PID=<our pid> (LISTEN_FDNAMES is
-optional). Each fd is identified by what it is — family, type, bound address —
-and matched to the configured listeners, so the daemon binds only what
+3, 4, ... with LISTEN_FDS=n and LISTEN_PID=<our pid>. Each fd is identified by
+what it is — family, type, bound address, never its LISTEN_FDNAMES name — and
+matched to the configured listeners, so the daemon binds only what
 systemd did not pass. systemd owns passed sockets across restarts: the daemon
 never unlinks or chmods them.
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 SD_LISTEN_FDS_START = 3  # sd-daemon.h: the first passed fd
 SYSTEMD_MARK = "(systemd)"  # appended to adopted listeners in the ready line
-STATUS_INTERVAL_S = 1.0  # STATUS= at most this often (the housekeeping period)
 
 
 @dataclass(frozen=True)
@@ -41,21 +40,20 @@ class PassedSocket:
     fd: int
     sock: socket.socket
     listener: Listener  # what its bound address says
-    name: str | None = None  # its LISTEN_FDNAMES entry (FileDescriptorName=)
 
 
 def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[PassedSocket]:
     """The sockets systemd passed to this process, or [] when none.
 
-    Reads LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES once and removes them from
-    the environment (as sd_listen_fds(unset=1) does), so a child process can
-    never mistake them for its own. Raises ConfigError for a passed fd that is
-    not a datagram socket.
+    Reads LISTEN_PID and LISTEN_FDS once and removes them, with LISTEN_FDNAMES,
+    from the environment (as sd_listen_fds(unset=1) does), so a child process
+    can never mistake them for its own. Raises ConfigError for a passed fd
+    that is not a datagram socket.
     """
     env = os.environ if environ is None else environ
     pid_text = env.pop("LISTEN_PID", None)
     fds_text = env.pop("LISTEN_FDS", None)
-    names_text = env.pop("LISTEN_FDNAMES", None)
+    env.pop("LISTEN_FDNAMES", None)  # unused: an fd is matched by its address
     if pid_text is None or fds_text is None:
         return []
     try:
@@ -65,17 +63,15 @@ def listen_fds(environ: MutableMapping[str, str] | None = None) -> list[PassedSo
         return []
     if pid != os.getpid() or count <= 0:
         return []  # meant for another process (our parent), or nothing passed
-    names: list[str | None] = list(names_text.split(":")) if names_text else []
-    names += [None] * (count - len(names))
     passed = []
     for offset in range(count):
-        item = identify(SD_LISTEN_FDS_START + offset, names[offset])
+        item = identify(SD_LISTEN_FDS_START + offset)
         item.sock.set_inheritable(False)  # sd_listen_fds sets FD_CLOEXEC too
         passed.append(item)
     return passed
 
 
-def identify(fd: int, name: str | None = None) -> PassedSocket:
+def identify(fd: int) -> PassedSocket:
     """Wrap ``fd`` and describe it as a Listener; ConfigError unless it is a
     bound datagram socket of a family ingest serves."""
     try:
@@ -108,7 +104,7 @@ def identify(fd: int, name: str | None = None) -> PassedSocket:
     if listener.kind == "unix" and not listener.path:
         sock.detach()
         raise ConfigError("--unix", f"systemd passed an unbound unix socket (fd {fd})")
-    return PassedSocket(fd, sock, listener, name)
+    return PassedSocket(fd, sock, listener)
 
 
 def plan_listeners(
