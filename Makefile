@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingest tests tools examples
-	$(BIN)/ruff format --check ingest tests tools examples
+	$(BIN)/ruff check ingest tests tools examples clients
+	$(BIN)/ruff format --check ingest tests tools examples clients
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -4,7 +4,7 @@
 
 ``INGEST_EXAMPLE_MODE`` picks how the event leaves the request:
 
-- ``emit`` (default): through ``ingest.client.Emitter`` to the local
+- ``emit`` (default): through ``ingest_client.Emitter`` to the local
   ``ingest serve`` — one non-blocking datagram, a few µs; the request never
   waits on Pub/Sub. The Emitter is module-level, created at import: under
   ``--preload`` that is in gunicorn's master, and each worker gets a socket of
@@ -32,6 +32,7 @@ worker's ``Emitter.stats()`` as JSON.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -39,9 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import orjson
-
-from ingest.client import Emitter
+from ingest_client import Emitter
 
 MODE = os.environ.get("INGEST_EXAMPLE_MODE", "emit")
 if MODE not in ("emit", "direct"):
@@ -79,17 +78,23 @@ def _publisher_client() -> Any:
         return _publisher
 
 
+def _json(obj: dict[str, Any]) -> bytes:
+    # The standard library's json, so the emit mode needs only the light
+    # client (pip install ./clients/python) and gunicorn.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
 
 def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
     path = environ.get("PATH_INFO", "/")
     if path == "/_stats":
-        body = orjson.dumps({"pid": os.getpid(), **emitter.stats()})
+        body = _json({"pid": os.getpid(), **emitter.stats()})
         start_response("200 OK", [("Content-Type", "application/json")])
         return [body]
     request_id = environ.get("HTTP_X_REQUEST_ID") or uuid.uuid4().hex
-    event = orjson.dumps(
+    event = _json(
         {
             "event": "request",
             "request_id": request_id,

@@ -21,6 +21,15 @@ from typing import Any
 
 from ingest.vocabulary import Fsync
 
+# The address rules and the default socket path are the light client's, so
+# the Emitter and the daemon agree on them (one implementation, in the
+# package the daemon ships: clients/python/ingest_client); re-exported here
+# ("X as X") for the modules and tests that import them from the settings.
+from ingest_client.address import DEFAULT_UNIX_PATH as DEFAULT_UNIX_PATH  # noqa: PLC0414
+from ingest_client.address import UNIX_PATH_MAX_BYTES as UNIX_PATH_MAX_BYTES  # noqa: PLC0414
+from ingest_client.address import check_unix_path as check_unix_path  # noqa: PLC0414
+from ingest_client.address import parse_host_port as parse_host_port  # noqa: PLC0414
+
 log = logging.getLogger(__name__)
 
 # Pub/Sub quotas and limits (cloud.google.com/pubsub/quotas, "Resource limits").
@@ -38,9 +47,6 @@ MAX_DATAGRAM_CEILING = 1 << 20
 # What a datagram may be written in (dialects.py), the order --input-formats lists.
 INPUT_FORMATS = ("json", "gelf", "syslog", "statsd")
 
-# sun_path in <sys/un.h> is 108 bytes on Linux, the terminating NUL included;
-# CPython refuses a 108-byte path outright ("AF_UNIX path too long").
-UNIX_PATH_MAX_BYTES = 107
 # A gid is a 32-bit unsigned integer; (gid_t)-1 means "leave unchanged" to chown(2).
 GID_MAX = (1 << 32) - 2
 UID_MAX = (1 << 32) - 2  # (uid_t)-1 means 'no change' to the kernel
@@ -50,7 +56,6 @@ CONFIG_MAX_BYTES = 1 << 20
 # names"): a letter, then letters, digits and - _ . ~ + %; 3-255 characters.
 PUBSUB_TOPIC_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9\-_.~+%]{2,254}")
 
-DEFAULT_UNIX_PATH = "/run/ingest/ingest.sock"
 DEFAULT_UDP = "127.0.0.1:5140"
 DEFAULT_ENDPOINT = "pubsub.googleapis.com:443"
 DEFAULT_METRICS = "127.0.0.1:9464"
@@ -354,57 +359,6 @@ def _optional_address(raw: Any) -> tuple[str, int] | None:
     if not raw.strip():
         return None
     return parse_host_port(raw)
-
-
-def parse_host_port(raw: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` or ``[V6]:PORT``; raises ValueError with a reason."""
-    text = raw.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"must be HOST:PORT or [IPV6]:PORT (got {raw!r})")
-        port_text = rest[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{host!r} is not an IPv6 address") from None
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or not host or ":" in host:
-            raise ValueError(f"must be HOST:PORT or [IPV6]:PORT (got {raw!r})")
-        _check_host_name(host)
-    # int() also takes " 80", "+80" and non-ASCII digits; a port is ASCII digits.
-    if not (port_text.isascii() and port_text.isdigit()):
-        raise ValueError(f"port must be a number (got {raw!r})")
-    port = int(port_text) if len(port_text) <= 5 else 65536  # int() refuses 4301 digits
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be between 0 and 65535 (got {raw!r})")
-    return host, port
-
-
-def _check_host_name(host: str) -> None:
-    """getaddrinfo() encodes a host name with the IDNA codec and raises
-    UnicodeError, not gaierror, for one it cannot encode ("a..b", a label
-    over 63 bytes): refuse those here, where the message names the flag."""
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    try:
-        host.encode("idna")
-    except UnicodeError:
-        raise ValueError(f"{host!r} is not a valid host name") from None
-
-
-def check_unix_path(path: str) -> None:
-    """Raise ValueError for a path too long for a unix socket address."""
-    size = len(os.fsencode(path))
-    if size > UNIX_PATH_MAX_BYTES:
-        raise ValueError(
-            f"{path!r} is {size} bytes; a unix socket path holds at most "
-            f"{UNIX_PATH_MAX_BYTES} bytes (sun_path)"
-        )
 
 
 def _udp_listeners(raw: Any) -> tuple[Listener, ...]:

@@ -21,8 +21,8 @@ from typing import TextIO
 
 import orjson
 
-from ingest.config import DEFAULT_UNIX_PATH, check_unix_path, parse_host_port
 from ingest.vocabulary import SendExit
+from ingest_client.address import DEFAULT_UNIX_PATH, check_unix_path, parse_host_port
 
 EXIT_OK = SendExit.OK
 EXIT_UNREACHABLE = SendExit.UNREACHABLE
