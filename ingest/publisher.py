@@ -176,7 +176,9 @@ class PublisherPool:
         batch.on_the_wire = 0
 
     async def publish(self, batch: Batch) -> None:
-        """Publish ``batch`` until each message is published or dropped.
+        """Publish ``batch`` until each message is published or dropped as
+        ``invalid_message``, however long Pub/Sub takes. Only a cancellation (or a
+        bug) ends it sooner: ``run_worker`` then spools or counts the rest.
 
         Bisects on INVALID_ARGUMENT; ``batch.resolved`` counts what is done so
         the in-flight gauge and a cancellation see only what is not.
