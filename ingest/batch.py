@@ -23,7 +23,8 @@ MESSAGE_OVERHEAD_BYTES = 8
 
 @dataclass(slots=True)
 class Batch:
-    """Events taken from the queue: in flight until published or dropped."""
+    """Events taken from the queue: in flight until published, dropped, or
+    (cancelled at the drain deadline) spooled."""
 
     messages: list[bytes] = field(default_factory=list)
     nbytes: int = 0  # sum of len(message)
@@ -92,7 +93,7 @@ class Batcher(BatchRule[EventQueue]):
 
         Filling in place means events are never in neither place: the moment
         they leave the queue they are in the caller's batch, which the caller
-        counts as in flight and, if cancelled, as dropped.
+        counts as in flight and, if cancelled, spools or counts as dropped.
         """
         queue = self._queue
         async with self._fill_lock:

@@ -325,9 +325,6 @@ class Daemon:
                 error = None if task.cancelled() else task.exception()
                 log.error("%s ended unexpectedly; shutting down", task.get_name(), exc_info=error)
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     # ------------------------------------------------------------- shutdown
     async def shutdown(self) -> int:
         settings = self.settings

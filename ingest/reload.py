@@ -54,8 +54,6 @@ RESTART_ONLY = (
 )
 # What a message carries: applied together, or not at all.
 METADATA = ("attributes", "attribute_fields", "ordering_key_field", "routes")
-# Apply to listeners bound from now on; existing sockets keep what they have.
-NEW_LISTENERS_ONLY = ("unix_mode", "unix_gid", "udp_rcvbuf_bytes")
 
 
 @dataclass
