@@ -9,8 +9,8 @@ same source package. Importing this module makes ``ingest.client`` the very
 same module object as ``ingest_client.emitter``, not a module of copies, so
 existing imports, module state (the live Emitters, the fork and exit hooks)
 and anything patched on it (``mock.patch("ingest.client._monotonic")``) are
-one and the same. The explicit imports below are for readers and type
-checkers; at run time this module replaces itself in ``sys.modules``.
+one and the same. The star import is for readers and type checkers; at
+run time this module replaces itself in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -18,46 +18,7 @@ from __future__ import annotations
 import sys
 
 from ingest_client import emitter as _emitter
-from ingest_client.emitter import (
-    BAD_ADDRESS,
-    CLOSED,
-    DEFAULT_MAX_DATAGRAM_BYTES,
-    DEFAULT_UNIX_PATH,
-    DISCONNECTED,
-    HOST_NAME_MAX_BYTES,
-    JSON_LIBRARY,
-    NO_SOCKET,
-    NOT_CONNECTED,
-    NOT_OBJECT,
-    OTHER,
-    PERMISSION_DENIED,
-    QUEUE_FULL,
-    REFUSED,
-    TOO_LARGE,
-    UNIX_PATH_MAX_BYTES,
-    UNSERIALIZABLE,
-    Emitter,
-)
-
-__all__ = [
-    "BAD_ADDRESS",
-    "CLOSED",
-    "DEFAULT_MAX_DATAGRAM_BYTES",
-    "DEFAULT_UNIX_PATH",
-    "DISCONNECTED",
-    "HOST_NAME_MAX_BYTES",
-    "JSON_LIBRARY",
-    "NOT_CONNECTED",
-    "NOT_OBJECT",
-    "NO_SOCKET",
-    "OTHER",
-    "PERMISSION_DENIED",
-    "QUEUE_FULL",
-    "REFUSED",
-    "TOO_LARGE",
-    "UNIX_PATH_MAX_BYTES",
-    "UNSERIALIZABLE",
-    "Emitter",
-]
+from ingest_client.emitter import *  # noqa: F403 -- for readers and type checkers
+from ingest_client.emitter import __all__  # noqa: F401 -- what it exports
 
 sys.modules[__name__] = _emitter
