@@ -298,6 +298,42 @@ class Senders:
         return f"uid {uid} (pid {pid}, gid {gid})"
 
 
+class SocketFile:
+    """A unix listener's socket file, as the daemon bound it: its identity
+    (device, inode), to notice the file removed or replaced while we run,
+    and to remove at the end only a file that is still ours."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.identity = self.current()
+
+    def current(self) -> tuple[int, int] | None:
+        """The (device, inode) at the path now; None: nothing there."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def replaced(self) -> bool:
+        """The file at the path is not the one we bound (or is gone)."""
+        return self.current() != self.identity
+
+    def rebound(self) -> None:
+        """A fresh socket was bound at the path: it is ours now."""
+        self.identity = self.current()
+
+    def unlink_if_ours(self) -> None:
+        # Another daemon may have replaced the file since; remove only ours.
+        try:
+            if self.current() == self.identity and self.identity is not None:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s: %s", self.path, exc.strerror)
+
+
 class DatagramSource:
     """One bound socket and its drain callback. Never blocks, never awaits.
 
@@ -372,7 +408,7 @@ class DatagramSource:
             self.udp_inode = os.fstat(sock.fileno()).st_ino
             # Linux reports double the usable size it granted (man 7 socket).
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-        self._inode = self._path_inode() if listener.kind == "unix" else None
+        self.socket_file = SocketFile(listener.path) if listener.kind == "unix" else None
 
     @property
     def input_formats(self) -> tuple[str, ...]:
@@ -395,13 +431,6 @@ class DatagramSource:
             return self.label
         port = self.sock.getsockname()[1]
         return Listener("udp", host=self.listener.host, port=port).label
-
-    def _path_inode(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.listener.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -623,7 +652,7 @@ class DatagramSource:
         """Become ``previous``'s successor on the same socket (a reload): its
         socket file's identity and problem, as the file may have changed
         since it was bound."""
-        self._inode = previous._inode
+        self.socket_file = previous.socket_file
         self.problem = previous.problem
 
     def stop(self) -> None:
@@ -637,15 +666,15 @@ class DatagramSource:
         self.sock.close()
         if self.dialects is not None:  # no more chunks can come: incomplete messages end
             self.dialects.expire(math.inf)
-        if self._inode is not None and not self.adopted:  # systemd owns adopted files
-            self._unlink_if_ours()
+        if self.socket_file is not None and not self.adopted:  # systemd owns adopted files
+            self.socket_file.unlink_if_ours()
 
     def check_path(self, mode: int, gid: int | None = None) -> None:
         """A unix socket file removed while we run (tmpfiles clean-up, a stray
         rm) makes every sender fail with ENOENT forever: notice it and bind a
         fresh socket at the path. Called periodically, off the hot path. An
         adopted socket's file belongs to systemd: report, do not re-create."""
-        if self._inode is None or self._path_inode() == self._inode:
+        if self.socket_file is None or not self.socket_file.replaced():
             if self.adopted:
                 self.problem = None
             return
@@ -679,22 +708,11 @@ class DatagramSource:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self.sock = fresh
-        self._inode = self._path_inode()
+        self.socket_file.rebound()
         self.problem = None
         if self._loop is not None:
             self._loop.add_reader(self.sock.fileno(), self.drain)
         log.info("%s: socket file re-created", self.label)
-
-    def _unlink_if_ours(self) -> None:
-        # Another daemon may have replaced the file since; remove only ours.
-        try:
-            st = os.stat(self.listener.path)
-            if (st.st_dev, st.st_ino) == self._inode:
-                os.unlink(self.listener.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not remove %s: %s", self.listener.path, exc.strerror)
 
 
 def bind_listener(
