@@ -109,11 +109,16 @@ def _top_parser(sub: Any) -> None:
         help="live dashboard of a running daemon, read from its /metrics and /healthz",
         description="Full-terminal view of a running daemon; q or Ctrl-C quits.",
     )
+    _add_url_option(parser)
+
+
+def _add_url_option(parser: argparse.ArgumentParser) -> None:
+    """--url of the commands that read a running daemon (top, tap)."""
     parser.add_argument(
         "--url",
         default=f"http://{DEFAULT_METRICS}",
-        help="the daemon's --metrics base URL; a trailing /metrics is accepted "
-        f"(default http://{DEFAULT_METRICS})",
+        help="the daemon's --metrics base URL; a trailing /metrics, /healthz or /tap is "
+        f"accepted (default http://{DEFAULT_METRICS})",
     )
 
 
@@ -128,12 +133,7 @@ def _tap_parser(sub: Any) -> None:
         "after --limit lines or on Ctrl-C; 1 when the daemon cannot be reached or goes away; "
         "2 when it refuses the request (a bad filter).",
     )
-    parser.add_argument(
-        "--url",
-        default=f"http://{DEFAULT_METRICS}",
-        help="the daemon's --metrics base URL, as for `ingest top` "
-        f"(default http://{DEFAULT_METRICS})",
-    )
+    _add_url_option(parser)
     for outcome, what in (
         ("accepted", "accepted datagrams"),
         ("rejected", "datagrams with a rejected event"),

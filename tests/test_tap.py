@@ -27,6 +27,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from ingest.observe import httpd
+from ingest.observe.daemon_url import base_url
 from ingest.observe.health import Verdict
 from ingest.observe.httpd import HttpServer
 from ingest.observe.tap import (
@@ -37,10 +38,8 @@ from ingest.observe.tap import (
     Tap,
     TapFilter,
     TapHub,
-    base_url,
     parse_query,
 )
-from ingest.observe.top import base_url as top_base_url
 from tests.conftest import PubSubNames
 from tests.helpers import INGEST, Daemons, closed_tcp_port, wait_for
 from tests.test_metrics_http import start
@@ -273,11 +272,19 @@ def test_bad_query_parameters(query: bytes, reason: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["127.0.0.1:9464", "http://127.0.0.1:9464/", "localhost:1/metrics", " h:2/healthz "]
+    ("url", "base"),
+    [
+        ("127.0.0.1:9464", "http://127.0.0.1:9464"),
+        ("http://127.0.0.1:9464/", "http://127.0.0.1:9464"),
+        ("localhost:1/metrics", "http://localhost:1"),
+        (" h:2/healthz ", "http://h:2"),
+        ("https://h:3/tap/", "https://h:3"),
+    ],
 )
-def test_base_url_is_top_s(url: str) -> None:
-    assert base_url(url) == top_base_url(url)
-    assert base_url(url.strip().rstrip("/") + "/tap") == top_base_url(url)
+def test_top_and_tap_take_the_same_daemon_urls(url: str, base: str) -> None:
+    """One function for both commands (daemon_url.py): what ``ingest top``
+    accepts, ``ingest tap`` accepts, a pasted /tap URL included."""
+    assert base_url(url) == base
 
 
 # --- GET /tap on a real HttpServer ---

@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 
 from ingest.config import INPUT_FORMATS
+from ingest.observe.daemon_url import base_url, why
 from ingest.ratelimit import LogLimiter
 
 if TYPE_CHECKING:
@@ -327,15 +328,6 @@ CONNECT_TIMEOUT_S = 5.0
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
-def base_url(url: str) -> str:
-    """The daemon's base URL exactly as ``ingest top`` takes it (a trailing
-    /metrics or /healthz accepted, the scheme optional), and a trailing /tap.
-    Not imported from ingest.observe.top: that module loads rich, 90 ms at start."""
-    url = url.strip().rstrip("/")
-    url = url.removesuffix("/tap").removesuffix("/metrics").removesuffix("/healthz")
-    return url if "://" in url else "http://" + url
-
-
 def tap_path(
     outcomes: Sequence[str] = (),
     listeners: Sequence[str] = (),
@@ -352,13 +344,6 @@ def tap_path(
     if limit is not None:
         query.append(("limit", str(limit)))
     return "/tap" + ("?" + urlencode(query) if query else "")
-
-
-def _why(exc: BaseException) -> str:
-    """The cause in a few words: "connection refused", "timed out"."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
 
 
 def run_tap(
@@ -397,7 +382,7 @@ def run_tap(
             conn.request("GET", path)
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
-            return _say(f"cannot reach {where}: {_why(exc)}", EXIT_FAILURE)
+            return _say(f"cannot reach {where}: {why(exc)}", EXIT_FAILURE)
         if response.status != 200:
             body = response.read(1024).decode(errors="replace").strip()
             line = body.splitlines()[0] if body else response.reason
@@ -434,7 +419,7 @@ def _copy(response: HTTPResponse, where: str, limit: int | None) -> int:
                 return EXIT_OK
             shown += 1
     except (OSError, HTTPException) as exc:
-        return _say(f"{where}: connection lost: {_why(exc)}", EXIT_FAILURE)
+        return _say(f"{where}: connection lost: {why(exc)}", EXIT_FAILURE)
     if limit is not None and shown >= limit:
         return EXIT_OK
     return _say(f"{where}: the daemon closed the tap (stopped?)", EXIT_FAILURE)

@@ -30,17 +30,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.live import Live
 
+from ingest.observe.daemon_url import base_url, why
 from ingest.observe.dashboard import REFRESH_INTERVAL_S, History, Snapshot, render
 
 FETCH_TIMEOUT_S = 1.0
 QUIT_KEYS = ("q", "Q")
-
-
-def base_url(url: str) -> str:
-    """The daemon's base URL: a trailing /metrics is accepted, a scheme is optional."""
-    url = url.strip().rstrip("/")
-    url = url.removesuffix("/metrics").removesuffix("/healthz")
-    return url if "://" in url else "http://" + url
 
 
 @dataclass(frozen=True)
@@ -49,13 +43,6 @@ class Scrape:
     health_reasons: list[str] | None  # None: /healthz unknown
     error: str | None
     at: float  # monotonic
-
-
-def _why(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", exc)  # URLError wraps the socket error
-    if isinstance(reason, OSError) and reason.strerror:
-        return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
 
 
 def _health(base: str) -> list[str] | None:
@@ -84,7 +71,7 @@ def scrape(base: str) -> Scrape:
         # The parser is lazy: consume it here so a malformed body fails here.
         families = list(text_string_to_metric_families(text))
     except (OSError, ValueError) as exc:  # URLError, refused, timeout; not exposition text
-        return Scrape(None, None, _why(exc), time.monotonic())
+        return Scrape(None, None, why(exc), time.monotonic())
     snapshot = Snapshot.from_families(families, time.monotonic())
     return Scrape(snapshot, _health(base), None, snapshot.at)
 
