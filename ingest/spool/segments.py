@@ -1,0 +1,229 @@
+"""The spool's segment set: the segment files in the directory, oldest first,
+and the totals over them. The writer (writer.py) adds the newest and grows
+it; the reader (reader.py) takes events out of the oldest and retires it.
+Both work on this one object, so neither needs the other to know what is on
+disk, and the totals stay right whichever of them moved.
+
+It owns the names (``seg-NNNNNNNNNNNN.spool``, numbered in the order written,
+never reused: the next number is past every segment found at startup), and
+what startup does with the segments an earlier run left: scan each from the
+cursor on, discard what holds nothing left to replay, set aside what cannot be
+a segment.
+
+Trust: the daemon may run as root, so every name is opened relative to the
+directory's fd, never through a symlink and never unless it is a regular file
+(``files.open_regular``). What looks like a segment but cannot be one (not a
+regular file, larger than the format allows, a header this ingest does not
+read) is set aside as NAME.corrupt, or NAME.corrupt.N when that is taken, and
+counted in ``corrupt_records``; it is never replayed or deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+from ingest.spool import records as spoolfmt
+from ingest.spool.files import SAFE_FLAGS, explain, irregular, open_regular, read_all
+
+log = logging.getLogger(__name__)
+
+SET_ASIDE_NAMES = 100  # NAME.corrupt, NAME.corrupt.1 ... before leaving it in place
+
+_SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
+
+
+def segment_name(seq: int) -> str:
+    return f"seg-{seq:012d}.spool"
+
+
+@dataclass(slots=True)
+class Segment:
+    seq: int
+    name: str  # in the spool directory
+    size: int  # bytes in the file
+    events: int  # events in it not yet replayed
+    damage_counted: bool = False  # the startup scan already counted its damage
+    # Of its header: how its records are read. Only new segments are written
+    # (one left by an earlier run is never reopened), so all are VERSION but
+    # those found at startup.
+    version: int = spoolfmt.VERSION
+
+
+class SegmentSet:
+    """The segments of the spool directory open as ``dir_fd`` (named
+    ``directory`` in log lines), oldest first; the newest may be the one
+    being written. ``events`` and ``bytes`` are their totals, kept as they
+    change (an append's bound check reads ``bytes`` every time)."""
+
+    def __init__(self, dir_fd: int, directory: str) -> None:
+        self.dir_fd = dir_fd
+        self.directory = directory
+        self.events = 0  # not yet replayed
+        self.bytes = 0  # of segment files
+        self.corrupt_records = 0  # damaged records, and files set aside
+        self.next_seq = 0
+        self._segments: list[Segment] = []
+
+    def __len__(self) -> int:
+        return len(self._segments)
+
+    def oldest(self) -> Segment | None:
+        return self._segments[0] if self._segments else None
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    # -------------------------------------------------------------- startup
+    def load(self, cursor: spoolfmt.Cursor | None) -> None:
+        """Take in the segments an earlier run left: those the cursor has
+        passed are removed, the rest scanned from the cursor on."""
+        seqs = sorted(
+            int(m.group(1)) for name in os.listdir(self.dir_fd) if (m := _SEGMENT_RE.match(name))
+        )
+        self.next_seq = seqs[-1] + 1 if seqs else 0
+        for seq in seqs:
+            if cursor is not None and seq < cursor.seq:
+                self._discard(segment_name(seq))
+                continue
+            start = cursor.offset if cursor is not None and seq == cursor.seq else 0
+            segment = self._scan_existing(seq, max(start, spoolfmt.HEADER_BYTES))
+            if segment is not None:
+                self.add(segment)
+
+    def _scan_existing(self, seq: int, start: int) -> Segment | None:
+        name = segment_name(seq)
+        try:
+            fd = open_regular(self.dir_fd, name, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                data = read_all(fd, size) if size <= spoolfmt.MAX_SEGMENT_BYTES else b""
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._set_aside(name, explain(exc))
+            return None
+        if size > spoolfmt.MAX_SEGMENT_BYTES:
+            self._set_aside(name, f"{size} bytes, larger than any segment; not read")
+            return None
+        if not data:  # a crash between creating it and writing its header
+            self._discard(name)
+            return None
+        try:
+            version = spoolfmt.check_header(data)
+        except spoolfmt.FormatError as exc:
+            self._set_aside(name, str(exc))
+            return None
+        events = 0
+        damage = 0
+        for item in spoolfmt.scan(data, start, version=version):
+            if isinstance(item, spoolfmt.Record):
+                events += len(item.events)
+            else:
+                damage += 1
+                log.warning(
+                    "spool %s: %d damaged bytes at offset %d skipped (torn write or corruption)",
+                    self.path(name),
+                    item.end - item.offset,
+                    item.offset,
+                )
+        self.corrupt_records += damage
+        if not events:
+            self._discard(name)
+            return None
+        return Segment(seq, name, len(data), events, bool(damage), version)
+
+    def _discard(self, name: str) -> None:
+        """Remove a segment with nothing left to replay (the cursor passed it,
+        or it holds no valid record); set it aside if it is no regular file."""
+        try:
+            problem = irregular(os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False).st_mode)
+            if problem is not None:
+                self._set_aside(name, problem.reason)
+            else:
+                os.unlink(name, dir_fd=self.dir_fd)
+        except OSError as exc:
+            log.warning("spool %s: cannot remove it: %s", self.path(name), exc.strerror)
+
+    def _set_aside(self, name: str, reason: str) -> None:
+        """Keep what cannot be replayed for a look, under a name no segment
+        has: NAME.corrupt, or NAME.corrupt.N when that is taken. Counted."""
+        self.corrupt_records += 1
+        try:
+            target = self._unused(f"{name}.corrupt")
+            os.rename(name, target, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        except OSError as exc:
+            log.error("spool %s: %s; left in place (%s)", self.path(name), reason, exc.strerror)
+            return
+        log.error("spool %s: %s; set aside as %s", self.path(name), reason, target)
+
+    def _unused(self, name: str) -> str:
+        """``name``, or ``name``.N for the first N that does not exist (rename()
+        would replace what is there)."""
+        for n in range(SET_ASIDE_NAMES):
+            candidate = f"{name}.{n}" if n else name
+            try:
+                os.stat(candidate, dir_fd=self.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return candidate
+        raise FileExistsError(errno.EEXIST, f"{name} to {name}.{SET_ASIDE_NAMES - 1} all exist")
+
+    # ------------------------------------------------------ for the writer
+    def create_next(self) -> tuple[int, Segment]:
+        """Create the next segment's file, exclusively (never one that exists,
+        never through a symlink), 0600, for appending: its write fd, which is
+        the caller's, and its Segment (empty, not yet in the set: ``add`` it
+        once its header is written). Its number is used up once the file
+        exists, whatever happens next. OSError when it cannot be created."""
+        seq = self.next_seq
+        name = segment_name(seq)
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | SAFE_FLAGS,
+            0o600,
+            dir_fd=self.dir_fd,
+        )
+        self.next_seq += 1
+        return fd, Segment(seq, name, 0, 0)
+
+    def sync(self) -> None:
+        """fsync the directory: a segment created or removed stays so after a
+        power cut."""
+        os.fsync(self.dir_fd)
+
+    def add(self, segment: Segment) -> None:
+        """``segment`` is the newest."""
+        self._segments.append(segment)
+        self.bytes += segment.size
+        self.events += segment.events
+
+    def wrote(self, segment: Segment, size: int, events: int) -> None:
+        """A record of ``size`` bytes holding ``events`` was appended to ``segment``."""
+        segment.size += size
+        segment.events += events
+        self.bytes += size
+        self.events += events
+
+    # ------------------------------------------------------ for the reader
+    def took(self, segment: Segment, events: int) -> None:
+        """``events`` of ``segment`` were handed on (or passed at startup)."""
+        segment.events -= events
+        self.events -= events
+
+    def count_damage(self) -> None:
+        self.corrupt_records += 1
+
+    def pop_oldest(self) -> Segment:
+        """The oldest segment, off the set and its totals (what it still
+        counts was lost to damage); its file stays until ``delete``."""
+        segment = self._segments.pop(0)
+        self.events -= segment.events
+        self.bytes -= segment.size
+        return segment
+
+    def delete(self, segment: Segment) -> None:
+        """Remove ``segment``'s file. OSError as os.unlink raises it."""
+        os.unlink(segment.name, dir_fd=self.dir_fd)
