@@ -46,7 +46,8 @@ soak: $(STAMP)
 # against a fake Publish server (tools/fakepubsub.py), the daemon's own
 # ceiling; then what watching costs, the client's emit cost, a gunicorn app's
 # request latency with and without ingest, the spool's throughput, gzip on
-# the wire, and what reading unix senders' credentials costs.
+# the wire, what reading unix senders' credentials costs, and the metadata
+# pipeline's own work per event, stage by stage (tools/bench_lanes.py).
 # `python -m tools.bench --help`.
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
@@ -56,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tools.bench_spool
 	$(BIN)/python -m tools.bench_compression
 	$(BIN)/python -m tools.bench_credentials
+	$(BIN)/python -m tools.bench_lanes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

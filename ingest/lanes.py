@@ -25,14 +25,14 @@ that is not held.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import sys
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
-from ingest.codec import Decoder, decode_messages
+from ingest.codec import Decoder, messages_decoder
 from ingest.config import Settings
 from ingest.message import (
     Lane,
@@ -40,7 +40,7 @@ from ingest.message import (
     Route,
     ordering_key_of,
 )
-from ingest.queue import Bounded, Chunk, take_from
+from ingest.queue import Bounded, Chunk
 from ingest.spool import Spool
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from ingest.stats import Stats
@@ -56,6 +56,71 @@ LANE_BYTES = 1024
 LaneSpill = Callable[[list[bytes], Lane | None], None]
 
 
+class LaneFifo:
+    """One lane's queued messages: one flat list, not a chunk per wake-up.
+
+    With K ordering keys a wake-up's messages split K ways, so a chunk per
+    lane per wake-up held ~2-3 messages at 100 keys and the queue paid its
+    bookkeeping per message (~1.6 µs an event of put and take, measured by
+    tools/bench_lanes.py). Here a wake-up extends the list and notes when its
+    part was received (``stamps``); a batch takes a slice. ``bodies[head:]``
+    are queued; the taken prefix is cut off once it is the larger part."""
+
+    __slots__ = ("bodies", "head", "nbytes", "stamps")
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.head = 0
+        self.nbytes = 0  # of bodies[head:]
+        # (end, received_at): bodies up to index ``end`` were received then.
+        self.stamps: deque[tuple[int, float]] = deque()
+
+    def __len__(self) -> int:
+        return len(self.bodies) - self.head
+
+    def add(self, bodies: list[bytes], nbytes: int, received_at: float) -> None:
+        self.bodies += bodies
+        self.nbytes += nbytes
+        self.stamps.append((len(self.bodies), received_at))
+
+    def take(self, count: int, nbytes: int) -> Taken:
+        """The next ``count`` messages (``nbytes`` of them), with when the
+        oldest and the newest of them were received."""
+        head = self.head
+        end = head + count
+        stamps = self.stamps
+        oldest = stamps[0][1]
+        while stamps[0][0] < end:
+            stamps.popleft()
+        newest = stamps[0][1]
+        if stamps[0][0] == end:
+            stamps.popleft()
+        if head == 0 and end == len(self.bodies):
+            events = self.bodies
+            self.bodies = []
+            end = 0
+        else:
+            events = self.bodies[head:end]
+            if end > len(self.bodies) // 2:  # compact: drop the taken prefix
+                del self.bodies[:end]
+                self.stamps = deque((stop - end, at) for stop, at in stamps)
+                end = 0
+        self.head = end
+        self.nbytes -= nbytes
+        return Taken(events, nbytes, oldest, newest)
+
+
+@dataclass(slots=True)
+class Taken:
+    """Messages taken from one lane, and when the oldest and newest of them
+    were received (the batch's latency is observed at both)."""
+
+    events: list[bytes]
+    nbytes: int
+    oldest: float
+    newest: float
+
+
 class LaneQueue(Bounded):
     """Bounded like EventQueue; items are (lane, body) pairs, kept per lane."""
 
@@ -63,7 +128,12 @@ class LaneQueue(Bounded):
         self, max_events: int, max_bytes: int, stats: Stats, *, spill: LaneSpill | None = None
     ) -> None:
         super().__init__(max_events, max_bytes, stats)
-        self._lanes: dict[Lane, deque[Chunk]] = {}
+        # Oldest first. An OrderedDict, not a dict: lanes leave from the front
+        # and a dict keeps a deleted entry's slot until it next resizes, so
+        # finding the first lane scanned every lane that left before it --
+        # quadratic when each event brings a new ordering key (~30 µs a
+        # request at 50,000 one-message lanes, tools/bench_lanes.py).
+        self._lanes: OrderedDict[Lane, LaneFifo] = OrderedDict()
         self._held: set[Lane] = set()
         # Set by a put, a release and close: a filler waiting for a lane it
         # may take looks again. Cleared by that filler before it waits.
@@ -80,24 +150,44 @@ class LaneQueue(Bounded):
                 groups[lane] = [body]
             else:
                 group.append(body)
-        for lane, bodies in groups.items():
-            kept, nbytes = self.admit(bodies)
-            if len(kept) < len(bodies):
-                if self.spill is not None:
-                    self.spill(bodies[len(kept) :], lane)
-                else:
-                    self.drop_full(len(bodies) - len(kept))
-                if not kept:
-                    continue
-            chunk = Chunk(kept, nbytes, received_at)
-            chunks = self._lanes.get(lane)
-            if chunks is None:
-                self._lanes[lane] = deque((chunk,))
-                self.bytes += LANE_BYTES
-            else:
-                chunks.append(chunk)
-            self.count_in(chunk)
+        lanes = self._lanes
+        sizes = [sum(map(len, bodies)) for bodies in groups.values()]
+        new_lanes = sum(1 for lane in groups if lane not in lanes)
+        if self.fits(len(items), sum(sizes) + new_lanes * LANE_BYTES):
+            # The common case: all of it fits; the bounds are checked once.
+            for (lane, bodies), nbytes in zip(groups.items(), sizes, strict=True):
+                fifo = lanes.get(lane)
+                if fifo is None:
+                    fifo = lanes[lane] = LaneFifo()
+                fifo.add(bodies, nbytes, received_at)
+            self.events += len(items)
+            self.bytes += sum(sizes) + new_lanes * LANE_BYTES
+        else:
+            for lane, bodies in groups.items():
+                self._put_lane(lane, bodies, received_at)
         self._changed.set()
+
+    def _put_lane(self, lane: Lane, bodies: list[bytes], received_at: float) -> None:
+        """One lane's part of a put that does not all fit: what fits, lane by
+        lane, in their order (a new lane's cost counted first)."""
+        fifo = self._lanes.get(lane)
+        if fifo is None:
+            self.bytes += LANE_BYTES
+        kept, nbytes = self.admit(bodies)
+        if len(kept) < len(bodies):
+            if self.spill is not None:
+                self.spill(bodies[len(kept) :], lane)
+            else:
+                self.drop_full(len(bodies) - len(kept))
+        if not kept:
+            if fifo is None:
+                self.bytes -= LANE_BYTES
+            return
+        if fifo is None:
+            fifo = self._lanes[lane] = LaneFifo()
+        fifo.add(kept, nbytes, received_at)
+        self.events += len(kept)
+        self.bytes += nbytes
 
     def next_lane(self) -> Lane | None:
         """The lane waiting longest that no publisher holds, or None."""
@@ -107,18 +197,33 @@ class LaneQueue(Bounded):
                 return lane
         return None
 
-    def take(self, lane: Lane, max_count: int, max_bytes: int, overhead: int) -> Chunk | None:
-        """``take_from`` the lane's FIFO (queue.take_from's rules)."""
-        chunks = self._lanes.get(lane)
-        if chunks is None:
+    def take(self, lane: Lane, max_count: int, max_bytes: int, overhead: int) -> Taken | None:
+        """The lane's oldest messages, as many as fit ``max_count`` and
+        ``max_bytes`` counting ``overhead`` per message (queue.take_from's
+        rule); None when it has none or not even the first fits."""
+        fifo = self._lanes.get(lane)
+        if fifo is None:
             return None
-        taken = take_from(chunks, max_count, max_bytes, overhead)
-        if taken is None:
-            return None
-        if not chunks:
+        count = len(fifo)
+        nbytes = fifo.nbytes
+        if count > max_count or nbytes + overhead * count > max_bytes:
+            count = nbytes = 0
+            bodies = fifo.bodies
+            for index in range(fifo.head, fifo.head + min(max_count, len(fifo))):
+                size = len(bodies[index]) + overhead
+                if nbytes + size > max_bytes:
+                    break
+                nbytes += size
+                count += 1
+            nbytes -= overhead * count
+            if not count:
+                return None
+        taken = fifo.take(count, nbytes)
+        if not len(fifo):
             del self._lanes[lane]
             self.bytes -= LANE_BYTES
-        self.count_out(taken)
+        self.events -= count
+        self.bytes -= nbytes
         return taken
 
     def has(self, lane: Lane) -> bool:
@@ -141,7 +246,10 @@ class LaneQueue(Bounded):
 
     def drain_all(self) -> list[tuple[Lane, Chunk]]:
         """Remove and return everything queued (shutdown), lane by lane."""
-        out = [(lane, chunk) for lane, chunks in self._lanes.items() for chunk in chunks]
+        out = [
+            (lane, Chunk(fifo.bodies[fifo.head :], fifo.nbytes, fifo.stamps[0][1]))
+            for lane, fifo in self._lanes.items()
+        ]
         self._lanes.clear()
         self.events = 0
         self.bytes = 0
@@ -180,14 +288,14 @@ class LaneBatcher(BatchRule["LaneQueue"]):
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._linger_s
             while True:
-                chunk = queue.take(lane, *self.room(batch), MESSAGE_OVERHEAD_BYTES)
-                if chunk is None and not batch.messages:
+                taken = queue.take(lane, *self.room(batch), MESSAGE_OVERHEAD_BYTES)
+                if taken is None and not batch.messages:
                     # One message larger than a request may be (a maximal
                     # datagram with many attributes): sent alone, Pub/Sub
                     # rejects it (INVALID_ARGUMENT, dropped as invalid_message).
-                    chunk = queue.take(lane, 1, sys.maxsize, 0)
-                if chunk is not None:
-                    self.add(batch, chunk)
+                    taken = queue.take(lane, 1, sys.maxsize, 0)
+                if taken is not None:
+                    _add(batch, taken)
                     if queue.has(lane):
                         continue  # more of this lane: take until a bound stops us
                 if len(batch) >= self._max_messages or queue.has(lane):
@@ -207,6 +315,15 @@ class LaneBatcher(BatchRule["LaneQueue"]):
         """Its publisher is done with ``batch``: its lane may be taken again."""
         if batch.lane is not None:
             self._queue.release(batch.lane)
+
+
+def _add(batch: Batch, taken: Taken) -> None:
+    """BatchRule.add for what a lane gives: its own oldest and newest times."""
+    if not batch.messages:
+        batch.oldest_received_at = taken.oldest
+    batch.messages += taken.events
+    batch.nbytes += taken.nbytes
+    batch.newest_received_at = taken.newest
 
 
 class MessageLanes:
@@ -247,7 +364,7 @@ class MessageLanes:
 
     def decoder(self, builder: MessageBuilder | None = None) -> Decoder:
         """A reader's decode: ``builder`` when the source sets its sender."""
-        return functools.partial(decode_messages, build=(builder or self.builder).build)
+        return messages_decoder((builder or self.builder).build)
 
     def spill_to(self, spool: Spool) -> LaneSpill:
         """Spool bodies with their topic's ID ("" for --topic, so a restart

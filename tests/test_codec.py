@@ -18,6 +18,7 @@ from ingest.codec import (
     count_events,
     decode_datagram,
     decode_messages,
+    messages_decoder,
 )
 
 
@@ -285,11 +286,14 @@ def test_count_events_agrees_with_decoding(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(datagrams_of([b'{"a":1}', b"[1]", b"x", b"", b" ", b"\r", b" {} ", b"\xff", b"{}"]))
-def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes) -> None:
+@given(
+    datagrams_of([b'{"a":1}', b"[1]", b"x", b"", b" ", b"\r", b" {} ", b"\xff", b"{}"]),
+    st.booleans(),
+)
+def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes, bound: bool) -> None:
     """The attributes pipeline's decoder accepts, rejects and counts the same
     lines as the plain one, and hands each accepted line and its object to
-    the builder."""
+    the builder; ``messages_decoder``'s one-line shortcut (``bound``) too."""
     built: list[tuple[bytes, object]] = []
     out: list[bytes] = []
     rejected: defaultdict[str, int] = defaultdict(int)
@@ -298,7 +302,10 @@ def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes) -> None:
         built.append((line, obj))
         return b"<" + line + b">"
 
-    count = decode_messages(data, out, rejected, build)
+    if bound:
+        count = messages_decoder(build)(data, out, rejected)
+    else:
+        count = decode_messages(data, out, rejected, build)
     plain_count, plain_out, plain_rejected = decode(data)
     assert (count, dict(rejected)) == (plain_count, plain_rejected)
     assert out == [b"<" + line + b">" for line in plain_out]

@@ -1,0 +1,123 @@
+"""Micro-benchmark of the metadata pipeline's own work, stage by stage, beside
+the plain path's: µs per event to decode (and build), put into the queue,
+fill batches and encode requests, in-process, with no socket and no Pub/Sub.
+
+    .venv/bin/python -m tools.bench_lanes [--runs 9] [--events 100000] [--keys 100]
+
+The events are tools.loadgen's keyed ones, and the metadata configuration is
+`make bench`'s: ``--attribute-field method=method --attribute-field
+status=status --ordering-key-field user --route <topic>-routed:user=u0``, so
+K keys make K lanes. Events are put a wake-up at a time (256), as a reader
+puts them; everything is queued before batches are filled, so every request
+is full: what is left is the per-event cost, not the per-request one
+(`make bench`'s stand-in run shows that). Each stage's figure is its fastest
+of ``--runs`` runs, which other work on the machine slows least.
+
+Not a test (speed never is): it prints numbers for a human to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ingest.batch import Batch
+from ingest.codec import Decoder, decode_datagram
+from ingest.config import RouteRule, Settings
+from ingest.pipeline import Pipeline
+from ingest.stats import Stats
+from tools.loadgen import datagram
+
+WAKE_UP = 256  # datagrams a reader's wake-up puts at once (sources.DRAIN_BATCH)
+STAGES = ("decode", "put", "fill", "encode")
+
+
+class NoClient:
+    """The pipeline's client is only asked for its topic here: nothing is sent."""
+
+    topic_path = "projects/bench/topics/events"
+
+
+def settings(metadata: bool) -> Settings:
+    extra: dict[str, Any] = {}
+    if metadata:
+        extra = {
+            "attribute_fields": (("method", "method"), ("status", "status")),
+            "ordering_key_field": "user",
+            "routes": (RouteRule("events-routed", "user", "u0"),),
+        }
+    return Settings(
+        project="bench",
+        topic="events",
+        listeners=(),
+        queue_max_events=10**8,
+        queue_max_bytes=1 << 40,
+        **extra,
+    )
+
+
+async def one_run(metadata: bool, datagrams: list[bytes]) -> dict[str, float]:
+    """Seconds per event of each stage, for one pass over ``datagrams``."""
+    stats = Stats()
+    pipeline = Pipeline(settings(metadata), stats, NoClient())  # type: ignore[arg-type]
+    decode: Decoder = pipeline.lanes.decoder() if pipeline.lanes else decode_datagram
+    rejected = stats.rejected
+    queue = pipeline.queue
+    clock: Callable[[], float] = time.perf_counter
+    started = clock()
+    wake_ups: list[list[Any]] = []
+    for offset in range(0, len(datagrams), WAKE_UP):
+        out: list[Any] = []
+        for data in datagrams[offset : offset + WAKE_UP]:
+            decode(data, out, rejected)
+        wake_ups.append(out)
+    decoded = clock()
+    for out in wake_ups:
+        queue.put(out, 0.0)
+    put = clock()
+    queue.close()
+    batches = []
+    while True:
+        batch = Batch()
+        if not await pipeline.batcher.fill(batch):
+            break
+        batches.append(batch)
+        pipeline.batcher.done(batch)
+    filled = clock()
+    encoders = pipeline.pool._encoders
+    for batch in batches:
+        encoders[batch.lane[0] if batch.lane else 0].encode(batch.messages)
+    encoded = clock()
+    assert sum(len(b) for b in batches) == len(datagrams)
+    n = len(datagrams)
+    marks = (started, decoded, put, filled, encoded)
+    return {stage: (marks[i + 1] - marks[i]) / n for i, stage in enumerate(STAGES)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--keys", type=int, default=100)
+    args = parser.parse_args()
+    sent_us = 1_700_000_000_000_000
+    results: dict[str, dict[str, float]] = {}
+    for name, keys in (("plain", 0), ("metadata", args.keys)):
+        datagrams = [datagram(seq, sent_us + seq, keys) for seq in range(args.events)]
+        runs = [asyncio.run(one_run(bool(keys), datagrams)) for _ in range(args.runs)]
+        results[name] = {stage: min(run[stage] for run in runs) for stage in STAGES}
+    print(f"µs per event, fastest of {args.runs} runs x {args.events:,} events ({args.keys} keys)")
+    print(f"  {'stage':<8} {'plain':>8} {'metadata':>9} {'diff':>7}")
+    for stage in (*STAGES, "total"):
+        if stage == "total":
+            plain, meta = (sum(results[n].values()) for n in ("plain", "metadata"))
+        else:
+            plain, meta = results["plain"][stage], results["metadata"][stage]
+        print(f"  {stage:<8} {plain * 1e6:8.2f} {meta * 1e6:9.2f} {(meta - plain) * 1e6:+7.2f}")
+
+
+if __name__ == "__main__":
+    main()
