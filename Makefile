@@ -46,8 +46,9 @@ soak: $(STAMP)
 # against a fake Publish server (tools/fakepubsub.py), the daemon's own
 # ceiling; then what watching costs, the client's emit cost, a gunicorn app's
 # request latency with and without ingest, the spool's throughput, gzip on
-# the wire, what reading unix senders' credentials costs, and the metadata
-# pipeline's own work per event, stage by stage (tools/bench_lanes.py).
+# the wire, what reading unix senders' credentials costs, the metadata
+# pipeline's own work per event, stage by stage (tools/bench_lanes.py), and
+# what one Publish call costs (tools/bench_publish_call.py).
 # `python -m tools.bench --help`.
 bench: $(STAMP)
 	$(BIN)/python -m tools.bench
@@ -58,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tools.bench_compression
 	$(BIN)/python -m tools.bench_credentials
 	$(BIN)/python -m tools.bench_lanes
+	$(BIN)/python -m tools.bench_publish_call
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

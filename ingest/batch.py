@@ -11,7 +11,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ingest.queue import Bounded, Chunk, EventQueue
+from ingest.queue import Bounded, EventQueue
 
 Q = TypeVar("Q", bound=Bounded)
 
@@ -41,10 +41,19 @@ class Batch:
     def __len__(self) -> int:
         return len(self.messages)
 
+    def extend(self, events: list[bytes], nbytes: int, oldest_at: float, newest_at: float) -> None:
+        """Take ``events`` (``nbytes`` of them), received from ``oldest_at``
+        to ``newest_at``, after those it holds."""
+        if not self.messages:
+            self.oldest_received_at = oldest_at
+        self.messages += events
+        self.nbytes += nbytes
+        self.newest_received_at = newest_at
+
 
 class BatchRule(Generic[Q]):
-    """The bounds a batch closes on, and how a chunk joins one; Batcher (one
-    FIFO) and lanes.LaneBatcher (one FIFO per lane) fill from their queue."""
+    """The bounds a batch closes on; Batcher (one FIFO) and lanes.LaneBatcher
+    (one FIFO per lane) fill from their queue."""
 
     def __init__(
         self,
@@ -72,14 +81,6 @@ class BatchRule(Generic[Q]):
         used = batch.nbytes + MESSAGE_OVERHEAD_BYTES * len(batch)
         return self._max_messages - len(batch), self._max_bytes - used
 
-    @staticmethod
-    def add(batch: Batch, chunk: Chunk) -> None:
-        if not batch.messages:
-            batch.oldest_received_at = chunk.received_at
-        batch.messages += chunk.events
-        batch.nbytes += chunk.nbytes
-        batch.newest_received_at = chunk.received_at
-
     def done(self, batch: Batch) -> None:
         """Its publisher is done with ``batch`` (lanes.LaneBatcher releases
         its lane; nothing here)."""
@@ -106,7 +107,7 @@ class Batcher(BatchRule[EventQueue]):
             while True:
                 chunk = queue.take(*self.room(batch), MESSAGE_OVERHEAD_BYTES)
                 if chunk is not None:
-                    self.add(batch, chunk)
+                    batch.extend(chunk.events, chunk.nbytes, chunk.received_at, chunk.received_at)
                     if queue.events:
                         continue  # more queued: keep taking until a bound stops us
                 if len(batch) >= self._max_messages or queue.events:

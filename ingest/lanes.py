@@ -19,7 +19,8 @@ that make every ordering key new meet the same memory bound.
 
 Lanes are served oldest first: a lane is kept in insertion order while it
 has messages, so the next lane a publisher takes is the one waiting longest
-that is not held.
+that is not held, once it is ready (its oldest message has lingered, or it
+fills a request: LaneQueue.ready_lane).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import asyncio
 import logging
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
@@ -135,9 +136,20 @@ class LaneQueue(Bounded):
         # request at 50,000 one-message lanes, tools/bench_lanes.py).
         self._lanes: OrderedDict[Lane, LaneFifo] = OrderedDict()
         self._held: set[Lane] = set()
-        # Set by a put, a release and close: a filler waiting for a lane it
-        # may take looks again. Cleared by that filler before it waits.
+        # Set by a release and close, and by a put that may make a lane
+        # ready sooner than the filler's timeout (``_put_wakes``): a filler
+        # waiting for a lane it may take looks again. Cleared by that filler
+        # before it waits.
         self._changed = asyncio.Event()
+        # What the last ready_lane found and asked: whether any lane was
+        # waiting to be ready (if not, a put must wake the filler), and the
+        # request's bounds (a put that fills a request must wake it). Other
+        # puts do not: waking a filler only to find the same oldest lane
+        # still lingering cost ~20 µs each, thousands of times a second.
+        self._lingering = False
+        self._request_bounds = (sys.maxsize, sys.maxsize, 0)
+        # Lanes a put found filling a request (some may have been taken since).
+        self._full: set[Lane] = set()
         self.spill = spill
 
     def put(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
@@ -155,17 +167,46 @@ class LaneQueue(Bounded):
         new_lanes = sum(1 for lane in groups if lane not in lanes)
         if self.fits(len(items), sum(sizes) + new_lanes * LANE_BYTES):
             # The common case: all of it fits; the bounds are checked once.
+            max_count, max_bytes, overhead = self._request_bounds
+            filled = False
             for (lane, bodies), nbytes in zip(groups.items(), sizes, strict=True):
                 fifo = lanes.get(lane)
                 if fifo is None:
                     fifo = lanes[lane] = LaneFifo()
                 fifo.add(bodies, nbytes, received_at)
+                count = len(fifo)
+                if count >= max_count or fifo.nbytes + overhead * count >= max_bytes:
+                    self._full.add(lane)  # as _note_full, inline: per lane, per put
+                    filled = True
             self.events += len(items)
             self.bytes += sum(sizes) + new_lanes * LANE_BYTES
         else:
             for lane, bodies in groups.items():
                 self._put_lane(lane, bodies, received_at)
-        self._changed.set()
+            filled = self._note_full(groups)
+        if filled or not self._lingering or self._urgent():
+            # A lane may be ready before the waiting filler's timeout.
+            self._changed.set()
+
+    def _note_full(self, lanes: Iterable[Lane]) -> bool:
+        """Note which of ``lanes`` now fill a request (ready at once, found
+        by ready_lane wherever they stand); whether any does."""
+        filled = False
+        for lane in lanes:
+            fifo = self._lanes.get(lane)
+            if fifo is not None and self._fills_request(fifo):
+                self._full.add(lane)
+                filled = True
+        return filled
+
+    def _fills_request(self, fifo: LaneFifo) -> bool:
+        max_count, max_bytes, overhead = self._request_bounds
+        count = len(fifo)
+        return count >= max_count or fifo.nbytes + overhead * count >= max_bytes
+
+    def _urgent(self) -> bool:
+        """No lingering: the queue is closed (draining), or half full by either bound."""
+        return self.closed or 2 * self.events >= self.max_events or 2 * self.bytes >= self.max_bytes
 
     def _put_lane(self, lane: Lane, bodies: list[bytes], received_at: float) -> None:
         """One lane's part of a put that does not all fit: what fits, lane by
@@ -189,13 +230,40 @@ class LaneQueue(Bounded):
         self.events += len(kept)
         self.bytes += nbytes
 
-    def next_lane(self) -> Lane | None:
-        """The lane waiting longest that no publisher holds, or None."""
+    def ready_lane(
+        self, now: float, linger_s: float, max_count: int, max_bytes: int, overhead: int
+    ) -> tuple[Lane | None, float | None]:
+        """The lane to send next, oldest first among those no publisher
+        holds: once its oldest message has waited ``linger_s``, or at once
+        when it fills a request (``max_count``, or ``max_bytes`` counting
+        ``overhead`` a message), when the queue is half full by either bound
+        (no lingering while memory fills), or closed (draining). Else None,
+        and how long until the oldest lane it may take is ready (None when
+        every queued lane is held).
+
+        Lanes that fill a request were noted by the put that filled them;
+        otherwise only the oldest lane not held is looked at: lanes are kept
+        in the order they were started, so the ones behind it waited no
+        longer, and a fill costs the same with 100,000 lanes."""
+        self._request_bounds = (max_count, max_bytes, overhead)
+        self._lingering = False
         held = self._held
-        for lane in self._lanes:
-            if lane not in held:
-                return lane
-        return None
+        for lane in list(self._full):
+            fifo = self._lanes.get(lane)
+            if fifo is None or not self._fills_request(fifo):
+                self._full.discard(lane)
+            elif lane not in held:
+                return lane, None
+        urgent = self._urgent()
+        for lane, fifo in self._lanes.items():
+            if lane in held:
+                continue
+            wait_s = fifo.stamps[0][1] + linger_s - now
+            if wait_s <= 0 or urgent or self._fills_request(fifo):
+                return lane, None
+            self._lingering = True
+            return None, wait_s
+        return None, None
 
     def take(self, lane: Lane, max_count: int, max_bytes: int, overhead: int) -> Taken | None:
         """The lane's oldest messages, as many as fit ``max_count`` and
@@ -226,9 +294,6 @@ class LaneQueue(Bounded):
         self.bytes -= nbytes
         return taken
 
-    def has(self, lane: Lane) -> bool:
-        return lane in self._lanes
-
     def hold(self, lane: Lane) -> None:
         """Keep other publishers off an ordered lane until ``release``."""
         if lane[1]:
@@ -251,6 +316,7 @@ class LaneQueue(Bounded):
             for lane, fifo in self._lanes.items()
         ]
         self._lanes.clear()
+        self._full.clear()
         self.events = 0
         self.bytes = 0
         return out
@@ -265,10 +331,13 @@ class LaneBatcher(BatchRule["LaneQueue"]):
     """batch.Batcher's rule (count, encoded bytes, linger), per lane.
 
     One publisher fills at a time. It takes the oldest lane it may (not
-    held), holds it when it has an ordering key, and takes that lane's
-    messages up to the bounds. It lingers for more of the same lane only when
-    no other lane is waiting: under load each fill returns at once, so the
-    other publishers send the other lanes meanwhile.
+    held) once that lane is ready (LaneQueue.ready_lane: its oldest message
+    has lingered, or it fills a request), holds it when it has an ordering
+    key, and takes that lane's messages up to the bounds. The linger is per
+    lane, so each lane's requests are at most one a linger unless they are
+    full: the number of requests a second is bounded by the lanes with
+    traffic over ``--batch-linger-ms``, not by how fast publishers can turn
+    around (which spent every idle cycle on smaller requests).
     """
 
     async def fill(self, batch: Batch) -> bool:
@@ -276,54 +345,40 @@ class LaneBatcher(BatchRule["LaneQueue"]):
         queue is closed and empty. Filled in place, as batch.Batcher does."""
         queue = self._queue
         async with self._fill_lock:
+            loop = asyncio.get_running_loop()
             while True:
-                lane = queue.next_lane()
+                lane, wait_s = queue.ready_lane(
+                    loop.time(),
+                    self._linger_s,
+                    self._max_messages,
+                    self._max_bytes,
+                    MESSAGE_OVERHEAD_BYTES,
+                )
                 if lane is not None:
                     break
                 if queue.closed and not queue.events:
                     return False
-                await queue.wait_changed()
-            queue.hold(lane)
-            batch.lane = lane
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self._linger_s
-            while True:
-                taken = queue.take(lane, *self.room(batch), MESSAGE_OVERHEAD_BYTES)
-                if taken is None and not batch.messages:
-                    # One message larger than a request may be (a maximal
-                    # datagram with many attributes): sent alone, Pub/Sub
-                    # rejects it (INVALID_ARGUMENT, dropped as invalid_message).
-                    taken = queue.take(lane, 1, sys.maxsize, 0)
-                if taken is not None:
-                    _add(batch, taken)
-                    if queue.has(lane):
-                        continue  # more of this lane: take until a bound stops us
-                if len(batch) >= self._max_messages or queue.has(lane):
-                    return True  # full by count, or the next message does not fit
-                if queue.closed or queue.next_lane() is not None:
-                    return True  # the end, or another lane is waiting: no linger
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return True
                 try:
-                    async with asyncio.timeout(remaining):
+                    async with asyncio.timeout(wait_s):
                         await queue.wait_changed()
                 except TimeoutError:
-                    return True
+                    pass  # the oldest lane has lingered long enough: look again
+            queue.hold(lane)
+            batch.lane = lane
+            # A ready lane has messages; one too large for a request even
+            # alone (a maximal datagram with many attributes) is sent alone,
+            # and Pub/Sub rejects it (INVALID_ARGUMENT, invalid_message).
+            taken = queue.take(lane, *self.room(batch), MESSAGE_OVERHEAD_BYTES)
+            if taken is None:
+                taken = queue.take(lane, 1, sys.maxsize, 0)
+            assert taken is not None
+            batch.extend(taken.events, taken.nbytes, taken.oldest, taken.newest)
+            return True
 
     def done(self, batch: Batch) -> None:
         """Its publisher is done with ``batch``: its lane may be taken again."""
         if batch.lane is not None:
             self._queue.release(batch.lane)
-
-
-def _add(batch: Batch, taken: Taken) -> None:
-    """BatchRule.add for what a lane gives: its own oldest and newest times."""
-    if not batch.messages:
-        batch.oldest_received_at = taken.oldest
-    batch.messages += taken.events
-    batch.nbytes += taken.nbytes
-    batch.newest_received_at = taken.newest
 
 
 class MessageLanes:

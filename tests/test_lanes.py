@@ -114,19 +114,110 @@ def test_unordered_lanes_are_never_held() -> None:
     asyncio.run(main())
 
 
-def test_lingers_for_its_lane_only_while_no_other_lane_waits() -> None:
+def test_a_partial_batch_lingers_until_its_oldest_message_is_old_enough() -> None:
+    """Per lane: messages that come while the lane lingers join its batch;
+    another lane waiting does not cut the linger short (it lingers too)."""
+
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         queue = LaneQueue(1000, 1 << 20, Stats())
-        lanes = batcher(queue, linger_s=LONG_LINGER_S)
-        queue.put(items(USER_A, 1), 1.0)
+        linger_s = 0.3
+        lanes = batcher(queue, linger_s=linger_s)
+        started = loop.time()
+        queue.put(items(USER_A, 1), started)
         filling = asyncio.create_task(fill(lanes))
         await asyncio.sleep(0.02)
-        queue.put(items(USER_A, 1, "more"), 2.0)  # same lane: taken, still lingering
+        queue.put(items(USER_A, 1, "more"), loop.time())
+        queue.put(items(USER_B, 1), loop.time())
         await asyncio.sleep(0.02)
         assert not filling.done()
-        queue.put(items(USER_B, 1), 3.0)  # another lane waits: stop lingering
         batch = await filling
+        assert loop.time() - started >= linger_s
         assert (batch.lane, batch.messages) == (USER_A, [b"a0", b"more0"])
+        assert (await fill(lanes)).lane == USER_B
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("why", ["full by count", "full by bytes", "half full queue", "closed"])
+def test_a_lane_is_ready_at_once_when_it_fills_a_request_or_the_queue_presses(why: str) -> None:
+    async def main() -> None:
+        now = asyncio.get_running_loop().time()
+        queue = LaneQueue(4 if why == "half full queue" else 1000, 1 << 20, Stats())
+        lanes = LaneBatcher(
+            queue,
+            2 if why == "full by count" else 1000,
+            20 if why == "full by bytes" else PUBSUB_MAX_REQUEST_BYTES,
+            0,
+            LONG_LINGER_S,
+        )
+        queue.put([(USER_A, b"x" * 6), (USER_A, b"y" * 6)], now)
+        if why == "closed":
+            queue.close()
+        batch = await fill(lanes)  # within DEADLINE_S, not LONG_LINGER_S
+        assert batch.lane == USER_A
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("why", ["fills a request", "half fills the queue"])
+def test_a_put_that_makes_a_lane_ready_wakes_a_lingering_filler(why: str) -> None:
+    """Puts that change nothing for the lingering oldest lane let its filler
+    sleep; one that makes a lane ready at once wakes it."""
+
+    async def main() -> None:
+        now = asyncio.get_running_loop().time()
+        queue = LaneQueue(8, 1 << 20, Stats())
+        lanes = batcher(queue, max_messages=3, linger_s=LONG_LINGER_S)
+        queue.put(items(USER_A, 1), now)
+        filling = asyncio.create_task(fill(lanes))
+        await asyncio.sleep(0.02)
+        queue.put(items(USER_B, 1), now)  # neither full nor pressing: still lingering
+        await asyncio.sleep(0.02)
+        assert not filling.done()
+        if why == "fills a request":
+            queue.put(items(USER_B, 2, "more"), now)
+            assert (await filling).lane == USER_B
+        else:
+            queue.put(items(ERRORS, 2), now)  # 4 of 8 events
+            assert (await filling).lane == USER_A
+
+    asyncio.run(main())
+
+
+def test_each_lanes_requests_are_bounded_by_the_linger() -> None:
+    """Steady traffic on many keys and publishers that are never busy: each
+    lane sends at most about one request a linger. Taking a lane as soon as
+    a publisher was free made one request per message here (every idle
+    cycle went to ever smaller requests)."""
+    keys, linger_s, run_s = 20, 0.05, 0.5
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        queue = LaneQueue(10**6, 1 << 30, Stats())
+        lanes = batcher(queue, linger_s=linger_s)
+        requests: defaultdict[Lane, int] = defaultdict(int)
+
+        async def publisher() -> None:
+            while True:
+                batch = Batch()
+                if not await lanes.fill(batch):
+                    return
+                requests[batch.lane] += 1  # type: ignore[index]
+                lanes.done(batch)
+
+        publishers = [asyncio.create_task(publisher()) for _ in range(4)]
+        end = loop.time() + run_s
+        sent = 0
+        while loop.time() < end:
+            queue.put([((0, b"k%d" % i), b"{}") for i in range(keys)], loop.time())
+            sent += keys
+            await asyncio.sleep(0.001)
+        queue.close()
+        async with asyncio.timeout(DEADLINE_S):
+            await asyncio.gather(*publishers)
+        assert sum(requests.values()) < sent / 10
+        assert max(requests.values()) <= run_s / linger_s + 3
 
     asyncio.run(main())
 

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from ingest.message import (
+    COMBO_MAX_CHARS,
+    COMBOS_CACHED,
     NOT_SCALAR,
     ORDERING_KEY_TOO_LONG,
     VALUE_TOO_LONG,
@@ -319,3 +321,72 @@ def test_a_spooled_body_of_the_plain_path_keeps_its_attributes_when_adopted() ->
     assert parsed(RequestEncoder(TOPIC).encode([made])) == [
         (b'{"kind":"a"}', {"host": "web-1", "kind": "a", "syslog_app": "app"})
     ]
+
+
+# Values a field may read: equal across types (1, 1.0, True), absent (None),
+# too long for an attribute, not a scalar, and a long route value.
+_mixed_values = st.sampled_from(
+    [
+        None,
+        0,
+        1,
+        1.0,
+        True,
+        False,
+        "1",
+        "true",
+        "a",
+        "",
+        "x" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES + 1),
+        "r" * 300,
+        [1],
+        {"a": 1},
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {}, optional={"a": _mixed_values, "b": _mixed_values, "o": _mixed_values}
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.booleans(),
+)
+def test_the_combination_cache_builds_what_reading_each_field_builds(
+    events: list[dict[str, object]], one_name: bool
+) -> None:
+    """build's cache of whole combinations (every path one name) gives each
+    event the body, lane and skips that a builder which has seen no other
+    event gives it: numbers of equal value and other types, absent fields,
+    values too long or not scalar, whatever came before."""
+    fields = [("a", "a")] if one_name else [("a", "a"), ("b", "b")]
+    routes = [Route(1, "b", "1"), Route(2, "o", "r" * 300)]
+
+    def make(skipped: defaultdict[str, int]) -> MessageBuilder:
+        return MessageBuilder([("s", "t")], fields, skipped, ordering_field="o", routes=routes)
+
+    warm_skipped: defaultdict[str, int] = defaultdict(int)
+    warm = make(warm_skipped)
+    cold_skipped: defaultdict[str, int] = defaultdict(int)
+    for event in events * 2:
+        data = orjson.dumps(event)
+        assert warm.build(data, event) == make(cold_skipped).build(data, event)
+    assert warm_skipped == cold_skipped
+
+
+def test_the_combination_cache_is_bounded() -> None:
+    """Every event a new combination: the cache is cleared when full, and
+    strings too long to keep are never kept."""
+    build = MessageBuilder([], [("a", "a")], defaultdict(int), routes=[Route(1, "r", "x")])
+    for i in range(COMBOS_CACHED * 2 + 10):
+        build.build(b"{}", {"a": f"v{i}", "r": "y" * (COMBO_MAX_CHARS + 1) if i % 2 else "y"})
+    assert COMBO_MAX_CHARS * 4 <= PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES  # UTF-8: no skipped value kept
+    assert COMBO_MAX_CHARS * 4 <= PUBSUB_MAX_ORDERING_KEY_BYTES
+    assert 0 < len(build._combos) <= COMBOS_CACHED
+    assert all(
+        sum(len(v) for v in key if isinstance(v, str)) <= COMBO_MAX_CHARS for key in build._combos
+    )
