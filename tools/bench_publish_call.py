@@ -1,6 +1,9 @@
 """What one Publish call costs the daemon's process, whatever the batching:
 grpc.aio (what ingest uses) and grpcio's synchronous futures, against the
-stand-in Publish server (tools/fakepubsub.py), which costs ~0.05 µs a message.
+stand-in Publish server (tools/fakepubsub.py), which costs ~0.05 µs a message;
+and the floor under both, the same unary call as raw HTTP/2 frames on an
+asyncio connection (``RawH2``: what any client must at least do, not a client:
+no flow control, no HPACK decoding, no deadlines, no TLS).
 
     .venv/bin/python -m tools.bench_publish_call [--calls 20000] [--messages 10]
 
@@ -19,9 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import struct
 import tempfile
 import threading
 import time
+from typing import cast
 
 import grpc
 import uvloop
@@ -32,6 +37,89 @@ from tools.fakepubsub import FakePubSub
 TOPIC = "projects/bench/topics/events"
 EVENT = b'{"seq":0,"sent_us":1700000000000000,"host":"web-01","method":"GET","status":200}'
 WARM_UP_CALLS = 200
+
+
+PUBLISH_PATH = "/google.pubsub.v1.Publisher/Publish"
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2_DATA, H2_HEADERS, H2_SETTINGS, H2_PING, H2_WINDOW_UPDATE = 0, 1, 4, 6, 8
+H2_END_STREAM, H2_ACK, H2_END_HEADERS = 0x1, 0x1, 0x4
+H2_MAX_WINDOW = 2**31 - 1
+
+
+def h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((kind, flags)) + struct.pack(">I", stream) + payload
+    )
+
+
+def hpack_literal(name: bytes, value: bytes) -> bytes:
+    """A header as an HPACK literal without indexing, new name, no Huffman."""
+    return b"\x00" + bytes((len(name),)) + name + bytes((len(value),)) + value
+
+
+class RawH2(asyncio.Protocol):
+    """Unary gRPC calls as raw HTTP/2 frames over cleartext (prior knowledge):
+    the header block is made once, a call is one write of HEADERS + DATA,
+    and its answer ends with the trailers' HEADERS (END_STREAM)."""
+
+    def __init__(self, authority: str) -> None:
+        self._buffer = bytearray()
+        self._calls: dict[int, asyncio.Future[None]] = {}
+        self._stream = -1
+        self._transport: asyncio.Transport | None = None
+        # :method POST, :scheme http (static table 3 and 6), then literals.
+        self._block = b"\x83\x86" + b"".join(
+            hpack_literal(name, value)
+            for name, value in (
+                (b":path", PUBLISH_PATH.encode()),
+                (b":authority", authority.encode()),
+                (b"content-type", b"application/grpc"),
+                (b"te", b"trailers"),
+            )
+        )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        settings = struct.pack(">HIHIHI", 1, 0, 2, 0, 4, H2_MAX_WINDOW)  # no table, push, window
+        self._transport.write(
+            H2_PREFACE
+            + h2_frame(H2_SETTINGS, 0, 0, settings)
+            + h2_frame(H2_WINDOW_UPDATE, 0, 0, struct.pack(">I", H2_MAX_WINDOW - 65535))
+        )
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        buffer = self._buffer
+        buffer += data
+        pos = 0
+        while len(buffer) - pos >= 9:
+            length = int.from_bytes(buffer[pos : pos + 3], "big")
+            if len(buffer) - pos < 9 + length:
+                break
+            kind, flags = buffer[pos + 3], buffer[pos + 4]
+            stream = int.from_bytes(buffer[pos + 5 : pos + 9], "big") & 0x7FFFFFFF
+            payload = bytes(buffer[pos + 9 : pos + 9 + length])
+            pos += 9 + length
+            if kind == H2_HEADERS and flags & H2_END_STREAM:
+                call = self._calls.pop(stream, None)
+                if call is not None and not call.done():
+                    call.set_result(None)
+            elif kind == H2_SETTINGS and not flags & H2_ACK:
+                self._transport.write(h2_frame(H2_SETTINGS, H2_ACK, 0))
+            elif kind == H2_PING and not flags & H2_ACK:
+                self._transport.write(h2_frame(H2_PING, H2_ACK, 0, payload))
+        del buffer[:pos]
+
+    def call(self, message: bytes) -> asyncio.Future[None]:
+        assert self._transport is not None
+        self._stream += 2
+        done = self._calls[self._stream] = asyncio.get_running_loop().create_future()
+        grpc_message = b"\x00" + struct.pack(">I", len(message)) + message
+        self._transport.write(
+            h2_frame(H2_HEADERS, H2_END_HEADERS, self._stream, self._block)
+            + h2_frame(H2_DATA, H2_END_STREAM, self._stream, grpc_message)
+        )
+        return done
 
 
 def cpu_s() -> float:
@@ -56,10 +144,31 @@ async def aio_calls(host: str, request: bytes, calls: int, concurrency: int) -> 
     return cpu, wall
 
 
+async def raw_h2_calls(
+    host: str, request: bytes, calls: int, concurrency: int
+) -> tuple[float, float]:
+    """The same calls as raw HTTP/2 frames (RawH2)."""
+    address, _, port = host.rpartition(":")
+    loop = asyncio.get_running_loop()
+    transport, connection = await loop.create_connection(lambda: RawH2(host), address, int(port))
+    for _ in range(WARM_UP_CALLS):
+        await connection.call(request)
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            await connection.call(request)
+
+    cpu, wall = cpu_s(), time.perf_counter()
+    await asyncio.gather(*(caller(calls // concurrency) for _ in range(concurrency)))
+    cpu, wall = cpu_s() - cpu, time.perf_counter() - wall
+    transport.close()
+    return cpu, wall
+
+
 def sync_calls(host: str, request: bytes, calls: int, concurrency: int) -> tuple[float, float]:
     """The same with grpcio's synchronous channel, ``future()`` calls."""
     channel = grpc.insecure_channel(host)
-    publish = channel.unary_unary("/google.pubsub.v1.Publisher/Publish")
+    publish = channel.unary_unary(PUBLISH_PATH)
     for _ in range(WARM_UP_CALLS):
         publish(request, timeout=10.0)
     slots = threading.Semaphore(concurrency)
@@ -101,6 +210,9 @@ def main() -> None:
                 runs = {
                     "grpc.aio": uvloop.run(aio_calls(fake.host, request, args.calls, concurrency)),
                     "grpcio sync futures": sync_calls(fake.host, request, args.calls, concurrency),
+                    "raw HTTP/2 (floor)": uvloop.run(
+                        raw_h2_calls(fake.host, request, args.calls, concurrency)
+                    ),
                 }
                 for name, (cpu, wall) in runs.items():
                     per_call_us = cpu / args.calls * 1e6
