@@ -34,8 +34,13 @@ after the plain step at each ``--standin-metadata-rates`` rate the stepping
 reaches; the rates below the stepping's first (50k and 100k/s: the metadata
 daemon keeps up there on 2 cores, and with many keys its requests are
 smallest, so the per-request cost shows) get a plain step of their own
-first; the fake checks the same. Target: metadata costs at most 1.5 µs of
-daemon CPU per event more than the plain path.
+first; the fake checks the same. Each metadata step is run again with a
+longer ``--batch-linger-ms`` (``--standin-metadata-lingers-ms``, 50 by
+default): a request holds one ordering key, the linger is per lane, so the
+linger bounds the requests a second (lanes with traffic / linger), and these
+rows show what it buys in CPU and costs in latency. Target: metadata costs at
+most 1.5 µs of daemon CPU per event more than the plain path, at the
+defaults.
 
 The stand-in run also compares the input formats (``json vs gelf vs
 statsd``): at each ``--dialect-rates`` rate (50k and 100k/s by default, where
@@ -111,6 +116,9 @@ QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
 SEQ_STRIDE = 100_000_000  # phase i sends sequence numbers from i * SEQ_STRIDE
 STANDIN_RATES = "150000,200000,250000,300000,350000,400000"
 STANDIN_METADATA_RATES = "50000,100000,150000,200000"
+# Stand-in run: metadata steps again at each of these --batch-linger-ms (ms):
+# with many keys a longer linger bounds the requests a second (lanes / linger).
+STANDIN_METADATA_LINGERS_MS = "50"
 DIALECT_RATES = "50000,100000"  # stand-in: json, gelf and statsd steps at each
 DIALECTS = ("gelf", "statsd")  # tools.loadgen --format values besides json
 KEYS = 100  # distinct ordering keys (users) of the metadata phases
@@ -327,6 +335,7 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
         set_unix_qlen(bench, phase.qlen)  # the daemon's unix socket inherits it
     phase.qlen = int(read_text(QLEN_PATH) or 0) or None
     rcvbuf = [f"--udp-rcvbuf-bytes={phase.rcvbuf}"] if phase.rcvbuf else []
+    linger = [f"--batch-linger-ms={phase.linger_ms:g}"] if phase.linger_ms is not None else []
     sink = bench.sink
     expected = int(phase.rate / args.senders * seconds) * args.senders
     session = sink.session(f"bench-{phase.name}", first_seq, expected, phase.metadata, phase.fmt)
@@ -342,6 +351,7 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
                 f"--queue-max-events={queue_events}",
                 f"--queue-max-bytes={queue_events * 256}",
                 *rcvbuf,
+                *linger,
                 *args.daemon_arg,
             ],
             bench.env(),
@@ -613,6 +623,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "of its own first)",
     )
     parser.add_argument(
+        "--standin-metadata-lingers-ms",
+        type=_ints,
+        default=_ints(STANDIN_METADATA_LINGERS_MS),
+        metavar="MS[,MS...]",
+        help="stand-in run: each metadata step again with this --batch-linger-ms ('' for none)",
+    )
+    parser.add_argument(
         "--keys",
         type=int,
         default=KEYS,
@@ -787,6 +804,15 @@ def standin_run(
         if rate in metadata_rates:
             meta = Phase(f"standin-{rate // 1000}k-meta", "udp", rate, metadata=metadata_of(args))
             steps.append(standin_step(bench, meta, next(indices)))
+            for linger_ms in args.standin_metadata_lingers_ms:
+                longer = Phase(
+                    f"standin-{rate // 1000}k-meta-linger{linger_ms}",
+                    "udp",
+                    rate,
+                    metadata=metadata_of(args),
+                    linger_ms=linger_ms,
+                )
+                steps.append(standin_step(bench, longer, next(indices)))
 
     # Rates below the stepping's: a plain step outside the stepping, then the comparisons.
     below = {r for r in [*metadata_rates, *args.dialect_rates] if r < min(args.standin_rates)}
@@ -812,6 +838,7 @@ def standin_step(bench: Bench, template: Phase, index: int) -> Phase:
     rate = template.rate
     what = " with metadata" if template.metadata else ""
     what += f" as {template.fmt}" if template.fmt != "json" else ""
+    what += f", linger {template.linger_ms:g} ms" if template.linger_ms is not None else ""
     for attempt in (1, 2):
         print(f"stand-in {rate:,.0f}/s{what} for {seconds:g} s ...", flush=True)
         phase = Phase(
@@ -819,6 +846,7 @@ def standin_step(bench: Bench, template: Phase, index: int) -> Phase:
             "udp",
             rate,
             metadata=template.metadata,
+            linger_ms=template.linger_ms,
             fmt=template.fmt,
             stepping=template.stepping,
         )
