@@ -409,6 +409,11 @@ class DatagramSource:
             # Linux reports double the usable size it granted (man 7 socket).
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         self.socket_file = SocketFile(listener.path) if listener.kind == "unix" else None
+        # The receive strategy, chosen once per socket (again when a removed
+        # unix path is bound anew): allow-list and credentials are fixed for
+        # a source's life (a reload builds new readers). Only a tap, which
+        # attaches at any moment, picks its own per wake-up.
+        self._receive = self._receiver()
 
     @property
     def input_formats(self) -> tuple[str, ...]:
@@ -447,21 +452,12 @@ class DatagramSource:
         events: list[bytes] = []
         stats = self._stats
         rejected = stats.rejected
-        # Chosen per call (the socket may have been re-created): the plain
-        # recv, the allow-list's, which skips and counts denied senders, or
-        # the credentials', which also sets each datagram's sender.
-        # While a tap is connected: a sample of each datagram's outcome
-        # (tapped.py); its receivers also note each sender.
+        # The receive strategy chosen for this socket (_receiver). While a
+        # tap is connected: a sample of each datagram's outcome (tapped.py),
+        # with receivers of its own that also note each sender.
         tap = self.tap
         tapped = TappedWakeUp(tap, self.label, self.dialects) if tap and tap.active else None
-        if self.allow is not None:
-            recv = self._allowed_receiver(tapped)
-        elif self.senders is not None:
-            recv = self._credentials_receiver(tapped)
-        elif tapped is not None and self.kind == "udp":
-            recv = tapped.addressed_receiver(self.sock)
-        else:
-            recv = self.sock.recv
+        recv = self._receive if tapped is None else self._receiver(tapped)
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode, other, count_full = self._decode, self._other, self._count
@@ -530,8 +526,21 @@ class DatagramSource:
             self._settle(datagrams, received, events, empty=empty, full=full, unknown=unknown)
         return more
 
+    def _receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
+        """The drain loop's receive call: the plain ``recv``, the
+        allow-list's, which skips and counts denied senders, or the
+        credentials', which also sets each datagram's sender. ``tapped``:
+        its receivers also note each sender for a tap."""
+        if self.allow is not None:
+            return self._allowed_receiver(tapped)
+        if self.senders is not None:
+            return self._credentials_receiver(tapped)
+        if tapped is not None and self.kind == "udp":
+            return tapped.addressed_receiver(self.sock)
+        return self.sock.recv
+
     def _allowed_receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
-        """``recv`` for a source with an allow-list, built once per wake-up:
+        """``recv`` for a source with an allow-list, built once per socket:
         it returns the next datagram from an allowed sender. One from outside
         the list counts as one event received and rejected (``source_denied``,
         added up in ``_settle``) and is never decoded; DRAIN_BATCH of them end
@@ -558,7 +567,7 @@ class DatagramSource:
 
     def _credentials_receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
         """``recv`` for a unix source with credentials, built once per
-        wake-up: it returns the next datagram of an allowed sender, having set
+        socket: it returns the next datagram of an allowed sender, having set
         the builder's ``sender`` to that sender's attributes. One denied is
         logged (rate-limited) and counted like ``_allowed_receiver``'s, as
         ``sender_denied``.
@@ -708,6 +717,7 @@ class DatagramSource:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self.sock = fresh
+        self._receive = self._receiver()
         self.socket_file.rebound()
         self.problem = None
         if self._loop is not None:

@@ -7,6 +7,7 @@ by pulling until the subscription stays quiet.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import stat
@@ -291,17 +292,25 @@ def test_stale_socket_file_is_replaced_and_removed_at_stop(
     assert not path.exists()
 
 
+@pytest.mark.parametrize("credentials", [False, True], ids=["plain", "credentials"])
 def test_removed_socket_file_is_recreated_while_running(
-    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path, credentials: bool
 ) -> None:
+    """The fresh socket is read the way the old one was: with
+    --unix-credentials, each event still carries its sender."""
     path = sockdir / "in.sock"
-    daemon = daemons.start(*serve_args(pubsub, "--unix", str(path)))
+    extra = ["--unix-credentials"] if credentials else []
+    daemon = daemons.start(*serve_args(pubsub, "--unix", str(path), *extra))
     daemon.wait_ready()
     path.unlink()  # a tmpfiles clean-up or a stray rm
     daemon.wait_for_log("socket file re-created", timeout_s=10)
     assert stat.S_IMODE(path.stat().st_mode) == 0o660
     send_unix(path, b'{"after":"re-creation"}')
-    assert emulator.pull_until(pubsub.subscription, 1) == [b'{"after":"re-creation"}']
+    [message] = emulator.pull_messages_until(pubsub.subscription, 1)
+    assert message.data == b'{"after":"re-creation"}'
+    if credentials:
+        assert message.attributes["sender_pid"] == str(os.getpid())
+        assert message.attributes["sender_uid"] == str(os.getuid())
     assert daemon.stop() == EXIT_OK
     assert not path.exists()
 
