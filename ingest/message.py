@@ -51,6 +51,7 @@ PIECES_CACHED = 4096
 # no value kept is one that Pub/Sub's limits skip.
 COMBOS_CACHED = 4096
 COMBO_MAX_CHARS = 256
+COMBOS_REST_EVENTS = 1 << 18  # builds without the cache after a round of mostly misses
 
 # Where a message goes: (topic number, ordering key). Messages of one lane
 # share requests; a lane with a key has at most one request in flight.
@@ -163,15 +164,20 @@ class MessageBuilder:
         # third of the cost of one dict.get each); and by their values the
         # metadata they make: (attribute entries and ordering key, lane, the
         # position and type of each number among the values). Bounded:
-        # cleared when full.
+        # cleared when full. It pays only when values recur: a field with a
+        # new value in every event (a request id) made build ~2 µs dearer
+        # (tools/bench_lanes.py --unique), so when a round of COMBOS_CACHED
+        # misses saw fewer hits, it rests for COMBOS_REST_EVENTS events.
         paths = [*self._paths, *(r.path for r in self._routes)]
         if ordering_field:
             paths.append(tuple(ordering_field.split(".")))
         self._names: tuple[str, ...] = ()
         if all(len(path) == 1 for path in paths):
             self._names = tuple(dict.fromkeys(path[0] for path in paths))
-        self._read = operator.itemgetter(*self._names) if self._names else None
+        self._reader = operator.itemgetter(*self._names) if self._names else None
+        self._read = self._reader  # None while the cache rests
         self._one_name = len(self._names) == 1  # its itemgetter gives the value alone
+        self._hits = self._misses = self._resting = 0
         self._combos: dict[
             tuple[object, ...], tuple[bytes, Lane, tuple[tuple[int, type], ...]]
         ] = {}
@@ -221,13 +227,19 @@ class MessageBuilder:
                     if type(read[index]) is not kind:
                         break
                 else:
+                    self._hits += 1
                     body = (header, data, self._static, self.sender, extra, hit[0])
                     return hit[1], b"".join(body)
+            self._count_miss()
+        elif self._resting:
+            self._resting -= 1
+            if not self._resting:
+                self._read = self._reader
         suffix, lane = self._metadata(event)
         # Kept only when short, and so never with a value that was skipped:
         # a skip is counted per event, and only objects and arrays (no key),
         # or strings longer than COMBO_MAX_CHARS allows, are skipped.
-        if values is not None and _short(values):
+        if values is not None and self._read is not None and _short(values):
             combos = self._combos
             if len(combos) >= COMBOS_CACHED:
                 combos.clear()
@@ -238,6 +250,18 @@ class MessageBuilder:
             )
             combos[values] = (suffix, lane, numbers)
         return lane, b"".join((header, data, self._static, self.sender, extra, suffix))
+
+    def _count_miss(self) -> None:
+        """A round of COMBOS_CACHED misses with fewer hits: values rarely
+        recur, so reading them twice (the cache's way, then each field's)
+        costs more than it saves; the cache rests."""
+        self._misses += 1
+        if self._misses >= COMBOS_CACHED:
+            if self._hits < self._misses:
+                self._read = None
+                self._resting = COMBOS_REST_EVENTS
+                self._combos.clear()
+            self._hits = self._misses = 0
 
     def _metadata(self, event: dict[str, object]) -> tuple[bytes, Lane]:
         """An event's attribute entries read from its fields and its ordering

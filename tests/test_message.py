@@ -11,6 +11,7 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ingest import message
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from ingest.message import (
     COMBO_MAX_CHARS,
@@ -379,14 +380,43 @@ def test_the_combination_cache_builds_what_reading_each_field_builds(
 
 
 def test_the_combination_cache_is_bounded() -> None:
-    """Every event a new combination: the cache is cleared when full, and
-    strings too long to keep are never kept."""
+    """A new combination every third event (recurring ones between, so the
+    cache keeps working): it is cleared when full, and strings too long to
+    keep are never kept."""
     build = MessageBuilder([], [("a", "a")], defaultdict(int), routes=[Route(1, "r", "x")])
     for i in range(COMBOS_CACHED * 2 + 10):
         build.build(b"{}", {"a": f"v{i}", "r": "y" * (COMBO_MAX_CHARS + 1) if i % 2 else "y"})
+        for _ in range(2):
+            build.build(b"{}", {"a": "hot", "r": "y"})
+    assert build._read is not None
     assert COMBO_MAX_CHARS * 4 <= PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES  # UTF-8: no skipped value kept
     assert COMBO_MAX_CHARS * 4 <= PUBSUB_MAX_ORDERING_KEY_BYTES
     assert 0 < len(build._combos) <= COMBOS_CACHED
     assert all(
         sum(len(v) for v in key if isinstance(v, str)) <= COMBO_MAX_CHARS for key in build._combos
     )
+
+
+def test_the_combination_cache_rests_while_values_do_not_recur(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A field new in every event (a request id): a round of misses with
+    fewer hits sets the cache aside for a while, then it is tried again;
+    bodies are the same throughout."""
+    monkeypatch.setattr(message, "COMBOS_REST_EVENTS", 100)
+    skipped: defaultdict[str, int] = defaultdict(int)
+    build = MessageBuilder([], [("id", "id"), ("kind", "kind")], skipped)
+    cold = MessageBuilder([], [("id", "id"), ("kind", "kind")], skipped)
+    events = ({"id": f"req-{i}", "kind": "a"} for i in range(10**6))
+    for _ in range(COMBOS_CACHED):
+        event = next(events)
+        assert build.build(b"{}", event) == cold.build(b"{}", event)
+    assert build._read is None and not build._combos  # resting
+    for _ in range(100):
+        event = next(events)
+        assert build.build(b"{}", event) == cold.build(b"{}", event)
+    assert build._read is not None  # tried again
+    recurring = {"id": "same", "kind": "a"}
+    for _ in range(COMBOS_CACHED * 2):
+        assert build.build(b"{}", recurring) == cold.build(b"{}", recurring)
+    assert build._read is not None  # values that recur keep it

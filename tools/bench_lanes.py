@@ -2,12 +2,13 @@
 the plain path's: µs per event to decode (and build), put into the queue,
 fill batches and encode requests, in-process, with no socket and no Pub/Sub.
 
-    .venv/bin/python -m tools.bench_lanes [--runs 9] [--events 100000] [--keys 100]
+    .venv/bin/python -m tools.bench_lanes [--runs 9] [--events 100000] [--keys 100] [--unique]
 
 The events are tools.loadgen's keyed ones, and the metadata configuration is
 `make bench`'s: ``--attribute-field method=method --attribute-field
 status=status --ordering-key-field user --route <topic>-routed:user=u0``, so
-K keys make K lanes. Events are put a wake-up at a time (256), as a reader
+K keys make K lanes. ``--unique`` adds ``--attribute-field seq=seq``, a
+value new in every event (the worst case for the builder's caches). Events are put a wake-up at a time (256), as a reader
 puts them; everything is queued before batches are filled, so every request
 is full: what is left is the per-event cost, not the per-request one
 (`make bench`'s stand-in run shows that). Each stage's figure is its fastest
@@ -41,11 +42,12 @@ class NoClient:
     topic_path = "projects/bench/topics/events"
 
 
-def settings(metadata: bool) -> Settings:
+def settings(metadata: bool, unique: bool = False) -> Settings:
     extra: dict[str, Any] = {}
     if metadata:
+        fields = (("method", "method"), ("status", "status"))
         extra = {
-            "attribute_fields": (("method", "method"), ("status", "status")),
+            "attribute_fields": (*fields, ("seq", "seq")) if unique else fields,
             "ordering_key_field": "user",
             "routes": (RouteRule("events-routed", "user", "u0"),),
         }
@@ -59,10 +61,10 @@ def settings(metadata: bool) -> Settings:
     )
 
 
-async def one_run(metadata: bool, datagrams: list[bytes]) -> dict[str, float]:
+async def one_run(metadata: bool, datagrams: list[bytes], unique: bool) -> dict[str, float]:
     """Seconds per event of each stage, for one pass over ``datagrams``."""
     stats = Stats()
-    pipeline = Pipeline(settings(metadata), stats, NoClient())  # type: ignore[arg-type]
+    pipeline = Pipeline(settings(metadata, unique), stats, NoClient())  # type: ignore[arg-type]
     decode: Decoder = pipeline.lanes.decoder() if pipeline.lanes else decode_datagram
     rejected = stats.rejected
     queue = pipeline.queue
@@ -102,12 +104,15 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=100)
+    parser.add_argument(
+        "--unique", action="store_true", help="also an attribute from a field new in every event"
+    )
     args = parser.parse_args()
     sent_us = 1_700_000_000_000_000
     results: dict[str, dict[str, float]] = {}
     for name, keys in (("plain", 0), ("metadata", args.keys)):
         datagrams = [datagram(seq, sent_us + seq, keys) for seq in range(args.events)]
-        runs = [asyncio.run(one_run(bool(keys), datagrams)) for _ in range(args.runs)]
+        runs = [asyncio.run(one_run(bool(keys), datagrams, args.unique)) for _ in range(args.runs)]
         results[name] = {stage: min(run[stage] for run in runs) for stage in STAGES}
     print(f"µs per event, fastest of {args.runs} runs x {args.events:,} events ({args.keys} keys)")
     print(f"  {'stage':<8} {'plain':>8} {'metadata':>9} {'diff':>7}")
