@@ -539,7 +539,11 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         _int_range(MAX_DATAGRAM_CEILING + 1024, PUBSUB_MAX_REQUEST_BYTES),
         "encoded bytes per publish request (10000000, the Pub/Sub maximum)",
     ),
-    Option("batch_linger_ms", _float_range(0, 10_000), "how long a partial batch waits (5 ms)"),
+    Option(
+        "batch_linger_ms",
+        _float_range(0, 10_000),
+        "how long a partial batch waits (5 ms; per lane with metadata)",
+    ),
     Option(
         "max_datagram_bytes",
         _int_range(16, MAX_DATAGRAM_CEILING),
