@@ -304,6 +304,10 @@ class LaneQueue(Bounded):
             self._held.discard(lane)
             self._changed.set()
 
+    def wake(self) -> None:
+        """A filler waiting for a lane looks again (the bounds changed)."""
+        self._changed.set()
+
     async def wait_changed(self) -> None:
         """Until the next put, release or close (the caller saw nothing to take)."""
         self._changed.clear()
@@ -339,6 +343,11 @@ class LaneBatcher(BatchRule["LaneQueue"]):
     traffic over ``--batch-linger-ms``, not by how fast publishers can turn
     around (which spent every idle cycle on smaller requests).
     """
+
+    def set_bounds(self, max_messages: int, max_request_bytes: int, linger_s: float) -> None:
+        """As BatchRule's; a filler waiting out the old linger looks again."""
+        super().set_bounds(max_messages, max_request_bytes, linger_s)
+        self._queue.wake()
 
     async def fill(self, batch: Batch) -> bool:
         """Fill ``batch`` from one lane (``batch.lane``); False when the

@@ -185,6 +185,23 @@ def test_a_put_that_makes_a_lane_ready_wakes_a_lingering_filler(why: str) -> Non
     asyncio.run(main())
 
 
+def test_a_shorter_linger_applies_to_a_filler_already_waiting() -> None:
+    """A reload that shortens the linger: the filler waiting out the old
+    one looks again at once."""
+
+    async def main() -> None:
+        queue = LaneQueue(1000, 1 << 20, Stats())
+        lanes = batcher(queue, linger_s=LONG_LINGER_S)
+        queue.put(items(USER_A, 1), asyncio.get_running_loop().time())
+        filling = asyncio.create_task(fill(lanes))
+        await asyncio.sleep(0.02)
+        assert not filling.done()
+        lanes.set_bounds(1000, PUBSUB_MAX_REQUEST_BYTES, 0.0)
+        assert (await filling).lane == USER_A
+
+    asyncio.run(main())
+
+
 def test_each_lanes_requests_are_bounded_by_the_linger() -> None:
     """Steady traffic on many keys and publishers that are never busy: each
     lane sends at most about one request a linger. Taking a lane as soon as
