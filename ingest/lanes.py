@@ -136,10 +136,9 @@ class LaneQueue(Bounded):
         # request at 50,000 one-message lanes, tools/bench_lanes.py).
         self._lanes: OrderedDict[Lane, LaneFifo] = OrderedDict()
         self._held: set[Lane] = set()
-        # Set by a release and close, and by a put that may make a lane
-        # ready sooner than the filler's timeout (``_put_wakes``): a filler
-        # waiting for a lane it may take looks again. Cleared by that filler
-        # before it waits.
+        # Set by a release, close, a change of bounds, and a put that may
+        # make a lane ready sooner than the waiting filler's timeout: that
+        # filler looks again. Cleared by the filler before it waits.
         self._changed = asyncio.Event()
         # What the last ready_lane found and asked: whether any lane was
         # waiting to be ready (if not, a put must wake the filler), and the

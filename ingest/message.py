@@ -239,7 +239,7 @@ class MessageBuilder:
         # Kept only when short, and so never with a value that was skipped:
         # a skip is counted per event, and only objects and arrays (no key),
         # or strings longer than COMBO_MAX_CHARS allows, are skipped.
-        if values is not None and self._read is not None and _short(values):
+        if values is not None and self._read is not None and _keepable(values):
             combos = self._combos
             if len(combos) >= COMBOS_CACHED:
                 combos.clear()
@@ -319,8 +319,12 @@ class MessageBuilder:
             self._skipped[NOT_SCALAR] += 1
             return None
         cached: tuple[bytes, bytes] | str | None
-        if isinstance(value, str) and len(value) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:
-            cached = self._encode(slot, value)  # too long in any case: never cached
+        if (kind is str and len(value) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES) or (  # type: ignore[arg-type]
+            kind is float and value == 0.0
+        ):
+            # Never cached: too long in any case; or a zero, since -0.0 ==
+            # 0.0 (one hash, one key) but their texts differ.
+            cached = self._encode(slot, value)
         else:
             cache_key = (slot, kind, value)  # the type too: True == 1 == 1.0, not as text
             cached = self._pieces.get(cache_key)
@@ -375,10 +379,18 @@ class MessageBuilder:
         return out
 
 
-def _short(values: tuple[object, ...]) -> bool:
-    """Whether a combination is small enough to keep: a route's field is not
-    bounded by the attribute limit, and a key keeps its strings alive."""
-    return sum(len(value) for value in values if type(value) is str) <= COMBO_MAX_CHARS
+def _keepable(values: tuple[object, ...]) -> bool:
+    """Whether a combination may be kept: small enough (a route's field is
+    not bounded by the attribute limit, and a key keeps its strings alive),
+    and no float zero among it (-0.0 == 0.0, one key, but they read apart)."""
+    chars = 0
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            chars += len(value)  # type: ignore[arg-type]
+        elif kind is float and value == 0.0:
+            return False
+    return chars <= COMBO_MAX_CHARS
 
 
 def plain(kind: int, events: list[bytes]) -> list[bytes]:

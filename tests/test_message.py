@@ -312,6 +312,19 @@ def test_cached_encodings_keep_types_apart_and_count_every_skip() -> None:
     assert dict(skipped) == {NOT_SCALAR: 2, ORDERING_KEY_TOO_LONG: 2}
 
 
+def test_negative_zero_is_not_read_as_zero() -> None:
+    """-0.0 equals 0.0 (and hashes alike) but its JSON text differs: no
+    cache may hand one the other's encoding."""
+    for fields, ordering in (([("v", "v")], None), ([("v", "v"), ("w", "w.x")], "o")):
+        build = MessageBuilder([], fields, defaultdict(int), ordering_field=ordering)
+        for value, text in ((0.0, b"0.0"), (-0.0, b"-0.0"), (0.0, b"0.0"), (-0.0, b"-0.0")):
+            event = {"v": value, "o": value}
+            [(_, attributes)] = parsed(RequestEncoder(TOPIC).encode([body(build, b"{}", event)]))
+            assert attributes == {"v": text.decode()}
+            if ordering:
+                assert build.build(b"{}", event)[0] == (0, text)
+
+
 def test_a_spooled_body_of_the_plain_path_keeps_its_attributes_when_adopted() -> None:
     """A syslog event on the plain path is spooled as a body with its syslog
     attributes; a later run with metadata builds on its data and keeps them."""
@@ -332,6 +345,8 @@ _mixed_values = st.sampled_from(
         0,
         1,
         1.0,
+        0.0,
+        -0.0,
         True,
         False,
         "1",
