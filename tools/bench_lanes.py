@@ -32,7 +32,7 @@ from ingest.pipeline import Pipeline
 from ingest.stats import Stats
 from tools.loadgen import datagram
 
-WAKE_UP = 256  # datagrams a reader's wake-up puts at once (sources.DRAIN_BATCH)
+WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (sources.DRAIN_BATCH)
 STAGES = ("decode", "put", "fill", "encode")
 
 
@@ -61,7 +61,9 @@ def settings(metadata: bool, unique: bool = False) -> Settings:
     )
 
 
-async def one_run(metadata: bool, datagrams: list[bytes], unique: bool) -> dict[str, float]:
+async def one_run(
+    metadata: bool, datagrams: list[bytes], unique: bool, wake_up: int
+) -> dict[str, float]:
     """Seconds per event of each stage, for one pass over ``datagrams``."""
     stats = Stats()
     pipeline = Pipeline(settings(metadata, unique), stats, NoClient())  # type: ignore[arg-type]
@@ -71,9 +73,9 @@ async def one_run(metadata: bool, datagrams: list[bytes], unique: bool) -> dict[
     clock: Callable[[], float] = time.perf_counter
     started = clock()
     wake_ups: list[list[Any]] = []
-    for offset in range(0, len(datagrams), WAKE_UP):
+    for offset in range(0, len(datagrams), wake_up):
         out: list[Any] = []
-        for data in datagrams[offset : offset + WAKE_UP]:
+        for data in datagrams[offset : offset + wake_up]:
             decode(data, out, rejected)
         wake_ups.append(out)
     decoded = clock()
@@ -105,6 +107,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=100)
     parser.add_argument(
+        "--wake-up",
+        type=int,
+        default=WAKE_UP,
+        help="datagrams a wake-up puts (fewer when the daemon keeps up: each lane's part is "
+        "smaller, and put's per-lane work shows)",
+    )
+    parser.add_argument(
         "--unique", action="store_true", help="also an attribute from a field new in every event"
     )
     args = parser.parse_args()
@@ -112,9 +121,15 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     for name, keys in (("plain", 0), ("metadata", args.keys)):
         datagrams = [datagram(seq, sent_us + seq, keys) for seq in range(args.events)]
-        runs = [asyncio.run(one_run(bool(keys), datagrams, args.unique)) for _ in range(args.runs)]
+        runs = [
+            asyncio.run(one_run(bool(keys), datagrams, args.unique, args.wake_up))
+            for _ in range(args.runs)
+        ]
         results[name] = {stage: min(run[stage] for run in runs) for stage in STAGES}
-    print(f"µs per event, fastest of {args.runs} runs x {args.events:,} events ({args.keys} keys)")
+    print(
+        f"µs per event, fastest of {args.runs} runs x {args.events:,} events ({args.keys} keys, "
+        f"{args.wake_up} datagrams a wake-up)"
+    )
     print(f"  {'stage':<8} {'plain':>8} {'metadata':>9} {'diff':>7}")
     for stage in (*STAGES, "total"):
         if stage == "total":
