@@ -551,6 +551,14 @@ def _ints(text: str) -> list[int]:
     return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
+def _add_int_list(
+    parser: argparse.ArgumentParser, flag: str, default: str, metavar: str, help: str
+) -> None:
+    """A comma-separated list of whole numbers; ``default`` in the same text
+    form ('' for none), so its constant reads as the flag is written."""
+    parser.add_argument(flag, type=_ints, default=_ints(default), metavar=metavar, help=help)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tools.bench",
@@ -606,28 +614,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="unix phases at each net.unix.max_dgram_qlen besides the host's (private "
         f"network namespace only; default {RECOMMENDED_QLEN})",
     )
-    parser.add_argument(
+    _add_int_list(
+        parser,
         "--standin-rates",
-        type=_ints,
-        default=_ints(STANDIN_RATES),
-        metavar="N[,N...]",
-        help="offered UDP events/s of the stand-in run's steps, until one misses the loss bound",
+        STANDIN_RATES,
+        "N[,N...]",
+        "offered UDP events/s of the stand-in run's steps, until one misses the loss bound",
     )
-    parser.add_argument(
+    _add_int_list(
+        parser,
         "--standin-metadata-rates",
-        type=_ints,
-        default=_ints(STANDIN_METADATA_RATES),
-        metavar="N[,N...]",
-        help="stand-in run: a metadata step after the plain step at each of these rates "
+        STANDIN_METADATA_RATES,
+        "N[,N...]",
+        "stand-in run: a metadata step after the plain step at each of these rates "
         "(that the stepping reaches; one below the stepping's first rate gets a plain step "
         "of its own first)",
     )
-    parser.add_argument(
+    _add_int_list(
+        parser,
         "--standin-metadata-lingers-ms",
-        type=_ints,
-        default=_ints(STANDIN_METADATA_LINGERS_MS),
-        metavar="MS[,MS...]",
-        help="stand-in run: each metadata step again with this --batch-linger-ms ('' for none)",
+        STANDIN_METADATA_LINGERS_MS,
+        "MS[,MS...]",
+        "stand-in run: each metadata step again with this --batch-linger-ms ('' for none)",
     )
     parser.add_argument(
         "--keys",
@@ -643,12 +651,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="emulator run: UDP phases with metadata in this many of the --repeat repeats "
         "(each ~20 s: the metadata daemon falls behind at 150k/s, then every message is pulled)",
     )
-    parser.add_argument(
+    _add_int_list(
+        parser,
         "--dialect-rates",
-        type=_ints,
-        default=_ints(DIALECT_RATES),
-        metavar="N[,N...]",
-        help="stand-in run: a GELF (zlib) and a statsd step after the plain JSON step at each "
+        DIALECT_RATES,
+        "N[,N...]",
+        "stand-in run: a GELF (zlib) and a statsd step after the plain JSON step at each "
         "of these rates (that the stepping reaches; one below the stepping's first rate gets "
         "a plain step of its own first); '' for none",
     )
