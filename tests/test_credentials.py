@@ -9,8 +9,10 @@ from __future__ import annotations
 import array
 import asyncio
 import functools
+import grp
 import logging
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -60,6 +62,24 @@ try:
         0,
         sys.argv[1],
     )
+except PermissionError:
+    print("refused")
+"""
+
+# Claims the pid, uid and gid of its arguments (``self`` for its own pid).
+CLAIMANT = """
+import os, socket, struct, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+pid = os.getpid() if sys.argv[2] == "self" else int(sys.argv[2])
+claim = struct.pack("iII", pid, int(sys.argv[3]), int(sys.argv[4]))
+try:
+    sock.sendmsg(
+        [b'{"claimed":true}'],
+        [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, claim)],
+        0,
+        sys.argv[1],
+    )
+    print("sent")
 except PermissionError:
     print("refused")
 """
@@ -390,3 +410,38 @@ def test_verdicts_on_records_the_kernel_gives_rarely() -> None:
     for pid in range(1, 2 * Senders.MAX_CACHED):
         senders.learn(credentials(pid, 1000, 100))
     assert len(senders.verdicts) <= Senders.MAX_CACHED
+
+
+def claim(source: DatagramSource, path: Path, prefix: Sequence[str], *ids: str) -> str:
+    """Run CLAIMANT with ``prefix``; what it printed (sent or refused)."""
+    result = subprocess.run(
+        [*prefix, "-I", "-S", "-c", CLAIMANT, str(path), *ids],
+        capture_output=True,
+        timeout=20,
+        check=True,
+    )
+    source.drain_until_empty()
+    return result.stdout.decode().strip()
+
+
+def test_who_can_claim_another_identity_is_what_the_readme_says(
+    shared_dir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """The README's rules, as the kernel applies them: an unprivileged sender
+    can claim neither another uid nor another pid; root (CAP_SETUID,
+    CAP_SYS_ADMIN) can claim any, and so passes an allow-list it is not on.
+    The test is what keeps "who can forge" in the README true."""
+    as_nobody = nobody()
+    stats = Stats()
+    path = shared_dir / "in.sock"
+    source, queue = bound_source(path, stats, loop, allow_uids=(4242,))
+    nobody_uid = str(pwd.getpwnam("nobody").pw_uid)
+    nogroup_gid = str(grp.getgrnam("nogroup").gr_gid)
+    assert claim(source, path, as_nobody, "self", "4242", nogroup_gid) == "refused"
+    assert claim(source, path, as_nobody, "1", nobody_uid, nogroup_gid) == "refused"
+    assert claim(source, path, (sys.executable,), "1", "4242", "4242") == "sent"
+    got = messages(queue)
+    assert [m.data for m in got] == [b'{"claimed":true}']
+    assert dict(got[0].attributes) == sender_of(1, 4242, 4242)
+    assert sum(stats.rejected.values()) == 0
+    source.close()
