@@ -7,6 +7,7 @@ identity is checked from /metrics alone, during load and after it.
 from __future__ import annotations
 
 import os
+import selectors
 import signal
 import socket
 import threading
@@ -76,6 +77,72 @@ def unaccounted(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -
             + total(samples, "ingest_spool_events")
         )
     )
+
+
+HALF_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # the blank line never comes
+
+
+class HalfHeads:
+    """A slowloris: ``count`` connections to ``port`` that each send half a
+    request head and wait, kept renewed by a thread: every one the server
+    closes is opened again, a round every 50 ms. ``renewed``: how many."""
+
+    def __init__(self, port: int, count: int) -> None:
+        self.port = port
+        self.renewed = 0
+        self._stop = threading.Event()
+        self._socks = [self._open() for _ in range(count)]
+        self._thread = threading.Thread(target=self._renew, name="half-heads")
+
+    def _open(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), 5)
+        sock.sendall(HALF_HEAD)
+        return sock
+
+    def _renew(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            for sock in self._socks:
+                selector.register(sock, selectors.EVENT_READ)
+            while not self._stop.wait(0.05):
+                for key, _ in selector.select(0):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        if sock.recv(4096):
+                            continue  # an answer to half a head? never: keep it
+                    except OSError:
+                        pass  # reset: closed all the same
+                    selector.unregister(sock)
+                    sock.close()
+                    self._socks.remove(sock)
+                    fresh = self._open()
+                    self._socks.append(fresh)
+                    selector.register(fresh, selectors.EVENT_READ)
+                    self.renewed += 1
+
+    def __enter__(self) -> HalfHeads:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for sock in self._socks:
+            sock.close()
+
+
+def timed_get(url: str, within_s: float) -> tuple[int, bytes]:
+    """GET url; AssertionError unless it is answered within within_s."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(url, timeout=within_s) as response:
+            answer = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        answer = exc.code, exc.read()
+    except OSError as exc:  # closed unanswered, reset, timed out
+        raise AssertionError(f"{url} not answered: {exc!r}") from None
+    assert time.monotonic() - started <= within_s
+    return answer
 
 
 def start(
@@ -277,8 +344,9 @@ def test_idle_connections_cannot_exhaust_the_daemons_descriptors(
     daemons: Daemons, pubsub: PubSubNames
 ) -> None:
     """300 connections that never send a request (a slowloris, a stuck
-    scraper): the daemon holds at most MAX_CONNECTIONS of them, closes the
-    rest at once, and answers again as soon as they are gone."""
+    scraper): the daemon holds at most MAX_CONNECTIONS of them, closing the
+    oldest at once as newer ones come, and /healthz is answered while all 300
+    are still open on the client's side."""
     from ingest.observe.httpd import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 
     daemon, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{free_udp_port()}")
@@ -294,11 +362,37 @@ def test_idle_connections_cannot_exhaust_the_daemons_descriptors(
             REQUEST_TIMEOUT_S / 2,  # not by timing them out: at once
             "the daemon to close the connections over its limit",
         )
-        assert "connections open; closing new ones" in daemon.log
+        assert "connections open (the limit); closing the oldest" in daemon.log
+        assert timed_get(base + "/healthz", 2.0)[0] == 200
     finally:
         for conn in idle:
             conn.close()
-    wait_for(lambda: get(base + "/healthz")[0] == 200, 10, "/healthz to answer again")
+
+
+def test_healthz_is_answered_while_half_heads_hold_every_connection(
+    daemons: Daemons, pubsub: PubSubNames
+) -> None:
+    """MAX_CONNECTIONS + 16 connections that each send half a request head
+    and wait, renewed as soon as they are closed: every /healthz and /metrics
+    is still answered within 2 s, and the daemon never holds more than
+    MAX_CONNECTIONS of them (its descriptors, counted in /proc). A request
+    whose body never comes is answered at once: bodies are never read."""
+    from ingest.observe.httpd import MAX_CONNECTIONS
+
+    daemon, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{free_udp_port()}")
+    port = int(base.rsplit(":", 1)[1])
+    fd_dir = f"/proc/{daemon.pid}/fd"
+    before = len(os.listdir(fd_dir))
+    with HalfHeads(port, MAX_CONNECTIONS + 16) as attack:
+        wait_for(lambda: attack.renewed >= 16, 5, "the attack to renew what was closed")
+        for _ in range(5):
+            assert timed_get(base + "/healthz", 2.0) == (200, b'{"status":"ok","reasons":[]}\n')
+            assert timed_get(base + "/metrics", 2.0)[0] == 200
+            assert len(os.listdir(fd_dir)) <= before + MAX_CONNECTIONS + 4
+        with socket.create_connection(("127.0.0.1", port), 2.0) as post:
+            post.sendall(b"POST /healthz HTTP/1.1\r\nContent-Length: 100000\r\n\r\n")
+            assert post.recv(100).startswith(b"HTTP/1.1 405")
+    assert daemon.stop() == 0
 
 
 def test_metrics_address_in_use_is_a_startup_error(daemons: Daemons, pubsub: PubSubNames) -> None:

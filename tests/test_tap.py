@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import os
+import selectors
 import signal
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily
 
 from ingest.observe import httpd
 from ingest.observe.daemon_url import base_url
@@ -39,10 +42,11 @@ from ingest.observe.tap import (
     TapFilter,
     TapHub,
     parse_query,
+    run_tap,
 )
 from tests.conftest import PubSubNames
 from tests.helpers import INGEST, Daemons, closed_tcp_port, wait_for
-from tests.test_metrics_http import start
+from tests.test_metrics_http import HalfHeads, start, timed_get
 from tools.emulator import free_port
 
 T = TypeVar("T")
@@ -293,12 +297,12 @@ def test_top_and_tap_take_the_same_daemon_urls(url: str, base: str) -> None:
 class Served:
     """An HttpServer with a TapHub, on its own loop in a thread."""
 
-    def __init__(self, hub: TapHub | None) -> None:
+    def __init__(self, hub: TapHub | None, registry: CollectorRegistry | None = None) -> None:
         self.hub = hub
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="tap-server")
         self.server = HttpServer(
-            "127.0.0.1", 0, CollectorRegistry(), lambda: Verdict(True, ()), tap=hub
+            "127.0.0.1", 0, registry or CollectorRegistry(), lambda: Verdict(True, ()), tap=hub
         )
 
     def run(self, make: Callable[[], Any], timeout_s: float = TIMEOUT_S) -> Any:
@@ -334,12 +338,15 @@ class Served:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Served]]:
-    """serve(hub=TapHub(), tap=True) -> a started Served (tap=False: no hub);
-    every one is closed, and its thread joined, at teardown."""
+    """serve(hub=TapHub(), tap=True, registry=None) -> a started Served
+    (tap=False: no hub; registry: what /metrics shows, else nothing); every
+    one is closed, and its thread joined, at teardown."""
     started: list[Served] = []
 
-    def start(hub: TapHub | None = None, *, tap: bool = True) -> Served:
-        served = Served((hub or TapHub()) if tap else None)
+    def start(
+        hub: TapHub | None = None, *, tap: bool = True, registry: CollectorRegistry | None = None
+    ) -> Served:
+        served = Served((hub or TapHub()) if tap else None, registry)
         served.thread.start()
         started.append(served)
         served.run(served.server.start)
@@ -359,6 +366,62 @@ def connect_tap(served: Served, query: str = "") -> http.client.HTTPResponse:
     conn = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=TIMEOUT_S)
     conn.request("GET", "/tap" + ("?" + query if query else ""))
     return conn.getresponse()
+
+
+def next_record(response: http.client.HTTPResponse) -> Any:
+    """The stream's next line that is not a heartbeat, parsed."""
+    while (line := response.readline()) == b"\n":
+        pass
+    return orjson.loads(line)
+
+
+def server_connections(port: int) -> int:
+    """Descriptors this process holds for TCP connections whose local port is
+    ``port``: an in-process server's connections, its listener excepted (the
+    test's own client sockets have other local ports)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] != "0A":  # LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            held += os.readlink(f"/proc/self/fd/{fd}") in inodes
+    return held
+
+
+def non_reader(port: int, request: bytes) -> socket.socket:
+    """A client that sends ``request`` and never reads: a tiny receive
+    buffer, so the server's answer stalls at once."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: the window
+    sock.settimeout(TIMEOUT_S)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(request)
+    return sock
+
+
+def small_send_buffers(served: Served) -> None:
+    """The server's connections get a small SO_SNDBUF (accepted sockets
+    inherit the listener's), so what a client does not read stays in the
+    transport, not the kernel, after a few KiB rather than megabytes."""
+    assert served.server._server is not None
+    served.server._server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+class Huge:
+    """A collector whose /metrics is ``size`` bytes, far more than the
+    socket buffers of a client that does not read."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily("huge", "x" * self.size, value=1.0)
 
 
 def open_tap(served: Served, query: str = "") -> http.client.HTTPResponse:
@@ -504,6 +567,104 @@ def test_skipped_records_are_reported_in_the_stream(serve: Callable[..., Served]
     assert got == [record(0), record(1), {"skipped": 8}]
 
 
+def test_a_quiet_stream_carries_heartbeats_and_records_after_them(
+    serve: Callable[..., Served],
+) -> None:
+    served = serve(TapHub(heartbeat_s=0.1))
+    response = open_tap(served, "outcome=rejected")
+    assert [response.readline() for _ in range(3)] == [b"\n"] * 3  # nothing matches: heartbeats
+    served.offer("rejected", 1)
+    assert next_record(response) == record(1, "rejected")
+
+
+def test_taps_and_half_heads_together_cannot_make_healthz_unanswerable(
+    serve: Callable[..., Served],
+) -> None:
+    """MAX_TAPS taps stream while a renewed slowloris of MAX_CONNECTIONS
+    half heads fills every other slot: /healthz is answered within 2 s, no
+    tap is given up for the newcomers, and the server holds no more than
+    MAX_CONNECTIONS descriptors."""
+    served = serve()
+    port = served.server.port
+    taps = [open_tap(served) for _ in range(MAX_TAPS)]
+    with HalfHeads(port, httpd.MAX_CONNECTIONS) as attack:
+        wait_for(lambda: attack.renewed >= MAX_TAPS, TIMEOUT_S, "the attack to renew")
+        for _ in range(3):
+            assert timed_get(served.base + "/healthz", 2.0)[0] == 200
+            # + a few: a connection given up closes on the loop's next round
+            assert server_connections(port) <= httpd.MAX_CONNECTIONS + 4
+        assert served.open_taps() == MAX_TAPS
+        served.offer("rejected", 1)
+        for tap in taps:
+            assert next_record(tap) == record(1, "rejected")
+
+
+def test_answers_their_clients_do_not_take_hold_neither_slots_nor_descriptors(
+    serve: Callable[..., Served], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every slot writing a 1 MiB /metrics to a client that never reads:
+    /healthz still takes the oldest one's slot and is answered, and the
+    others are aborted at their deadline -- not closed with unsent bytes,
+    which would keep their descriptors for as long as their clients live."""
+    monkeypatch.setattr(httpd, "MAX_CONNECTIONS", 8)
+    monkeypatch.setattr(httpd, "REQUEST_TIMEOUT_S", 2.0)
+    registry = CollectorRegistry()
+    registry.register(Huge(1 << 20))
+    served = serve(registry=registry)
+    small_send_buffers(served)
+    port = served.server.port
+    stuck = [non_reader(port, b"GET /metrics HTTP/1.1\r\n\r\n") for _ in range(8)]
+    try:
+        for sock in stuck:  # each answer has begun: every slot is in its answer
+            assert sock.recv(1, socket.MSG_PEEK) == b"H"
+        assert timed_get(served.base + "/healthz", 2.0)[0] == 200
+        wait_for(
+            lambda: server_connections(port) == 0,
+            httpd.REQUEST_TIMEOUT_S + TIMEOUT_S,
+            "the stalled answers to be aborted",
+        )
+    finally:
+        for sock in stuck:
+            sock.close()
+
+
+def test_a_tap_whose_client_stops_reading_is_cut_off_and_its_slot_freed(
+    serve: Callable[..., Served],
+) -> None:
+    hub = TapHub(rate_per_s=1e9, burst=10**9, max_records=10**6, max_bytes=1 << 30, stall_s=0.3)
+    served = serve(hub)
+    port = served.server.port
+    with non_reader(port, b"GET /tap HTTP/1.1\r\n\r\n"):
+        wait_for(served.active, TIMEOUT_S, "the tap")
+        big = record() | {"text": "x" * 10_000}
+        served.run(lambda: [hub.offer(UDP, "json", "accepted", lambda: big) for _ in range(2000)])
+        wait_for(lambda: not served.active(), TIMEOUT_S, "the stalled tap to be cut off")
+        wait_for(lambda: server_connections(port) == 0, TIMEOUT_S, "its descriptor")
+        open_tap(served)  # its slot is free
+
+
+def test_a_tap_that_ends_before_its_client_took_it_all_frees_its_descriptor(
+    serve: Callable[..., Served],
+) -> None:
+    """The limit reached, the stream ends with bytes its client has not
+    taken (fewer than the transport's high-water mark, so its last drain()
+    returned): they get TAP_CLOSE_GRACE_S, then the connection is aborted."""
+    hub = TapHub(rate_per_s=1e9, burst=10**9, max_records=10**6, max_bytes=1 << 30)
+    served = serve(hub)
+    small_send_buffers(served)
+    port = served.server.port
+    with non_reader(port, b"GET /tap?limit=20 HTTP/1.1\r\n\r\n"):
+        wait_for(served.active, TIMEOUT_S, "the tap")
+        big = record() | {"text": "x" * 2_000}  # 40 KB in all: more than the kernel takes
+        served.run(lambda: [hub.offer(UDP, "json", "accepted", lambda: big) for _ in range(20)])
+        wait_for(lambda: not served.active(), TIMEOUT_S, "the tap to end at its limit")
+        wait_for(
+            lambda: server_connections(port) == 0,
+            httpd.TAP_CLOSE_GRACE_S + TIMEOUT_S,
+            "its descriptor",
+        )
+
+
 # --- the CLI ---
 
 
@@ -586,6 +747,35 @@ def test_cli_ctrl_c_exits_0_quietly(serve: Callable[..., Served]) -> None:
         proc.kill()
     assert (proc.returncode, out, err) == (0, "", "")
     wait_for(lambda: not served.active(), TIMEOUT_S, "the CLI's tap to leave")
+
+
+def test_cli_waits_out_a_quiet_daemon_and_says_in_one_line_when_it_freezes(
+    serve: Callable[..., Served], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Heartbeats every 0.1 s keep a tap with nothing to show alive past its
+    0.5 s of allowed silence; once the daemon's loop freezes (a blocking
+    call on it, as a SIGSTOP would), the CLI says so in one line, exit 1."""
+    served = serve(TapHub(heartbeat_s=0.1))
+    url = served.base
+    codes: list[int] = []
+    client = threading.Thread(target=lambda: codes.append(run_tap(url, silent_s=0.5)))
+    client.start()
+    thawed = threading.Event()
+    try:
+        wait_for(served.active, TIMEOUT_S, "the CLI's tap")
+        client.join(1.5)
+        assert client.is_alive()  # three times its silence, kept by heartbeats
+        served.loop.call_soon_threadsafe(thawed.wait, TIMEOUT_S)  # the daemon freezes
+        client.join(TIMEOUT_S)
+        assert codes == [1]
+    finally:
+        thawed.set()
+        client.join(TIMEOUT_S)
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err == (
+        f"ingest tap: {url}/tap: the daemon sent nothing for 0.5 s (frozen, or unreachable?)\n"
+    )
 
 
 # --- against a real daemon --------------------------------------------------------
@@ -674,3 +864,46 @@ def test_a_tap_shows_gelf_inflated_and_the_event_ingest_made_of_a_statsd_line(
         "type": "c",
         "tags": {"env": "prod"},
     }
+
+
+def test_a_tap_on_a_quiet_daemon_waits_for_a_rare_reject_and_notices_the_daemon_killed(
+    daemons: Daemons, pubsub: PubSubNames
+) -> None:
+    """``ingest tap --rejected`` on a daemon that receives nothing stays for
+    7 s (past the 5 s it used to give up after), then shows the first reject
+    sent; SIGKILL the daemon and the tap says so in one line, exit 1."""
+    udp_port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    daemon, base = start(daemons, pubsub, "--udp", f"127.0.0.1:{udp_port}")
+    tap = subprocess.Popen(
+        [INGEST, "tap", "--url", base, "--rejected"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            tap.wait(timeout=7.0)  # quiet: the tap stays
+        assert tap.stdout is not None
+        with (
+            selectors.DefaultSelector() as selector,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+        ):
+            selector.register(tap.stdout, selectors.EVENT_READ)
+            sender.connect(("127.0.0.1", udp_port))
+            deadline = time.monotonic() + 10
+            while not selector.select(0.1):  # a reject now and then, until it shows one
+                assert time.monotonic() < deadline, "the tap showed no reject"
+                sender.send(b"not json")
+        shown = orjson.loads(tap.stdout.readline())
+        assert (shown["outcome"], shown["reason"], shown["text"]) == (
+            "rejected",
+            "invalid_json",
+            "not json",
+        )
+        daemon.kill()
+        _, err = tap.communicate(timeout=TIMEOUT_S)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait(TIMEOUT_S)
+    assert tap.returncode == 1
+    assert err.decode() == f"ingest tap: {base}/tap: the daemon closed the tap (stopped?)\n"

@@ -32,7 +32,14 @@ The stream is one JSON object per line (``application/x-ndjson``), in the key
 order of the record the source built, until the client goes away (its EOF,
 or anything it sends after the request, ends the tap at once, records flowing
 or not), the limit is reached, or the server closes (``Tap.end`` on each:
-what is buffered is written, then the connection closes).
+what is buffered is written, then the connection closes). A client whose
+stream stays blocked for STALL_S (it takes less than the transport's buffer
+in that time) is cut off, which frees its slot.
+
+A stream with nothing to say for HEARTBEAT_S carries an empty line (``jq``
+and the CLI skip it): a tap may wait hours for a rare reject, and the
+heartbeat is how its client tells a quiet daemon from one that froze or
+whose host vanished without closing the connection (``SILENT_S``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ BURST = 200
 MAX_BUFFER_RECORDS = 1000
 MAX_BUFFER_BYTES = 1 << 20
 SKIP_REPORT_S = 1.0
+HEARTBEAT_S = 2.0
+HEARTBEAT = b"\n"
+STALL_S = 60.0  # a reader paused that long (Ctrl-Z, a stuck pipe) has left
 MAX_QUERY_FIELDS = 32  # a handful of filters; more is not a person typing
 
 
@@ -193,6 +203,8 @@ class TapHub:
         max_records: int = MAX_BUFFER_RECORDS,
         max_bytes: int = MAX_BUFFER_BYTES,
         max_taps: int = MAX_TAPS,
+        heartbeat_s: float = HEARTBEAT_S,
+        stall_s: float = STALL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.active = False
@@ -201,6 +213,8 @@ class TapHub:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.max_taps = max_taps
+        self.heartbeat_s = heartbeat_s
+        self.stall_s = stall_s
         self._clock = clock
         self._taps: list[Tap] = []  # a list: offer() iterates it per datagram
         self._limiter = LogLimiter()
@@ -277,12 +291,15 @@ class TapHub:
         self, tap: Tap, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Write the tap's records to its client until the client goes away,
-        the limit is reached or the tap is ended. The caller has written the
-        response head, and closes the tap and the connection afterwards. OSError
-        (a reset client) propagates."""
+        the limit is reached or the tap is ended; a HEARTBEAT after each
+        heartbeat_s without a line. The caller has written the response head,
+        and closes the tap and the connection afterwards. OSError (a reset
+        client) and TimeoutError (one that took nothing for stall_s)
+        propagate."""
         loop = asyncio.get_running_loop()
         gone = asyncio.ensure_future(_client_gone(reader))
         report_at = loop.time() + SKIP_REPORT_S
+        heartbeat_at = loop.time() + self.heartbeat_s
         try:
             while True:
                 out = tap.take()
@@ -293,19 +310,23 @@ class TapHub:
                     tap.skipped = 0
                 if now >= report_at:
                     report_at = now + SKIP_REPORT_S
+                if not out and not finishing and now >= heartbeat_at:
+                    out.append(HEARTBEAT)
                 if out and not gone.done():
                     writer.writelines(out)
+                    heartbeat_at = now + self.heartbeat_s
                     # A slow client blocks this stream only: offer() meanwhile
                     # fills the bounded buffer, then counts skipped.
-                    await writer.drain()
+                    async with asyncio.timeout(self.stall_s):
+                        await writer.drain()
                 if finishing:
                     return  # else a tap ended meanwhile is seen, and flushed, next round
                 tap.waiter = loop.create_future()
                 try:
-                    # Wake for records, the client's EOF, or the next report.
+                    # Wake for records, the client's EOF, the next report or heartbeat.
                     await asyncio.wait(
                         (tap.waiter, gone),
-                        timeout=report_at - now,
+                        timeout=min(report_at, heartbeat_at) - loop.time(),
                         return_when=asyncio.FIRST_COMPLETED,
                     )
                 finally:
@@ -325,6 +346,7 @@ async def _client_gone(reader: asyncio.StreamReader) -> None:
 # --- ``ingest tap``: the client. Stdlib only and nothing heavy: no rich. ---
 
 CONNECT_TIMEOUT_S = 5.0
+SILENT_S = 5 * HEARTBEAT_S  # no heartbeat for that long: the daemon froze, or its host vanished
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
@@ -353,17 +375,19 @@ def run_tap(
     listeners: Sequence[str] = (),
     formats: Sequence[str] = (),
     limit: int | None = None,
+    silent_s: float = SILENT_S,
 ) -> int:
     """Print the daemon's tap to stdout, a line at a time (flushed, so
     ``| jq`` works live), and ``{"skipped": N}`` as a note on stderr.
 
     Exit 0: the limit was reached, Ctrl-C, or stdout closed (``| head``).
     1: nothing answers, the connection broke, the daemon closed the stream
-    (shutdown) or refused a tap for now (5xx). 2: the daemon refused the
-    request (4xx: a bad filter, or a daemon without /tap), or the URL is
-    not an ingest tap. Connecting and the answer's head are bounded by
-    CONNECT_TIMEOUT_S; the stream itself may be silent for as long as nothing
-    matches, so reading it is bounded by the user's Ctrl-C alone.
+    (shutdown), refused a tap for now (5xx), or sent nothing, not even its
+    heartbeat, for silent_s. 2: the daemon refused the request (4xx: a bad
+    filter, or a daemon without /tap), or the URL is not an ingest tap.
+    Connecting and the answer's head are bounded by CONNECT_TIMEOUT_S; the
+    stream may carry no record for as long as nothing matches, so only its
+    heartbeats bound the wait.
     """
     import http.client  # only the client pays for it, not the daemon
 
@@ -380,6 +404,9 @@ def run_tap(
     try:
         try:
             conn.request("GET", path)
+            # Held here: getresponse() drops conn.sock for a Connection: close
+            # answer, handing the socket to the response alone.
+            sock = conn.sock
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             return _say(f"cannot reach {where}: {why(exc)}", EXIT_FAILURE)
@@ -391,22 +418,24 @@ def run_tap(
         content_type = response.getheader("Content-Type", "")
         if not content_type.startswith("application/x-ndjson"):
             return _say(f"{where}: not an ingest tap (Content-Type {content_type!r})", EXIT_USAGE)
-        if conn.sock is not None:
-            conn.sock.settimeout(None)  # see the docstring: silence is normal
-        return _copy(response, where, limit)
+        if sock is not None:
+            sock.settimeout(silent_s)  # a record or a heartbeat comes sooner
+        return _copy(response, where, limit, silent_s)
     except KeyboardInterrupt:
         return EXIT_OK
     finally:
         conn.close()
 
 
-def _copy(response: HTTPResponse, where: str, limit: int | None) -> int:
+def _copy(response: HTTPResponse, where: str, limit: int | None, silent_s: float) -> int:
     """The stream's lines to stdout until it ends; the exit code."""
     from http.client import HTTPException
 
     shown = 0
     try:
         while line := response.readline():
+            if line == HEARTBEAT:
+                continue
             skipped = _skipped(line)
             if skipped is not None:
                 _say(f"{skipped} datagrams not shown (tap rate limit)", EXIT_OK)
@@ -418,6 +447,9 @@ def _copy(response: HTTPResponse, where: str, limit: int | None) -> int:
                 _quiet_stdout()
                 return EXIT_OK
             shown += 1
+    except TimeoutError:
+        message = f"the daemon sent nothing for {silent_s:g} s (frozen, or unreachable?)"
+        return _say(f"{where}: {message}", EXIT_FAILURE)
     except (OSError, HTTPException) as exc:
         return _say(f"{where}: connection lost: {why(exc)}", EXIT_FAILURE)
     if limit is not None and shown >= limit:
