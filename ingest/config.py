@@ -816,6 +816,14 @@ SYSLOG_ATTRIBUTES = tuple(
 )
 
 
+def check_attribute_keys(settings: Settings) -> None:
+    """``_check_attribute_keys`` on settings already built: a reload's, which
+    mixes the new file's values with restart-only ones kept as they run
+    (reload.py), so the file's own validation does not vouch for them."""
+    names = ("attributes", "attribute_fields", "unix_credentials", "input_formats")
+    _check_attribute_keys({name: getattr(settings, name) for name in names})
+
+
 def _check_attribute_keys(values: Mapping[str, Any]) -> None:
     """Keys unique across --attribute, --attribute-field and the sender's,
     and no more of them than Pub/Sub allows on a message."""

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +39,14 @@ from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import EventQueue
 from ingest.reload import METADATA
 from ingest.reload import plan as reload_plan
-from ingest.sources import FINAL_DRAIN_MAX_S, REBIND_DRAIN_MAX_S, DatagramSource, bind_listener
+from ingest.sources import (
+    FINAL_DRAIN_MAX_S,
+    REBIND_DRAIN_MAX_S,
+    DatagramSource,
+    SocketFile,
+    bind_listener,
+    set_rcvbuf,
+)
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.spool.replay import run_replay
@@ -319,6 +328,9 @@ class Daemon:
             done, _ = await asyncio.wait([stop, *supervised], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            # Whatever ended the wait, the stop has begun: no reload from here on.
+            self._stop.set()
+            self._abandon_reload()
         for task in supervised:
             if task in done:
                 self._crashed = True
@@ -431,9 +443,21 @@ class Daemon:
             return
         log.info("%s received: stopping", name)
         self._stop.set()
+        self._abandon_reload()
+
+    def _abandon_reload(self) -> None:
+        """A reload asked for but not begun must not bind sockets once the
+        stop has closed the others: nobody would read or remove them. One
+        cannot be half done here, since a reload never awaits."""
+        if self._reloading is not None and not self._reloading.done():
+            self._reloading.cancel()
+            log.warning("SIGHUP ignored: the daemon is stopping")
 
     def _on_hup(self) -> None:
         # Signal handlers only flip state: the reload runs as a task, one at a time.
+        if self._stop.is_set():
+            log.warning("SIGHUP ignored: the daemon is stopping")
+            return
         if self._reloading is not None and not self._reloading.done():
             log.warning("SIGHUP: a reload is already running; ignored")
             return
@@ -441,43 +465,57 @@ class Daemon:
 
     async def _reload(self) -> None:
         """Read the configuration again and apply what a running daemon can
-        (reload.py); a configuration that fails validation is refused whole
-        and the running one stays, said in one line."""
+        (reload.py). Whatever fails, and however, is logged and counted as an
+        error, and the running configuration stays as it was (``reload``)."""
+        if self._stop.is_set():  # the stop began after the SIGHUP, before this task ran
+            log.warning("SIGHUP ignored: the daemon is stopping")
+            return
         if self._reload_settings is None:
             log.warning("SIGHUP: this daemon has no configuration to reload")
             self.stats.config_reloads["error"] += 1
             return
         try:
-            new = self._reload_settings()
-        except ConfigError as exc:
+            changed = await self.reload(self._reload_settings())
+        except ConfigError as exc:  # a file that fails validation, a listener that cannot be bound
             self.stats.config_reloads["error"] += 1
             log.error("reload refused, still running the previous configuration: %s", exc)
             return
-        try:
-            changed = await self.reload(new)
-        except ConfigError as exc:  # a new listener that cannot be bound
+        except Exception:  # a bug, or an OSError nothing expected: the traceback says which
             self.stats.config_reloads["error"] += 1
-            log.error("reload stopped, the rest still as before: %s", exc)
+            log.exception("reload failed, still running the previous configuration")
             return
+        except BaseException as exc:  # cancelled, interrupted: undone, and not swallowed
+            self.stats.config_reloads["error"] += 1
+            log.error(
+                "reload abandoned (%s), still running the previous configuration",
+                type(exc).__name__,
+            )
+            raise
         self.stats.config_reloads["ok"] += 1
         log.info("reloaded: %s", ", ".join(changed) if changed else "nothing changed")
 
     async def reload(self, new: Settings) -> list[str]:
         """Apply ``new`` to the running pipeline; returns the names of the
-        settings that changed. Listeners are bound first, so one that cannot
-        be is a ConfigError before anything else has changed."""
+        settings that changed. All or nothing: everything that can fail --
+        binding the added listeners, the socket options of the others, the
+        pipeline's new metadata and bounds, the new readers -- is done first,
+        and undone if any of it raises, whatever the exception; only then are
+        the readers swapped. Never awaits, so no stop can begin halfway."""
         old = self.settings
         pipeline = self.pipeline
-        if pipeline is None:  # a SIGHUP during startup: nothing to reconfigure yet
+        # A SIGHUP during startup: its readers are not all made, or not started
+        # (the publishers come last before they are, with no await between).
+        if pipeline is None or not self._workers:
             raise ConfigError("SIGHUP", "the daemon is still starting; send it again when ready")
+        if self._stop.is_set():
+            raise ConfigError("SIGHUP", "the daemon is stopping")
         planned = reload_plan(old, new, self.topic_ids)
-        for line in planned.kept:
-            log.warning("reload: not applied until restart: %s", line)
         new = planned.settings
-        loop = asyncio.get_running_loop()
-        current = {source.label: source for source in self.sources}
+        metadata_changed = any(name in planned.changed for name in METADATA)
         wanted = {listener.label: listener for listener in new.listeners}
-        bound: list[tuple[Listener, socket.socket]] = []
+        current = {source.label for source in self.sources}
+        bound: list[tuple[Listener, socket.socket, SocketFile | None]] = []
+        undo: list[Callable[[], object]] = []  # the socket options set, last first
         try:
             for label, listener in wanted.items():
                 if label not in current:
@@ -488,35 +526,61 @@ class Daemon:
                         new.unix_gid,
                         unix_credentials=new.unix_credentials,
                     )
-                    bound.append((listener, sock))
-        except ConfigError:
-            for listener, sock in bound:
-                DatagramSource(listener, sock, pipeline.queue, self.stats, 0).close()  # unlinks
-            raise
-        self.settings = new
-        logging.getLogger().setLevel(new.log_level.upper())
-        pipeline.reconfigure(new, any(name in planned.changed for name in METADATA))
-        kept: list[DatagramSource] = []
-        for source in self.sources:
-            if source.label not in wanted:
-                source.drain_until_empty(REBIND_DRAIN_MAX_S)
-                source.close()
-                log.info("%s: listener removed", source.label)
-                continue
+                    # Taken now, so that undoing removes only the file bound here.
+                    path = SocketFile(listener.path) if listener.kind == "unix" else None
+                    bound.append((listener, sock, path))
+            for source in self.sources:
+                if source.label in wanted:
+                    _set_socket_options(source, old, new, undo)
+            undo.append(lambda: pipeline.reconfigure(old, metadata_changed))
+            pipeline.reconfigure(new, metadata_changed)
             # Rebuilt around the same socket: the new decoding, allow-lists
             # and bounds, nothing dropped (the old reader stops between two
             # wake-ups; what the socket holds is the new reader's).
-            fresh = pipeline.add_reader(
-                source.listener, source.sock, source.adopted, settings=new, previous=source
-            )
+            replaced = [
+                (
+                    source,
+                    pipeline.add_reader(
+                        source.listener, source.sock, source.adopted, settings=new, previous=source
+                    ),
+                )
+                for source in self.sources
+                if source.label in wanted
+            ]
+            added = [
+                pipeline.add_reader(listener, sock, settings=new) for listener, sock, _ in bound
+            ]
+        except BaseException:
+            # add_reader hands a GELF reassembler in progress on, with the new bound.
+            for source in self.sources:
+                if source.dialects is not None:
+                    source.dialects.reassembler.max_message_bytes = old.max_event_bytes
+            for step in reversed(undo):
+                step()
+            for _, sock, path in bound:
+                sock.close()
+                if path is not None:
+                    path.unlink_if_ours()
+            raise
+        self.settings = new
+        logging.getLogger().setLevel(new.log_level.upper())
+        loop = asyncio.get_running_loop()
+        removed = [source for source in self.sources if source.label not in wanted]
+        for source, fresh in replaced:
             source.stop()
             fresh.start(loop)
-            kept.append(fresh)
-        added = [pipeline.add_reader(listener, sock, settings=new) for listener, sock in bound]
         for source in added:
             source.start(loop)
             log.info("%s: listener added", source.label)
-        pipeline.sources[:] = kept + added
+        pipeline.sources[:] = [fresh for _, fresh in replaced] + added
+        for source in removed:
+            source.drain_until_empty(REBIND_DRAIN_MAX_S)
+            source.close()
+            log.info("%s: listener removed", source.label)
+        for line in planned.kept:
+            log.warning("reload: not applied until restart: %s", line)
+        for line in _adopted_keep(self.sources, old, new):
+            log.warning("reload: %s", line)
         return planned.changed
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -525,6 +589,99 @@ class Daemon:
         loop.default_exception_handler(context)
         self._crashed = True
         self._stop.set()
+
+
+def _set_socket_options(
+    source: DatagramSource, old: Settings, new: Settings, undo: list[Callable[[], object]]
+) -> None:
+    """A reload's --unix-mode and --unix-group, or --udp-rcvbuf-bytes, set on
+    a socket the daemon bound, as a fresh bind would set them (systemd's keep
+    what ingest.socket set: _adopted_keep); ``undo`` gets how to set them back.
+    A unix socket file gone or replaced is left alone: check_path re-creates
+    it with the settings then running."""
+    if source.adopted:
+        return
+    if source.kind == "udp":
+        if new.udp_rcvbuf_bytes == old.udp_rcvbuf_bytes:
+            return
+        sock = source.sock
+        # Linux reports double the usable size it granted (man 7 socket).
+        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        undo.append(lambda: set_rcvbuf(sock, before))
+        granted = set_rcvbuf(sock, new.udp_rcvbuf_bytes)
+        if granted < new.udp_rcvbuf_bytes:
+            log.warning(
+                "%s: kernel granted SO_RCVBUF %d bytes of the %d asked; bursts may be "
+                "dropped by the kernel. Fix: sysctl -w net.core.rmem_max=%d",
+                source.label,
+                granted,
+                new.udp_rcvbuf_bytes,
+                new.udp_rcvbuf_bytes,
+            )
+        return
+    file = source.socket_file
+    if (new.unix_mode, new.unix_gid) == (old.unix_mode, old.unix_gid):
+        return
+    if file is None or file.replaced():
+        return
+    path = file.path
+    try:
+        st = os.stat(path)
+        undo.append(lambda: _restore_file(path, stat.S_IMODE(st.st_mode), st.st_gid))
+        os.chmod(path, new.unix_mode)
+    except OSError as exc:
+        raise ConfigError(
+            "--unix-mode", f"{path}: cannot set mode {new.unix_mode:04o}: {exc.strerror}"
+        ) from None
+    if new.unix_gid == old.unix_gid:
+        return
+    gid = new.unix_gid if new.unix_gid is not None else _bound_group(path)
+    if gid != st.st_gid:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as exc:
+            raise ConfigError(
+                "--unix-group", f"{path}: cannot set group {gid}: {exc.strerror}"
+            ) from None
+
+
+def _bound_group(path: str) -> int:
+    """The group a socket file bound at ``path`` now gets without
+    --unix-group: its directory's if that is set-group-ID, else the daemon's."""
+    directory = os.stat(os.path.dirname(path) or ".")
+    return directory.st_gid if directory.st_mode & stat.S_ISGID else os.getegid()
+
+
+def _restore_file(path: str, mode: int, gid: int) -> None:
+    # Undoing a failed reload: a file that cannot be set back is said, not fatal.
+    try:
+        os.chmod(path, mode)
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        log.warning(
+            "reload: could not set %s back to mode %04o, group %d: %s",
+            path,
+            mode,
+            gid,
+            exc.strerror,
+        )
+
+
+def _adopted_keep(sources: list[DatagramSource], old: Settings, new: Settings) -> list[str]:
+    """The socket options a reload changed that sockets passed by systemd do
+    not take: ingest.socket set them, at startup as now."""
+    lines = []
+    unix = [f"--unix-mode ({new.unix_mode:04o})"] if new.unix_mode != old.unix_mode else []
+    unix += ["--unix-group"] if new.unix_gid != old.unix_gid else []
+    udp = ["--udp-rcvbuf-bytes"] if new.udp_rcvbuf_bytes != old.udp_rcvbuf_bytes else []
+    for source in sources:
+        options = unix if source.kind == "unix" else udp
+        if source.adopted and options:
+            lines.append(
+                f"{', '.join(options)} not applied to {source.label}: "
+                "systemd passed it, and ingest.socket sets its options"
+            )
+    return lines
 
 
 def _log_dashboard_failure(task: asyncio.Task[None]) -> None:

@@ -157,7 +157,9 @@ class Pipeline:
             decode=decode,
             dialects=dialects,
             credentials=credentials,
-            allow_uids=settings.unix_allow_uids if credentials else (),
+            # Without credentials DatagramSource refuses a list it could not
+            # check (a reload that tried is undone), rather than admit everyone.
+            allow_uids=settings.unix_allow_uids if listener.kind == "unix" else (),
             tap=self.tap,
         )
         if previous is not None:

@@ -83,7 +83,7 @@ def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        granted = _set_rcvbuf(sock, rcvbuf_bytes)
+        granted = set_rcvbuf(sock, rcvbuf_bytes)
         if granted < rcvbuf_bytes:
             log.warning(
                 "%s: kernel granted SO_RCVBUF %d bytes of the %d asked; bursts may be "
@@ -101,7 +101,7 @@ def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
     return sock
 
 
-def _set_rcvbuf(sock: socket.socket, size: int) -> int:
+def set_rcvbuf(sock: socket.socket, size: int) -> int:
     """Ask for ``size`` bytes of receive buffer; returns what the kernel granted.
 
     SO_RCVBUF is capped at net.core.rmem_max; with CAP_NET_ADMIN (root, or
