@@ -43,6 +43,7 @@ from ingest.message import (
     ordering_key_of,
 )
 from ingest.queue import Bounded, Chunk
+from ingest.ratelimit import LogLimiter
 from ingest.spool import Spool
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from ingest.stats import Stats
@@ -58,6 +59,9 @@ _BODY = operator.itemgetter(1)  # of a (lane, body) item
 _LANE = operator.itemgetter(0)
 # A lane's queued messages, spilled together (the lane names their topic).
 LaneSpill = Callable[[list[bytes], Lane | None], None]
+# A keyed lane's new messages sent behind its messages on disk; False when
+# the spool cannot take them now.
+LaneDivert = Callable[[list[bytes], Lane], bool]
 # Keyed lanes with messages on disk counted one by one, at most: beyond,
 # SpooledLanes stops telling them apart (~150 bytes each; measured).
 SPOOLED_LANES_MAX = 100_000
@@ -247,6 +251,7 @@ class LaneQueue(Bounded):
         *,
         spill: LaneSpill | None = None,
         spooled: SpooledLanes | None = None,
+        divert: LaneDivert | None = None,
     ) -> None:
         super().__init__(max_events, max_bytes, stats)
         # Oldest first. An OrderedDict, not a dict: lanes leave from the front
@@ -271,8 +276,9 @@ class LaneQueue(Bounded):
         self._full: set[Lane] = set()
         self.spill = spill
         # With a spool: the keyed lanes with messages on disk, whose new
-        # messages ``put`` sends there too (``spill`` counts them in).
+        # messages ``put`` sends there too (``divert``, which counts them in).
         self.spooled = spooled
+        self.divert = divert
 
     def put(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
         """Enqueue one wake-up's messages per lane, in their order; what does
@@ -286,12 +292,13 @@ class LaneQueue(Bounded):
         if spooled is not None and (spooled.counts or spooled.untracked):
             diverted = [lane for lane in groups if lane[1] and spooled.holds(lane)]
             if diverted:
-                assert self.spill is not None  # a SpooledLanes comes with the spool
+                assert self.divert is not None  # given with ``spooled``
                 for lane in diverted:
-                    bodies = groups.pop(lane)
-                    count -= len(bodies)
-                    total -= sum(map(len, bodies))
-                    self.spill(bodies, lane)
+                    bodies = groups[lane]
+                    if self.divert(bodies, lane):  # else queued as any other
+                        del groups[lane]
+                        count -= len(bodies)
+                        total -= sum(map(len, bodies))
                 if not groups:
                     return
         # Every lane of the put counted as new: exact but for lanes already
@@ -583,7 +590,9 @@ class MessageLanes:
             stats,
             spill=self._spill if spool else None,
             spooled=self.spooled,
+            divert=self._divert if spool else None,
         )
+        self._limiter = LogLimiter()
         self._unknown_topics: set[str] = set()
         # What a stop could not publish of lanes with messages on disk, in
         # the order it was left: put ahead of those at the end (``put_back``).
@@ -620,13 +629,33 @@ class MessageLanes:
 
     def _spill(self, bodies: list[bytes], lane: Lane | None) -> None:
         """The queue's overflow, and a keyed lane's messages that follow
-        its messages on disk: spooled, and counted in ``spooled``."""
+        its messages on disk: spooled, and what the spool kept counted in
+        ``spooled``."""
         spool, spooled = self._spool, self.spooled
         assert spool is not None and spooled is not None
         before = spool.events
         spool.append(bodies, kind=KIND_MESSAGES, topic=self._topic_id(lane))
         if lane is not None:
             spooled.added(lane, spool.events - before)  # what the spool kept
+
+    def _divert(self, bodies: list[bytes], lane: Lane) -> bool:
+        """A keyed lane's new messages, behind its messages on disk; False
+        when the spool cannot take them now (full, or failing to write):
+        they are better published ahead of those than dropped."""
+        spool = self._spool
+        assert spool is not None
+        if not spool.takes(bodies, self._topic_id(lane)):
+            self._limiter.log(
+                log,
+                "divert",
+                logging.WARNING,
+                "the spool cannot take a key's new messages (%s): they go to memory, "
+                "ahead of its spooled ones",
+                spool.problem or "--spool-max-bytes reached",
+            )
+            return False
+        self._spill(bodies, lane)
+        return True
 
     def leave(self, bodies: list[bytes], lane: Lane | None) -> None:
         """What a stop (or a failed publisher) could not publish, oldest of

@@ -184,6 +184,25 @@ def test_what_the_spool_refuses_is_not_counted_on_disk(tmp_path: Path) -> None:
     assert rig.spooled.counts == {(0, b"a"): 55} and rig.spool.events == 55
 
 
+def test_a_key_the_spool_cannot_take_goes_to_memory_rather_than_be_dropped(
+    tmp_path: Path,
+) -> None:
+    """The spool full, or failing to write: a key's new messages are
+    published ahead of its spooled ones rather than lost."""
+    rig = Rig(tmp_path, queue_max=5)
+    rig.put("a", range(0, 130))  # 125 overflow to disk
+    rig.spool.max_bytes = rig.spool.bytes + 64  # and the spool is (about) full
+    assert rig.diverted("a")
+    rig.publish({})
+    rig.put("a", range(130, 133))
+    assert (rig.queue.events, rig.spool.events) == (3, 125)
+    assert rig.stats.dropped[SPOOL_FULL] == 0
+    rig.publish({})
+    rig.spool.problem = "spool write failed: Input/output error"  # as a failed write sets it
+    rig.put("a", range(133, 134))
+    assert rig.queue.events == 1
+
+
 def test_past_the_lane_limit_every_key_goes_through_the_spool(tmp_path: Path) -> None:
     """Beyond ``limit`` keys on disk they are no longer told apart: every
     keyed lane, a new one too, follows the spool until what was on disk

@@ -12,6 +12,9 @@ Directory layout::
     LOCK                  flock()ed for the daemon's life; holds its pid
     cursor                (segment, offset, taken): where replay resumes
     seg-000000000042.spool ...
+    front.partial, seg-000000000042.front
+                          a stop's replacement of the oldest segment, being
+                          written, and complete (``prepend``)
 
 Trust: the daemon may run as root, so the directory must be its own (owned by
 its euid, writable by nobody else, not a symlink), and every name in it is
@@ -26,7 +29,8 @@ queue. ``append`` adds to it (``stats.spooled``) or counts a drop by reason;
 cursor at once: the record being replayed and how many of its events are
 taken. The cursor therefore means "handed to the pipeline": a replayed event
 in memory is exposed to a crash exactly like a live one, and what a graceful
-stop puts back is appended as new records, so a restart repeats nothing.
+stop puts back is written as new records (appended, or ``prepend``ed ahead of
+what is left to replay), so a restart repeats nothing.
 Events that damage found at replay made unreadable are counted dropped
 (``spool_corrupt``) once the reader is past their segment.
 
@@ -292,6 +296,13 @@ class Spool:
             return True
         self._reader.rewind()
         return True
+
+    def takes(self, events: list[bytes], topic: str = "") -> bool:
+        """Whether ``append`` would keep ``events`` now, as far as can be
+        told before writing: no write problem, and room under --spool-max-bytes."""
+        return self.problem is None and (
+            self.bytes + spoolfmt.record_bytes(events, topic) <= self.max_bytes
+        )
 
     def _append_record(self, events: list[bytes], kind: int, topic: str) -> None:
         record = spoolfmt.encode_record(events, kind, topic)
