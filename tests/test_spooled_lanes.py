@@ -11,6 +11,7 @@ with daemons against the emulator."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -18,8 +19,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.config import Settings
-from ingest.lanes import LaneQueue, MessageLanes, SpooledLanes
+from ingest.batch import Batch
+from ingest.config import PUBSUB_MAX_REQUEST_BYTES, RouteRule, Settings
+from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
 from ingest.message import Lane, data_of, ordering_key_of
 from ingest.spool import SPOOL_FULL, Spool
 from ingest.spool import records as spoolfmt
@@ -32,7 +34,9 @@ from tests.test_spool_v2 import v1_segment
 TOPICS = ("events",)
 
 
-def settings(queue_max: int, queue_bytes: int = 1 << 30) -> Settings:
+def settings(
+    queue_max: int, queue_bytes: int = 1 << 30, routes: tuple[RouteRule, ...] = ()
+) -> Settings:
     return Settings(
         project="p",
         topic="events",
@@ -40,6 +44,7 @@ def settings(queue_max: int, queue_bytes: int = 1 << 30) -> Settings:
         ordering_key_field="user",
         queue_max_events=queue_max,
         queue_max_bytes=queue_bytes,
+        routes=routes,
     )
 
 
@@ -56,12 +61,14 @@ class Rig:
         counted: bool = True,
         spool_max: int = 1 << 24,
         queue_bytes: int = 1 << 30,
+        routes: tuple[RouteRule, ...] = (),
     ) -> None:
         self.stats = Stats()
-        counts = SpooledLanes(TOPICS, limit=limit) if counted else None
+        config = settings(queue_max, queue_bytes, routes)
+        counts = SpooledLanes(config.topics, limit=limit) if counted else None
         seen = counts.seen if counts else None
         self.spool = Spool.open(str(path), spool_max, "roll", self.stats, seen=seen)
-        self.lanes = MessageLanes(settings(queue_max, queue_bytes), self.stats, self.spool, counts)
+        self.lanes = MessageLanes(config, self.stats, self.spool, counts)
         assert self.lanes.spooled is not None
         self.spooled = self.lanes.spooled
         self.queue: LaneQueue = self.lanes.queue
@@ -75,9 +82,9 @@ class Rig:
         self.now += 1
         self.queue.put([self.message(key, n) for key, n in events], self.now)
 
-    def message(self, key: str, n: int) -> tuple[Lane, bytes]:
+    def message(self, key: str, n: int, **fields: str) -> tuple[Lane, bytes]:
         """As a reader builds it: "" is no key."""
-        data = orjson.dumps({"user": key, "n": n} if key else {"n": n})
+        data = orjson.dumps({"user": key, "n": n, **fields} if key else {"n": n, **fields})
         return self.lanes.builder.build(data, orjson.loads(data))
 
     def replay(self) -> int:
@@ -176,6 +183,30 @@ def test_replay_catches_up_and_the_key_goes_to_memory_again(tmp_path: Path) -> N
     assert published["a"] == list(range(n + 3))
 
 
+def test_replay_into_a_lane_in_flight_waits_behind_its_request(tmp_path: Path) -> None:
+    """A key's request is out (its lane held) when replay brings its next
+    messages back: they wait behind it, and the next request of the key is
+    theirs, in order, once the first is done."""
+
+    async def main() -> None:
+        rig = Rig(tmp_path, queue_max=20)
+        rig.put("a", range(0, 25))  # a0-a19 in memory, a20-a24 on disk
+        lanes = LaneBatcher(rig.queue, 15, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0)
+        first = Batch()
+        async with asyncio.timeout(5):
+            assert await lanes.fill(first)  # a0-a14: the lane is held
+        assert rig.replay() == 5  # a20-a24 back in memory, behind a15-a19
+        assert rig.queue.ready_lane(rig.now, 0.0, 15, PUBSUB_MAX_REQUEST_BYTES, 0) == (None, None)
+        lanes.done(first)
+        second = Batch()
+        async with asyncio.timeout(5):
+            assert await lanes.fill(second)
+        numbers = [json.loads(data_of(body))["n"] for body in first.messages + second.messages]
+        assert numbers == list(range(25)) and not rig.diverted("a")
+
+    asyncio.run(main())
+
+
 def test_what_the_spool_refuses_is_not_counted_on_disk(tmp_path: Path) -> None:
     rig = Rig(tmp_path, queue_max=5, spool_max=4096)
     rig.put("a", range(0, 60))  # 55 overflow to disk
@@ -219,6 +250,28 @@ def test_past_the_lane_limit_every_key_goes_through_the_spool(tmp_path: Path) ->
     assert not rig.diverted("d")  # caught up: told apart again
     rig.put_mixed([("d", 1)])
     assert rig.spool.events == 0
+
+
+def test_a_key_is_a_lane_per_topic_on_disk_too(tmp_path: Path) -> None:
+    """A route's topic and --topic are two lanes for one key: only the one
+    that overflowed is diverted. After a restart the spooled topic is known
+    by its ID; with its route gone, its messages go to --topic, and so the
+    key's lane there is the one with messages on disk."""
+    errors = (RouteRule("errors", "level", "error"),)
+    rig = Rig(tmp_path, queue_max=4, routes=errors)
+    rig.queue.put([rig.message("a", n, level="error") for n in range(10)], 1.0)
+    assert rig.spooled.counts == {(1, b"a"): 6}
+    rig.publish({})
+    rig.queue.put([rig.message("a", 10, level="error"), rig.message("a", 0)], 2.0)
+    assert (rig.queue.events, rig.spool.events) == (1, 7)
+    rig.spool.close()
+    again = Rig(tmp_path, routes=errors)
+    assert again.spooled.counts == {(1, b"a"): 7}
+    again.spool.close()
+    moved = Rig(tmp_path)
+    assert moved.spooled.counts == {(0, b"a"): 7}
+    moved.put("a", range(1, 2))
+    assert moved.spool.events == 8
 
 
 # ------------------------------------------------------------------- startup
