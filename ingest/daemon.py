@@ -6,7 +6,8 @@ main_loop wait for a stop signal or a crashed task
 shutdown  1. stop intake: read what the kernel already queued, close sockets
           2. close the queue; publishers drain it within --drain-timeout
           3. cancel stragglers: what they held, and what is still queued, goes
-             to the spool (fsynced), or without one is dropped (``shutdown``)
+             to the spool (fsynced; a key's ahead of its messages already
+             there, which are newer), or without one is dropped (``shutdown``)
           4. close the channel; return the exit code
 """
 
@@ -28,7 +29,7 @@ from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import kernel, systemd
 from ingest.config import ConfigError, Listener, Settings
-from ingest.lanes import LaneQueue
+from ingest.lanes import LaneQueue, SpooledLanes
 from ingest.observe.health import PubSubHealth, Verdict, evaluate
 from ingest.observe.httpd import HttpServer
 from ingest.observe.metrics import build_registry
@@ -139,12 +140,25 @@ class Daemon:
             self.topics.append(TopicWatch(client, self.health, settings.create_topic, where))
         for watch in self.topics:
             await watch.check_at_startup()
+        spooled = None
         if settings.spool_dir is not None:  # before binding: a locked spool is exit 2
+            # With metadata, which ordering keys the spool holds, as it is read.
+            spooled = SpooledLanes(settings.topics) if settings.metadata else None
             self.spool = Spool.open(
-                settings.spool_dir, settings.spool_max_bytes, settings.spool_fsync, self.stats
+                settings.spool_dir,
+                settings.spool_max_bytes,
+                settings.spool_fsync,
+                self.stats,
+                seen=spooled.seen if spooled else None,
             )
         pipeline = self.pipeline = Pipeline(
-            settings, self.stats, self._client, health=self.health, spool=self.spool, tap=self.tap
+            settings,
+            self.stats,
+            self._client,
+            health=self.health,
+            spool=self.spool,
+            spooled=spooled,
+            tap=self.tap,
         )
 
         # After the checks: adopt what systemd passed, bind the rest.
@@ -384,6 +398,7 @@ class Daemon:
                 spill(chunk.events, lane)
             else:
                 self.stats.dropped[SHUTDOWN] += len(chunk.events)
+        pipeline.put_back()  # what must precede messages on disk goes ahead of them
         if self.spool is not None:
             self.spool.close()  # fsync per --spool-fsync; releases the lock
         # 4. Close the channel and the HTTP endpoint, and report.
@@ -426,6 +441,8 @@ class Daemon:
         await asyncio.gather(*self._workers, return_exceptions=True)
         if self._client is not None:
             await self._client.close()
+        if self.pipeline is not None:
+            self.pipeline.put_back()  # what cancelled publishers left
         if self.spool is not None:
             self.spool.close()
 

@@ -29,7 +29,7 @@ import asyncio
 import logging
 import operator
 import sys
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -43,6 +43,7 @@ from ingest.message import (
     ordering_key_of,
 )
 from ingest.queue import Bounded, Chunk
+from ingest.ratelimit import LogLimiter
 from ingest.spool import Spool
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from ingest.stats import Stats
@@ -55,8 +56,15 @@ log = logging.getLogger(__name__)
 # every key new, must not hold ~35x the bytes the bound says.
 LANE_BYTES = 1024
 _BODY = operator.itemgetter(1)  # of a (lane, body) item
+_LANE = operator.itemgetter(0)
 # A lane's queued messages, spilled together (the lane names their topic).
 LaneSpill = Callable[[list[bytes], Lane | None], None]
+# A keyed lane's new messages sent behind its messages on disk; False when
+# the spool cannot take them now.
+LaneDivert = Callable[[list[bytes], Lane], bool]
+# Keyed lanes with messages on disk counted one by one, at most: beyond,
+# SpooledLanes stops telling them apart (~150 bytes each; measured).
+SPOOLED_LANES_MAX = 100_000
 
 
 class LaneFifo:
@@ -124,11 +132,126 @@ class Taken:
     newest: float
 
 
+def _by_lane(items: list[tuple[Lane, bytes]]) -> dict[Lane, list[bytes]]:
+    """One wake-up's messages grouped by lane, each group in its order, the
+    lanes in the order they first appear."""
+    groups: dict[Lane, list[bytes]] = {}
+    for lane, body in items:
+        group = groups.get(lane)
+        if group is None:
+            groups[lane] = [body]
+        else:
+            group.append(body)
+    return groups
+
+
+def topic_number(topics: tuple[str, ...], topic: str) -> int | None:
+    """A spooled record's topic by number (0: --topic, also for ""); None
+    when it is no longer configured (its messages then go to --topic)."""
+    if not topic or topic == topics[0]:
+        return 0
+    return topics.index(topic) if topic in topics else None
+
+
+class SpooledLanes:
+    """Which ordering keys have messages on disk not yet replayed: their
+    live messages must follow those to the spool, or they would overtake
+    them (README, "Ordering keys").
+
+    ``counts`` holds each keyed lane's messages on disk; ``untracked``
+    counts messages on disk whose lane is not told apart: plain events an
+    earlier run spooled (this run's metadata gives them their key at
+    replay), and, past SPOOLED_LANES_MAX lanes, every keyed message (the
+    counts are folded into it, which bounds the memory). While ``untracked``
+    is not 0 every keyed lane counts as having messages on disk. A keyed
+    message on disk is counted in exactly one place: under its lane while
+    the lane is in ``counts``, else in ``untracked``; so a lane only enters
+    ``counts`` while nothing is untracked, when it has nothing on disk.
+
+    Counts can only be too high, never too low: messages the spool loses
+    (damage) are never replayed, so their lane keeps going through the spool
+    until the spool is empty, when ``clear`` starts afresh. A count too low
+    would let a key's live messages overtake its spooled ones."""
+
+    __slots__ = ("counts", "limit", "topics", "untracked")
+
+    def __init__(
+        self, topics: tuple[str, ...], *, untracked: int = 0, limit: int = SPOOLED_LANES_MAX
+    ) -> None:
+        self.topics = topics
+        self.counts: dict[Lane, int] = {}
+        self.untracked = untracked
+        self.limit = limit
+
+    def holds(self, lane: Lane) -> bool:
+        """Whether keyed ``lane`` may have messages on disk not yet replayed."""
+        return self.untracked > 0 or lane in self.counts
+
+    def added(self, lane: Lane, count: int) -> None:
+        """``count`` messages of ``lane`` were written to the spool."""
+        if not lane[1] or count <= 0:
+            return  # no key, no order to keep
+        counts = self.counts
+        if lane in counts:
+            counts[lane] += count
+        elif self.untracked:
+            self.untracked += count
+        elif len(counts) < self.limit:
+            counts[lane] = count
+        else:
+            log.info(
+                "spooled messages of more than %d ordering keys: every key's messages go "
+                "through the spool until it has replayed those",
+                self.limit,
+            )
+            self.untracked = sum(counts.values()) + count
+            counts.clear()
+
+    def seen(self, kind: int, topic: str, events: list[bytes]) -> None:
+        """A record the spool found at startup (spool.Spool.open's ``seen``).
+        A record of messages holds one lane's: they are spilled lane by lane
+        (records.py), so its first message names the lane of all."""
+        if kind == KIND_DATA:
+            self.untracked += len(events)
+            return
+        number = topic_number(self.topics, topic)
+        self.added((0 if number is None else number, ordering_key_of(events[0])), len(events))
+
+    def replayed(self, kind: int, items: list[tuple[Lane, bytes]]) -> None:
+        """Messages replay moved from the spool to the memory queue."""
+        if kind == KIND_DATA:
+            self.untracked = max(0, self.untracked - len(items))
+            return
+        counts = self.counts
+        for lane, count in Counter(map(_LANE, items)).items():
+            if not lane[1]:
+                continue
+            left = counts.get(lane)
+            if left is None:
+                self.untracked = max(0, self.untracked - count)
+            elif left > count:
+                counts[lane] = left - count
+            else:
+                del counts[lane]
+
+    def clear(self) -> None:
+        """The spool is empty: nothing of any lane is on disk."""
+        self.counts.clear()
+        self.untracked = 0
+
+
 class LaneQueue(Bounded):
     """Bounded like EventQueue; items are (lane, body) pairs, kept per lane."""
 
     def __init__(
-        self, max_events: int, max_bytes: int, stats: Stats, *, spill: LaneSpill | None = None
+        self,
+        max_events: int,
+        max_bytes: int,
+        stats: Stats,
+        *,
+        spill: LaneSpill | None = None,
+        spooled: SpooledLanes | None = None,
+        divert: LaneDivert | None = None,
     ) -> None:
         super().__init__(max_events, max_bytes, stats)
         # Oldest first. An OrderedDict, not a dict: lanes leave from the front
@@ -152,45 +275,37 @@ class LaneQueue(Bounded):
         # Lanes a put found filling a request (some may have been taken since).
         self._full: set[Lane] = set()
         self.spill = spill
+        # With a spool: the keyed lanes with messages on disk, whose new
+        # messages ``put`` sends there too (``divert``, which counts them in).
+        self.spooled = spooled
+        self.divert = divert
 
     def put(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
         """Enqueue one wake-up's messages per lane, in their order; what does
-        not fit is spilled, or counted dropped (``queue_full``)."""
-        groups: dict[Lane, list[bytes]] = {}
-        for lane, body in items:
-            group = groups.get(lane)
-            if group is None:
-                groups[lane] = [body]
-            else:
-                group.append(body)
-        lanes = self._lanes
+        not fit is spilled, or counted dropped (``queue_full``). A keyed
+        lane with messages on disk has its new ones spilled behind them."""
+        groups = _by_lane(items)
+        count = len(items)
         total = sum(map(len, map(_BODY, items)))
+        spooled = self.spooled
+        # Two attribute reads a put while nothing keyed is on disk.
+        if spooled is not None and (spooled.counts or spooled.untracked):
+            diverted = [lane for lane in groups if lane[1] and spooled.holds(lane)]
+            if diverted:
+                assert self.divert is not None  # given with ``spooled``
+                for lane in diverted:
+                    bodies = groups[lane]
+                    if self.divert(bodies, lane):  # else queued as any other
+                        del groups[lane]
+                        count -= len(bodies)
+                        total -= sum(map(len, bodies))
+                if not groups:
+                    return
         # Every lane of the put counted as new: exact but for lanes already
         # queued, whose 1 KiB each is then spare. Near the bound, the exact
         # path below.
-        if self.fits(len(items), total + len(groups) * LANE_BYTES):
-            # The common case: all of it fits; the bounds are checked once,
-            # and each lane's part joins its FIFO inline (LaneFifo.add's
-            # work: per lane, per put, with a wake-up's messages spread over
-            # many keys, a method call or two was a tenth of a µs an event).
-            max_count, max_bytes, overhead = self._request_bounds
-            filled = False
-            new_lanes = 0
-            for lane, bodies in groups.items():
-                fifo = lanes.get(lane)
-                if fifo is None:
-                    fifo = lanes[lane] = LaneFifo()
-                    new_lanes += 1
-                queued = fifo.bodies
-                queued += bodies
-                fifo.nbytes += sum(map(len, bodies))
-                fifo.stamps.append((len(queued), received_at))
-                count = len(queued) - fifo.head
-                if count >= max_count or fifo.nbytes + overhead * count >= max_bytes:
-                    self._full.add(lane)  # as _note_full
-                    filled = True
-            self.events += len(items)
-            self.bytes += total + new_lanes * LANE_BYTES
+        if self.fits(count, total + len(groups) * LANE_BYTES):
+            filled = self._enqueue(groups, received_at, count, total)
         else:
             for lane, bodies in groups.items():
                 self._put_lane(lane, bodies, received_at)
@@ -198,6 +313,46 @@ class LaneQueue(Bounded):
         if filled or not self._lingering or self._urgent():
             # A lane may be ready before the waiting filler's timeout.
             self._changed.set()
+
+    def put_replayed(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
+        """Spooled messages back in memory (spool/replay.py), all of them:
+        spilling any again would put it behind its lane's later messages on
+        disk. Replay takes only what fits the bounds, but for the lanes' own
+        cost, which can take the byte bound over by at most LANE_BYTES a
+        lane a replay step starts (REPLAY_EVENTS_PER_STEP of them)."""
+        groups = _by_lane(items)
+        filled = self._enqueue(groups, received_at, len(items), sum(map(len, map(_BODY, items))))
+        if filled or not self._lingering or self._urgent():
+            self._changed.set()
+
+    def _enqueue(
+        self, groups: dict[Lane, list[bytes]], received_at: float, count: int, total: int
+    ) -> bool:
+        """Each lane's part joins its FIFO (``count`` messages, ``total``
+        bytes in all), bounds not checked (the caller did); whether a lane
+        now fills a request. Inline rather than
+        LaneFifo.add: per lane, per put, with a wake-up's messages spread
+        over many keys, a method call or two was a tenth of a µs an event."""
+        lanes = self._lanes
+        max_count, max_bytes, overhead = self._request_bounds
+        filled = False
+        new_lanes = 0
+        for lane, bodies in groups.items():
+            fifo = lanes.get(lane)
+            if fifo is None:
+                fifo = lanes[lane] = LaneFifo()
+                new_lanes += 1
+            queued = fifo.bodies
+            queued += bodies
+            fifo.nbytes += sum(map(len, bodies))
+            fifo.stamps.append((len(queued), received_at))
+            queued_count = len(queued) - fifo.head
+            if queued_count >= max_count or fifo.nbytes + overhead * queued_count >= max_bytes:
+                self._full.add(lane)  # as _note_full
+                filled = True
+        self.events += count
+        self.bytes += total + new_lanes * LANE_BYTES
+        return filled
 
     def _note_full(self, lanes: Iterable[Lane]) -> bool:
         """Note which of ``lanes`` now fill a request (ready at once, found
@@ -404,19 +559,44 @@ class LaneBatcher(BatchRule["LaneQueue"]):
 class MessageLanes:
     """The metadata pipeline's parts, from the configuration: the topics (by
     number: 0 is --topic, then the routes' in order), the builder, the lane
-    queue, and how lanes go to the spool and come back from it."""
+    queue, and how lanes go to the spool and come back from it.
 
-    def __init__(self, settings: Settings, stats: Stats, spool: Spool | None = None) -> None:
+    With a spool, per-key order holds through it (README, "Ordering keys"):
+    ``spooled`` knows the keyed lanes with messages on disk, the queue sends
+    their new messages there too until replay has caught up, and at a stop
+    what memory still holds of such a lane is put ahead of its messages on
+    disk (``leave``, ``put_back``), since it is older. ``spooled``: what the
+    spool held at startup, counted as Spool.open read it (SpooledLanes.seen);
+    None with a spool that holds events counts every keyed lane as having
+    some on disk until the spool has been emptied once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        stats: Stats,
+        spool: Spool | None = None,
+        spooled: SpooledLanes | None = None,
+    ) -> None:
         self.topics = settings.topics
         self._stats = stats
         self.builder = self._builder(settings)
+        self._spool = spool
+        self.spooled: SpooledLanes | None = None
+        if spool is not None:
+            self.spooled = spooled or SpooledLanes(self.topics, untracked=spool.events)
         self.queue = LaneQueue(
             settings.queue_max_events,
             settings.queue_max_bytes,
             stats,
-            spill=self.spill_to(spool) if spool else None,
+            spill=self._spill if spool else None,
+            spooled=self.spooled,
+            divert=self._divert if spool else None,
         )
+        self._limiter = LogLimiter()
         self._unknown_topics: set[str] = set()
+        # What a stop could not publish of lanes with messages on disk, in
+        # the order it was left: put ahead of those at the end (``put_back``).
+        self._ahead: list[tuple[list[bytes], Lane]] = []
 
     def reconfigure(self, settings: Settings) -> None:
         """A reload's attributes, ordering key and routes, for messages built
@@ -441,15 +621,61 @@ class MessageLanes:
         """A reader's decode: ``builder`` when the source sets its sender."""
         return messages_decoder((builder or self.builder).build)
 
-    def spill_to(self, spool: Spool) -> LaneSpill:
-        """Spool bodies with their topic's ID ("" for --topic, so a restart
-        with another --topic publishes them there, as it does plain events)."""
+    def _topic_id(self, lane: Lane | None) -> str:
+        """A lane's topic as spooled: "" for --topic, so a restart with
+        another --topic publishes them there, as it does plain events."""
+        topic = lane[0] if lane is not None else 0
+        return self.topics[topic] if topic else ""
 
-        def spill(bodies: list[bytes], lane: Lane | None) -> None:
-            topic = lane[0] if lane is not None else 0
-            spool.append(bodies, kind=KIND_MESSAGES, topic=self.topics[topic] if topic else "")
+    def _spill(self, bodies: list[bytes], lane: Lane | None) -> None:
+        """The queue's overflow, and a keyed lane's messages that follow
+        its messages on disk: spooled, and what the spool kept counted in
+        ``spooled``."""
+        spool, spooled = self._spool, self.spooled
+        assert spool is not None and spooled is not None
+        before = spool.events
+        spool.append(bodies, kind=KIND_MESSAGES, topic=self._topic_id(lane))
+        if lane is not None:
+            spooled.added(lane, spool.events - before)  # what the spool kept
 
-        return spill
+    def _divert(self, bodies: list[bytes], lane: Lane) -> bool:
+        """A keyed lane's new messages, behind its messages on disk; False
+        when the spool cannot take them now (full, or failing to write):
+        they are better published ahead of those than dropped."""
+        spool = self._spool
+        assert spool is not None
+        if not spool.takes(bodies, self._topic_id(lane)):
+            self._limiter.log(
+                log,
+                "divert",
+                logging.WARNING,
+                "the spool cannot take a key's new messages (%s): they go to memory, "
+                "ahead of its spooled ones",
+                spool.problem or "--spool-max-bytes reached",
+            )
+            return False
+        self._spill(bodies, lane)
+        return True
+
+    def leave(self, bodies: list[bytes], lane: Lane | None) -> None:
+        """What a stop (or a failed publisher) could not publish, oldest of
+        its lane first: a publisher's batch, then what was queued. A keyed
+        lane with messages on disk has them put ahead of those at
+        ``put_back``; the rest is spooled at once."""
+        spool, spooled = self._spool, self.spooled
+        assert spool is not None and spooled is not None
+        if lane is not None and lane[1] and spooled.holds(lane):
+            self._ahead.append((bodies, lane))
+        else:
+            spool.append(bodies, kind=KIND_MESSAGES, topic=self._topic_id(lane))
+
+    def put_back(self) -> None:
+        """At a stop, once replay has ended and everything is left: the
+        lanes' messages ``leave`` kept go ahead of every spooled one."""
+        if self._spool is not None and self._ahead:
+            ahead = [(bodies, KIND_MESSAGES, self._topic_id(lane)) for bodies, lane in self._ahead]
+            self._ahead.clear()
+            self._spool.prepend(ahead)
 
     def admit(self, events: list[bytes], kind: int, topic: str, now: float) -> None:
         """Spooled events back into the lanes (spool/replay.py). Plain events an
@@ -460,13 +686,16 @@ class MessageLanes:
         else:
             index = self._topic_number(topic)
             items = [((index, ordering_key_of(body)), body) for body in events]
-        self.queue.put(items, now)
+        self.queue.put_replayed(items, now)
+        if self.spooled is not None:
+            self.spooled.replayed(kind, items)
+            if self._spool is not None and not self._spool.events:
+                self.spooled.clear()  # nothing on disk: counts too high (damage) start afresh
 
     def _topic_number(self, topic: str) -> int:
-        if not topic or topic == self.topics[0]:
-            return 0
-        if topic in self.topics:
-            return self.topics.index(topic)
+        number = topic_number(self.topics, topic)
+        if number is not None:
+            return number
         if topic not in self._unknown_topics:
             self._unknown_topics.add(topic)
             log.warning(

@@ -22,7 +22,7 @@ from ingest.codec import Decoder, decode_datagram
 from ingest.config import Listener, Settings
 from ingest.dialects import GELF_PENDING_MAX_BYTES, Dialects
 from ingest.gelf import Reassembler
-from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes
+from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
 from ingest.message import Lane, MessageBuilder
 from ingest.observe.health import PubSubHealth
 from ingest.observe.tap import TapHub
@@ -43,7 +43,9 @@ class Pipeline:
     ``client``: the --topic's PubSubClient (requests to every topic go
     through its channel). ``spool``: where what the queue cannot hold goes,
     and what publishers still hold at shutdown; None: dropped and counted.
-    ``tap``: the hub readers offer their datagrams to (``ingest tap``)."""
+    ``spooled``: with metadata, the keyed lanes the spool held at startup
+    (lanes.SpooledLanes, counted as Spool.open read it). ``tap``: the hub
+    readers offer their datagrams to (``ingest tap``)."""
 
     def __init__(
         self,
@@ -53,6 +55,7 @@ class Pipeline:
         *,
         health: PubSubHealth | None = None,
         spool: Spool | None = None,
+        spooled: SpooledLanes | None = None,
         tap: TapHub | None = None,
     ) -> None:
         self.settings = settings
@@ -67,7 +70,7 @@ class Pipeline:
         # The plain pipeline carries events as they arrived; with metadata
         # (attributes, ordering keys, routes, credentials) it carries
         # PubsubMessage bodies in lanes (lanes.py).
-        self.lanes = MessageLanes(settings, stats, spool) if settings.metadata else None
+        self.lanes = MessageLanes(settings, stats, spool, spooled) if settings.metadata else None
         self.queue: EventQueue | LaneQueue = (
             self.lanes.queue
             if self.lanes
@@ -179,12 +182,20 @@ class Pipeline:
         )
 
     def spill_to_spool(self) -> Spill:
-        """Where a publisher's or the queue's leftovers go at shutdown."""
+        """Where a publisher's or the queue's leftovers go at shutdown (each
+        lane's oldest first: the publishers', then the queue's), until
+        ``put_back``."""
         spool = self.spool
         assert spool is not None
         if self.lanes is not None:
-            return self.lanes.spill_to(spool)
+            return self.lanes.leave
         return lambda events, lane: spool.append(events)
+
+    def put_back(self) -> None:
+        """Shutdown, once everything is left: what of it must precede
+        messages on disk goes ahead of them (lanes.MessageLanes.put_back)."""
+        if self.lanes is not None and self.spool is not None:
+            self.lanes.put_back()
 
     def queued_by_lane(self) -> list[tuple[Lane | None, Chunk]]:
         """Everything queued, taken out (shutdown), with its lane."""

@@ -1,7 +1,11 @@
 """Spool throughput: events/s appended and replayed, per fsync policy, and the
-cost of framing each event alone versus one record per batch.
+cost of framing each event alone versus one record per batch; and what
+startup pays to count the ordering keys of a spool of messages
+(``Spool.open(seen=...)``, lanes.SpooledLanes), at B and at 1 message a
+record.
 
     .venv/bin/python -m tools.bench_spool [--events N] [--batch B] [--dir DIR]
+        [--open-mib M] [--keys K]
 
 The directory defaults to a temporary one under /var/tmp (a real disk, not a
 tmpfs, so fsync costs what it costs in production).
@@ -13,7 +17,10 @@ import argparse
 import tempfile
 import time
 
+from ingest.lanes import SpooledLanes
+from ingest.message import encode_data
 from ingest.spool import FSYNC_POLICIES, Spool
+from ingest.spool.records import KIND_MESSAGES
 from ingest.stats import Stats
 
 EVENT = b'{"ts":1718000000.123,"kind":"page_view","user":12345,"path":"/products/42","ms":12.5}'
@@ -38,11 +45,37 @@ def run(directory: str, policy: str, events: int, batch: int) -> tuple[float, fl
     return replayed / appended, replayed / replay
 
 
+def opening(directory: str, mib: int, keys: int, batch: int) -> tuple[int, float, float]:
+    """Messages of ``keys`` keys, ``batch`` a record, up to ``mib`` MiB:
+    how many, and the seconds Spool.open takes without and with counting
+    their keys (the faster of two tries each)."""
+    spool = Spool.open(directory, 1 << 40, "never", Stats())
+    n = 0
+    while spool.bytes < mib << 20:
+        key = b"user-%d" % (n % keys)
+        body = encode_data(EVENT) + b"\x2a" + bytes([len(key)]) + key  # as MessageBuilder makes it
+        spool.append([body] * batch, KIND_MESSAGES)
+        n += batch
+    spool.close()
+    times = {False: float("inf"), True: float("inf")}
+    for counted in (False, True, False, True):
+        spooled = SpooledLanes(("events",))
+        started = time.perf_counter()
+        spool = Spool.open(
+            directory, 1 << 40, "never", Stats(), seen=spooled.seen if counted else None
+        )
+        times[counted] = min(times[counted], time.perf_counter() - started)
+        spool.close()
+    return n, times[False], times[True]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=100, help="events per record")
     parser.add_argument("--dir", default="/var/tmp")
+    parser.add_argument("--open-mib", type=int, default=64, help="spool size for the open cost")
+    parser.add_argument("--keys", type=int, default=10_000, help="ordering keys in it")
     args = parser.parse_args()
     print(f"{len(EVENT)}-byte events, {args.events} per run, directory under {args.dir}")
     print(f"{'policy':8} {'events/record':>13} {'append ev/s':>12} {'replay ev/s':>12}")
@@ -52,6 +85,12 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-spool-") as directory:
                 append, replay = run(directory, policy, count, batch)
             print(f"{policy:8} {batch:>13} {append:>12,.0f} {replay:>12,.0f}")
+    print(f"open: {args.open_mib} MiB of messages, {args.keys} ordering keys")
+    print(f"{'events/record':>13} {'records':>9} {'open s':>7} {'counting keys s':>16}")
+    for batch in (args.batch, 1):
+        with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-spool-") as directory:
+            n, plain, counted = opening(directory, args.open_mib, args.keys, batch)
+        print(f"{batch:>13} {n // batch:>9,} {plain:>7.2f} {counted:>16.2f}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,48 @@ class SegmentReader:
         self._retire_oldest()
         return count, True
 
+    def remainder(self) -> list[PendingRecord]:
+        """What is left to replay of the oldest segment, oldest first: the
+        record at the read position's events not yet consumed, then each
+        valid record after it (damage skipped). The position does not move.
+        OSError when the segment cannot be read."""
+        segment = self._segments.oldest()
+        if segment is None:
+            return []
+        out = []
+        off = self._read_off
+        if self._pending is not None:
+            record = self._pending
+            if self._pending_taken < len(record.events):
+                out.append(
+                    PendingRecord(record.events[self._pending_taken :], record.kind, record.topic)
+                )
+            off = record.end
+        if off < segment.size:
+            fd = open_regular(self._segments.dir_fd, segment.name, os.O_RDONLY)
+            try:
+                parts: list[bytes] = []
+                got = 0
+                while got < segment.size - off and (
+                    part := os.pread(fd, segment.size - off - got, off + got)
+                ):
+                    parts.append(part)
+                    got += len(part)
+                data = b"".join(parts)
+            finally:
+                os.close(fd)
+            for item in spoolfmt.scan(data, 0, version=segment.version):
+                if isinstance(item, spoolfmt.Record):
+                    out.append(PendingRecord(item.events, item.kind, item.topic))
+        return out
+
+    def rewind(self) -> None:
+        """The oldest segment was replaced by one holding only what is left
+        to replay (store.Spool.prepend): read it from its first record."""
+        self._read_off = spoolfmt.HEADER_BYTES
+        self._pending = None
+        self._pending_taken = 0
+
     def _read_record(self, segment: Segment) -> spoolfmt.Record | None:
         """The valid record at the read offset of ``segment``; None after
         damage there, with the offset moved to the next valid record (or the

@@ -21,6 +21,9 @@ bodies (KIND_MESSAGES, below) are not UTF-8, as their varint lengths can hold
 All of a record's events are of one ``kind`` (KIND_DATA: events as received;
 KIND_MESSAGES: PubsubMessage bodies) and go to one ``topic``: a Pub/Sub topic
 ID (ASCII, at most MAX_TOPIC_BYTES), "" meaning whatever --topic is at replay.
+The messages of one record share their ordering key too, since lanes.py
+spools them lane by lane: startup counts each key's spooled messages
+(lanes.SpooledLanes.seen) by the first message of each record.
 
 Versions: this is version 2, which is what new segments are written in.
 Version 1 segments (written before kind and topic existed: the payload starts
@@ -101,6 +104,17 @@ def encode_record(events: list[bytes], kind: int = KIND_DATA, topic: str = "") -
     length = _COUNT.pack(len(payload))
     crc = zlib.crc32(payload, zlib.crc32(length))
     return RECORD_MAGIC + length + _COUNT.pack(crc) + payload
+
+
+def record_bytes(events: list[bytes], topic: str = "") -> int:
+    """What one record holding ``events`` for ``topic`` takes, framing included."""
+    return (
+        RECORD_HEAD_BYTES
+        + _PAYLOAD_HEAD_BYTES
+        + len(topic)
+        + 4 * len(events)
+        + sum(map(len, events))
+    )
 
 
 def split(events: list[bytes], max_bytes: int, topic: str = "") -> list[list[bytes]]:

@@ -10,7 +10,10 @@ Pacing, so replay never starves live traffic:
 
 Ordering: the spool is replayed in the order it was written, but live events
 go straight to the queue while there is room, so live and replayed events
-interleave; no global order is promised (README, "Ordering keys").
+interleave; no global order is promised. Each ordering key's is: a key with
+messages on disk sends its live ones there too until replay has caught up
+(lanes.SpooledLanes), and what replay moves of messages goes to memory whole
+(README, "Ordering keys").
 
 What comes back depends on the pipeline (``admit``): the plain one takes
 the events as they are, and the data of messages an earlier run spooled with

@@ -20,10 +20,12 @@ counted in ``corrupt_records``; it is never replayed or deleted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest.spool import records as spoolfmt
@@ -34,10 +36,22 @@ log = logging.getLogger(__name__)
 SET_ASIDE_NAMES = 100  # NAME.corrupt, NAME.corrupt.1 ... before leaving it in place
 
 _SEGMENT_RE = re.compile(r"^seg-(\d{12})\.spool$")
+# A segment's replacement that puts events ahead of it (store.Spool.prepend):
+# written under FRONT_PARTIAL, renamed seg-N.front once complete and synced,
+# then renamed over seg-N.spool. A complete one found at startup is
+# installed then; a partial one is removed.
+FRONT_PARTIAL = "front.partial"
+_FRONT_RE = re.compile(r"^seg-(\d{12})\.front$")
+# What startup reports of each record it finds to replay: kind, topic, events.
+RecordSeen = Callable[[int, str, list[bytes]], None]
 
 
 def segment_name(seq: int) -> str:
     return f"seg-{seq:012d}.spool"
+
+
+def front_name(seq: int) -> str:
+    return f"seg-{seq:012d}.front"
 
 
 @dataclass(slots=True)
@@ -78,9 +92,10 @@ class SegmentSet:
         return os.path.join(self.directory, name)
 
     # -------------------------------------------------------------- startup
-    def load(self, cursor: spoolfmt.Cursor | None) -> None:
+    def load(self, cursor: spoolfmt.Cursor | None, seen: RecordSeen | None = None) -> None:
         """Take in the segments an earlier run left: those the cursor has
-        passed are removed, the rest scanned from the cursor on."""
+        passed are removed, the rest scanned from the cursor on. ``seen`` is
+        told each record's events not yet handed on, oldest first."""
         seqs = sorted(
             int(m.group(1)) for name in os.listdir(self.dir_fd) if (m := _SEGMENT_RE.match(name))
         )
@@ -89,12 +104,50 @@ class SegmentSet:
             if cursor is not None and seq < cursor.seq:
                 self._discard(segment_name(seq))
                 continue
-            start = cursor.offset if cursor is not None and seq == cursor.seq else 0
-            segment = self._scan_existing(seq, max(start, spoolfmt.HEADER_BYTES))
+            start, taken = 0, 0
+            if cursor is not None and seq == cursor.seq:
+                start, taken = cursor.offset, cursor.taken
+            segment = self._scan_existing(seq, max(start, spoolfmt.HEADER_BYTES), seen, taken)
             if segment is not None:
                 self.add(segment)
 
-    def _scan_existing(self, seq: int, start: int) -> Segment | None:
+    def recover_front(self) -> int | None:
+        """Before ``load``: finish what a stop that put events ahead of the
+        oldest segment left undone. A complete replacement (seg-N.front)
+        takes the segment's name, and its number is returned: replay must
+        start at its first record. A partial one is removed (what it held
+        is lost, as at a crash before a stop spools anything)."""
+        names = os.listdir(self.dir_fd)
+        if FRONT_PARTIAL in names:
+            log.warning(
+                "spool %s: removing %s, left unfinished by an interrupted stop",
+                self.directory,
+                FRONT_PARTIAL,
+            )
+            self._discard(FRONT_PARTIAL)
+        fronts = []
+        for seq in sorted(int(m.group(1)) for name in names if (m := _FRONT_RE.match(name))):
+            try:
+                os.rename(
+                    front_name(seq),
+                    segment_name(seq),
+                    src_dir_fd=self.dir_fd,
+                    dst_dir_fd=self.dir_fd,
+                )
+            except OSError as exc:
+                log.error(
+                    "spool %s: cannot install it: %s", self.path(front_name(seq)), exc.strerror
+                )
+                continue
+            log.info("spool %s: installed as %s", self.path(front_name(seq)), segment_name(seq))
+            fronts.append(seq)
+        if fronts:
+            self.sync()
+        return fronts[0] if fronts else None
+
+    def _scan_existing(
+        self, seq: int, start: int, seen: RecordSeen | None = None, taken: int = 0
+    ) -> Segment | None:
         name = segment_name(seq)
         try:
             fd = open_regular(self.dir_fd, name, os.O_RDONLY)
@@ -122,6 +175,11 @@ class SegmentSet:
         for item in spoolfmt.scan(data, start, version=version):
             if isinstance(item, spoolfmt.Record):
                 events += len(item.events)
+                if seen is not None:
+                    # The record at the cursor: its first ``taken`` were handed on.
+                    left = item.events[taken:] if taken and item.offset == start else item.events
+                    if left:
+                        seen(item.kind, item.topic, left)
             else:
                 damage += 1
                 log.warning(
@@ -199,6 +257,55 @@ class SegmentSet:
         self._segments.append(segment)
         self.bytes += segment.size
         self.events += segment.events
+
+    def write_front(self, seq: int, records: list[bytes], *, sync: bool) -> int:
+        """Write the replacement of segment ``seq`` holding ``records``
+        (encoded, in order) as seg-N.front: complete (synced when ``sync``)
+        before it has that name. Its size; OSError when it cannot be
+        written (nothing left behind but, at worst, FRONT_PARTIAL)."""
+        with contextlib.suppress(FileNotFoundError):  # an earlier failed attempt's
+            os.unlink(FRONT_PARTIAL, dir_fd=self.dir_fd)
+        fd = os.open(
+            FRONT_PARTIAL,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | SAFE_FLAGS,
+            0o600,
+            dir_fd=self.dir_fd,
+        )
+        size = 0
+        try:
+            for data in (spoolfmt.HEADER, *records):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                size += len(data)
+            if sync:
+                os.fdatasync(fd)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(FRONT_PARTIAL, dir_fd=self.dir_fd)
+            raise
+        os.close(fd)
+        os.rename(FRONT_PARTIAL, front_name(seq), src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+        if sync:
+            self.sync()
+        return size
+
+    def install_front(self, segment: Segment, size: int, events: int, *, sync: bool) -> None:
+        """``segment``'s replacement (``write_front``: ``size`` bytes holding
+        ``events``) takes its name and its place. OSError when the rename
+        fails (the next startup installs it)."""
+        os.rename(
+            front_name(segment.seq), segment.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd
+        )
+        if sync:
+            self.sync()
+        self.bytes += size - segment.size
+        self.events += events - segment.events
+        segment.size = size
+        segment.events = events
+        segment.version = spoolfmt.VERSION
+        segment.damage_counted = False
 
     def wrote(self, segment: Segment, size: int, events: int) -> None:
         """A record of ``size`` bytes holding ``events`` was appended to ``segment``."""

@@ -12,6 +12,9 @@ Directory layout::
     LOCK                  flock()ed for the daemon's life; holds its pid
     cursor                (segment, offset, taken): where replay resumes
     seg-000000000042.spool ...
+    front.partial, seg-000000000042.front
+                          a stop's replacement of the oldest segment, being
+                          written, and complete (``prepend``)
 
 Trust: the daemon may run as root, so the directory must be its own (owned by
 its euid, writable by nobody else, not a symlink), and every name in it is
@@ -26,7 +29,8 @@ queue. ``append`` adds to it (``stats.spooled``) or counts a drop by reason;
 cursor at once: the record being replayed and how many of its events are
 taken. The cursor therefore means "handed to the pipeline": a replayed event
 in memory is exposed to a crash exactly like a live one, and what a graceful
-stop puts back is appended as new records, so a restart repeats nothing.
+stop puts back is written as new records (appended, or ``prepend``ed ahead of
+what is left to replay), so a restart repeats nothing.
 Events that damage found at replay made unreadable are counted dropped
 (``spool_corrupt``) once the reader is past their segment.
 
@@ -52,7 +56,7 @@ from ingest.spool import records as spoolfmt
 from ingest.spool.files import UnsafeFile, open_directory, open_regular, probe
 from ingest.spool.ledger import Ledger
 from ingest.spool.reader import PendingRecord, SegmentReader
-from ingest.spool.segments import Segment, SegmentSet
+from ingest.spool.segments import RecordSeen, Segment, SegmentSet
 from ingest.spool.writer import SegmentWriter, Unwritable
 from ingest.stats import Stats
 from ingest.vocabulary import Drop, Fsync
@@ -102,13 +106,25 @@ class Spool:
         self._segments = SegmentSet(self._dir_fd, directory)
         self._writer = SegmentWriter(self._segments, self.segment_max_bytes, fsync, clock)
         self._reader = SegmentReader(self._segments, self._retired)
+        # A replacement ``prepend`` wrote but could not install: the next
+        # startup does; until then no other may be written.
+        self._front_pending = False
 
     # -------------------------------------------------------------- opening
     @classmethod
-    def open(cls, directory: str, max_bytes: int, fsync: str, stats: Stats) -> Spool:
+    def open(
+        cls,
+        directory: str,
+        max_bytes: int,
+        fsync: str,
+        stats: Stats,
+        *,
+        seen: RecordSeen | None = None,
+    ) -> Spool:
         """Create (0700), check and lock the directory and load what an earlier
-        run left. ConfigError (exit 2) names --spool-dir when it cannot be used
-        or trusted."""
+        run left; ``seen`` is told each record of it still to replay (its
+        kind, topic and events, oldest first). ConfigError (exit 2) names
+        --spool-dir when it cannot be used or trusted."""
         dir_fd = open_directory(directory)
         fds = [dir_fd]
         name = "LOCK"
@@ -128,7 +144,7 @@ class Spool:
             name = ""
             probe(dir_fd)
             spool = cls(directory, (fds[0], fds[1], fds[2]), max_bytes, fsync, stats)
-            spool._load()
+            spool._load(seen)
         except (OSError, ConfigError) as exc:
             for fd in reversed(fds):
                 os.close(fd)
@@ -143,10 +159,14 @@ class Spool:
             raise ConfigError("--spool-dir", message) from None
         return spool
 
-    def _load(self) -> None:
-        """Take in the segments an earlier run left, from the saved cursor on."""
+    def _load(self, seen: RecordSeen | None = None) -> None:
+        """Take in the segments an earlier run left, from the saved cursor on
+        (from the first record of one a stop replaced: ``prepend``)."""
         cursor = self._ledger.read()
-        self._segments.load(cursor)
+        front = self._segments.recover_front()
+        if front is not None:
+            cursor = spoolfmt.Cursor(front, spoolfmt.HEADER_BYTES)
+        self._segments.load(cursor, seen)
         if cursor is not None:
             self._reader.resume(cursor)
         if self._segments:
@@ -180,6 +200,109 @@ class Spool:
         record_max = self.segment_max_bytes // RECORDS_PER_SEGMENT
         for part in spoolfmt.split(events, record_max, topic):
             self._append_record(part, kind, topic)
+
+    def prepend(self, parts: list[tuple[list[bytes], int, str]]) -> None:
+        """At a stop, once replay has ended: put ``parts`` (events, kind,
+        topic), in their order, ahead of every event not yet replayed, so a
+        restart replays them first (lanes.py: a key's messages still in
+        memory are older than its messages on disk).
+
+        The oldest segment is replaced by one holding ``parts``, then what is
+        left of it to replay (rewritten: at most one segment's records):
+        written whole as seg-N.front and synced, the cursor moved to its
+        start, then renamed over seg-N.spool. A crash on the way leaves the
+        old segment and cursor (or a complete seg-N.front, which the next
+        startup installs): never a cursor into the wrong file. What does
+        not fit ahead (--spool-max-bytes, or the largest segment a startup
+        reads) is appended, or counted dropped, as ``append`` does."""
+        oldest = self._segments.oldest()
+        late = parts
+        if oldest is not None and not self._front_pending:
+            self._writer.close()  # never append to a file about to be replaced
+            late = self._put_ahead(oldest, parts)
+            if late:
+                log.warning(
+                    "spool %s: %d events could not be put ahead of the spooled ones: "
+                    "appended after them",
+                    self.directory,
+                    sum(len(events) for events, _, _ in late),
+                )
+        for events, kind, topic in late:
+            self.append(events, kind, topic)
+
+    def _put_ahead(
+        self, oldest: Segment, parts: list[tuple[list[bytes], int, str]]
+    ) -> list[tuple[list[bytes], int, str]]:
+        """``prepend``'s work: what of ``parts`` it could not put ahead."""
+        try:
+            rest = self._reader.remainder()
+        except OSError as exc:
+            log.error("spool %s: cannot read %s: %s", self.directory, oldest.name, exc.strerror)
+            return parts
+        # Rewritten, not copied: the oldest segment may be of format version 1.
+        tail = [spoolfmt.encode_record(r.events, r.kind, r.topic) for r in rest]
+        room = (
+            min(self.max_bytes - (self.bytes - oldest.size), spoolfmt.MAX_SEGMENT_BYTES)
+            - spoolfmt.HEADER_BYTES
+            - sum(map(len, tail))
+        )
+        record_max = self.segment_max_bytes // RECORDS_PER_SEGMENT
+        head: list[bytes] = []
+        late: list[tuple[list[bytes], int, str]] = []
+        ahead = 0
+        for events, kind, topic in parts:
+            for part in spoolfmt.split(events, record_max, topic):
+                record = spoolfmt.encode_record(part, kind, topic)
+                if late or len(record) > room:  # and all that follows, to keep their order
+                    late.append((part, kind, topic))
+                    continue
+                head.append(record)
+                room -= len(record)
+                ahead += len(part)
+        if not head:
+            return late
+        left = sum(len(r.events) for r in rest)
+        unreadable = oldest.events - left  # lost to damage: counted as retiring it would
+        if not self._replace_oldest(oldest, head + tail, ahead + left):
+            return parts
+        self._stats.spooled += ahead
+        if unreadable > 0:
+            self._stats.dropped[SPOOL_CORRUPT] += unreadable
+        return late
+
+    def _replace_oldest(self, oldest: Segment, records: list[bytes], events: int) -> bool:
+        """``prepend``'s replacement of ``oldest`` by ``records`` (holding
+        ``events``); whether it is done. False when it could not be written:
+        nothing changed."""
+        sync = self.fsync != Fsync.NEVER
+        try:
+            size = self._segments.write_front(oldest.seq, records, sync=sync)
+        except OSError as exc:
+            log.error("spool %s: cannot write a replacement: %s", self.directory, exc.strerror)
+            return False
+        try:
+            self._ledger.save(spoolfmt.Cursor(oldest.seq, spoolfmt.HEADER_BYTES), sync=sync)
+            self._segments.install_front(oldest, size, events, sync=sync)
+        except OSError as exc:
+            # The replacement is complete on disk: the next startup installs
+            # it and replays from its start, whatever the cursor says.
+            log.error(
+                "spool %s: replacement of %s left for the next start: %s",
+                self.directory,
+                oldest.name,
+                exc.strerror,
+            )
+            self._front_pending = True
+            return True
+        self._reader.rewind()
+        return True
+
+    def takes(self, events: list[bytes], topic: str = "") -> bool:
+        """Whether ``append`` would keep ``events`` now, as far as can be
+        told before writing: no write problem, and room under --spool-max-bytes."""
+        return self.problem is None and (
+            self.bytes + spoolfmt.record_bytes(events, topic) <= self.max_bytes
+        )
 
     def _append_record(self, events: list[bytes], kind: int, topic: str) -> None:
         record = spoolfmt.encode_record(events, kind, topic)
