@@ -302,13 +302,7 @@ class Daemon:
             problems += ("no listener is bound",)
         if self.spool is not None and self.spool.problem:
             problems += (self.spool.problem,)
-        return evaluate(
-            self.health,
-            asyncio.get_running_loop().time(),
-            queue.events + self.in_flight,
-            fill,
-            problems,
-        )
+        return evaluate(self.health, asyncio.get_running_loop().time(), fill, problems)
 
     # ------------------------------------------------------------ main loop
     async def main_loop(self) -> None:
