@@ -8,6 +8,7 @@ and the other publishers are already sending theirs.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -37,6 +38,8 @@ class Batch:
     # Where its messages go (lanes.py): (topic number, ordering key); None on
     # the plain path, which has one topic and no keys.
     lane: tuple[int, bytes] | None = None
+    # Filled as the probe of its parked topic (publisher.PublisherPool).
+    probe: bool = False
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -87,7 +90,66 @@ class BatchRule(Generic[Q]):
 
 
 class Batcher(BatchRule[EventQueue]):
-    """Fills batches from the queue under the count, byte and linger bounds."""
+    """Fills batches from the queue under the count, byte and linger bounds.
+
+    Its one topic may be *parked* (publisher.PublisherPool: its publishes
+    fail for the whole topic): then one batch at a time is filled, its probe,
+    once its retry is due; the other publishers wait here, holding nothing."""
+
+    def __init__(
+        self,
+        queue: EventQueue,
+        max_messages: int,
+        max_request_bytes: int,
+        reserved_bytes: int,
+        linger_s: float,
+    ) -> None:
+        super().__init__(queue, max_messages, max_request_bytes, reserved_bytes, linger_s)
+        # Parked: when the next probe may go (loop time; inf while one is
+        # out). None: not parked. Set on each change of it.
+        self._retry_at: float | None = None
+        self._park_changed = asyncio.Event()
+
+    def park(self, batch: Batch, retry_at: float) -> None:
+        """The topic fails as a whole: ``batch``'s unresolved events go back
+        to the front of the queue (resolved here: queued again), and the next
+        probe is at ``retry_at`` (unless a probe taken since is out: a batch
+        taken before the park leaves the schedule as it is)."""
+        events = batch.messages[batch.resolved :]
+        self._queue.give_back(events, sum(map(len, events)), batch.oldest_received_at)
+        batch.resolved = len(batch)
+        if self._retry_at is None or batch.probe:
+            self._retry_at = retry_at
+            self._park_changed.set()
+
+    def unpark(self, topic: int) -> None:
+        """The topic publishes again (``topic``: always 0, the one topic)."""
+        self._retry_at = None
+        self._park_changed.set()
+
+    def done(self, batch: Batch) -> None:
+        """A probe without a verdict (its publisher was cancelled or
+        crashed): the next may go at once."""
+        if batch.probe and self._retry_at == math.inf:
+            self._retry_at = -math.inf
+            self._park_changed.set()
+
+    async def _until_probe_due(self, batch: Batch) -> None:
+        """While parked: wait until the next probe may go, and make
+        ``batch`` it."""
+        loop = asyncio.get_running_loop()
+        while self._retry_at is not None:
+            wait_s = self._retry_at - loop.time()
+            if wait_s <= 0:
+                self._retry_at = math.inf
+                batch.probe = True
+                return
+            self._park_changed.clear()
+            try:
+                async with asyncio.timeout(None if wait_s == math.inf else wait_s):
+                    await self._park_changed.wait()
+            except TimeoutError:
+                pass  # due: look again
 
     async def fill(self, batch: Batch) -> bool:
         """Fill ``batch`` in place; False when the queue is closed and empty.
@@ -98,6 +160,9 @@ class Batcher(BatchRule[EventQueue]):
         """
         queue = self._queue
         async with self._fill_lock:
+            # Parked: probes only, even through the drain (the topic may
+            # come back before the deadline).
+            await self._until_probe_due(batch)
             while not queue.events:
                 if queue.closed:
                     return False

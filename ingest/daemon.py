@@ -196,7 +196,7 @@ class Daemon:
             replay = run_replay(
                 self.spool,
                 pipeline.queue,
-                lambda: self.health.failing,
+                pipeline.replay_paused,
                 pipeline.lanes.admit if pipeline.lanes else None,
             )
             self._background.append(asyncio.create_task(replay, name="spool-replay"))
@@ -325,13 +325,7 @@ class Daemon:
             problems += ("no listener is bound",)
         if self.spool is not None and self.spool.problem:
             problems += (self.spool.problem,)
-        return evaluate(
-            self.health,
-            asyncio.get_running_loop().time(),
-            queue.events + self.in_flight,
-            fill,
-            problems,
-        )
+        return evaluate(self.health, asyncio.get_running_loop().time(), fill, problems)
 
     # ------------------------------------------------------------ main loop
     async def main_loop(self) -> None:

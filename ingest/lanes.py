@@ -21,12 +21,24 @@ Lanes are served oldest first: a lane is kept in insertion order while it
 has messages, so the next lane a publisher takes is the one waiting longest
 that is not held, once it is ready (its oldest message has lingered, or it
 fills a request: LaneQueue.ready_lane).
+
+A topic can be *parked* (LaneQueue.park): its publishes fail for the whole
+topic (it was deleted, permission was withdrawn; publisher.PublisherPool
+decides), so its lanes wait apart, where the search for a ready lane does not
+look, and one request at a time probes it: when its retry is due, the next
+filler takes its oldest lane (``Batch.probe``); a failed probe gives its
+messages back and sets the next retry, so no publisher waits out the retry
+interval and the other topics keep every publisher. Its messages stay queued
+within half the queue's bounds while other topics are not parked, so the
+others always have room; what does not fit is spilled, or dropped as
+``queue_full``, as any overflow.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import operator
 import sys
 from collections import Counter, OrderedDict, deque
@@ -57,6 +69,9 @@ log = logging.getLogger(__name__)
 LANE_BYTES = 1024
 _BODY = operator.itemgetter(1)  # of a (lane, body) item
 _LANE = operator.itemgetter(0)
+# The part of each bound parked topics may fill while other topics are not
+# parked: the rest is theirs, so a dead topic cannot crowd them out.
+PARKED_SHARE = 0.5
 # A lane's queued messages, spilled together (the lane names their topic).
 LaneSpill = Callable[[list[bytes], Lane | None], None]
 # A keyed lane's new messages sent behind its messages on disk; False when
@@ -93,6 +108,16 @@ class LaneFifo:
         self.bodies += bodies
         self.nbytes += nbytes
         self.stamps.append((len(self.bodies), received_at))
+
+    def prepend(self, bodies: list[bytes], nbytes: int, oldest: float, newest: float) -> None:
+        """Messages taken earlier (received from ``oldest`` to ``newest``) back
+        in front of those queued since."""
+        shift = len(bodies) - self.head
+        front = [(1, oldest), (len(bodies), newest)] if len(bodies) > 1 else [(1, oldest)]
+        self.bodies = bodies + self.bodies[self.head :]
+        self.head = 0
+        self.nbytes += nbytes
+        self.stamps = deque([*front, *((end + shift, at) for end, at in self.stamps)])
 
     def take(self, count: int, nbytes: int) -> Taken:
         """The next ``count`` messages (``nbytes`` of them), with when the
@@ -240,6 +265,33 @@ class SpooledLanes:
         self.untracked = 0
 
 
+def _fitting(fifo: LaneFifo, max_count: int, max_bytes: int, overhead: int) -> tuple[int, int]:
+    """How many of ``fifo``'s oldest messages fit ``max_count`` and
+    ``max_bytes`` counting ``overhead`` each, and their bytes (without it)."""
+    count = nbytes = 0
+    bodies = fifo.bodies
+    for index in range(fifo.head, fifo.head + min(max_count, len(fifo))):
+        size = len(bodies[index]) + overhead
+        if nbytes + size > max_bytes:
+            break
+        nbytes += size
+        count += 1
+    return count, nbytes - overhead * count
+
+
+def _prefix_within(
+    bodies: list[bytes], room_events: int, room_bytes: int
+) -> tuple[list[bytes], int]:
+    """The longest prefix of ``bodies`` within both rooms, and its bytes."""
+    count = nbytes = 0
+    for body in bodies[: max(0, room_events)]:
+        if nbytes + len(body) > room_bytes:
+            break
+        nbytes += len(body)
+        count += 1
+    return bodies[:count], nbytes
+
+
 class LaneQueue(Bounded):
     """Bounded like EventQueue; items are (lane, body) pairs, kept per lane."""
 
@@ -252,6 +304,7 @@ class LaneQueue(Bounded):
         spill: LaneSpill | None = None,
         spooled: SpooledLanes | None = None,
         divert: LaneDivert | None = None,
+        topics: int = 1,
     ) -> None:
         super().__init__(max_events, max_bytes, stats)
         # Oldest first. An OrderedDict, not a dict: lanes leave from the front
@@ -280,10 +333,23 @@ class LaneQueue(Bounded):
         self.spooled = spooled
         self.divert = divert
 
+        # Parked topics (by number, of ``topics``): when each may be probed
+        # next (loop time; inf while its probe is out), and their lanes, by
+        # topic, out of ``_lanes`` so ready_lane's search never meets them (a
+        # dead topic's thousand keys would cost every fill ~90 µs). What
+        # they hold (messages, and bytes with each lane's LANE_BYTES) is part
+        # of ``events`` and ``bytes``, and counted apart too.
+        self._topics = topics
+        self._parked: dict[int, float] = {}
+        self._parked_lanes: dict[int, OrderedDict[Lane, LaneFifo]] = {}
+        self._parked_events = 0
+        self._parked_bytes = 0
+
     def put(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
         """Enqueue one wake-up's messages per lane, in their order; what does
         not fit is spilled, or counted dropped (``queue_full``). A keyed
-        lane with messages on disk has its new ones spilled behind them."""
+        lane with messages on disk has its new ones spilled behind them; a
+        parked topic's lanes are queued apart, within their share."""
         groups = _by_lane(items)
         count = len(items)
         total = sum(map(len, map(_BODY, items)))
@@ -301,6 +367,12 @@ class LaneQueue(Bounded):
                         total -= sum(map(len, bodies))
                 if not groups:
                     return
+        if self._parked:
+            moved, moved_bytes = self._put_parked(groups, received_at)
+            if not groups:
+                return
+            count -= moved
+            total -= moved_bytes
         # Every lane of the put counted as new: exact but for lanes already
         # queued, whose 1 KiB each is then spare. Near the bound, the exact
         # path below.
@@ -321,7 +393,12 @@ class LaneQueue(Bounded):
         cost, which can take the byte bound over by at most LANE_BYTES a
         lane a replay step starts (REPLAY_EVENTS_PER_STEP of them)."""
         groups = _by_lane(items)
-        filled = self._enqueue(groups, received_at, len(items), sum(map(len, map(_BODY, items))))
+        count, total = len(items), sum(map(len, map(_BODY, items)))
+        if self._parked:  # a parked topic's wait apart, as live ones do
+            moved, moved_bytes = self._put_parked(groups, received_at, share=False)
+            count -= moved
+            total -= moved_bytes
+        filled = self._enqueue(groups, received_at, count, total)
         if filled or not self._lingering or self._urgent():
             self._changed.set()
 
@@ -371,8 +448,16 @@ class LaneQueue(Bounded):
         return count >= max_count or fifo.nbytes + overhead * count >= max_bytes
 
     def _urgent(self) -> bool:
-        """No lingering: the queue is closed (draining), or half full by either bound."""
-        return self.closed or 2 * self.events >= self.max_events or 2 * self.bytes >= self.max_bytes
+        """No lingering: the queue is closed (draining), or half full by either
+        bound. Parked topics' messages wait for their topic, not for a
+        publisher: half of what is left beside them is what presses."""
+        events = self.events - self._parked_events
+        nbytes = self.bytes - self._parked_bytes
+        return (
+            self.closed
+            or 2 * events >= self.max_events - self._parked_events
+            or 2 * nbytes >= self.max_bytes - self._parked_bytes
+        )
 
     def _put_lane(self, lane: Lane, bodies: list[bytes], received_at: float) -> None:
         """One lane's part of a put that does not all fit: what fits, lane by
@@ -410,9 +495,16 @@ class LaneQueue(Bounded):
         Lanes that fill a request were noted by the put that filled them;
         otherwise only the oldest lane not held is looked at: lanes are kept
         in the order they were started, so the ones behind it waited no
-        longer, and a fill costs the same with 100,000 lanes."""
+        longer, and a fill costs the same with 100,000 lanes. A parked
+        topic's oldest lane comes first once its probe is due (the wait
+        counts down to that too), and is otherwise never looked at."""
         self._request_bounds = (max_count, max_bytes, overhead)
         self._lingering = False
+        probe_wait_s: float | None = None
+        if self._parked:
+            lane, probe_wait_s = self._probe_lane(now)
+            if lane is not None:
+                return lane, None
         held = self._held
         for lane in list(self._full):
             fifo = self._lanes.get(lane)
@@ -428,8 +520,8 @@ class LaneQueue(Bounded):
             if wait_s <= 0 or urgent or self._fills_request(fifo):
                 return lane, None
             self._lingering = True
-            return None, wait_s
-        return None, None
+            return None, wait_s if probe_wait_s is None else min(wait_s, probe_wait_s)
+        return None, probe_wait_s
 
     def take(self, lane: Lane, max_count: int, max_bytes: int, overhead: int) -> Taken | None:
         """The lane's oldest messages, as many as fit ``max_count`` and
@@ -437,19 +529,11 @@ class LaneQueue(Bounded):
         rule); None when it has none or not even the first fits."""
         fifo = self._lanes.get(lane)
         if fifo is None:
-            return None
+            return self._take_parked(lane, max_count, max_bytes, overhead)
         count = len(fifo)
         nbytes = fifo.nbytes
         if count > max_count or nbytes + overhead * count > max_bytes:
-            count = nbytes = 0
-            bodies = fifo.bodies
-            for index in range(fifo.head, fifo.head + min(max_count, len(fifo))):
-                size = len(bodies[index]) + overhead
-                if nbytes + size > max_bytes:
-                    break
-                nbytes += size
-                count += 1
-            nbytes -= overhead * count
+            count, nbytes = _fitting(fifo, max_count, max_bytes, overhead)
             if not count:
                 return None
         taken = fifo.take(count, nbytes)
@@ -470,6 +554,169 @@ class LaneQueue(Bounded):
             self._held.discard(lane)
             self._changed.set()
 
+    def park(self, topic: int, retry_at: float, *, probe: bool = False) -> None:
+        """``topic``'s publishes fail for the whole topic: no lane of it is
+        handed out but its probe, once ``retry_at`` (loop time) has come.
+        ``probe``: the failure was the probe's, whose retry this sets; a
+        batch taken before the topic was parked leaves the schedule as it is."""
+        due = self._parked.get(topic)
+        if due is None:
+            lanes = self._parked_lanes[topic] = OrderedDict()
+            for lane in [lane for lane in self._lanes if lane[0] == topic]:
+                fifo = lanes[lane] = self._lanes.pop(lane)
+                self._full.discard(lane)
+                self._parked_events += len(fifo)
+                self._parked_bytes += fifo.nbytes + LANE_BYTES
+        elif not probe:
+            return
+        self._parked[topic] = retry_at
+        self._changed.set()  # a filler's wait may end sooner
+
+    def unpark(self, topic: int) -> None:
+        """``topic`` publishes again: its lanes are served first (they have
+        waited longest), in their order."""
+        if self._parked.pop(topic, None) is None:
+            return
+        lanes = self._parked_lanes.pop(topic)
+        for lane, fifo in reversed(lanes.items()):
+            self._lanes[lane] = fifo
+            self._lanes.move_to_end(lane, last=False)
+            self._parked_events -= len(fifo)
+            self._parked_bytes -= fifo.nbytes + LANE_BYTES
+        self._note_full(lanes)
+        self._changed.set()
+
+    def probe_ended(self, topic: int) -> None:
+        """A probe of ``topic`` ended without a verdict (its publisher was
+        cancelled or crashed): the next may go at once."""
+        if self._parked.get(topic) == math.inf:
+            self._parked[topic] = -math.inf
+            self._changed.set()
+
+    def is_parked(self, topic: int) -> bool:
+        return topic in self._parked
+
+    def publishes_beside(self, topics: Iterable[int]) -> bool:
+        """Whether ``topics`` are all parked while some other topic is not:
+        the rest of Pub/Sub is publishing around them."""
+        parked = self._parked
+        return len(parked) < self._topics and all(topic in parked for topic in topics)
+
+    def _probe_lane(self, now: float) -> tuple[Lane | None, float | None]:
+        """The oldest lane of a parked topic whose probe is due (marked out:
+        the next waits for its verdict), or None and how long until the first
+        is due (None when none is: every probe out, or nothing queued)."""
+        wait_s: float | None = None
+        held = self._held
+        for topic, due in self._parked.items():
+            if due == math.inf:
+                continue
+            lane = next((lane for lane in self._parked_lanes[topic] if lane not in held), None)
+            if lane is None:
+                continue
+            if due <= now:
+                self._parked[topic] = math.inf
+                return lane, None
+            wait_s = due - now if wait_s is None else min(wait_s, due - now)
+        return None, wait_s
+
+    def _take_parked(
+        self, lane: Lane, max_count: int, max_bytes: int, overhead: int
+    ) -> Taken | None:
+        """``take`` from a parked topic's lane: its probe."""
+        lanes = self._parked_lanes.get(lane[0])
+        fifo = lanes.get(lane) if lanes is not None else None
+        if lanes is None or fifo is None:
+            return None
+        count, nbytes = _fitting(fifo, max_count, max_bytes, overhead)
+        if not count:
+            return None
+        taken = fifo.take(count, nbytes)
+        freed = nbytes
+        if not len(fifo):
+            del lanes[lane]
+            freed += LANE_BYTES
+        self.events -= count
+        self.bytes -= freed
+        self._parked_events -= count
+        self._parked_bytes -= freed
+        return taken
+
+    def _put_parked(
+        self, groups: dict[Lane, list[bytes]], received_at: float, *, share: bool = True
+    ) -> tuple[int, int]:
+        """Take the parked topics' lanes out of ``groups`` (a put's) and queue
+        them apart, within their share (PARKED_SHARE of each bound while any
+        topic is not parked, else the whole queue), spilling or dropping
+        (``queue_full``) the rest of each lane's part; ``share=False``
+        (replayed messages, which must not be spilled again) queues them
+        whole. Returns how many messages, and bytes, were taken out."""
+        parked = self._parked
+        mine = [lane for lane in groups if lane[0] in parked]
+        if not mine:
+            return 0, 0
+        part = PARKED_SHARE if len(parked) < self._topics else 1.0
+        max_events = int(self.max_events * part) if share else sys.maxsize
+        max_bytes = int(self.max_bytes * part) if share else sys.maxsize
+        moved = moved_bytes = 0
+        for lane in mine:
+            bodies = groups.pop(lane)
+            moved += len(bodies)
+            moved_bytes += sum(map(len, bodies))
+            lanes = self._parked_lanes[lane[0]]
+            fifo = lanes.get(lane)
+            lane_bytes = LANE_BYTES if fifo is None else 0
+            if share:
+                kept, nbytes = _prefix_within(
+                    bodies,
+                    min(max_events - self._parked_events, self.max_events - self.events),
+                    min(max_bytes - self._parked_bytes, self.max_bytes - self.bytes) - lane_bytes,
+                )
+            else:
+                kept, nbytes = bodies, sum(map(len, bodies))
+            if len(kept) < len(bodies):
+                if self.spill is not None:
+                    self.spill(bodies[len(kept) :], lane)
+                else:
+                    self.drop_full(len(bodies) - len(kept))
+            if not kept:
+                continue
+            if fifo is None:
+                if not lanes:  # a probe may be due now that there is something to send
+                    self._changed.set()
+                fifo = lanes[lane] = LaneFifo()
+            fifo.add(kept, nbytes, received_at)
+            self.events += len(kept)
+            self.bytes += nbytes + lane_bytes
+            self._parked_events += len(kept)
+            self._parked_bytes += nbytes + lane_bytes
+        return moved, moved_bytes
+
+    def give_back(
+        self, lane: Lane, events: list[bytes], nbytes: int, oldest: float, newest: float
+    ) -> None:
+        """A publisher's unpublished messages of ``lane`` (received from
+        ``oldest`` to ``newest``), back in front of its FIFO: its topic
+        failed as a whole. Counted against the bounds even past them: they
+        were accepted, and held in flight until now."""
+        parked = lane[0] in self._parked
+        lanes = self._parked_lanes[lane[0]] if parked else self._lanes
+        fifo = lanes.get(lane)
+        lane_bytes = 0
+        if fifo is None:
+            fifo = lanes[lane] = LaneFifo()
+            lane_bytes = LANE_BYTES
+        fifo.prepend(events, nbytes, oldest, newest)
+        lanes.move_to_end(lane, last=False)  # the oldest lane now
+        self.events += len(events)
+        self.bytes += nbytes + lane_bytes
+        if parked:
+            self._parked_events += len(events)
+            self._parked_bytes += nbytes + lane_bytes
+        else:  # unparked meanwhile: ready at once, by its age
+            self._note_full([lane])
+            self._changed.set()
+
     def wake(self) -> None:
         """A filler waiting for a lane looks again (the bounds changed)."""
         self._changed.set()
@@ -483,12 +730,17 @@ class LaneQueue(Bounded):
         """Remove and return everything queued (shutdown), lane by lane."""
         out = [
             (lane, Chunk(fifo.bodies[fifo.head :], fifo.nbytes, fifo.stamps[0][1]))
-            for lane, fifo in self._lanes.items()
+            for lanes in (self._lanes, *self._parked_lanes.values())
+            for lane, fifo in lanes.items()
         ]
         self._lanes.clear()
+        for lanes in self._parked_lanes.values():
+            lanes.clear()
         self._full.clear()
         self.events = 0
         self.bytes = 0
+        self._parked_events = 0
+        self._parked_bytes = 0
         return out
 
     def close(self) -> None:
@@ -540,6 +792,7 @@ class LaneBatcher(BatchRule["LaneQueue"]):
                     pass  # the oldest lane has lingered long enough: look again
             queue.hold(lane)
             batch.lane = lane
+            batch.probe = queue.is_parked(lane[0])
             # A ready lane has messages; one too large for a request even
             # alone (a maximal datagram with many attributes) is sent alone,
             # and Pub/Sub rejects it (INVALID_ARGUMENT, invalid_message).
@@ -551,9 +804,32 @@ class LaneBatcher(BatchRule["LaneQueue"]):
             return True
 
     def done(self, batch: Batch) -> None:
-        """Its publisher is done with ``batch``: its lane may be taken again."""
+        """Its publisher is done with ``batch``: its lane may be taken again
+        (and, were it a probe without a verdict, the next probe may go)."""
         if batch.lane is not None:
             self._queue.release(batch.lane)
+            if batch.probe:
+                self._queue.probe_ended(batch.lane[0])
+
+    def park(self, batch: Batch, retry_at: float) -> None:
+        """``batch``'s topic fails as a whole: its unresolved messages go
+        back to the front of its lane (resolved here: queued again, no
+        longer in flight), and the topic is parked until a probe at
+        ``retry_at`` (LaneQueue.park)."""
+        assert batch.lane is not None
+        events = batch.messages[batch.resolved :]
+        self._queue.give_back(
+            batch.lane,
+            events,
+            sum(map(len, events)),
+            batch.oldest_received_at,
+            batch.newest_received_at,
+        )
+        batch.resolved = len(batch)
+        self._queue.park(batch.lane[0], retry_at, probe=batch.probe)
+
+    def unpark(self, topic: int) -> None:
+        self._queue.unpark(topic)
 
 
 class MessageLanes:
@@ -591,6 +867,7 @@ class MessageLanes:
             spill=self._spill if spool else None,
             spooled=self.spooled,
             divert=self._divert if spool else None,
+            topics=len(self.topics),
         )
         self._limiter = LogLimiter()
         self._unknown_topics: set[str] = set()

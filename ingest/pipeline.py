@@ -108,6 +108,22 @@ class Pipeline:
         )
         self.sources: list[DatagramSource] = []
 
+    def replay_paused(self) -> bool:
+        """Whether spool replay waits: while Pub/Sub is failing, replayed
+        events would only sit in memory, where a crash loses them, instead
+        of on disk. Topics parked on their own while others publish do not
+        pause it: the others' spooled events, and the keys whose live
+        messages follow theirs to disk, must not wait for a dead topic (what
+        replay brings of a parked topic waits with it, parked)."""
+        health = self.pool.health
+        if not health.failing:
+            return False
+        if not isinstance(self.queue, LaneQueue):
+            return True
+        ids = self.topic_ids
+        failing = [ids.index(topic) if topic in ids else -1 for topic in health.failing_topics()]
+        return not self.queue.publishes_beside(failing)
+
     def add_reader(
         self,
         listener: Listener,

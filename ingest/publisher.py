@@ -10,6 +10,13 @@ Pub/Sub accepts it. Failures are classified once, by gRPC code (RETRY_POLICY):
 - INVALID_ARGUMENT fails a whole request for one bad message: bisect, so the
   good messages go through and only the offending ones are dropped.
 
+A topic that fails as a whole is *parked* (``_should_park``): the batch goes
+back to the queue, and the filler hands out one batch of the topic at a time,
+its probe, on the retry interval (5 s for a sink-unavailable code), to
+whichever publisher is free then. The first publish to it that succeeds
+unparks it. So a dead topic ties up no publisher between its retries, and
+at most one during one, whatever the number of publishers or dead topics.
+
 Events leave this module as published, dropped with a named reason, handed to
 the spool, or -- cancelled at the drain deadline while their request awaited
 Pub/Sub's answer, with no spool -- as ``unconfirmed``: maybe published.
@@ -48,6 +55,12 @@ class Filler(Protocol):
 
     def done(self, batch: Batch) -> None: ...
 
+    # ``batch``'s unresolved messages queued again; its topic's next probe at
+    # ``retry_at`` (loop time), and until then none of its batches filled.
+    def park(self, batch: Batch, retry_at: float) -> None: ...
+
+    def unpark(self, topic: int) -> None: ...
+
 
 # Where a cancelled batch's unresolved messages go, with the batch's lane.
 Spill = Callable[[list[bytes], "tuple[int, bytes] | None"], None]
@@ -56,6 +69,9 @@ Spill = Callable[[list[bytes], "tuple[int, bytes] | None"], None]
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 5.0  # keeps recovery after an outage within seconds
 SINK_UNAVAILABLE_RETRY_S = 5.0
+# A request failing with transient codes this long parks its topic if other
+# topics published meanwhile (``_should_park``).
+PARK_TRANSIENT_AFTER_S = 5.0
 # Drop reasons this module owns.
 INVALID_MESSAGE = Drop.INVALID_MESSAGE
 SHUTDOWN = Drop.SHUTDOWN
@@ -129,6 +145,15 @@ class PublisherPool:
         # Where a cancelled batch's unresolved events go (spool.Spool.append);
         # without one they are dropped as ``shutdown``.
         self._spill = spill
+        # Parked topics, by number.
+        self._parked: set[int] = set()
+        # By topic number: when a publish to it last succeeded (loop time).
+        self._last_ok_at = [float("-inf")] * len(self._topics)
+
+    @property
+    def parked_topics(self) -> tuple[str, ...]:
+        """The IDs of the topics parked now, in topic order."""
+        return tuple(self._topics[topic] for topic in sorted(self._parked))
 
     @property
     def in_flight(self) -> int:
@@ -190,7 +215,11 @@ class PublisherPool:
         topic_id = self._topics[topic]
         while pending:
             part = pending.pop()
-            code = await self._publish_until_resolved(encoder.encode(part), part, batch)
+            code = await self._publish_until_resolved(encoder.encode(part), part, batch, topic)
+            if code is None:
+                # Its topic is parked: the rest (``part`` and what is
+                # pending, in order) waits queued for the next probe.
+                break
             if code is grpc.StatusCode.OK:
                 # Both at once: a scrape between the parts of a bisected
                 # batch sees the total agree with the topics' sum.
@@ -219,39 +248,101 @@ class PublisherPool:
             self._stats.event_latency.observe(now - batch.newest_received_at)
 
     async def _publish_until_resolved(
-        self, request: bytes, messages: list[bytes], batch: Batch
-    ) -> grpc.StatusCode:
-        """Send one request (of ``messages``), retrying until OK or INVALID_ARGUMENT."""
-        attempt = 0
+        self, request: bytes, messages: list[bytes], batch: Batch, topic: int
+    ) -> grpc.StatusCode | None:
+        """Send one request (of ``messages``, to topic number ``topic``),
+        retrying until OK or INVALID_ARGUMENT; None when the topic fails as
+        a whole: the batch's unresolved messages are then back in the queue
+        and the topic is parked (``_should_park``)."""
+        loop = asyncio.get_running_loop()
+        topic_id = self._topics[topic]
+        attempt = 0  # transient failures so far: the backoff's exponent
+        failing_since: float | None = None
         while True:
             batch.on_the_wire = len(messages)
-            code, details = await self._attempt(request)
+            code, details = await self._attempt(request, topic_id)
             batch.on_the_wire = 0
-            if code is grpc.StatusCode.OK:
-                return code
             policy = classify(code)
-            if policy is Retry.SPLIT:
+            now = loop.time()
+            if code is grpc.StatusCode.OK or policy is Retry.SPLIT:
+                self._answered(topic, now)
                 return code
+            if failing_since is None:
+                failing_since = now
             self._stats.publish_retries[code.name] += 1
-            if policy is Retry.TRANSIENT:
-                delay = backoff_s(attempt, self._rng)
-                attempt += 1
-            else:
+            parks = topic in self._parked or self._should_park(topic, policy, failing_since, now)
+            if policy is Retry.SINK_UNAVAILABLE:
                 delay = SINK_UNAVAILABLE_RETRY_S
+            else:  # a parked topic's probes go at the backoff's cap
+                delay = backoff_s(32 if parks else attempt, self._rng)
+                attempt += 1
             self._limiter.log(
                 log,
                 code.name,
                 logging.WARNING,
-                "publish failed with %s (%s); %d events kept, retrying in %.1fs",
+                "publish failed with %s (%s); %d events for %s kept, retrying in %.1fs",
                 code.name,
                 details,
                 len(messages),
+                topic_id,
                 delay,
             )
+            if parks:
+                self._park(topic, batch, now + delay, code.name, details)
+                return None
             await asyncio.sleep(delay)
 
-    async def _attempt(self, request: bytes) -> tuple[grpc.StatusCode, str]:
-        """One Publish call, with its bookkeeping: per-code count, latency, health."""
+    def _should_park(self, topic: int, policy: Retry, failing_since: float, now: float) -> bool:
+        """Whether a request to ``topic`` failing since ``failing_since``
+        shows the topic failing as a whole.
+
+        A sink-unavailable code does at once: NOT_FOUND, PERMISSION_DENIED,
+        UNAUTHENTICATED or a code we do not know are answers about the topic
+        (or the credentials), which every request to it would get; a
+        publisher waiting to retry one is a publisher the other topics lose.
+
+        A transient code does only once the request has failed for
+        PARK_TRANSIENT_AFTER_S while another topic published and this one did
+        not: then it is this topic's outage, not a blip (a flaky network
+        failing one request in ten must not serialise a topic behind one
+        probe) nor Pub/Sub's (when every topic fails, probes would only
+        leave publishers idle and recovery to one request per topic and
+        interval: there, every publisher retries with backoff, as on the
+        plain path, which has one topic and so never parks on a transient
+        code)."""
+        if policy is Retry.SINK_UNAVAILABLE:
+            return True
+        if now - failing_since < PARK_TRANSIENT_AFTER_S:
+            return False
+        last_ok = self._last_ok_at
+        return last_ok[topic] < failing_since and any(
+            at > failing_since for other, at in enumerate(last_ok) if other != topic
+        )
+
+    def _park(self, topic: int, batch: Batch, retry_at: float, code: str, details: str) -> None:
+        self._batcher.park(batch, retry_at)
+        if topic not in self._parked:
+            self._parked.add(topic)
+            log.warning(
+                "topic %s is failing (%s: %s): its events wait, one request probing it "
+                "at a time; other topics are not held up",
+                self._topics[topic],
+                code,
+                details,
+            )
+
+    def _answered(self, topic: int, now: float) -> None:
+        """Pub/Sub answered a publish to ``topic`` (OK, or about a message):
+        the topic works, and is unparked if it was."""
+        self._last_ok_at[topic] = now
+        if topic in self._parked:
+            self._parked.discard(topic)
+            self._batcher.unpark(topic)
+            log.info("topic %s is publishing again", self._topics[topic])
+
+    async def _attempt(self, request: bytes, topic_id: str) -> tuple[grpc.StatusCode, str]:
+        """One Publish call to ``topic_id``, with its bookkeeping: per-code
+        counts (in all, and per topic), latency, health."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         token = self.health.started(started)
@@ -264,7 +355,8 @@ class PublisherPool:
             self.health.abandon(token)
             raise
         now = loop.time()
-        self.health.finished(token, now, code.name)
+        self.health.finished(token, now, code.name, topic_id)
         self._stats.publish_requests[code.name] += 1
+        self._stats.publish_requests_by_topic[topic_id, code.name] += 1
         self._stats.publish_latency.observe(now - started)
         return code, details

@@ -173,6 +173,15 @@ class EventQueue(Bounded):
             self._nonempty.clear()
         return taken
 
+    def give_back(self, events: list[bytes], nbytes: int, received_at: float) -> None:
+        """Events a publisher took and could not publish, back in front (they
+        are the oldest). Counted against the bounds even past them: they were
+        accepted, and held in flight until now."""
+        chunk = Chunk(events, nbytes, received_at)
+        self._chunks.appendleft(chunk)
+        self.count_in(chunk)
+        self._nonempty.set()
+
     def drain_all(self) -> list[Chunk]:
         """Remove and return everything queued (shutdown)."""
         chunks = list(self._chunks)

@@ -89,6 +89,11 @@ class Stats:
     dropped: defaultdict[str, int] = field(default_factory=_counter)  # events, by reason
     publish_requests: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
     publish_retries: defaultdict[str, int] = field(default_factory=_counter)  # by gRPC code
+    # The same requests by (topic ID, gRPC code): topics come only from the
+    # configuration, codes from grpc.StatusCode, so the labels are bounded.
+    publish_requests_by_topic: defaultdict[tuple[str, str], int] = field(
+        default_factory=lambda: defaultdict(int)
+    )
     attributes_skipped: defaultdict[str, int] = field(default_factory=_counter)  # by reason
     config_reloads: defaultdict[str, int] = field(default_factory=_counter)  # ok, error
     published: int = 0

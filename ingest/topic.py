@@ -43,7 +43,7 @@ class TopicWatch:
             code, self.last_details = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as exc:
             code, self.last_details = exc.code(), exc.details() or ""
-        self._health.record(loop.time(), code.name)
+        self._health.record(loop.time(), code.name, self._client.topic_path.rpartition("/")[2])
         return code
 
     async def check_at_startup(self) -> None:

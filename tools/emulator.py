@@ -184,6 +184,15 @@ class Emulator:
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
 
+    def delete_topic(self, topic: str) -> None:
+        """Delete it; its subscriptions stay, detached (``_deleted-topic_``),
+        so a topic created again under the name needs new ones."""
+        self._call(
+            "/google.pubsub.v1.Publisher/DeleteTopic",
+            t.DeleteTopicRequest.pb()(topic=topic),
+            empty_pb2.Empty,
+        )
+
     def create_subscription(self, subscription: str, topic: str, *, ordered: bool = False) -> None:
         """Create the subscription BEFORE publishing: a message published to a
         topic without subscriptions is gone. ``ordered``: messages of one

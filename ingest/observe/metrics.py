@@ -168,6 +168,7 @@ class IngestCollector(Collector):
             stats.publish_requests,
             ("OK",),
         )
+        yield _publish_requests_by_topic(stats, topic_paths)
         yield _counter(
             "ingest_publish_retries",
             "Publish RPCs retried, by the gRPC code that failed them",
@@ -277,9 +278,17 @@ class IngestCollector(Collector):
                 "net.unix.max_dgram_qlen: datagrams a unix socket queues before senders get EAGAIN",
                 qlen,
             )
-        yield _gauge(
-            "ingest_healthy", "1 when /healthz answers 200", 1 if view.verdict().healthy else 0
+        verdict = view.verdict()
+        failing = GaugeMetricFamily(
+            "ingest_topic_failing",
+            "1 while /healthz names the topic as failing: its latest publish failed (until "
+            "one succeeds), or its latest probe while idle",
+            labels=["topic"],
         )
+        for topic_id in _topic_ids(topic_paths):
+            failing.add_metric([topic_id], 1 if topic_id in verdict.failing_topics else 0)
+        yield failing
+        yield _gauge("ingest_healthy", "1 when /healthz answers 200", 1 if verdict.healthy else 0)
 
 
 def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> CounterMetricFamily:
@@ -307,6 +316,26 @@ def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> Coun
     return family
 
 
+def _topic_ids(topic_paths: Iterable[str]) -> list[str]:
+    return [path.rpartition("/")[2] for path in topic_paths]
+
+
+def _publish_requests_by_topic(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:
+    """Publish RPCs by topic ID and gRPC code; each configured topic's OK
+    from the start. Bounded: topics come from the configuration, codes from
+    gRPC's fixed set."""
+    family = CounterMetricFamily(
+        "ingest_topic_publish_requests",
+        "Publish RPCs by topic ID (--topic and the --route topics) and gRPC status code",
+        labels=["topic", "code"],
+    )
+    counts = {(topic_id, "OK"): 0 for topic_id in _topic_ids(topic_paths)}
+    counts.update(stats.publish_requests_by_topic)
+    for (topic_id, code), count in counts.items():
+        family.add_metric([topic_id, code], count)
+    return family
+
+
 def _published(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:
     """Events Pub/Sub acknowledged, by topic ID. Every configured topic is
     exported, at 0 until something is published to it, --topic's first. The
@@ -318,7 +347,7 @@ def _published(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:
         "bounded by the configuration)",
         labels=["topic"],
     )
-    counts = dict.fromkeys((path.rpartition("/")[2] for path in topic_paths), 0)
+    counts = dict.fromkeys(_topic_ids(topic_paths), 0)
     counts.update(stats.published_by_topic)
     for topic_id, count in counts.items():
         family.add_metric([topic_id], count)
