@@ -16,13 +16,16 @@ import datetime
 import enum
 import ipaddress
 import json
+import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -43,6 +46,7 @@ from ingest.client import (
     OTHER,
     PERMISSION_DENIED,
     QUEUE_FULL,
+    REENTRANT,
     REFUSED,
     TOO_LARGE,
     UNSERIALIZABLE,
@@ -165,9 +169,15 @@ def test_udp_with_no_listener_never_raises() -> None:
 # README) before a test that meets it can pass.
 DROP_REASONS = {
     QUEUE_FULL, NO_SOCKET, REFUSED, NOT_CONNECTED, PERMISSION_DENIED, TOO_LARGE,
-    UNSERIALIZABLE, NOT_OBJECT, BAD_ADDRESS, CLOSED, DISCONNECTED, OTHER,
+    UNSERIALIZABLE, NOT_OBJECT, BAD_ADDRESS, CLOSED, DISCONNECTED, OTHER, REENTRANT,
 }  # fmt: skip
 LONG_NAME = ".".join(["a" * 63] * 4)  # 255 bytes: every label legal, the name too long
+
+
+@pytest.mark.parametrize("readme", ["README.md", "clients/python/README.md"])
+def test_the_readmes_list_every_drop_reason(readme: str) -> None:
+    text = (Path(__file__).resolve().parent.parent / readme).read_text()
+    assert {reason for reason in DROP_REASONS if f"`{reason}`" not in text} == set()
 
 
 @pytest.mark.parametrize(
@@ -599,6 +609,519 @@ def test_threads_share_one_emitter_and_counts_are_exact(sockdir: Path) -> None:
     assert len(received) == stats["sent"]
     assert len(set(received)) == len(received)
     assert stats["connects"] == 1
+
+
+# ------------------------------------------------------------- re-entrance
+class ShipToEmitter(logging.Handler):
+    """Ordinary log shipping: every record becomes an event on an Emitter,
+    here the very Emitter whose records these are."""
+
+    def __init__(self, emitter: Emitter) -> None:
+        super().__init__()
+        self.emitter = emitter
+        self.shipped: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.shipped.append(record.levelname)
+        self.emitter.emit({"log": record.levelname})
+
+
+@contextlib.contextmanager
+def client_log_handler(handler: logging.Handler) -> Iterator[None]:
+    logger = logging.getLogger("ingest.client")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)  # the reconnection record is INFO
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def returns_within(call: Callable[[], object], timeout_s: float = 10) -> None:
+    """Run ``call`` on a daemon thread and fail, rather than hang, when it
+    does not return: a deadlocked thread is left behind, the test goes on."""
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # reported by the assert below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout_s), f"did not return within {timeout_s} s"
+    assert errors == []
+
+
+def test_a_log_handler_that_ships_through_the_same_emitter_never_deadlocks(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clock is faked, to end the backoff without waiting for it.
+    now = [1000.0]
+    monkeypatch.setattr(client_module, "_monotonic", lambda: now[0])
+    path = sockdir / "r.sock"
+    emitter = Emitter(unix=str(path))  # unbatched: a deadlocked thread holds no batch for exit
+    shipper = ShipToEmitter(emitter)
+    with client_log_handler(shipper):
+        # No socket: the warning is logged, shipped, and its event dropped too.
+        returns_within(lambda: emitter.emit({"n": 1}))
+        assert shipper.shipped == ["WARNING"]
+        assert emitter.stats()["dropped_by_reason"] == {NO_SOCKET: 2}
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(path))
+        receiver.settimeout(10)
+        try:
+            now[0] += 1  # past the backoff: connects, logs that, ships the record
+            returns_within(lambda: emitter.emit({"n": 2}))
+            assert shipper.shipped == ["WARNING", "INFO"]
+            assert {receiver.recv(100), receiver.recv(100)} == {b'{"n":2}', b'{"log":"INFO"}'}
+        finally:
+            receiver.close()
+    stats = emitter.stats()
+    assert (stats["sent"], stats["dropped"]) == (2, 2)
+
+
+class RaisingHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        raise RuntimeError("application code")
+
+
+def test_a_log_handler_that_raises_never_reaches_the_caller(sockdir: Path) -> None:
+    # logging.Handler.handle does not catch what a handler's emit raises.
+    emitter = Emitter(unix=str(sockdir / "absent.sock"), batch=True)
+    with client_log_handler(RaisingHandler()):
+        emitter.emit({"a": 1})
+        emitter.flush()
+        emitter.close()
+    assert emitter.stats()["dropped_by_reason"] == {NO_SOCKET: 1}
+
+
+# Log shipping through the Emitter, then the interpreter exits: unbatched,
+# the first emit logs; batched, the exit flush does, and ships the record
+# into the batch it is flushing.
+SHIP_AND_EXIT = """
+import json, logging, sys
+from ingest.client import Emitter
+emitter = Emitter(unix=sys.argv[1], batch=sys.argv[2] == "batch")
+class Ship(logging.Handler):
+    def emit(self, record):
+        print("shipped", record.levelname, file=sys.stderr, flush=True)
+        emitter.emit({"log": record.levelname})
+logging.getLogger("ingest.client").addHandler(Ship())
+for i in range(3):
+    emitter.emit({"i": i})
+print(json.dumps(emitter.stats()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["single", "batch"])
+def test_log_shipping_through_the_emitter_lets_the_interpreter_exit(
+    sockdir: Path, mode: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SHIP_AND_EXIT, str(sockdir / "absent.sock"), mode],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "shipped WARNING\n"
+    stats = json.loads(result.stdout)
+    if mode == "single":
+        assert stats["dropped_by_reason"] == {NO_SOCKET: 4}  # three events and the record
+    else:
+        assert (stats["pending"], stats["dropped"]) == (3, 0)  # the exit flush meets the outage
+
+
+# A thread stuck inside the Emitter at exit, holding its lock: a host name
+# lookup that never answers (getaddrinfo replaced, in this child process
+# only: a real resolver that never answers would need the network set up).
+STUCK_AT_EXIT = """
+import socket, sys, threading
+from ingest.client import Emitter
+asked = threading.Event()
+def never_answers(*args, **kwargs):
+    asked.set()
+    threading.Event().wait()
+socket.getaddrinfo = never_answers
+emitter = Emitter(udp="ingest.invalid:5140", batch=True)
+emitter.emit({"a": 1})
+threading.Thread(target=emitter.flush, daemon=True).start()
+assert asked.wait(10)
+"""
+
+
+def test_the_interpreter_exits_while_a_thread_is_stuck_inside_the_emitter() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", STUCK_AT_EXIT],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+class Blocked(Exception):
+    """Raised in the main thread by watchdog() when a call did not return."""
+
+
+@contextlib.contextmanager
+def watchdog(timeout_s: float = 10) -> Iterator[None]:
+    """Turn a hang of the main thread into a failure: after timeout_s a
+    SIGUSR2 aimed at the main thread interrupts whatever it waits on (a lock
+    acquire included) and its handler raises Blocked. SIGALRM is not used:
+    pytest-timeout owns it."""
+
+    def blocked(signum: int, frame: object) -> None:
+        raise Blocked(f"the main thread did not return within {timeout_s} s")
+
+    previous = signal.signal(signal.SIGUSR2, blocked)
+    main = threading.main_thread().ident
+    assert main is not None
+    timer = threading.Timer(timeout_s, signal.pthread_kill, (main, signal.SIGUSR2))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGUSR2, previous)
+
+
+class Reenter:
+    """Runs ``calls`` on the Emitter from inside one of its own calls, as a
+    signal handler or a finalizer would, deterministically: the module's
+    _getpid hook, which every locked section calls first thing under the
+    lock, is made to raise SIGUSR1 once (signal.raise_signal runs the Python
+    handler before it returns) or to drop the last reference to an object
+    whose __del__ makes the calls (refcounting runs it on the spot)."""
+
+    def __init__(self, emitter: Emitter, calls: Callable[[Emitter], object], via: str) -> None:
+        self.emitter = emitter
+        self.calls = calls
+        self.via = via
+        self.armed = False
+        self.ran = 0
+        self.errors: list[BaseException] = []
+        self.held: list[object] = []
+
+    def run(self) -> None:
+        self.ran += 1
+        try:
+            self.calls(self.emitter)
+        except Exception as exc:  # the test asserts there is none
+            self.errors.append(exc)
+
+    def getpid(self) -> int:
+        if self.armed:
+            self.armed = False
+            if self.via == "signal":
+                signal.raise_signal(signal.SIGUSR1)
+            else:
+                self.held.clear()  # the finalizer runs here
+        return os.getpid()
+
+    def arm(self) -> None:
+        if self.via == "finalizer":
+            self.held.append(Finalizing(self.run))
+        self.armed = True
+
+
+class Finalizing:
+    def __init__(self, run: Callable[[], None]) -> None:
+        self.run = run
+
+    def __del__(self) -> None:
+        self.run()
+
+
+@contextlib.contextmanager
+def reentering(
+    emitter: Emitter, calls: Callable[[Emitter], object], via: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Reenter]:
+    reenter = Reenter(emitter, calls, via)
+    monkeypatch.setattr(client_module, "_getpid", reenter.getpid)
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: reenter.run())
+    try:
+        with watchdog():
+            yield reenter
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert reenter.ran == 1 and reenter.errors == []
+
+
+def bound_receiver(path: Path) -> socket.socket:
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(path))
+    receiver.settimeout(10)
+    return receiver
+
+
+def received(receiver: socket.socket) -> set[bytes]:
+    """Every datagram already queued on ``receiver``."""
+    seen = set()
+    receiver.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            seen.add(receiver.recv(65536))
+    return seen
+
+
+REENTRY_VIA = ["signal", "finalizer"]
+
+
+@pytest.mark.parametrize("via", REENTRY_VIA)
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_reentrant_emit_on_a_connected_socket_is_sent_at_once(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch, via: str, batch: bool
+) -> None:
+    receiver = bound_receiver(sockdir / "r.sock")
+    try:
+        emitter = Emitter(unix=str(sockdir / "r.sock"), batch=batch)
+        emitter.emit(b'{"warm":"up"}')
+        emitter.flush()  # connected now
+        inside: list[dict[str, Any]] = []
+
+        def inner(e: Emitter) -> None:
+            e.emit({"inner": 1})
+            inside.append(e.stats())
+
+        with reentering(emitter, inner, via, monkeypatch) as reenter:
+            reenter.arm()
+            emitter.emit({"outer": 1})
+        assert inside[0]["sent"] == 2  # the warm-up and the inner event; the outer is on hold
+        emitter.flush()
+        expected = {b'{"warm":"up"}', b'{"inner":1}', b'{"outer":1}'}
+        assert received(receiver) == expected
+        stats = emitter.stats()
+        assert (stats["sent"], stats["dropped"], stats["pending"]) == (3, 0, 0)
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("via", REENTRY_VIA)
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"inner": 1}, REENTRANT),
+        (["not", "an", "object"], NOT_OBJECT),
+        ({"n": 2**64}, UNSERIALIZABLE),
+    ],
+)
+def test_a_reentrant_emit_that_cannot_go_out_at_once_is_counted(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch, via: str, event: Any, reason: str
+) -> None:
+    # Not connected yet: the interrupted emit is about to connect, and the
+    # re-entrant one must neither wait for it nor connect under it.
+    receiver = bound_receiver(sockdir / "r.sock")
+    try:
+        emitter = Emitter(unix=str(sockdir / "r.sock"))
+        with reentering(emitter, lambda e: e.emit(event), via, monkeypatch) as reenter:
+            reenter.arm()
+            emitter.emit({"outer": 1})
+        assert received(receiver) == {b'{"outer":1}'}
+        stats = emitter.stats()
+        assert (stats["sent"], stats["dropped_by_reason"]) == (1, {reason: 1})
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("via", REENTRY_VIA)
+def test_a_reentrant_send_that_fails_is_counted_by_its_reason(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    receiver = bound_receiver(sockdir / "r.sock")
+    emitter = Emitter(unix=str(sockdir / "r.sock"))
+    emitter.emit({"warm": "up"})  # connected now
+    receiver.close()  # the daemon went away under the connected socket
+    with reentering(emitter, lambda e: e.emit({"inner": 1}), via, monkeypatch) as reenter:
+        reenter.arm()
+        emitter.emit({"outer": 1})
+    stats = emitter.stats()
+    # The first send after the peer closed is refused; Linux then reports
+    # the socket as not connected.
+    assert (stats["sent"], stats["dropped"]) == (1, 2)
+    assert set(stats["dropped_by_reason"]) <= {REFUSED, NOT_CONNECTED}
+
+
+@pytest.mark.parametrize("via", REENTRY_VIA)
+def test_a_reentrant_flush_runs_when_the_interrupted_call_returns(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    receiver = bound_receiver(sockdir / "r.sock")
+    try:
+        emitter = Emitter(unix=str(sockdir / "r.sock"), batch=True)
+        emitter.emit({"first": 1})
+        with reentering(emitter, lambda e: e.flush(), via, monkeypatch) as reenter:
+            reenter.arm()
+            emitter.emit({"second": 2})
+        # The flush asked for mid-emit took the batch the emit finished.
+        assert emitter.stats()["pending"] == 0
+        assert received(receiver) == {b'{"first":1}\n{"second":2}'}
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("via", REENTRY_VIA)
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_reentrant_close_runs_when_the_interrupted_call_returns(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch, via: str, batch: bool
+) -> None:
+    # A SIGTERM handler that closes the Emitter, arriving mid-emit.
+    receiver = bound_receiver(sockdir / "r.sock")
+    try:
+        emitter = Emitter(unix=str(sockdir / "r.sock"), batch=batch)
+        with reentering(emitter, lambda e: e.close(), via, monkeypatch) as reenter:
+            reenter.arm()
+            emitter.emit({"outer": 1})
+        emitter.emit({"after": "close"})
+        assert received(receiver) == {b'{"outer":1}'}  # sent, or flushed by the close
+        stats = emitter.stats()
+        assert (stats["sent"], stats["dropped_by_reason"]) == (1, {CLOSED: 1})
+        assert emitter not in client_module._emitters
+    finally:
+        receiver.close()
+
+
+# A SIGTERM handler that closes the Emitter and exits, arriving mid-emit (the
+# module's _getpid hook raises it, as in Reenter): the close waits for the
+# interrupted emit, which SystemExit ends instead; the exit flush sends the
+# batch and then does the close.
+CLOSE_AND_EXIT_MID_EMIT = """
+import os, signal, sys
+import ingest.client as client
+emitter = client.Emitter(unix=sys.argv[1], batch=True)
+emitter.emit({"first": 1})
+def on_term(signum, frame):
+    emitter.close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+armed = [True]
+def getpid():
+    if armed:
+        armed.clear()
+        signal.raise_signal(signal.SIGTERM)
+    return os.getpid()
+client._getpid = getpid
+emitter.emit({"second": 2})
+raise AssertionError("not reached: the handler exits")
+"""
+
+
+def test_a_signal_handler_that_closes_and_exits_mid_emit_lets_the_batch_out(
+    sockdir: Path,
+) -> None:
+    receiver = bound_receiver(sockdir / "r.sock")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", CLOSE_AND_EXIT_MID_EMIT, str(sockdir / "r.sock")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert (result.returncode, result.stderr) == (0, "")
+        # The second event never joined the batch: the handler ended its emit.
+        assert received(receiver) == {b'{"first":1}'}
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("via", REENTRY_VIA)
+def test_reentrance_into_flush_close_and_stats_never_waits(
+    sockdir: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    # Each public call interrupted in turn, re-entered by every public call.
+    receiver = bound_receiver(sockdir / "r.sock")
+
+    def everything(e: Emitter) -> None:
+        e.emit({"inner": 1})
+        e.stats()
+        e.flush()
+        e.close()
+
+    try:
+        for interrupted in ("flush", "stats", "close"):
+            emitter = Emitter(unix=str(sockdir / "r.sock"), batch=True)
+            emitter.emit({"outer": interrupted})
+            with reentering(emitter, everything, via, monkeypatch) as reenter:
+                reenter.arm()
+                getattr(emitter, interrupted)()
+            emitter.close()
+            stats = emitter.stats()
+            assert stats["sent"] + stats["dropped"] == 2, (interrupted, stats)
+            assert stats["pending"] == 0
+    finally:
+        receiver.close()
+
+
+def test_signals_at_any_moment_while_threads_emit_keep_the_counts_exact(sockdir: Path) -> None:
+    # Not deterministic on purpose: signals land wherever the main thread
+    # is, inside the Emitter or not, while other threads contend for it; the
+    # counters must still add up and every sent event must arrive once.
+    path = str(sockdir / "r.sock")
+    receiver = bound_receiver(sockdir / "r.sock")
+    receiver.settimeout(0.2)
+    arrived: list[bytes] = []
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                arrived.append(receiver.recv(1000))
+            except TimeoutError:
+                continue
+
+    emitter = Emitter(unix=path)
+    handled = [0]
+
+    def on_signal(signum: int, frame: object) -> None:
+        handled[0] += 1
+        emitter.emit({"handler": handled[0]})
+
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def pester() -> None:
+        while not stop.is_set():
+            signal.pthread_kill(main, signal.SIGUSR1)
+            time.sleep(0.001)  # pacing, not waiting: a signal every ~1 ms
+
+    def work(t: int) -> None:
+        for i in range(2000):
+            emitter.emit({"t": t, "i": i})
+
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    threads = [threading.Thread(target=drain), threading.Thread(target=pester)]
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    try:
+        for thread in threads + workers:
+            thread.start()
+        with watchdog(30):
+            for i in range(20_000):
+                emitter.emit({"main": i})
+            for worker in workers:
+                worker.join(30)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # no more handler events
+        stats = emitter.stats()
+        wait_for(lambda: len(arrived) >= stats["sent"], 10, "the receiver to catch up")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+        signal.signal(signal.SIGUSR1, previous)
+        receiver.close()
+    assert handled[0] > 0
+    assert stats["sent"] + stats["dropped"] == 20_000 + 2 * 2000 + handled[0]
+    assert set(stats["dropped_by_reason"]) <= {QUEUE_FULL, REENTRANT}
+    assert len(arrived) == len(set(arrived)) == stats["sent"]
 
 
 # ------------------------------------------------------- with a real daemon

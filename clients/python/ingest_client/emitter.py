@@ -10,7 +10,10 @@ work, so a wrong setting fails at startup; after that, ``emit``, ``flush``
 and ``close`` never raise into the application and nothing blocks. Each event
 is one datagram on a connected, non-blocking socket; when it cannot be handed
 to the kernel it is dropped and counted by reason (``stats()``). Delivery
-beyond the kernel is the daemon's job.
+beyond the kernel is the daemon's job. Nothing the Emitter calls under its
+lock can call back into it (it logs after releasing it), and a signal handler
+or finalizer that calls it from inside one of its calls never waits (see
+the class).
 
 Imports nothing beyond the standard library, and orjson when it is
 installed (the ``fast`` extra); without it, events are serialised with the
@@ -21,6 +24,7 @@ imports this module as ``ingest.client``, never the other way round.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import enum
 import errno
@@ -57,6 +61,7 @@ __all__ = [
     "OTHER",
     "PERMISSION_DENIED",
     "QUEUE_FULL",
+    "REENTRANT",
     "REFUSED",
     "TOO_LARGE",
     "UNIX_PATH_MAX_BYTES",
@@ -91,6 +96,19 @@ BAD_ADDRESS = "bad_address"  # the host name does not resolve (getaddrinfo faile
 CLOSED = "closed"  # emit() after close()
 DISCONNECTED = "disconnected"  # waiting for the next reconnect attempt (backoff)
 OTHER = "other"  # any other OSError from send()
+# emit from a signal handler or a finalizer that ran inside one of this
+# thread's Emitter calls, with no connected socket to send on at once:
+# connecting would change what the interrupted call is changing, and waiting
+# for it would wait for this very thread.
+REENTRANT = "reentrant"
+
+# What a re-entrant flush() or close() leaves for the call it interrupted.
+FLUSH_REQUEST = "flush"
+CLOSE_REQUEST = "close"
+# At interpreter exit, the longest the exit flush waits for another thread's
+# call to release the lock (a send takes microseconds; a host name lookup can
+# take seconds): the exit must not hang on a thread that never returns.
+EXIT_LOCK_WAIT_S = 1.0
 
 _ERRNO_REASONS = {
     errno.ENOENT: NO_SOCKET,
@@ -199,10 +217,22 @@ class Emitter:
     exit, so a batching web app should call ``flush()`` at the end of each
     request. Counts in ``stats()`` are per event in both modes.
 
-    Thread-safe (one lock around the buffer and the socket) and fork-safe:
-    after ``os.fork()`` the child starts with no socket, no pending batch and
-    zero counters, and connects on its first emit; it never uses the parent's
-    socket (gunicorn --preload creates the Emitter in the master).
+    Thread-safe (one lock around the buffer and the socket, held for a
+    non-blocking send, a connect, and a host name lookup where ``udp=``
+    names one) and fork-safe: after ``os.fork()`` the child starts with no
+    socket, no pending batch and zero counters, and connects on its first
+    emit; it never uses the parent's socket (gunicorn --preload creates the
+    Emitter in the master).
+
+    Re-entrant: the Emitter calls nothing that can call back into it (its
+    own warnings are logged after the lock is released, so a logging handler
+    that ships records through this same Emitter works), and a call that
+    re-enters it anyway from a signal handler or a finalizer (``__del__``, a
+    weakref callback) running inside one of its calls on the same thread
+    never waits: ``emit`` sends the event at once on the connected socket
+    (a failed send is counted by its reason) or, with none, counts it as
+    ``reentrant``; ``flush`` and ``close`` run when the interrupted call
+    returns; ``stats`` answers.
     """
 
     def __init__(
@@ -235,13 +265,26 @@ class Emitter:
         self._max_bytes = max(1, max_datagram_bytes)
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = max(backoff_initial_s, backoff_max_s)
+        self._new_lock()
         self._reset_state()
         _install_process_hooks()
         _emitters.add(self)
 
+    def _new_lock(self) -> None:
+        # An RLock, so that a signal handler or a finalizer that runs on the
+        # thread holding it gets in without waiting (a Lock would deadlock
+        # that thread). Getting in is not permission to change state: _busy,
+        # set and cleared only under the lock, says a call is between its
+        # first and last change, and a call that finds it set touches none of
+        # the state that call is changing (see _emit_reentered). The RLock
+        # records its owner inside acquire(), atomically; an owner field kept
+        # beside a Lock would be unset for a moment after acquire() returns,
+        # which is exactly where a signal handler runs.
+        self._lock = threading.RLock()
+        self._busy = False
+
     def _reset_state(self) -> None:
         """Fresh per-process state: at construction and in a forked child."""
-        self._lock = threading.Lock()
         self._pid = _getpid()
         self._sock: socket.socket | None = None
         self._closed = False
@@ -256,6 +299,20 @@ class Emitter:
         self._connect_attempts = 0
         self._buf: list[bytes] = []
         self._buf_bytes = 0
+        # Work for after the lock is released (_follow_up): log records
+        # (logging runs application handlers, which may emit) and the flush
+        # or close a re-entrant call asked for. _followup says there is some,
+        # so the hot path tests one attribute.
+        self._notes: list[tuple[int, str, tuple[object, ...]]] = []
+        self._requests: list[str] = []
+        self._followup = False
+        # Written only by re-entrant calls, never by the call they
+        # interrupted, whose read-modify-write of _sent or _dropped they
+        # would otherwise undo: a count (+= on an int runs no code between
+        # its read and its write, so no handler can split it) and the drops,
+        # by reason, which _follow_up adds to _dropped.
+        self._reentered_sent = 0
+        self._reentered_drops: list[str] = []
 
     # ------------------------------------------------------------- hot path
     def emit(self, event: dict[str, Any] | bytes) -> None:
@@ -269,7 +326,7 @@ class Emitter:
             try:
                 data = _dumps(event)
             except TypeError:  # orjson.JSONEncodeError is one; _json_dumps raises one
-                self._count_drop(UNSERIALIZABLE, 1)
+                self._count_drop(UNSERIALIZABLE)
                 return
         elif issubclass(type(event), bytes | bytearray | memoryview):
             try:
@@ -277,31 +334,39 @@ class Emitter:
                 # __bytes__. A released memoryview has none (ValueError).
                 data = memoryview(cast(bytes, event)).tobytes()
             except ValueError:
-                self._count_drop(UNSERIALIZABLE, 1)
+                self._count_drop(UNSERIALIZABLE)
                 return
         else:
-            self._count_drop(NOT_OBJECT, 1)
+            self._count_drop(NOT_OBJECT)
             return
         if len(data) > self._max_bytes:
-            self._count_drop(TOO_LARGE, 1)
+            self._count_drop(TOO_LARGE)
             return
         with self._lock:
-            if self._pid != _getpid():
-                # A fork the at-fork hook did not see (it runs only for
-                # os.fork() from Python): never touch the parent's socket.
-                self._forked_locked()
-            if self._batch:
-                if self._closed:
-                    self._dropped[CLOSED] = self._dropped.get(CLOSED, 0) + 1
-                    return
-                # _buf_bytes counts a joining newline per buffered event, so
-                # the datagram after appending would be _buf_bytes + len(data).
-                if self._buf_bytes + len(data) > self._max_bytes:
-                    self._flush_locked()
-                self._buf.append(data)
-                self._buf_bytes += len(data) + 1
+            if self._busy:
+                self._emit_reentered(data)
                 return
-            self._send_locked(data, 1)
+            self._busy = True
+            try:
+                if self._pid != _getpid():
+                    # A fork the at-fork hook did not see (it runs only for
+                    # os.fork() from Python): never touch the parent's socket.
+                    self._forked_locked()
+                if not self._batch:
+                    self._send_locked(data, 1)
+                elif self._closed:
+                    self._dropped[CLOSED] = self._dropped.get(CLOSED, 0) + 1
+                else:
+                    # _buf_bytes counts a joining newline per buffered event, so
+                    # the datagram after appending would be _buf_bytes + len(data).
+                    if self._buf_bytes + len(data) > self._max_bytes:
+                        self._flush_locked()
+                    self._buf.append(data)
+                    self._buf_bytes += len(data) + 1
+            finally:
+                self._busy = False
+        if self._followup:
+            self._follow_up()
 
     def _send_locked(self, data: bytes, events: int) -> None:
         sock = self._sock
@@ -321,12 +386,40 @@ class Emitter:
             self._backoff_s = self._backoff_initial_s  # a send worked: the link is up
 
     # ------------------------------------------------------------ slow path
+    def _emit_reentered(self, data: bytes) -> None:
+        """emit from a signal handler or finalizer that runs inside one of
+        this thread's calls, between its first and last change of state: it
+        must not wait (the lock is this thread's) and must not write what
+        the interrupted call may be half-way through writing. A datagram on
+        the connected socket is safe: the kernel takes each send whole, even
+        one made between the interrupted call's own send and its retry after
+        EINTR (where CPython runs signal handlers). Connecting is not: it
+        changes the socket and backoff state the interrupted call may be
+        changing, so without a socket the event is dropped."""
+        if self._closed:
+            self._drop_reentered(CLOSED)
+            return
+        sock = self._sock
+        if sock is None or self._pid != _getpid():
+            self._drop_reentered(REENTRANT)
+            return
+        try:
+            sock.send(data)
+        # The socket is left as it is (the interrupted call may be using
+        # it); the next ordinary call meets the same error and acts on it.
+        except OSError as exc:
+            self._drop_reentered(_send_error_reason(exc))
+            return
+        self._reentered_sent += 1
+
+    def _drop_reentered(self, reason: str) -> None:
+        self._reentered_drops.append(reason)  # one C call: no handler can split it
+        self._followup = True  # _follow_up adds it to _dropped
+
     def _send_failed_locked(self, exc: OSError, events: int) -> None:
-        code = exc.errno or 0
-        reason = QUEUE_FULL if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS) else None
-        reason = reason or _ERRNO_REASONS.get(code, OTHER)
+        reason = _send_error_reason(exc)
         self._dropped[reason] = self._dropped.get(reason, 0) + events
-        if code in _KEEP_SOCKET:
+        if (exc.errno or 0) in _KEEP_SOCKET:
             return
         # The daemon is gone or was restarted under us (a connected unix
         # socket stays ENOTCONN until it connects again): drop the socket and
@@ -368,7 +461,7 @@ class Emitter:
         self._sock = sock
         self._connects += 1
         if self._warned:
-            log.info("ingest Emitter: connected to %s again", self._target)
+            self._note(logging.INFO, "ingest Emitter: connected to %s again", self._target)
             self._warned = False
         return sock
 
@@ -381,11 +474,57 @@ class Emitter:
         self._backoff_s = min(self._backoff_s * 2, self._backoff_max_s)
         if not self._warned:  # once per outage, not once per event
             self._warned = True
-            log.warning(
+            self._note(
+                logging.WARNING,
                 "ingest Emitter: cannot send to %s (%s); dropping events, retrying with backoff",
                 self._target,
                 (exc.strerror if isinstance(exc, OSError) else None) or exc,
             )
+
+    def _note(self, level: int, msg: str, *args: object) -> None:
+        """A log record for _follow_up to log once the lock is released: a
+        handler may emit through this Emitter (log shipping), and logging
+        under the lock would make that emit find it taken."""
+        self._notes.append((level, msg, args))
+        self._followup = True
+
+    def _request(self, what: str) -> None:
+        """flush or close from a re-entrant call: done by _follow_up when
+        the interrupted call returns, since the batch or socket they would
+        touch is the one that call is in the middle of changing."""
+        self._requests.append(what)  # one C call: safe even if re-entered again
+        self._followup = True
+
+    def _follow_up(self, timeout_s: float = -1) -> None:
+        """Log the notes and run the requests, outside the lock."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return  # at exit only (see _flush_all_at_exit); the work is dropped with the process
+        try:
+            if self._busy:
+                return  # a re-entrant call: the interrupted one follows up when it returns
+            self._busy = True  # _dropped changes: a re-entrant call keeps off it
+            try:
+                # Each list is swapped, not cleared: a re-entrant call that
+                # appends in between appends to the list taken here.
+                self._followup = False
+                notes, self._notes = self._notes, []
+                requests, self._requests = self._requests, []
+                drops, self._reentered_drops = self._reentered_drops, []
+                for reason in drops:
+                    self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            finally:
+                self._busy = False
+        finally:
+            self._lock.release()
+        for level, msg, args in notes:
+            # A filter or handler of the application's that raises: emit
+            # never raises, and this logger is where it would be reported.
+            with contextlib.suppress(Exception):
+                log.log(level, msg, *args)
+        if CLOSE_REQUEST in requests:
+            self._close(timeout_s)
+        elif requests:
+            self._flush(timeout_s)
 
     def _flush_locked(self) -> None:
         if not self._buf:
@@ -396,9 +535,18 @@ class Emitter:
         self._buf_bytes = 0
         self._send_locked(data, events)
 
-    def _count_drop(self, reason: str, events: int) -> None:
+    def _count_drop(self, reason: str) -> None:
         with self._lock:
-            self._dropped[reason] = self._dropped.get(reason, 0) + events
+            if self._busy:
+                self._drop_reentered(reason)
+                return
+            self._busy = True
+            try:
+                self._dropped[reason] = self._dropped.get(reason, 0) + 1
+            finally:
+                self._busy = False
+        if self._followup:  # a flush or close a re-entrant call asked for meanwhile
+            self._follow_up()
 
     def _forked_locked(self) -> None:
         # The inherited socket is shared with the parent: forget it (closing
@@ -410,30 +558,66 @@ class Emitter:
 
     def _after_fork_in_child(self) -> None:
         # Runs in the child right after os.fork(): another thread may have
-        # held the lock at the moment of the fork, so _reset_state replaces
-        # it rather than acquiring it.
+        # held the lock at the moment of the fork, so it is replaced rather
+        # than acquired.
+        self._new_lock()
         self._forked_locked()
 
     # ------------------------------------------------------------ public API
     def flush(self) -> None:
         """Send the pending batch now (no-op without ``batch=True``)."""
-        with self._lock:
-            if self._pid != _getpid():
-                self._forked_locked()
-            self._flush_locked()
+        self._flush()
+
+    def _flush(self, timeout_s: float = -1) -> bool:
+        """flush(); False when the lock was not had within timeout_s (at
+        exit only: see _flush_all_at_exit)."""
+        if not self._lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            if self._busy:
+                self._request(FLUSH_REQUEST)
+                return True
+            self._busy = True
+            try:
+                if self._pid != _getpid():
+                    self._forked_locked()
+                self._flush_locked()
+            finally:
+                self._busy = False
+        finally:
+            self._lock.release()
+        if self._followup:
+            self._follow_up(timeout_s)
+        return True
 
     def close(self) -> None:
         """Flush, close the socket; later emits are dropped as ``closed``."""
-        with self._lock:
-            if self._pid == _getpid():
-                self._flush_locked()
-            else:
-                self._forked_locked()
-            self._closed = True
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+        self._close()
+
+    def _close(self, timeout_s: float = -1) -> None:
+        if not self._lock.acquire(timeout=timeout_s):
+            return  # at exit only (see _flush_all_at_exit)
+        try:
+            if self._busy:
+                self._request(CLOSE_REQUEST)
+                return
+            self._busy = True
+            try:
+                if self._pid == _getpid():
+                    self._flush_locked()
+                else:
+                    self._forked_locked()
+                self._closed = True
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            finally:
+                self._busy = False
+        finally:
+            self._lock.release()
         _emitters.discard(self)
+        if self._followup:
+            self._follow_up(timeout_s)
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process: ``sent`` and ``dropped`` are events,
@@ -441,21 +625,36 @@ class Emitter:
         the unsent batch; ``datagrams``, ``connects`` (successful) and
         ``connect_attempts`` are for diagnosis."""
         with self._lock:
-            if self._pid != _getpid():
-                self._forked_locked()
+            if self._pid != _getpid() and not self._busy:
+                self._busy = True
+                try:
+                    self._forked_locked()
+                finally:
+                    self._busy = False
+            # Read only: a re-entrant call may read while the call it
+            # interrupted is mid-change (each read is of a whole value).
             by_reason = dict(self._dropped)
+            for reason in list(self._reentered_drops):  # not yet added by _follow_up
+                by_reason[reason] = by_reason.get(reason, 0) + 1
             return {
-                "sent": self._sent,
+                "sent": self._sent + self._reentered_sent,
                 "dropped": sum(by_reason.values()),
                 "dropped_by_reason": by_reason,
                 "pending": len(self._buf),
-                "datagrams": self._datagrams,
+                "datagrams": self._datagrams + self._reentered_sent,
                 "connects": self._connects,
                 "connect_attempts": self._connect_attempts,
             }
 
     def __repr__(self) -> str:
         return f"Emitter({self._target}, batch={self._batch})"
+
+
+def _send_error_reason(exc: OSError) -> str:
+    code = exc.errno or 0
+    if code in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS):
+        return QUEUE_FULL
+    return _ERRNO_REASONS.get(code, OTHER)
 
 
 def _unix_path(path: str | None) -> str:
@@ -503,8 +702,11 @@ def _after_fork_in_child() -> None:
 
 def _flush_all_at_exit() -> None:
     for emitter in list(_emitters):
-        if emitter._batch:
-            emitter.flush()
+        # Twice: the first flush may log (an outage, a reconnection), and a
+        # handler that ships records through this Emitter batches them. Not
+        # again after a wait that timed out: one wait per Emitter.
+        if emitter._batch and emitter._flush(EXIT_LOCK_WAIT_S):
+            emitter._flush(EXIT_LOCK_WAIT_S)
 
 
 _hooks_installed: set[int] = set()  # holds os.getpid() once registered (inherited by children)
