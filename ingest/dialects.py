@@ -85,7 +85,11 @@ REJECT_REASONS = (FORMAT_DISABLED,)
 # bookkeeping (gelf.Reassembler's estimate). 128 chunks of 8 KiB is 1 MiB, so
 # this holds dozens of large messages in flight at once.
 GELF_PENDING_MAX_BYTES = 32 << 20
+# Encoded syslog facts kept, and the longest value kept: a hostname or tag
+# is as long as its sender makes it, and 4,096 of 60 KB would hold 230 MiB; a
+# real one is under 256 characters (RFC 5424 allows 255 for a hostname).
 ENCODED_FACTS_CACHED = 4096
+FACT_MAX_CACHED_CHARS = 256
 
 _STATSD_FIRST = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
 _GELF_FIRST = frozenset((0x78, 0x1F, 0x1E))
@@ -335,7 +339,8 @@ class Dialects:
                     piece = b""
                 else:
                     piece = encode_attribute(f"syslog_{name}".encode(), raw)
-                cache[fact] = piece
+                if len(value) <= FACT_MAX_CACHED_CHARS:
+                    cache[fact] = piece
             if not piece:
                 self.stats.attributes_skipped[VALUE_TOO_LONG] += 1
             parts.append(piece)

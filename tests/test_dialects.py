@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+import tracemalloc
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -610,6 +611,41 @@ def test_a_wrapped_syslog_text_is_bounded_too() -> None:
     assert len(out) == 1
     assert dict(rejected) == {DECODED_TOO_LARGE: 1}
     assert dialects.built.bytes > 2 * MAX_DECODED_BYTES
+
+
+def test_syslog_facts_of_hostile_length_are_not_kept() -> None:
+    """The facts' encodings are cached, but not a hostname of 60 KB: 2,000 of
+    them, each new, would hold 115 MiB."""
+    stats = Stats()
+    dialects = Dialects(
+        "x", ALL, decode_datagram, stats, Reassembler(1 << 20, 1 << 20), max_event_bytes=1 << 20
+    )
+    rejected: defaultdict[str, int] = defaultdict(int)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(2000):
+            host = b"%05d" % i + b"h" * 60_000
+            dialects.decode(b"<13>1 - " + host + b" app - - - {}", [], rejected)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 << 20, held
+    assert stats.attributes_skipped["value_too_long"] == 2000
+    out: list[Any] = []
+    dialects.decode(b"<13>Nov 28 03:24:03 web1 app: {}", out, rejected)
+    assert published(out) == [
+        (
+            b"{}",
+            {
+                "syslog_severity": "notice",
+                "syslog_facility": "user",
+                "syslog_timestamp": "Nov 28 03:24:03",
+                "syslog_host": "web1",
+                "syslog_app": "app",
+            },
+        )
+    ]
 
 
 def test_a_daemon_ends_an_incomplete_chunked_message_after_its_five_seconds(
