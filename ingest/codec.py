@@ -5,6 +5,19 @@ A datagram carries one JSON object, or several separated by newlines
 *event*: it must parse with orjson and be a JSON object. A valid event is kept
 as its ORIGINAL bytes, never re-serialised. One bad line does not spoil the
 good lines of the same datagram.
+
+What one datagram may decode to
+-------------------------------
+The events of one datagram take at most ``MAX_DECODED_BYTES`` together. JSON
+lines are slices of their datagram, which is no larger, so only decoders that
+write bytes of their own meet the bound: statsd's (an event per sample, each
+with its line's tags) and, with metadata, every decoder of several events a
+datagram (each message gets the attributes). The event whose bytes (its
+message's, with metadata) would pass the bound is rejected, and so is the rest
+of the datagram, undecoded: ``decoded_too_large``, one event per non-blank
+line, as the reader counts a datagram it cannot keep. Such a decoder also adds
+what it kept to a ``Built``, which the reader ends its wake-up at, as at bytes
+received.
 """
 
 from __future__ import annotations
@@ -14,6 +27,7 @@ from typing import Any
 
 from orjson import JSONDecodeError, loads
 
+from ingest.config import MAX_DATAGRAM_CEILING
 from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels).
@@ -23,14 +37,43 @@ NOT_OBJECT = Reject.NOT_OBJECT
 TOO_LARGE = Reject.TOO_LARGE  # a whole datagram over --max-datagram-bytes
 SOURCE_DENIED = Reject.SOURCE_DENIED  # a UDP sender outside --udp-allow (never decoded)
 SENDER_DENIED = Reject.SENDER_DENIED  # a unix sender outside --unix-allow-uid (never decoded)
-REJECT_REASONS = (INVALID_JSON, INVALID_UTF8, NOT_OBJECT, TOO_LARGE, SOURCE_DENIED, SENDER_DENIED)
+DECODED_TOO_LARGE = Reject.DECODED_TOO_LARGE  # past MAX_DECODED_BYTES (the rest of its datagram)
+REJECT_REASONS = (
+    INVALID_JSON,
+    INVALID_UTF8,
+    NOT_OBJECT,
+    TOO_LARGE,
+    SOURCE_DENIED,
+    SENDER_DENIED,
+    DECODED_TOO_LARGE,
+)
+
+# The most one datagram's events may take (module docstring): as much as the
+# largest datagram, so that JSON lines never meet it, and a wake-up's whole
+# bytes budget (sources.WAKEUP_MAX_BYTES), so that the datagram crossing that
+# budget at most doubles it. A statsd line's samples repeat its tags, so 64 KB
+# of them could write gigabytes.
+MAX_DECODED_BYTES = MAX_DATAGRAM_CEILING
 
 # How a reader decodes a datagram: (datagram, out, rejected) -> events counted.
 # ``out`` gets events (decode_datagram) or (lane, body) pairs (decode_messages).
 Decoder = Callable[[bytes, list[Any], MutableMapping[str, int]], int]
+# With metadata: (event bytes, parsed event) -> (lane, body), message.MessageBuilder.build.
+Build = Callable[[bytes, dict[str, object]], tuple[Any, bytes]]
 
 # JSON's insignificant whitespace (RFC 8259); a line of only these is blank.
 _JSON_WHITESPACE = b" \t\r"
+
+
+class Built:
+    """The bytes a reader's decoders wrote in its current wake-up (events of
+    their own, inflated GELF, messages of datagrams of several events): each
+    decoder adds what a datagram made; the reader reads and resets it."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
 
 
 def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str, int]) -> int:
@@ -68,14 +111,22 @@ def decode_messages(
     data: bytes,
     out: list[Any],
     rejected: MutableMapping[str, int],
-    build: Callable[[bytes, dict[str, object]], Any],
+    build: Build,
+    built: Built | None = None,
 ) -> int:
     """``decode_datagram`` for the pipeline of Pub/Sub-native messages: each
     valid event goes out as ``build(line, parsed_object)`` (message.py: its
     lane and body), the object parsed once for both the check and the
-    metadata. A separate loop, so that the plain path pays nothing for it."""
+    metadata. A separate loop, so that the plain path pays nothing for it.
+
+    The bodies take at most MAX_DECODED_BYTES (module docstring): every line
+    gets the metadata, so 21,845 ``{}`` lines in 64 KiB, each given a few
+    hundred bytes of attributes, would take megabytes. ``built``: gets the
+    bytes kept."""
     events = 0
-    for line in data.split(b"\n") if b"\n" in data else (data,):
+    room = MAX_DECODED_BYTES
+    lines = iter(data.split(b"\n") if b"\n" in data else (data,))
+    for line in lines:
         try:
             obj = loads(line)
         except JSONDecodeError:
@@ -83,21 +134,33 @@ def decode_messages(
             continue
         events += 1
         if type(obj) is dict:
-            out.append(build(line, obj))
+            item = build(line, obj)
+            room -= len(item[1])
+            if room < 0:  # this line and the rest of the datagram: the rare path
+                room += len(item[1])
+                rest = sum(1 for later in lines if later.strip(_JSON_WHITESPACE))
+                rejected[DECODED_TOO_LARGE] += 1 + rest
+                events += rest
+                break
+            out.append(item)
         else:
             rejected[NOT_OBJECT] += 1
+    if built is not None:
+        built.bytes += MAX_DECODED_BYTES - room
     return events
 
 
-def messages_decoder(build: Callable[[bytes, dict[str, object]], Any]) -> Decoder:
+def messages_decoder(build: Build, built: Built | None = None) -> Decoder:
     """``decode_messages`` bound to ``build``, as a reader calls it, with
     decode_datagram's shortcut for a datagram of one line: a closure, not a
     functools.partial, whose keyword merge alone cost ~0.25 µs a datagram
-    (tools/bench_lanes.py)."""
+    (tools/bench_lanes.py). ``built``: gets the bytes of the messages of
+    datagrams of several lines; a datagram's one message is its line and the
+    metadata, and is not counted, which keeps the common path as it was."""
 
     def decode(data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
         if b"\n" in data:
-            return decode_messages(data, out, rejected, build)
+            return decode_messages(data, out, rejected, build, built)
         try:
             obj = loads(data)
         except JSONDecodeError:

@@ -56,7 +56,16 @@ from typing import Any
 from orjson import JSONDecodeError, loads
 
 from ingest import gelf, statsd, syslog
-from ingest.codec import NOT_OBJECT, Decoder, count_events, reason_of
+from ingest.codec import (
+    DECODED_TOO_LARGE,
+    MAX_DECODED_BYTES,
+    NOT_OBJECT,
+    Built,
+    Decoder,
+    count_events,
+    messages_decoder,
+    reason_of,
+)
 from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
 from ingest.message import VALUE_TOO_LONG, MessageBuilder, encode_attribute, encode_data
 from ingest.stats import Stats
@@ -76,7 +85,11 @@ REJECT_REASONS = (FORMAT_DISABLED,)
 # bookkeeping (gelf.Reassembler's estimate). 128 chunks of 8 KiB is 1 MiB, so
 # this holds dozens of large messages in flight at once.
 GELF_PENDING_MAX_BYTES = 32 << 20
+# Encoded syslog facts kept, and the longest value kept: a hostname or tag
+# is as long as its sender makes it, and 4,096 of 60 KB would hold 230 MiB; a
+# real one is under 256 characters (RFC 5424 allows 255 for a hostname).
 ENCODED_FACTS_CACHED = 4096
+FACT_MAX_CACHED_CHARS = 256
 
 _STATSD_FIRST = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz")
 _GELF_FIRST = frozenset((0x78, 0x1F, 0x1E))
@@ -112,6 +125,13 @@ class Dialects:
     listener's own; the 8 random bytes of GELF's message id keep senders
     apart (the reader does not learn UDP addresses: that would cost every
     datagram a recvfrom).
+
+    What the dialects write -- statsd's events, inflated GELF, syslog
+    bodies, and with metadata every message -- is added to ``built`` as it is
+    written, which the reader ends a wake-up at as it does at bytes received.
+    With ``builder``, JSON is decoded by ``codec.messages_decoder`` adding to
+    ``built`` too, in place of ``decode_json`` (which decodes the same way,
+    uncounted), and the reader takes ``decode_json`` from here.
     """
 
     def __init__(
@@ -128,7 +148,12 @@ class Dialects:
     ) -> None:
         self.label = label
         self.formats = formats
-        self.decode_json = decode_json
+        # This wake-up's bytes written by the decoders, kept or refused (GELF
+        # inflated in vain too): see above.
+        self.built = Built()
+        self.decode_json = (
+            decode_json if builder is None else messages_decoder(builder.build, self.built)
+        )
         self.stats = stats
         self.reassembler = reassembler
         self.max_event_bytes = max_event_bytes
@@ -136,13 +161,10 @@ class Dialects:
         self.builder = builder
         self.counts: Counter[str] = Counter()  # this wake-up's events by format, json aside
         self.absorbed = 0  # this wake-up's chunk datagrams that ended no message
-        # This wake-up's bytes inflated from GELF, kept or refused: the reader
-        # stops the wake-up at its bytes budget, as for bytes received, so a
-        # burst of small datagrams cannot inflate to gigabytes in one go.
-        self.inflated = 0
         self.last_format = JSON  # of the datagram decoded last (for a tap)
         self.last_text: bytes | None = None  # GELF's inflated payload, for a tap
         self._facts: dict[tuple[str, str], bytes] = {}  # encoded syslog attributes
+        self._build = builder.build if builder is not None else None
 
     # ------------------------------------------------------------ the reader's
     def decode(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
@@ -187,7 +209,7 @@ class Dialects:
         for fmt, n in self.counts.items():
             by_format[(self.label, fmt)] += n
         self.counts.clear()
-        self.absorbed = self.inflated = 0
+        self.absorbed = self.built.bytes = 0
 
     def expire(self, now: float) -> None:
         """End chunked messages whose time ran out (housekeeping; at
@@ -206,13 +228,7 @@ class Dialects:
         return count
 
     def _statsd(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
-        if self.builder is None:
-            return statsd.decode_statsd(data, out, rejected)
-        events: list[bytes] = []
-        count = statsd.decode_statsd(data, events, rejected)
-        build = self.builder.build
-        out.extend(build(event, loads(event)) for event in events)
-        return count
+        return statsd.decode_statsd(data, out, rejected, self._build, self.built)
 
     def _syslog(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
         try:
@@ -231,7 +247,11 @@ class Dialects:
             if not self.wrap_text:
                 rejected[reason] += 1
                 return 1
-            body = syslog.wrap_text(body)
+            body = syslog.wrap_text(body)  # up to 6 times the text: "\u0001" for 0x01
+            if len(body) > MAX_DECODED_BYTES:
+                self.built.bytes += len(body)
+                rejected[DECODED_TOO_LARGE] += 1
+                return 1
             parsed = loads(body)
         self._emit(body, parsed, self._encoded(message.facts), out)
         return 1
@@ -247,18 +267,19 @@ class Dialects:
         try:
             text = gelf.unwrap(payload, self.max_event_bytes)
         except gelf.GelfError as exc:
-            if exc.reason == gelf.TOO_LARGE:
-                self.inflated += self.max_event_bytes
+            if exc.reason == gelf.TOO_LARGE:  # a bomb: inflated to the bound in vain
+                self.built.bytes += self.max_event_bytes
             rejected[exc.reason] += 1
             return 1
-        self.inflated += len(text)
         text = self.last_text = text.strip(_AROUND_JSON)
         try:
             parsed = loads(text)
         except JSONDecodeError:
+            self.built.bytes += len(text)
             rejected[reason_of(text)] += 1
             return 1
         if type(parsed) is not dict:
+            self.built.bytes += len(text)
             rejected[NOT_OBJECT] += 1
             return 1
         self._emit(text, parsed, b"", out)
@@ -291,13 +312,16 @@ class Dialects:
             reassembler.ignored.clear()
 
     def _emit(self, data: bytes, parsed: dict[str, object], facts: bytes, out: list[Any]) -> None:
-        """One accepted event, in the pipeline's shape."""
+        """One accepted event, in the pipeline's shape, counted as built."""
         if self.builder is not None:
-            out.append(self.builder.build(data, parsed, facts))
-        elif facts or data[0] == 0x0A:  # a body: see "Attributes on the plain path"
-            out.append(encode_data(data) + facts)
-        else:
-            out.append(data)
+            item = self.builder.build(data, parsed, facts)
+            self.built.bytes += len(item[1])
+            out.append(item)
+            return
+        if facts or data[0] == 0x0A:  # a body: see "Attributes on the plain path"
+            data = encode_data(data) + facts
+        self.built.bytes += len(data)
+        out.append(data)
 
     def _encoded(self, facts: syslog.Facts) -> bytes:
         """The facts as attribute entries; each (name, value) encoded once
@@ -315,7 +339,8 @@ class Dialects:
                     piece = b""
                 else:
                     piece = encode_attribute(f"syslog_{name}".encode(), raw)
-                cache[fact] = piece
+                if len(value) <= FACT_MAX_CACHED_CHARS:
+                    cache[fact] = piece
             if not piece:
                 self.stats.attributes_skipped[VALUE_TOO_LONG] += 1
             parts.append(piece)

@@ -52,6 +52,9 @@ PIECES_CACHED = 4096
 COMBOS_CACHED = 4096
 COMBO_MAX_CHARS = 256
 COMBOS_REST_EVENTS = 1 << 18  # builds without the cache after a round of mostly misses
+# Data headers are kept for lengths below this (~1.6 MiB of them at most):
+# one per length a sender chooses would be ~100 MiB up to the datagram ceiling.
+DATA_HEADERS_CACHED = 1 << 14
 
 # Where a message goes: (topic number, ordering key). Messages of one lane
 # share requests; a lane with a key has at most one request in flight.
@@ -206,7 +209,9 @@ class MessageBuilder:
         size = len(data)
         header = self._data_headers.get(size)
         if header is None:
-            header = self._data_headers[size] = b"\x0a" + varint(size)  # as encode_data
+            header = b"\x0a" + varint(size)  # as encode_data
+            if size < DATA_HEADERS_CACHED:
+                self._data_headers[size] = header
         values: tuple[object, ...] | None = None
         if self._read is not None:
             try:

@@ -43,10 +43,13 @@ log = logging.getLogger(__name__)
 
 # One wake-up's budget, checked as each datagram is handled, so that one busy
 # socket cannot starve the others, the publishers or /healthz: at most
-# DRAIN_BATCH datagrams, WAKEUP_MAX_EVENTS events and WAKEUP_MAX_BYTES bytes,
-# plus the one datagram that crosses a bound. A budget in datagrams alone let one wake-up
+# DRAIN_BATCH datagrams, WAKEUP_MAX_EVENTS events, WAKEUP_MAX_BYTES bytes
+# received and WAKEUP_MAX_BYTES bytes the decoders wrote (codec.Built), plus
+# the one datagram that crosses a bound (which writes at most
+# codec.MAX_DECODED_BYTES). A budget in datagrams alone let one wake-up
 # hold 256 x 21,835 events (a 64 KiB datagram of "{}\n" lines): seconds of
-# work and hundreds of MiB before the queue's bounds were even consulted.
+# work and hundreds of MiB before the queue's bounds were even consulted; one
+# in bytes received alone would let three statsd datagrams write a GiB.
 DRAIN_BATCH = 256
 WAKEUP_MAX_EVENTS = 8192
 WAKEUP_MAX_BYTES = 1 << 20
@@ -393,8 +396,10 @@ class DatagramSource:
         self._count: Callable[[bytes], int] = (
             dialects.count if dialects is not None else count_events
         )
-        if dialects is not None and JSON not in dialects.formats:
-            self._decode = dialects.decode
+        # With dialects, theirs decodes JSON too: with metadata it counts what
+        # it builds (Dialects.built), which ``decode`` does not.
+        if dialects is not None:
+            self._decode = dialects.decode_json if JSON in dialects.formats else dialects.decode
         self.tap = tap
         self._limiter = LogLimiter()
         self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
@@ -461,7 +466,7 @@ class DatagramSource:
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode, other, count_full = self._decode, self._other, self._count
-        dialects = self.dialects
+        built = self.dialects.built if self.dialects is not None else None
         if tapped is not None:
             decode, other, count_full = tapped.decoders(decode, other, count_full)
         room = self._queue.room()
@@ -507,8 +512,8 @@ class DatagramSource:
                     count = decode(data, events, rejected)
                 else:
                     count = other(data, events, rejected)
-                    if dialects is not None and dialects.inflated >= max_read:
-                        more = True  # GELF's inflated bytes count as read
+                    if built is not None and built.bytes >= max_read:
+                        more = True  # what the dialects wrote counts as read
             else:
                 count = count_full(data)
                 full += count
@@ -516,8 +521,8 @@ class DatagramSource:
             if count != 1:  # blank, or several lines: the rare paths
                 if not count:
                     empty += 1
-                elif received >= max_events:
-                    more = True
+                elif received >= max_events or (built is not None and built.bytes >= max_read):
+                    more = True  # with metadata, messages of many JSON lines count too
             if more:
                 break
         else:

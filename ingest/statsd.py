@@ -90,17 +90,29 @@ Rejects and accounting
     of events: a valid metric line counts one per value, every other
     non-blank line one (a valid event or service check, or a reject), so the
     returned count is always events appended plus rejects counted.
+
+What one datagram may decode to
+    Every sample repeats its line's fields, so ``m:1:1:...|c|#TAGS`` of 64 KB
+    would write as many copies of TAGS as it has values: gigabytes. The
+    events of one datagram (with metadata, their messages) take at most
+    ``codec.MAX_DECODED_BYTES`` (1 MiB). The event that would pass it is
+    rejected as ``decoded_too_large``, and so is everything after it,
+    undecoded: each further value of its line one event, each later
+    non-blank line one (as ``codec.count_events`` counts them). The events
+    before it are kept, those of its own line included: each is a sample of
+    its own.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from typing import Any
 
 from orjson import dumps
 
-from ingest.codec import INVALID_UTF8
+from ingest.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
 from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels). A line that
@@ -141,6 +153,17 @@ class _Invalid(Exception):
         self.reason = reason
 
 
+class _Full(Exception):
+    """The datagram's events reached MAX_DECODED_BYTES: ``unbuilt`` events
+    of the current line did not go out (those before them did), which left
+    ``room`` bytes."""
+
+    def __init__(self, unbuilt: int, room: int) -> None:
+        super().__init__(unbuilt, room)
+        self.unbuilt = unbuilt
+        self.room = room
+
+
 def looks_like_statsd(data: bytes) -> bool:
     """True if ``data`` starts with an ASCII letter, digit or ``_``, as every
     statsd line does; JSON starts with ``{`` or whitespace, syslog with ``<``.
@@ -150,61 +173,123 @@ def looks_like_statsd(data: bytes) -> bool:
     return bool(data) and data[0] in _FIRST_BYTES
 
 
-def decode_statsd(data: bytes, out: list[bytes], rejected: MutableMapping[str, int]) -> int:
+def decode_statsd(
+    data: bytes,
+    out: list[Any],
+    rejected: MutableMapping[str, int],
+    build: Build | None = None,
+    built: Built | None = None,
+) -> int:
     """Append one JSON event per statsd sample, DogStatsD event or service
     check in ``data`` to ``out`` and count rejects by reason in ``rejected``.
+    ``build``: with metadata, each event goes out as ``build(its bytes, the
+    event)`` (message.MessageBuilder.build: its lane and body) instead.
+    ``built``: gets the bytes that went out (the bodies', with metadata).
 
     Returns the number of events, accepted plus rejected (see the module
     docstring for how lines count). Never raises."""
+    # The line functions append to ``out`` and return the room left, so the
+    # events are what ``out`` gained, and the rejects are counted here.
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        return _decode_lines_apart(data, out, rejected)
-    events = 0
-    for line in text.split("\n") if "\n" in text else (text,):
+        return _decode_lines_apart(data, out, rejected, build, built)
+    start = len(out)
+    room = MAX_DECODED_BYTES
+    bad = 0
+    lines = iter(text.split("\n")) if "\n" in text else (text,)
+    for line in lines:
         if not line.strip(_BLANK):
             continue
         try:
-            events += _decode_line(line, out)
+            room = _decode_line(line, out, build, room)
         except _Invalid as invalid:
             rejected[invalid.reason] += 1
-            events += 1
-    return events
+            bad += 1
+        except _Full as full:
+            room = full.room
+            bad += _cut(full, lines, _BLANK, rejected)
+            break
+    if built is not None:
+        built.bytes += MAX_DECODED_BYTES - room
+    return len(out) - start + bad
 
 
-def _decode_lines_apart(data: bytes, out: list[bytes], rejected: MutableMapping[str, int]) -> int:
+def _decode_lines_apart(
+    data: bytes,
+    out: list[Any],
+    rejected: MutableMapping[str, int],
+    build: Build | None,
+    built: Built | None,
+) -> int:
     """``decode_statsd`` for a datagram that is not UTF-8 as a whole: its
     lines are decoded one by one, so that only the bad ones are lost."""
-    events = 0
-    for raw in data.split(b"\n"):
+    start = len(out)
+    room = MAX_DECODED_BYTES
+    bad = 0
+    lines = iter(data.split(b"\n"))
+    for raw in lines:
         if not raw.strip(_BLANK_BYTES):
             continue
         try:
-            events += _decode_line(raw.decode(), out)
+            room = _decode_line(raw.decode(), out, build, room)
         except UnicodeDecodeError:
             rejected[INVALID_UTF8] += 1
-            events += 1
+            bad += 1
         except _Invalid as invalid:
             rejected[invalid.reason] += 1
-            events += 1
-    return events
+            bad += 1
+        except _Full as full:
+            room = full.room
+            bad += _cut(full, lines, _BLANK_BYTES, rejected)
+            break
+    if built is not None:
+        built.bytes += MAX_DECODED_BYTES - room
+    return len(out) - start + bad
 
 
-def _decode_line(line: str, out: list[bytes]) -> int:
-    """Append the events of one non-blank line; return how many."""
+def _cut(full: _Full, lines: Iterable[Any], blank: Any, rejected: MutableMapping[str, int]) -> int:
+    """The events rejected at the bound: the current line's unbuilt ones and
+    one per later non-blank line (not decoded; ``lines``: an iterator past
+    the current one, or a datagram's one line). Returns how many."""
+    rest = full.unbuilt
+    if isinstance(lines, Iterator):
+        rest += sum(1 for line in lines if line.strip(blank))
+    rejected[DECODED_TOO_LARGE] += rest
+    return rest
+
+
+def _decode_line(line: str, out: list[Any], build: Build | None, room: int) -> int:
+    """Append the events of one non-blank line; return the room left."""
     if line[-1] == "\r":  # CRLF
         line = line[:-1]
     if line[0] == "_":
         if line.startswith("_e{"):
-            out.append(_event(line))
-            return 1
+            event: dict[str, object] = {"event": _event(line)}
+            return _put(dumps(event), event, out, build, room)
         if line.startswith("_sc|"):
-            out.append(_service_check(line))
-            return 1
-    return _metric(line, out)
+            check: dict[str, object] = {"service_check": _service_check(line)}
+            return _put(dumps(check), check, out, build, room)
+    return _metric(line, out, build, room)
 
 
-def _metric(line: str, out: list[bytes]) -> int:
+def _put(
+    data: bytes, event: dict[str, object], out: list[Any], build: Build | None, room: int
+) -> int:
+    """Append one event, ``data`` its JSON, if it fits; return the room left."""
+    if build is None:
+        item: Any = data
+        size = len(data)
+    else:
+        item = build(data, event)
+        size = len(item[1])
+    if size > room:
+        raise _Full(1, room)
+    out.append(item)
+    return room - size
+
+
+def _metric(line: str, out: list[Any], build: Build | None, room: int) -> int:
     fields = line.split("|")
     if len(fields) < 2:
         raise _Invalid
@@ -224,25 +309,64 @@ def _metric(line: str, out: list[bytes]) -> int:
             event["delta"] = True
         if extra:
             event.update(extra)
-        out.append(dumps(event))
-        return 1
+        data = dumps(event)
+        if build is not None:
+            return _put(data, event, out, build, room)
+        size = len(data)
+        if size > room:
+            raise _Full(1, room)
+        out.append(data)
+        return room - size
     # Several values (DogStatsD v1.1): all are checked before any event is
     # appended, as a line is accepted or rejected whole.
     parts = values.split(":")
     numbers = [_number(part) for part in parts]
     if None in numbers:
         raise _Invalid
-    for part, number in zip(parts, numbers, strict=True):
-        event = {"metric": name, "value": number, "type": kind}
-        if kind == "g" and part[0] in "+-":
-            event["delta"] = True
-        if extra:
-            event.update(extra)
-        out.append(dumps(event))
-    return len(numbers)
+    return _samples(name, kind, parts, numbers, extra=extra, out=out, build=build, room=room)
 
 
-def _event(line: str) -> bytes:
+def _samples(
+    name: str,
+    kind: str,
+    parts: list[str],
+    numbers: list[int | float | None],
+    *,
+    extra: dict[str, object] | None,
+    out: list[Any],
+    build: Build | None,
+    room: int,
+) -> int:
+    """Append the events of a line of several values; return the room left.
+    They differ in the value (and a gauge's delta) alone, so the JSON around
+    it is written once, as orjson writes the whole event: a line's tags are
+    serialised once, not once a value."""
+    head = b'{"metric":' + dumps(name) + b',"value":'
+    rest = b"," + dumps(extra)[1:] if extra else b"}"
+    tail = b',"type":"' + kind.encode() + b'"' + rest
+    delta_tail = b',"type":"' + kind.encode() + b'","delta":true' + rest
+    gauge = kind == "g"
+    for index, (part, number) in enumerate(zip(parts, numbers, strict=True)):
+        delta = gauge and part[0] in "+-"
+        data = head + dumps(number) + (delta_tail if delta else tail)
+        item: Any = data
+        size = len(data)
+        if build is not None:
+            event: dict[str, object] = {"metric": name, "value": number, "type": kind}
+            if delta:
+                event["delta"] = True
+            if extra:
+                event.update(extra)
+            item = build(data, event)
+            size = len(item[1])
+        if size > room:
+            raise _Full(len(parts) - index, room)
+        room -= size
+        out.append(item)
+    return room
+
+
+def _event(line: str) -> dict[str, object]:
     # The lengths count UTF-8 bytes, so the title and text are cut from the
     # encoded line. Each cut is next to an ASCII byte ("}:" and "|") of a
     # line that decoded, so the pieces decode too.
@@ -267,10 +391,10 @@ def _event(line: str) -> bytes:
     }
     if text_end < len(raw):
         event.update(_fields(raw[text_end + 1 :].decode().split("|"), 0, _EVENT_FIELDS))
-    return dumps({"event": event})
+    return event
 
 
-def _service_check(line: str) -> bytes:
+def _service_check(line: str) -> dict[str, object]:
     fields = line.split("|")  # fields[0] is "_sc"
     if len(fields) < 3 or not fields[1]:
         raise _Invalid
@@ -280,7 +404,7 @@ def _service_check(line: str) -> bytes:
     check: dict[str, object] = {"name": fields[1], "status": status}
     if len(fields) > 3:
         check.update(_fields(fields, 3, _SERVICE_CHECK_FIELDS))
-    return dumps({"service_check": check})
+    return check
 
 
 # A field table: prefix -> (prefix length, event key, conversion of the rest).

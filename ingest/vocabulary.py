@@ -34,6 +34,7 @@ class Reject(StrEnum):
     INVALID_SYSLOG = "invalid_syslog"
     INVALID_STATSD = "invalid_statsd"
     UNSUPPORTED_STATSD = "unsupported_statsd"
+    DECODED_TOO_LARGE = "decoded_too_large"  # past what one datagram may decode to (1 MiB)
 
 
 class Ignore(StrEnum):

@@ -11,15 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.codec import (
+    DECODED_TOO_LARGE,
     INVALID_JSON,
     INVALID_UTF8,
+    MAX_DECODED_BYTES,
     NOT_OBJECT,
     REJECT_REASONS,
+    Built,
     count_events,
     decode_datagram,
     decode_messages,
     messages_decoder,
 )
+from ingest.config import MAX_DATAGRAM_CEILING
 
 
 def decode(data: bytes) -> tuple[int, list[bytes], dict[str, int]]:
@@ -295,12 +299,12 @@ def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes, bound: b
     lines as the plain one, and hands each accepted line and its object to
     the builder; ``messages_decoder``'s one-line shortcut (``bound``) too."""
     built: list[tuple[bytes, object]] = []
-    out: list[bytes] = []
+    out: list[tuple[tuple[int, bytes], bytes]] = []
     rejected: defaultdict[str, int] = defaultdict(int)
 
-    def build(line: bytes, obj: dict[str, object]) -> bytes:
+    def build(line: bytes, obj: dict[str, object]) -> tuple[tuple[int, bytes], bytes]:
         built.append((line, obj))
-        return b"<" + line + b">"
+        return (0, b""), b"<" + line + b">"
 
     if bound:
         count = messages_decoder(build)(data, out, rejected)
@@ -308,6 +312,35 @@ def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes, bound: b
         count = decode_messages(data, out, rejected, build)
     plain_count, plain_out, plain_rejected = decode(data)
     assert (count, dict(rejected)) == (plain_count, plain_rejected)
-    assert out == [b"<" + line + b">" for line in plain_out]
+    assert out == [((0, b""), b"<" + line + b">") for line in plain_out]
     assert [line for line, _ in built] == plain_out
     assert all(obj == json.loads(line) for line, obj in built)
+
+
+# ------------------------------------------------------- what one datagram may decode to
+def test_with_metadata_a_datagrams_messages_stop_at_the_bound() -> None:
+    """Every line gets the attributes: 21,845 "{}" lines given 100 bytes each
+    would be 2.2 MB. The line that would pass the bound and every later
+    non-blank one (bad ones too, undecoded) are rejected, one event each.
+    Plain JSON needs no check: its lines are slices of their datagram."""
+    assert MAX_DECODED_BYTES >= MAX_DATAGRAM_CEILING
+    pad = b"x" * 100
+
+    def build(line: bytes, obj: dict[str, object]) -> tuple[tuple[int, bytes], bytes]:
+        return (0, b""), line + pad
+
+    body = len(b"{}" + pad)
+    kept = MAX_DECODED_BYTES // body
+    data = b"{}\n" * kept + b"[1]\n" + b"{}\n" * 20 + b"nope\n \n"
+    for bound in (False, True):
+        out: list[tuple[tuple[int, bytes], bytes]] = []
+        rejected: defaultdict[str, int] = defaultdict(int)
+        built = Built()
+        if bound:
+            count = messages_decoder(build, built)(data, out, rejected)
+        else:
+            count = decode_messages(data, out, rejected, build, built)
+        assert len(out) == kept
+        assert built.bytes == sum(len(b) for _, b in out) == kept * body <= MAX_DECODED_BYTES
+        assert dict(rejected) == {NOT_OBJECT: 1, DECODED_TOO_LARGE: 21}
+        assert count == kept + 1 + 20 + 1

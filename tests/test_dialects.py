@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import time
+import tracemalloc
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import decode_datagram
+from ingest.codec import DECODED_TOO_LARGE, MAX_DECODED_BYTES, decode_datagram
 from ingest.config import INPUT_FORMATS, Listener
 from ingest.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
 from ingest.gelf import Reassembler
@@ -523,6 +524,128 @@ def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf() -> None:
         reader.close()
 
     run(test)
+
+
+def drained_per_wake_up(reader: Reader) -> list[int]:
+    """Datagrams each wake-up took, until the socket is empty."""
+    wake_ups = []
+    while True:
+        before = reader.stats.datagrams_received[reader.label]
+        more = reader.source.drain()
+        wake_ups.append(reader.stats.datagrams_received[reader.label] - before)
+        if not more:
+            return wake_ups
+
+
+def test_one_wake_up_stops_at_its_bytes_budget_counting_what_statsd_writes() -> None:
+    """A datagram of 994 bytes (under 2 KiB: not counted as bytes received)
+    whose 300 samples each carry its 100 tags writes 340 KB: the fourth ends
+    a wake-up, as 1 MiB received would. Counted in events alone, 28 would."""
+
+    def test() -> None:
+        reader = Reader()
+        tags = b",".join(b"t%d" % i for i in range(100))
+        datagram = b"m:" + b":".join([b"1"] * 300) + b"|c|#" + tags
+        assert len(datagram) < 2048
+        for _ in range(12):
+            reader.sender.send(datagram)
+        assert drained_per_wake_up(reader) == [4, 4, 4, 0]
+        assert reader.balanced(12 * 300)
+        reader.close()
+
+    run(test)
+
+
+def test_with_metadata_the_messages_of_many_json_lines_count_against_the_wake_up() -> None:
+    """Every line's message gets the attributes (1 KB here): a datagram of
+    40 "{}" lines writes 41 KB, and 26 of them end a wake-up."""
+
+    def test() -> None:
+        skipped: defaultdict[str, int] = defaultdict(int)
+        builder = MessageBuilder([("pad", "x" * 1000)], [], skipped)
+        reader = Reader(builder=builder)
+        for _ in range(30):
+            reader.sender.send(b"{}\n" * 40)
+        assert drained_per_wake_up(reader) == [26, 4]
+        items = [event for chunk in reader.queue.drain_all() for event in chunk.events]
+        assert len(items) == 30 * 40
+        reader.close()
+
+    run(test)
+
+
+def test_a_datagram_of_statsd_with_metadata_is_bounded_in_bodies_and_accounted() -> None:
+    def test() -> None:
+        skipped: defaultdict[str, int] = defaultdict(int)
+        builder = MessageBuilder([("env", "prod")], [("metric", "metric")], skipped)
+        reader = Reader(builder=builder)
+        tags = b",".join(b"t%d" % i for i in range(4000))
+        datagram = b"m:" + b":".join([b"1"] * 16000) + b"|c|#" + tags
+        items = reader.feed(datagram)
+        assert 0 < sum(len(body) for _, body in items) <= MAX_DECODED_BYTES
+        assert reader.stats.rejected[DECODED_TOO_LARGE] == 16000 - len(items)
+        assert reader.stats.events_received[reader.label] == 16000
+        assert reader.balanced(len(items))
+        assert published([body for _, body in items])[0][1] == {"env": "prod", "metric": "m"}
+        reader.close()
+
+    run(test)
+
+
+def test_a_wrapped_syslog_text_is_bounded_too() -> None:
+    """--syslog-wrap-text writes "\\u0001" for a byte 0x01: six times the
+    text. A datagram (up to --max-datagram-bytes, 1 MiB) wrapping to more
+    than the bound is rejected decoded_too_large, its bytes counted as built."""
+    stats = Stats()
+    dialects = Dialects(
+        "x", ALL, decode_datagram, stats, Reassembler(1 << 20, 1 << 20),
+        max_event_bytes=1 << 20, wrap_text=True,
+    )  # fmt: skip
+    out: list[Any] = []
+    rejected: defaultdict[str, int] = defaultdict(int)
+    fits = b"\x01" * ((MAX_DECODED_BYTES - 20) // 6)
+    assert dialects.decode(b"<13>" + fits, out, rejected) == 1
+    [body] = out  # with the facts as attributes
+    assert len(data_of(body)) <= MAX_DECODED_BYTES
+    assert dialects.decode(b"<13>" + fits * 2, out, rejected) == 1
+    assert len(out) == 1
+    assert dict(rejected) == {DECODED_TOO_LARGE: 1}
+    assert dialects.built.bytes > 2 * MAX_DECODED_BYTES
+
+
+def test_syslog_facts_of_hostile_length_are_not_kept() -> None:
+    """The facts' encodings are cached, but not a hostname of 60 KB: 2,000 of
+    them, each new, would hold 115 MiB."""
+    stats = Stats()
+    dialects = Dialects(
+        "x", ALL, decode_datagram, stats, Reassembler(1 << 20, 1 << 20), max_event_bytes=1 << 20
+    )
+    rejected: defaultdict[str, int] = defaultdict(int)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        for i in range(2000):
+            host = b"%05d" % i + b"h" * 60_000
+            dialects.decode(b"<13>1 - " + host + b" app - - - {}", [], rejected)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 << 20, held
+    assert stats.attributes_skipped["value_too_long"] == 2000
+    out: list[Any] = []
+    dialects.decode(b"<13>Nov 28 03:24:03 web1 app: {}", out, rejected)
+    assert published(out) == [
+        (
+            b"{}",
+            {
+                "syslog_severity": "notice",
+                "syslog_facility": "user",
+                "syslog_timestamp": "Nov 28 03:24:03",
+                "syslog_host": "web1",
+                "syslog_app": "app",
+            },
+        )
+    ]
 
 
 def test_a_daemon_ends_an_incomplete_chunked_message_after_its_five_seconds(

@@ -1,6 +1,8 @@
 """Amplification floods against a real daemon: a sender looping on one
 maximum-size UDP datagram packed with the smallest valid events (``{}\\n``,
-21,835 events a datagram). Whatever it sends, the daemon keeps answering
+21,835 events a datagram), or on one statsd line whose 16,000 values each
+become an event carrying its 4,000 tags (777 MiB written from 55 KB, before
+codec.MAX_DECODED_BYTES). Whatever it sends, the daemon keeps answering
 /healthz, keeps its memory within the queue's bounds plus a fixed overhead,
 stops on SIGTERM within the documented bound, and accounts for every event.
 
@@ -16,22 +18,28 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import PubSubNames
 from tests.helpers import DaemonProcess, Daemons, free_udp_port, wait_for
-from tests.test_metrics_http import get, scrape, unaccounted
+from tests.test_metrics_http import get, scrape, unaccounted, value
 from tests.test_metrics_http import start as start_with_metrics
 from tools.procfs import peak_rss_kib
 
 # The largest UDP payload over IPv4 loopback, as the issue's sender used.
 FLOOD_DATAGRAM = b"{}\n" * 21_835
+STATSD_FLOOD_DATAGRAM = (
+    b"m:" + b":".join([b"1"] * 16_000) + b"|c|#" + b",".join(b"t%d" % i for i in range(4000))
+)
 QUEUE_MAX_EVENTS = 100_000
 QUEUE_MAX_BYTES = 8 << 20
 # The README's bound: startup RSS + the queue's bytes + 64 B of object
 # overhead per queued event + one wake-up's worth + slack for the allocator.
 FIXED_OVERHEAD_MIB = 48
+PUBLISHERS = 4  # the default
+STATSD_BATCH_MAX_BYTES = (1 << 20) + 1024  # --batch-max-bytes's least
 FINAL_DRAIN_MAX_S = 2.0  # sources.FINAL_DRAIN_MAX_S, the documented bound
 EXIT_SLACK_S = 3.0  # closing the channel, interpreter exit, a busy CI machine
 HEALTHZ_MAX_S = 1.0
@@ -39,6 +47,7 @@ HEALTHZ_MAX_S = 1.0
 FLOODER = """
 import socket, sys, time
 kind, where, duration = sys.argv[1], sys.argv[2], float(sys.argv[3])
+payload = open(sys.argv[4], "rb").read() if len(sys.argv) > 4 else b"{}\\n" * 21_835
 if kind == "udp":
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.connect(("127.0.0.1", int(where)))
@@ -46,7 +55,6 @@ else:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.settimeout(0.5)
     sock.connect(where)
-payload = b"{}\\n" * 21_835
 deadline = time.monotonic() + duration
 sent = 0
 while time.monotonic() < deadline:
@@ -60,10 +68,20 @@ print(sent)
 
 
 @contextmanager
-def flooding(target: tuple[str, str], duration_s: float) -> Iterator[subprocess.Popen[bytes]]:
-    """A flooder process aimed at ("udp", port) or ("unix", path)."""
+def flooding(
+    target: tuple[str, str], duration_s: float, payload: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A flooder process aimed at ("udp", port) or ("unix", path), sending
+    FLOOD_DATAGRAM or the bytes of ``payload``."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", FLOODER, *target, str(duration_s)],
+        [
+            sys.executable,
+            "-c",
+            FLOODER,
+            *target,
+            str(duration_s),
+            *([str(payload)] * bool(payload)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -152,6 +170,63 @@ def test_flood_keeps_healthz_answering_and_memory_bounded(
     assert peak_kib is not None
     bound_kib = (
         baseline_kib + (QUEUE_MAX_BYTES + 64 * QUEUE_MAX_EVENTS) // 1024 + FIXED_OVERHEAD_MIB * 1024
+    )
+    assert peak_kib < bound_kib, f"peak RSS {peak_kib} KiB, bound {bound_kib} KiB"
+    assert daemon.stop() == 0
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("transport", "metadata"), [("udp", False), ("udp", True), ("unix", True)])
+def test_a_statsd_flood_writes_at_most_its_bound_a_datagram(
+    daemons: Daemons, pubsub: PubSubNames, transport: str, metadata: bool
+) -> None:
+    """The issue's datagrams, looped on for 3 s: what each writes stops at
+    the bound (its further samples rejected decoded_too_large) and counts
+    against the wake-up's budget, so memory stays within the README's bound
+    and /healthz answers, as for the JSON flood. With metadata every sample
+    gets the attributes (and over unix the sender's credentials too)."""
+    # Requests of 1 MiB: this flood's events are 48 KB, and the publishers'
+    # requests (a term of the README's bound) would be 10 MB each otherwise.
+    extra = ["--batch-max-bytes", str(STATSD_BATCH_MAX_BYTES)]
+    if metadata:
+        extra += ["--attribute", "env=prod", "--attribute-field", "metric=metric"]
+    if transport == "unix" and metadata:
+        extra.append("--unix-credentials")
+    daemon, base, target = start(daemons, pubsub, transport, *extra)
+    baseline_kib = rss_kib(daemon.pid)
+    payload = daemons.tmp_path / "statsd.bin"
+    payload.write_bytes(STATSD_FLOOD_DATAGRAM)
+    latencies = []
+    with flooding(target, 3.0, payload) as flooder:
+        wait_for(
+            lambda: total_of(scrape(base), "ingest_events_received_total") > 0,
+            10,
+            "the flood to arrive",
+        )
+        while flooder.poll() is None:
+            latencies.append(healthz_latency_s(base))
+        sent = int((flooder.communicate(timeout=10)[0] or b"0").strip())
+    assert sent > 10, "the flooder did not flood"
+    assert latencies and max(latencies) < HEALTHZ_MAX_S, latencies
+    wait_for(
+        lambda: (
+            unaccounted(samples := scrape(base)) == 0
+            and total_of(samples, "ingest_queue_events") == 0
+            and total_of(samples, "ingest_inflight_events") == 0
+        ),
+        90,
+        "the flood to be accounted",
+    )
+    samples = scrape(base)
+    assert value(samples, "ingest_events_rejected_total", reason="decoded_too_large") > 0
+    assert total_of(samples, "ingest_events_published_total") > 0
+    peak_kib = peak_rss_kib(daemon.pid)
+    assert peak_kib is not None
+    bound_kib = (
+        baseline_kib
+        + (QUEUE_MAX_BYTES + 64 * QUEUE_MAX_EVENTS + PUBLISHERS * 2 * STATSD_BATCH_MAX_BYTES)
+        // 1024
+        + FIXED_OVERHEAD_MIB * 1024
     )
     assert peak_kib < bound_kib, f"peak RSS {peak_kib} KiB, bound {bound_kib} KiB"
     assert daemon.stop() == 0

@@ -16,6 +16,7 @@ from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_
 from ingest.message import (
     COMBO_MAX_CHARS,
     COMBOS_CACHED,
+    DATA_HEADERS_CACHED,
     NOT_SCALAR,
     ORDERING_KEY_TOO_LONG,
     VALUE_TOO_LONG,
@@ -410,6 +411,17 @@ def test_the_combination_cache_is_bounded() -> None:
     assert all(
         sum(len(v) for v in key if isinstance(v, str)) <= COMBO_MAX_CHARS for key in build._combos
     )
+
+
+def test_data_headers_are_kept_for_short_events_only() -> None:
+    """A sender chooses its events' lengths: one kept header per length, up
+    to the 1 MiB ceiling, would be ~100 MiB."""
+    build = MessageBuilder([("k", "v")], [], defaultdict(int))
+    for size in range(DATA_HEADERS_CACHED - 100, DATA_HEADERS_CACHED + 2000):
+        data = b'{"p":"' + b"x" * (size - 8) + b'"}'
+        _, body = build.build(data, {})
+        assert data_of(body) == data and body.startswith(encode_data(data))
+    assert len(build._data_headers) == 100
 
 
 def test_the_combination_cache_rests_while_values_do_not_recur(

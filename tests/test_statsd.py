@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from typing import Any
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import INVALID_UTF8
+from ingest.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
+from ingest.message import MessageBuilder, data_of
 from ingest.statsd import (
     INVALID_STATSD,
     REJECT_REASONS,
@@ -26,7 +28,7 @@ from ingest.statsd import (
 )
 
 Event = dict[str, object]
-ALL_REASONS = frozenset((*REJECT_REASONS, INVALID_UTF8))
+ALL_REASONS = frozenset((*REJECT_REASONS, INVALID_UTF8, DECODED_TOO_LARGE))
 
 
 def decode(data: bytes) -> tuple[int, list[Event], dict[str, int]]:
@@ -601,6 +603,121 @@ def test_reject_reasons_are_the_new_vocabulary() -> None:
     assert INVALID_UTF8 not in REJECT_REASONS  # codec.REJECT_REASONS has it
 
 
+# ------------------------------------------------------- what one datagram may decode to
+def many_values(values: int, tags: int, kind: bytes = b"c") -> bytes:
+    """The issue's line: each of its values an event carrying every tag."""
+    numbers = b":".join(b"%d" % (i % 10) for i in range(values))
+    return b"m:" + numbers + b"|" + kind + b"|#" + b",".join(b"t%d" % i for i in range(tags))
+
+
+def decode_bytes(
+    data: bytes, build: Build | None = None
+) -> tuple[int, list[bytes], dict[str, int], Built]:
+    """decode_statsd's events as bytes (with ``build``, the bodies), and its
+    count kept: accepted plus rejected."""
+    out: list[Any] = []
+    rejected: defaultdict[str, int] = defaultdict(int)
+    built = Built()
+    count = decode_statsd(data, out, rejected, build, built)
+    assert count == len(out) + sum(rejected.values())
+    items = [item if build is None else item[1] for item in out]
+    assert built.bytes == sum(map(len, items))
+    return count, items, dict(rejected), built
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        many_values(16000, 4000),  # 55 KB that wrote 777 MiB
+        many_values(30000, 1),  # the most samples 64 KB holds
+        b"\n".join([many_values(400, 300)] * 20),  # many lines, each under the bound
+        b"\n".join([many_values(3000, 20, b"g").replace(b":", b":+", 3000)] * 4),  # deltas
+        b"\xff\n" + b"\n".join([many_values(400, 300)] * 20),  # not UTF-8: lines apart
+        b"\n".join([b"_e{5,60000}:title|" + b"\x01" * 60000] * 4),  # each 6 times its text
+        b"\n".join([b"_sc|c|0|m:" + b"\x01" * 60000] * 4),
+        b"\n".join([b"a:1|c|#" + b",".join([b"\x01%d" % i for i in range(20000)])] * 4),
+    ],
+    ids=["issue", "samples", "lines", "deltas", "apart", "events", "checks", "tags"],
+)
+def test_what_a_datagram_decodes_to_is_bounded_and_the_rest_rejected_by_name(data: bytes) -> None:
+    _, items, rejected, _ = decode_bytes(data)
+    assert sum(map(len, items)) <= MAX_DECODED_BYTES
+    assert rejected.keys() <= {DECODED_TOO_LARGE, INVALID_UTF8}
+    assert rejected[DECODED_TOO_LARGE] > 0
+    assert all(type(orjson.loads(item)) is dict for item in items)
+
+
+def test_the_bound_keeps_the_first_samples_and_counts_the_rest_of_the_datagram() -> None:
+    """The event that would pass the bound and all after it are rejected:
+    the rest of its line one per value, each later non-blank line one,
+    undecoded (a bad line too); the samples before it are published."""
+    line = many_values(2000, 100)
+    sample = orjson.dumps(
+        metric("m", 0, "c", tags=dict.fromkeys((f"t{i}" for i in range(100)), None))
+    )
+    kept = MAX_DECODED_BYTES // len(sample)
+    assert kept < 2000
+    count, items, rejected, _ = decode_bytes(b"a:1|c\n" + line + b"\n\nb:2|c\nbad\n \n")
+    assert count == 1 + 2000 + 2
+    assert items[0] == orjson.dumps(metric("a", 1, "c"))
+    assert [orjson.loads(item)["value"] for item in items[1:]] == [i % 10 for i in range(kept)]
+    assert len(items) == 1 + kept
+    assert rejected == {DECODED_TOO_LARGE: 2000 - kept + 2}
+
+
+def test_events_that_fill_the_bound_exactly_are_all_kept() -> None:
+    # A sample of exactly 1 KiB, padded by a tag: 1,024 of them are the bound.
+    empty = len(orjson.dumps(metric("m", 1, "c", tags={"p": ""})))
+    line = b"m:" + b":".join([b"1"] * 1025) + b"|c|#p:" + b"x" * (1024 - empty)
+    count, items, rejected, built = decode_bytes(line)
+    assert {len(item) for item in items} == {1024}
+    assert (count, len(items), rejected) == (1025, 1024, {DECODED_TOO_LARGE: 1})
+    assert built.bytes == MAX_DECODED_BYTES
+
+
+def test_with_metadata_the_bound_counts_each_message_body() -> None:
+    """Every event gets the attributes, so bodies, not events, are what is
+    bounded: 30,000 small samples each given 100 bytes of attributes."""
+    skipped: defaultdict[str, int] = defaultdict(int)
+    builder = MessageBuilder([("pad", "x" * 100)], [("metric", "metric")], skipped)
+    data = many_values(30000, 0)
+    count, bodies, rejected, _ = decode_bytes(data, builder.build)
+    assert sum(map(len, bodies)) <= MAX_DECODED_BYTES
+    body = bodies[0]
+    assert len(bodies) == MAX_DECODED_BYTES // len(body)
+    assert data_of(body) == orjson.dumps(metric("m", 0, "c"))
+    assert (count, rejected) == (30000, {DECODED_TOO_LARGE: 30000 - len(bodies)})
+    # The events given to the builder are those the bytes say.
+    _, plain, _, _ = decode_bytes(b"m:1:+2|g|@0.5|#a:b,c\n_sc|x|1|m:hi")
+    _, built, _, _ = decode_bytes(b"m:1:+2|g|@0.5|#a:b,c\n_sc|x|1|m:hi", builder.build)
+    assert [data_of(body) for body in built] == plain
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 60)), min_size=1, max_size=6))
+def test_the_bound_cuts_at_the_first_sample_that_would_pass_it(
+    shapes: list[tuple[int, int]],
+) -> None:
+    lines = [(values * 10, tags * 20) for values, tags in shapes]
+    samples = []  # (line, its bytes) of every sample, in order
+    for index, (values, tags) in enumerate(lines):
+        tagged = {"tags": dict.fromkeys((f"t{i}" for i in range(tags)), None)} if tags else {}
+        samples += [
+            (index, orjson.dumps(metric("m", i % 10, "c", **tagged))) for i in range(values)
+        ]
+    count, items, rejected, _ = decode_bytes(b"\n".join(many_values(*line) for line in lines))
+    kept = len(items)
+    assert sum(map(len, items)) <= MAX_DECODED_BYTES
+    assert items == [data for _, data in samples[:kept]]
+    if kept == len(samples):
+        assert (count, rejected) == (kept, {})
+        return
+    assert sum(len(data) for _, data in samples[: kept + 1]) > MAX_DECODED_BYTES
+    cut = samples[kept][0]
+    rest = sum(1 for line, _ in samples[kept:] if line == cut) + len(lines) - cut - 1
+    assert (count, rejected) == (kept + rest, {DECODED_TOO_LARGE: rest})
+
+
 # ---------------------------------------------------------------- robustness
 @pytest.mark.parametrize(
     "data",
@@ -746,3 +863,6 @@ def test_generated_lines_decode_to_their_events(
     assert count == len(expected) + invalid
     assert sum(rejected.values()) == invalid
     assert events == expected
+    # Byte for byte as orjson writes each whole event (a line of several
+    # values is written around its value, not one dict per value).
+    assert decode_bytes(data)[1] == [orjson.dumps(event) for event in expected]
