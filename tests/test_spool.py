@@ -45,7 +45,7 @@ def test_any_truncation_is_detected(events: list[bytes], data: st.DataObject) ->
     assert all(isinstance(item, spoolfmt.Damage) for item in items)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(text_events, min_size=1, max_size=5), st.data())
 def test_single_byte_damage_never_yields_a_wrong_event(
     batches: list[list[bytes]], data: st.DataObject

@@ -79,7 +79,7 @@ def test_a_v1_record_reads_as_data_for_the_default_topic(events: list[bytes]) ->
     assert (record.events, record.kind, record.topic) == (events, KIND_DATA, "")
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(text_events, kinds, topics), min_size=1, max_size=5), st.data())
 def test_single_byte_damage_never_yields_a_wrong_kind_or_topic(
     records: list[tuple[list[bytes], int, str]], data: st.DataObject

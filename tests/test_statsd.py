@@ -755,13 +755,13 @@ _FRAGMENTS = [
 ]  # fmt: skip
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise_and_keep_the_count(data: bytes) -> None:
     decode(data)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(_FRAGMENTS), max_size=40).map(b"".join))
 def test_grammar_fragments_never_raise_and_keep_the_count(data: bytes) -> None:
     decode(data)
@@ -846,7 +846,7 @@ _INVALID_LINES = st.sampled_from(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.one_of(valid_lines(), _INVALID_LINES), max_size=8), st.booleans())
 def test_generated_lines_decode_to_their_events(
     lines: list[tuple[bytes, list[Event]] | bytes], trailing_newline: bool
