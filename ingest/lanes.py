@@ -467,10 +467,7 @@ class LaneQueue(Bounded):
             self.bytes += LANE_BYTES
         kept, nbytes = self.admit(bodies)
         if len(kept) < len(bodies):
-            if self.spill is not None:
-                self.spill(bodies[len(kept) :], lane)
-            else:
-                self.drop_full(len(bodies) - len(kept))
+            self._overflow(bodies[len(kept) :], lane)
         if not kept:
             if fifo is None:
                 self.bytes -= LANE_BYTES
@@ -480,6 +477,14 @@ class LaneQueue(Bounded):
         fifo.add(kept, nbytes, received_at)
         self.events += len(kept)
         self.bytes += nbytes
+
+    def _overflow(self, bodies: list[bytes], lane: Lane) -> None:
+        """What a lane's part of a put cannot keep: spilled with its lane, or
+        dropped as ``queue_full``."""
+        if self.spill is not None:
+            self.spill(bodies, lane)
+        else:
+            self.drop_full(len(bodies))
 
     def ready_lane(
         self, now: float, linger_s: float, max_count: int, max_bytes: int, overhead: int
@@ -675,10 +680,7 @@ class LaneQueue(Bounded):
             else:
                 kept, nbytes = bodies, sum(map(len, bodies))
             if len(kept) < len(bodies):
-                if self.spill is not None:
-                    self.spill(bodies[len(kept) :], lane)
-                else:
-                    self.drop_full(len(bodies) - len(kept))
+                self._overflow(bodies[len(kept) :], lane)
             if not kept:
                 continue
             if fifo is None:
