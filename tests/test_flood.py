@@ -114,6 +114,23 @@ def start(
     return daemon, base, target
 
 
+def flood_asking_health(target: tuple[str, str], base: str, payload: Path | None = None) -> None:
+    """Flood ``target`` for 3 s, asking /healthz all the while: it must
+    answer each time within HEALTHZ_MAX_S."""
+    latencies = []
+    with flooding(target, 3.0, payload) as flooder:
+        wait_for(
+            lambda: total_of(scrape(base), "ingest_events_received_total") > 0,
+            10,
+            "the flood to arrive",
+        )
+        while flooder.poll() is None:
+            latencies.append(healthz_latency_s(base))
+        sent = int((flooder.communicate(timeout=10)[0] or b"0").strip())
+    assert sent > 10, "the flooder did not flood"
+    assert latencies and max(latencies) < HEALTHZ_MAX_S, latencies
+
+
 def healthz_latency_s(base: str) -> float:
     started = time.monotonic()
     get(base + "/healthz")  # 200 or 503: it answers, which is what is measured
@@ -141,18 +158,7 @@ def test_flood_keeps_healthz_answering_and_memory_bounded(
     extra = ["--spool-dir", spool_dir, "--spool-max-bytes", str(1 << 20)] if spool else []
     daemon, base, target = start(daemons, pubsub, transport, *extra)
     baseline_kib = rss_kib(daemon.pid)
-    latencies = []
-    with flooding(target, 3.0) as flooder:
-        wait_for(
-            lambda: total_of(scrape(base), "ingest_events_received_total") > 0,
-            10,
-            "the flood to arrive",
-        )
-        while flooder.poll() is None:
-            latencies.append(healthz_latency_s(base))
-        sent = int((flooder.communicate(timeout=10)[0] or b"0").strip())
-    assert sent > 10, "the flooder did not flood"
-    assert latencies and max(latencies) < HEALTHZ_MAX_S, latencies
+    flood_asking_health(target, base)
     # Everything settles: published, rejected or dropped by a named reason.
     wait_for(
         lambda: (
@@ -196,18 +202,7 @@ def test_a_statsd_flood_writes_at_most_its_bound_a_datagram(
     baseline_kib = rss_kib(daemon.pid)
     payload = daemons.tmp_path / "statsd.bin"
     payload.write_bytes(STATSD_FLOOD_DATAGRAM)
-    latencies = []
-    with flooding(target, 3.0, payload) as flooder:
-        wait_for(
-            lambda: total_of(scrape(base), "ingest_events_received_total") > 0,
-            10,
-            "the flood to arrive",
-        )
-        while flooder.poll() is None:
-            latencies.append(healthz_latency_s(base))
-        sent = int((flooder.communicate(timeout=10)[0] or b"0").strip())
-    assert sent > 10, "the flooder did not flood"
-    assert latencies and max(latencies) < HEALTHZ_MAX_S, latencies
+    flood_asking_health(target, base, payload)
     wait_for(
         lambda: (
             unaccounted(samples := scrape(base)) == 0
