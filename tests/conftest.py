@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Daemons, short_dir
-from tools.emulator import Emulator, launcher_path
+from tools.testing.emulator import Emulator, launcher_path
 
 _counter = itertools.count()
 

@@ -26,7 +26,7 @@ from tests.helpers import (
     send_unix,
     serve_args,
 )
-from tools.emulator import Emulator, free_port
+from tools.testing.emulator import Emulator, free_port
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

@@ -54,8 +54,8 @@ from ingest.client import (
 )
 from tests.conftest import PubSubNames
 from tests.helpers import Daemons, free_udp_port, serve_args, stale_socket_file, wait_for
-from tools import netns
-from tools.emulator import Emulator
+from tools.testing import netns
+from tools.testing.emulator import Emulator
 
 CHILDREN = 4
 EVENTS_PER_CHILD = 10_000

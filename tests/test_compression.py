@@ -22,9 +22,9 @@ from ingest.pubsub import PUBLISH_COMPRESSIONS, PubSubClient, RequestEncoder, cr
 from tests.conftest import PubSubNames
 from tests.helpers import Daemons, UnixSender, serve_args
 from tests.test_config import assert_config_error, run_ingest
-from tools.bench_compression import web_events
-from tools.emulator import Emulator
-from tools.tcpproxy import TcpProxy
+from tools.bench.compression import web_events
+from tools.testing.emulator import Emulator
+from tools.testing.tcpproxy import TcpProxy
 
 EVENTS = 2000  # two full requests of 1000
 GZIP_AT_MOST = 0.5  # of the bytes ``none`` sends for the same events

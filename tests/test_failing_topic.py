@@ -20,7 +20,7 @@ import orjson
 from tests.conftest import PubSubNames, another_topic
 from tests.helpers import Daemons, UnixSender, wait_for
 from tests.test_metrics_http import get, scrape, start, total, unaccounted, value
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 _names = itertools.count()
 PER_DATAGRAM = 10

@@ -32,8 +32,8 @@ from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
 from tests.helpers import DaemonProcess, Daemons, UnixSender, subject_to_file_modes, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted
-from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import TcpProxy
+from tools.testing.emulator import Emulator, free_port, launcher_path
+from tools.testing.tcpproxy import TcpProxy
 
 PROJECT = "ingest-faults"
 _names = itertools.count()

@@ -28,7 +28,7 @@ from tests.helpers import (
     send_udp,
     wait_for,
 )
-from tools.emulator import Emulator, free_port
+from tools.testing.emulator import Emulator, free_port
 
 
 def get(url: str) -> tuple[int, bytes]:

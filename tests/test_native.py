@@ -28,8 +28,8 @@ from tests.conftest import PubSubNames, another_topic
 from tests.helpers import Daemons, UnixSender, serve_args, wait_for
 from tests.test_credentials import nobody
 from tests.test_metrics_http import scrape, start, total, unaccounted, value
-from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import TcpProxy
+from tools.testing.emulator import Emulator, free_port, launcher_path
+from tools.testing.tcpproxy import TcpProxy
 
 _names = itertools.count()
 

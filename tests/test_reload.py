@@ -39,7 +39,7 @@ from ingest.stats import Stats
 from tests.conftest import PubSubNames
 from tests.helpers import Daemons, UnixSender, wait_for
 from tests.test_metrics_http import scrape, unaccounted, value
-from tools.emulator import Emulator, free_port
+from tools.testing.emulator import Emulator, free_port
 
 
 def settings(**values: Any) -> Settings:

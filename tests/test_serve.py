@@ -33,7 +33,7 @@ from tests.helpers import (
     subject_to_file_modes,
     udp_addr,
 )
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

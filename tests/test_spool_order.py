@@ -21,8 +21,8 @@ import pytest
 
 from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
 from tests.test_metrics_http import scrape, total, unaccounted
-from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import TcpProxy
+from tools.testing.emulator import Emulator, free_port, launcher_path
+from tools.testing.tcpproxy import TcpProxy
 
 PROJECT = "ingest-order"
 KEYS = 6

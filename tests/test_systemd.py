@@ -35,7 +35,7 @@ from tests.helpers import (
     serve_args,
     wait_for,
 )
-from tools.emulator import Emulator, free_port
+from tools.testing.emulator import Emulator, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"

@@ -47,7 +47,7 @@ from ingest.observe.tap import (
 from tests.conftest import PubSubNames
 from tests.helpers import INGEST, Daemons, closed_tcp_port, wait_for
 from tests.test_metrics_http import HalfHeads, start, timed_get
-from tools.emulator import free_port
+from tools.testing.emulator import free_port
 
 T = TypeVar("T")
 TIMEOUT_S = 5.0
