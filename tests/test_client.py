@@ -53,8 +53,9 @@ from ingest.client import (
     Emitter,
 )
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, free_udp_port, serve_args, stale_socket_file, wait_for
+from tests.helpers import free_udp_port, serve_args, stale_socket_file, wait_for
 from tools.testing import netns
+from tools.testing.daemon import Daemons
 from tools.testing.emulator import Emulator
 
 CHILDREN = 4

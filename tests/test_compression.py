@@ -20,9 +20,10 @@ from ingest.cli import build_parser, settings_from
 from ingest.config import SERVE_OPTIONS, ConfigError, Settings, build_settings
 from ingest.pubsub import PUBLISH_COMPRESSIONS, PubSubClient, RequestEncoder, create_channel
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, UnixSender, serve_args
+from tests.helpers import UnixSender, serve_args
 from tests.test_config import assert_config_error, run_ingest
 from tools.bench.compression import web_events
+from tools.testing.daemon import Daemons
 from tools.testing.emulator import Emulator
 from tools.testing.tcpproxy import TcpProxy
 

@@ -30,8 +30,9 @@ import pytest
 from ingest.spool import Spool
 from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
-from tests.helpers import DaemonProcess, Daemons, UnixSender, subject_to_file_modes, wait_for
+from tests.helpers import UnixSender, subject_to_file_modes, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted
+from tools.testing.daemon import DaemonProcess, Daemons
 from tools.testing.emulator import Emulator, free_port, launcher_path
 from tools.testing.tcpproxy import TcpProxy
 

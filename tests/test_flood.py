@@ -20,9 +20,10 @@ from contextlib import contextmanager
 import pytest
 
 from tests.conftest import PubSubNames
-from tests.helpers import DaemonProcess, Daemons, free_udp_port, wait_for
+from tests.helpers import free_udp_port, wait_for
 from tests.test_metrics_http import get, scrape, unaccounted
 from tests.test_metrics_http import start as start_with_metrics
+from tools.testing.daemon import DaemonProcess, Daemons
 from tools.testing.procfs import peak_rss_kib
 
 # The largest UDP payload over IPv4 loopback, as the sender used.

@@ -21,7 +21,6 @@ import pytest
 
 from tests.conftest import PubSubNames
 from tests.helpers import (
-    Daemons,
     UnixSender,
     closed_tcp_port,
     free_udp_port,
@@ -33,6 +32,7 @@ from tests.helpers import (
     subject_to_file_modes,
     udp_addr,
 )
+from tools.testing.daemon import Daemons
 from tools.testing.emulator import Emulator
 
 EXIT_OK = 0

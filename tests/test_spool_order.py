@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
+from tests.helpers import UnixSender, wait_for
 from tests.test_metrics_http import scrape, total, unaccounted
+from tools.testing.daemon import DaemonProcess, Daemons
 from tools.testing.emulator import Emulator, free_port, launcher_path
 from tools.testing.tcpproxy import TcpProxy
 

@@ -27,7 +27,8 @@ from ingest.config import (
     PUBSUB_MAX_ATTRIBUTES,
     PUBSUB_MAX_ORDERING_KEY_BYTES,
 )
-from tests.helpers import Daemons, UnixSender
+from tests.helpers import UnixSender
+from tools.testing.daemon import Daemons
 from tools.testing.emulator import Emulator
 from tools.testing.fakepubsub import REFUSAL_STATUS, FakePubSub, Refusal, refusal
 

@@ -171,9 +171,8 @@ def one_run(
     emulator.create_subscription(subscription, topic)
     sock = os.path.join(workdir, f"ingest-{n}.sock")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     with TcpProxy(emulator.port, refuse=False) as proxy:
-        env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{proxy.port}"
+        emulator_host = f"127.0.0.1:{proxy.port}"
         serve = [
             "--project", PROJECT, "--topic", topic_id, "--unix", sock,
             "--metrics", f"127.0.0.1:{port}",
@@ -183,9 +182,9 @@ def one_run(
         ]  # fmt: skip
         daemon = DaemonProcess(
             serve,
-            env,
             os.path.join(workdir, f"ingest-{n}.log"),
-            f"http://127.0.0.1:{port}/metrics",
+            emulator_host=emulator_host,
+            metrics_url=f"http://127.0.0.1:{port}/metrics",
         )
         try:
             daemon.wait_ready(30)
@@ -196,7 +195,7 @@ def one_run(
             cpu = process_cpu_s(daemon.pid) - cpu0
             up, down = proxy.bytes_up - up0, proxy.bytes_down - down0
         finally:
-            daemon.stop()
+            daemon.shut_down()
     published = after.total("ingest_events_published_total")
     requests = after.total("ingest_publish_requests_total") - before.total(
         "ingest_publish_requests_total"

@@ -371,9 +371,9 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
                 *linger,
                 *args.daemon_arg,
             ],
-            bench.env(),
             os.path.join(bench.workdir, f"{phase.name}.log"),
-            f"http://127.0.0.1:{metrics_port}/metrics",
+            emulator_host=bench.sink.host,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         try:
             daemon.wait_ready(60)
@@ -400,7 +400,7 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
             phase.machine_busy_s, phase.interrupts_s = busy1 - busy0, irq1 - irq0
             phase.peak_rss_kib = peak_rss_kib(daemon.pid)
         finally:
-            phase.exit_code = daemon.stop()
+            phase.exit_code = daemon.shut_down()
             phase.stopped_line = daemon.stopped_line()
             phase.warnings = daemon.warnings()
         phase.verification = check()

@@ -41,12 +41,11 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
         port, metrics_port = free_port(socket.AF_INET, socket.SOCK_DGRAM), free_port()
         unix_path = os.path.join(tmp, "in.sock")
         closed = free_port()  # nothing listens: Pub/Sub unreachable
-        env = {**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{closed}"}
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         daemon = DaemonProcess(
             ["--project", "bench", "--topic", "scrape", "--udp", f"127.0.0.1:{port}",
              "--unix", unix_path, "--metrics", f"127.0.0.1:{metrics_port}"],
-            env, os.path.join(tmp, "serve.log"), url,
+            os.path.join(tmp, "serve.log"), emulator_host=f"127.0.0.1:{closed}", metrics_url=url,
         )  # fmt: skip
         try:
             daemon.wait_ready(30)
@@ -63,7 +62,7 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
             elapsed = time.monotonic() - start
             cpu = process_cpu_s(daemon.pid) - start_cpu - idle_rate * elapsed
         finally:
-            daemon.stop()
+            daemon.shut_down()
     per_scrape_ms = cpu / SCRAPES * 1000
     load_cpu_s_per_s = 100_000 * args.us_per_event / 1e6
     lines = len(body.splitlines())
