@@ -5,7 +5,9 @@ parses its own flags from ``argv``, prints its report as it goes, and returns
 its figures (JSON-able: numbers, strings, lists, dicts). A figure ``"ok":
 False`` marks a run whose own check failed (e.g. delivery not verified); the
 bench then exits non-zero, the figures still written. A new suite is a module
-and a line in SUITES.
+and a line in SUITES (e.g. one measuring the daemon's CPU across offered
+rates beside google-cloud-pubsub's own publisher: its figures a list of
+{rate, cpu} rows per publisher, machine facts already in the file).
 """
 
 from __future__ import annotations
