@@ -29,7 +29,7 @@ test: lint typecheck
 # Development run: starts the real emulator in the background unless
 # PUBSUB_EMULATOR_HOST is set, creates the topic, serves on dev defaults.
 run: $(STAMP)
-	$(BIN)/python -m tools.devrun
+	$(BIN)/python -m tools.dev.devrun
 
 # The fault-injection suite alone (part of `make test` too): real emulator,
 # TCP proxy, SIGSTOP/SIGKILL/SIGTERM, the disk spool, restarts during replay,
@@ -39,27 +39,14 @@ faults: $(STAMP)
 
 # ~60 s of steady load with the emulator frozen every 15 s: zero loss, flat RSS.
 soak: $(STAMP)
-	$(BIN)/python -m tools.soak
+	$(BIN)/python -m tools.dev.soak
 
-# Speed and memory: against the real emulator, verified delivery (UDP loss in
-# 5 runs, unix, CPU per event, the naive publisher, plain vs metadata);
-# against a fake Publish server (tools/fakepubsub.py), the daemon's own
-# ceiling; then what watching costs, the client's emit cost, a gunicorn app's
-# request latency with and without ingest, the spool's throughput, gzip on
-# the wire, what reading unix senders' credentials costs, the metadata
-# pipeline's own work per event, stage by stage (tools/bench_lanes.py), and
-# what one Publish call costs (tools/bench_publish_call.py).
-# `python -m tools.bench --help`.
+# Every benchmark, one command: the suites of tools/bench (`python -m
+# tools.bench list`), each at its defaults, their figures written to
+# bench.json (machine facts included, so a later run can be compared).
+# One suite, with its own flags: `python -m tools.bench SUITE --help`.
 bench: $(STAMP)
-	$(BIN)/python -m tools.bench
-	$(BIN)/python -m tools.bench_scrape
-	$(BIN)/python -m tools.bench_client
-	$(BIN)/python -m tools.bench_gunicorn
-	$(BIN)/python -m tools.bench_spool
-	$(BIN)/python -m tools.bench_compression
-	$(BIN)/python -m tools.bench_credentials
-	$(BIN)/python -m tools.bench_lanes
-	$(BIN)/python -m tools.bench_publish_call
+	$(BIN)/python -m tools.bench all --json bench.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

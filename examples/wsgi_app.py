@@ -115,7 +115,7 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         emitter.emit(event)
         spent_s = time.perf_counter() - t0
         headers.append(("X-Ingest-Sent", "1" if emitter.stats()["sent"] > before else "0"))
-    # What recording the event cost this request, for tools/bench_gunicorn.py.
+    # What recording the event cost this request, for tools/bench/gunicorn.py.
     headers.append(("X-Record-Us", f"{spent_s * 1e6:.1f}"))
     start_response("200 OK", headers)
     return [request_id.encode()]

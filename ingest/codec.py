@@ -154,7 +154,7 @@ def messages_decoder(build: Build, built: Built | None = None) -> Decoder:
     """``decode_messages`` bound to ``build``, as a reader calls it, with
     decode_datagram's shortcut for a datagram of one line: a closure, not a
     functools.partial, whose keyword merge alone cost ~0.25 µs a datagram
-    (tools/bench_lanes.py). ``built``: gets the bytes of the messages of
+    (tools/bench/lanes.py). ``built``: gets the bytes of the messages of
     datagrams of several lines; a datagram's one message is its line and the
     metadata, and is not counted, which keeps the common path as it was."""
 

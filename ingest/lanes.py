@@ -88,7 +88,7 @@ class LaneFifo:
     With K ordering keys a wake-up's messages split K ways, so a chunk per
     lane per wake-up held ~2-3 messages at 100 keys and the queue paid its
     bookkeeping per message (~1.6 µs an event of put and take, measured by
-    tools/bench_lanes.py). Here a wake-up extends the list and notes when its
+    tools/bench/lanes.py). Here a wake-up extends the list and notes when its
     part was received (``stamps``); a batch takes a slice. ``bodies[head:]``
     are queued; the taken prefix is cut off once it is the larger part."""
 
@@ -311,7 +311,7 @@ class LaneQueue(Bounded):
         # and a dict keeps a deleted entry's slot until it next resizes, so
         # finding the first lane scanned every lane that left before it --
         # quadratic when each event brings a new ordering key (~30 µs a
-        # request at 50,000 one-message lanes, tools/bench_lanes.py).
+        # request at 50,000 one-message lanes, tools/bench/lanes.py).
         self._lanes: OrderedDict[Lane, LaneFifo] = OrderedDict()
         self._held: set[Lane] = set()
         # Set by a release, close, a change of bounds, and a put that may

@@ -169,7 +169,7 @@ class MessageBuilder:
         # position and type of each number among the values). Bounded:
         # cleared when full. It pays only when values recur: a field with a
         # new value in every event (a request id) made build ~2 µs dearer
-        # (tools/bench_lanes.py --unique), so when a round of COMBOS_CACHED
+        # (tools/bench/lanes.py --unique), so when a round of COMBOS_CACHED
         # misses saw fewer hits, it rests for COMBOS_REST_EVENTS events.
         paths = [*self._paths, *(r.path for r in self._routes)]
         if ordering_field:
@@ -204,7 +204,7 @@ class MessageBuilder:
         entries, ordering key and lane -- in one lookup (``_combos``): a few
         fields with few values each recur in every event, and finding them
         costs ~0.4 µs an event less than reading and encoding them one by
-        one (tools/bench_lanes.py). What is not found there takes
+        one (tools/bench/lanes.py). What is not found there takes
         ``_metadata``, and is kept for the next event."""
         size = len(data)
         header = self._data_headers.get(size)

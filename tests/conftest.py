@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Daemons, short_dir
-from tools.emulator import Emulator, launcher_path
+from tests.helpers import short_dir
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator, launcher_path
 
 _counter = itertools.count()
 

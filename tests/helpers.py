@@ -1,39 +1,26 @@
-"""Test helpers: run ``ingest serve`` / ``ingest send`` as real subprocesses.
+"""Test helpers: ``ingest send`` as a real subprocess, senders, ports, waits.
 
-``DaemonProcess`` starts the daemon with PUBSUB_EMULATOR_HOST set, captures
-its stderr to a file, and waits (polling, bounded) for the documented
-``ready:`` line. ``Daemons`` owns every process a test started and kills
-whatever is still running at teardown, so no subprocess outlives its test.
+``ingest serve`` runs under tools.testing.daemon (DaemonProcess, Daemons),
+the runner the bench uses too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# The console script installed next to the interpreter (.venv/bin/ingest).
-INGEST = str(Path(sys.executable).with_name("ingest"))
-READY_TIMEOUT_S = 30.0
-POLL_S = 0.02
+from tools.testing.daemon import INGEST, POLL_S
+
 # sun_path holds 108 bytes on Linux; stay well inside it.
 MAX_UNIX_PATH = 100
-
-STOPPED_RE = re.compile(
-    r"stopped: received=(?P<received>\d+) published=(?P<published>\d+) "
-    r"rejected=(?P<rejected>\d+) dropped=(?P<dropped>\d+) \(shutdown=(?P<shutdown>\d+)\) "
-    r"spooled=(?P<spooled>\d+) unconfirmed=(?P<unconfirmed>\d+)"
-)
 
 
 def subject_to_file_modes() -> tuple[str, ...]:
@@ -141,143 +128,6 @@ class UnixSender:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class DaemonProcess:
-    """One ``ingest serve`` subprocess; stderr goes to ``log_path``."""
-
-    def __init__(
-        self,
-        args: Sequence[str],
-        log_path: Path,
-        *,
-        emulator_host: str | None,
-        env: Mapping[str, str] | None = None,
-        wrapper: Sequence[str] = (),
-    ) -> None:
-        full_env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("INGEST_") and k != "PUBSUB_EMULATOR_HOST"
-        }
-        if emulator_host is not None:
-            full_env["PUBSUB_EMULATOR_HOST"] = emulator_host
-        full_env.update(env or {})
-        self.args = [*wrapper, INGEST, "serve", *args]
-        self.log_path = log_path
-        with open(log_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=full_env,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_for_log(self, pattern: str, timeout_s: float = 10.0) -> re.Match[str]:
-        """Wait for a regex in the log; fails early if the process exits."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            match = regex.search(self.log)
-            if match:
-                return match
-            if not self.running():
-                # One more look: the line may have been written just before exit.
-                match = regex.search(self.log)
-                if match:
-                    return match
-                raise AssertionError(
-                    f"ingest exited with {self.proc.returncode} before logging "
-                    f"{pattern!r}; log:\n{self.log}"
-                )
-            if time.monotonic() >= deadline:
-                raise AssertionError(f"no {pattern!r} after {timeout_s}s; log:\n{self.log}")
-            time.sleep(POLL_S)
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
-        """Wait for the documented ``ready: ...`` line; returns it."""
-        return self.wait_for_log(r"ready: [^\n]*", timeout_s).group(0)
-
-    def send_signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def terminate(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout_s: float = 20.0) -> int:
-        """Exit code; AssertionError (after killing it) if it does not exit in time."""
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"ingest did not exit within {timeout_s}s; log:\n{self.log}"
-            ) from None
-
-    def stop(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM and wait for the exit code."""
-        self.terminate()
-        return self.wait(timeout_s)
-
-    def stopped_counts(self) -> dict[str, int]:
-        """The numbers of the final ``stopped: ...`` line."""
-        match = STOPPED_RE.search(self.log)
-        assert match, f"no stopped: line in log:\n{self.log}"
-        return {key: int(value) for key, value in match.groupdict().items()}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-class Daemons:
-    """Starts daemons for one test and kills any left running at teardown."""
-
-    def __init__(self, tmp_path: Path, emulator_host: str | None) -> None:
-        self.tmp_path = tmp_path
-        self.emulator_host = emulator_host
-        self.started: list[DaemonProcess] = []
-
-    def start(
-        self,
-        *args: str,
-        env: Mapping[str, str] | None = None,
-        emulator_host: str | None = "",
-        wrapper: Sequence[str] = (),
-    ) -> DaemonProcess:
-        """Start ``ingest serve ARGS`` (not waiting for ready). The emulator
-        is the session's unless ``emulator_host`` is given (None: unset);
-        ``wrapper`` is a command prefix (e.g. setpriv)."""
-        host = self.emulator_host if emulator_host == "" else emulator_host
-        log_path = self.tmp_path / f"ingest-{len(self.started)}.log"
-        daemon = DaemonProcess(args, log_path, emulator_host=host, env=env, wrapper=wrapper)
-        self.started.append(daemon)
-        return daemon
-
-    def run_failing(
-        self, *args: str, wrapper: Sequence[str] = (), timeout_s: float = 20.0
-    ) -> tuple[int, str]:
-        """Run a daemon expected to fail at startup; (exit code, stderr)."""
-        daemon = self.start(*args, wrapper=wrapper)
-        code = daemon.wait(timeout_s)
-        return code, daemon.log
-
-    def close(self) -> None:
-        for daemon in self.started:
-            daemon.kill()
 
 
 def run_send(

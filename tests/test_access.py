@@ -19,14 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.sources import AllowList
 from tests.conftest import PubSubNames
-from tests.helpers import (
-    Daemons,
-    free_udp_port,
-    ipv6_loopback_available,
-    send_unix,
-    serve_args,
-)
-from tools.emulator import Emulator, free_port
+from tests.helpers import free_udp_port, ipv6_loopback_available, send_unix, serve_args
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator, free_port
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

@@ -53,9 +53,10 @@ from ingest.client import (
     Emitter,
 )
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, free_udp_port, serve_args, stale_socket_file, wait_for
-from tools import netns
-from tools.emulator import Emulator
+from tests.helpers import free_udp_port, serve_args, stale_socket_file, wait_for
+from tools.testing import netns
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator
 
 CHILDREN = 4
 EVENTS_PER_CHILD = 10_000

@@ -2,9 +2,9 @@
 the setting in ingest/config.py).
 
 That compression is really on the wire is shown by bytes, not by a flag
-being accepted: the daemon publishes through tools/tcpproxy.py, whose
+being accepted: the daemon publishes through tools/testing/tcpproxy.py, whose
 counters are what a link would carry, and gzip must carry well under half of
-what ``none`` carries for the same events (tools/bench_compression.py
+what ``none`` carries for the same events (tools/bench/compression.py
 measures ~16% at 1000 events a request; the bound leaves room for the
 connection's fixed costs). ``none`` must carry at least the events' own bytes.
 """
@@ -20,11 +20,12 @@ from ingest.cli import build_parser, settings_from
 from ingest.config import SERVE_OPTIONS, ConfigError, Settings, build_settings
 from ingest.pubsub import PUBLISH_COMPRESSIONS, PubSubClient, RequestEncoder, create_channel
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, UnixSender, serve_args
+from tests.helpers import UnixSender, serve_args
 from tests.test_config import assert_config_error, run_ingest
-from tools.bench_compression import web_events
-from tools.emulator import Emulator
-from tools.tcpproxy import TcpProxy
+from tools.bench.compression import web_events
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator
+from tools.testing.tcpproxy import TcpProxy
 
 EVENTS = 2000  # two full requests of 1000
 GZIP_AT_MOST = 0.5  # of the bytes ``none`` sends for the same events

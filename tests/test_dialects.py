@@ -36,9 +36,10 @@ from ingest.queue import QUEUE_FULL, EventQueue
 from ingest.sources import DatagramSource, bind_udp
 from ingest.stats import Stats
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, wait_for
+from tests.helpers import wait_for
 from tests.test_metrics_http import scrape, start, unaccounted, value
-from tools.emulator import free_port
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import free_port
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 ALL = frozenset(INPUT_FORMATS)

@@ -41,9 +41,10 @@ import statsd  # type: ignore[import-untyped]
 from datadog.dogstatsd.base import DogStatsd  # datadog re-exports it implicitly
 
 from tests.conftest import PubSubNames
-from tests.helpers import DaemonProcess, Daemons, free_udp_port, send_udp, wait_for
+from tests.helpers import free_udp_port, send_udp, wait_for
 from tests.test_metrics_http import scrape, start, total, unaccounted, value
-from tools.emulator import Emulator
+from tools.testing.daemon import DaemonProcess, Daemons
+from tools.testing.emulator import Emulator
 
 FORMATS = ("json", "gelf", "syslog", "statsd", "unknown")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

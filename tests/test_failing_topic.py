@@ -18,9 +18,10 @@ from pathlib import Path
 import orjson
 
 from tests.conftest import PubSubNames, another_topic
-from tests.helpers import Daemons, UnixSender, wait_for
+from tests.helpers import UnixSender, wait_for
 from tests.test_metrics_http import get, scrape, start, total, unaccounted, value
-from tools.emulator import Emulator
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator
 
 _names = itertools.count()
 PER_DATAGRAM = 10

@@ -1,5 +1,5 @@
 """Fault injection with real processes, no mocks: a private emulator behind a
-TCP proxy the test controls (tools/tcpproxy.py), daemons with and without a
+TCP proxy the test controls (tools/testing/tcpproxy.py), daemons with and without a
 disk spool, SIGSTOP/SIGKILL/SIGTERM. After every case the accounting identity
 holds from /metrics. ``make faults`` runs this file alone.
 
@@ -30,10 +30,11 @@ import pytest
 from ingest.spool import Spool
 from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
-from tests.helpers import DaemonProcess, Daemons, UnixSender, subject_to_file_modes, wait_for
+from tests.helpers import UnixSender, subject_to_file_modes, wait_for
 from tests.test_metrics_http import get, scrape, total, unaccounted
-from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import TcpProxy
+from tools.testing.daemon import DaemonProcess, Daemons
+from tools.testing.emulator import Emulator, free_port, launcher_path
+from tools.testing.tcpproxy import TcpProxy
 
 PROJECT = "ingest-faults"
 _names = itertools.count()

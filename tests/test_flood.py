@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PubSubNames
-from tests.helpers import DaemonProcess, Daemons, free_udp_port, wait_for
+from tests.helpers import free_udp_port, wait_for
 from tests.test_metrics_http import get, scrape, unaccounted, value
 from tests.test_metrics_http import start as start_with_metrics
-from tools.procfs import peak_rss_kib
+from tools.testing.daemon import DaemonProcess, Daemons
+from tools.testing.procfs import peak_rss_kib
 
 # The largest UDP payload over IPv4 loopback, as the sender used.
 FLOOD_DATAGRAM = b"{}\n" * 21_835

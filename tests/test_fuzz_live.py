@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, UnixSender, wait_for
+from tests.helpers import UnixSender, wait_for
 from tests.test_metrics_http import get, scrape, start, total, unaccounted
+from tools.testing.daemon import Daemons
 
 
 def hostile(rng: random.Random) -> Iterator[bytes]:

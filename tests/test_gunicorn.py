@@ -24,9 +24,10 @@ from pathlib import Path
 import orjson
 
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, wait_for
+from tests.helpers import wait_for
 from tests.test_client import pull_distinct, serve_args
-from tools.emulator import Emulator
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator
 
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"

@@ -20,15 +20,9 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import PubSubNames, another_topic
-from tests.helpers import (
-    DaemonProcess,
-    Daemons,
-    UnixSender,
-    free_udp_port,
-    send_udp,
-    wait_for,
-)
-from tools.emulator import Emulator, free_port
+from tests.helpers import UnixSender, free_udp_port, send_udp, wait_for
+from tools.testing.daemon import DaemonProcess, Daemons
+from tools.testing.emulator import Emulator, free_port
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -25,11 +25,12 @@ import pytest
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from tests.conftest import PubSubNames, another_topic
-from tests.helpers import Daemons, UnixSender, serve_args, wait_for
+from tests.helpers import UnixSender, serve_args, wait_for
 from tests.test_credentials import nobody
 from tests.test_metrics_http import scrape, start, total, unaccounted, value
-from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import TcpProxy
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator, free_port, launcher_path
+from tools.testing.tcpproxy import TcpProxy
 
 _names = itertools.count()
 

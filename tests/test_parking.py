@@ -40,7 +40,7 @@ from ingest.stats import Stats
 from tests.conftest import PubSubNames
 from tests.test_dashboard import _View
 from tests.test_lanes import DEADLINE_S, ERRORS, LONG_LINGER_S, PLAIN, batcher, fill, items
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 PUBLISHERS = 4  # the default
 RETRY_S = 0.05  # the sink-unavailable retry interval, shortened

@@ -17,7 +17,7 @@ from ingest.pubsub import PubSubClient, create_channel
 from ingest.sources import bind_listener
 from ingest.stats import Stats
 from tests.conftest import PubSubNames
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 DEADLINE_S = 20.0
 

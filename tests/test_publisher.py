@@ -33,7 +33,7 @@ from ingest.pubsub import PubSubClient
 from ingest.queue import EventQueue
 from ingest.stats import Stats
 from tests.conftest import PubSubNames
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 TOPIC = "projects/fake/topics/events"
 DEADLINE_S = 20.0  # bounds every wait; generous for a loaded CI box

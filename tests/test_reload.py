@@ -37,9 +37,10 @@ from ingest.reload import DEPENDENCIES, LIVE, METADATA, RESTART_ONLY, STARTUP_FI
 from ingest.sources import DatagramSource, bind_unix
 from ingest.stats import Stats
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, UnixSender, wait_for
+from tests.helpers import UnixSender, wait_for
 from tests.test_metrics_http import scrape, unaccounted, value
-from tools.emulator import Emulator, free_port
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator, free_port
 
 
 def settings(**values: Any) -> Settings:

@@ -32,8 +32,9 @@ from ingest.lanes import LaneBatcher
 from ingest.observe.httpd import HttpServer
 from ingest.pipeline import Pipeline
 from tests.conftest import PubSubNames
-from tests.helpers import Daemons, UnixSender, closed_tcp_port, send_unix
-from tools.emulator import Emulator
+from tests.helpers import UnixSender, closed_tcp_port, send_unix
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator
 
 DEADLINE_S = 10.0
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    INGEST,
     free_udp_port,
     ipv6_loopback_available,
     run_send,
@@ -21,6 +20,7 @@ from tests.helpers import (
     subject_to_file_modes,
     udp_addr,
 )
+from tools.testing.daemon import INGEST
 
 EVENTS = [
     '{"msg":"héllo — 世界 🎉"}',

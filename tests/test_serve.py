@@ -21,7 +21,6 @@ import pytest
 
 from tests.conftest import PubSubNames
 from tests.helpers import (
-    Daemons,
     UnixSender,
     closed_tcp_port,
     free_udp_port,
@@ -33,7 +32,8 @@ from tests.helpers import (
     subject_to_file_modes,
     udp_addr,
 )
-from tools.emulator import Emulator
+from tools.testing.daemon import Daemons
+from tools.testing.emulator import Emulator
 
 EXIT_OK = 0
 EXIT_CONFIG = 2

@@ -1,7 +1,7 @@
 """Per-key order through the spool, with real daemons against the emulator:
 a key's events reach Pub/Sub in the order ingest received them across
 graceful stops and restarts on the same spool, and across overflow to the
-spool. The emulator sits behind a proxy (tools/tcpproxy.py) that refuses
+spool. The emulator sits behind a proxy (tools/testing/tcpproxy.py) that refuses
 connections while a test wants Pub/Sub unreachable: a refused connection
 delivers nothing, so no request can reach Pub/Sub twice and each key's
 sequence must arrive exactly, with no duplicates.
@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
+from tests.helpers import UnixSender, wait_for
 from tests.test_metrics_http import scrape, total, unaccounted
-from tools.emulator import Emulator, free_port, launcher_path
-from tools.tcpproxy import TcpProxy
+from tools.testing.daemon import DaemonProcess, Daemons
+from tools.testing.emulator import Emulator, free_port, launcher_path
+from tools.testing.tcpproxy import TcpProxy
 
 PROJECT = "ingest-order"
 KEYS = 6

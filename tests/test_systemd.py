@@ -26,16 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest import kernel, systemd
 from ingest.config import ConfigError, Listener, load_file
 from tests.conftest import PubSubNames
-from tests.helpers import (
-    INGEST,
-    Daemons,
-    free_udp_port,
-    send_udp,
-    send_unix,
-    serve_args,
-    wait_for,
-)
-from tools.emulator import Emulator, free_port
+from tests.helpers import free_udp_port, send_udp, send_unix, serve_args, wait_for
+from tools.testing.daemon import INGEST, Daemons
+from tools.testing.emulator import Emulator, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = REPO / "systemd"

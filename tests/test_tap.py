@@ -45,9 +45,10 @@ from ingest.observe.tap import (
     run_tap,
 )
 from tests.conftest import PubSubNames
-from tests.helpers import INGEST, Daemons, closed_tcp_port, wait_for
+from tests.helpers import closed_tcp_port, wait_for
 from tests.test_metrics_http import HalfHeads, start, timed_get
-from tools.emulator import free_port
+from tools.testing.daemon import INGEST, Daemons
+from tools.testing.emulator import free_port
 
 T = TypeVar("T")
 TIMEOUT_S = 5.0

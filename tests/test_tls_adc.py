@@ -53,7 +53,7 @@ from google.auth import _helpers as auth_helpers
 from google.pubsub_v1.types import pubsub as pubsub_types
 
 from ingest.pubsub import PUBSUB_SCOPES
-from tools.emulator import free_port
+from tools.testing.emulator import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOPIC = "projects/p/topics/tls"

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PubSubNames
-from tools.emulator import Emulator, free_port
+from tools.testing.emulator import Emulator, free_port
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 

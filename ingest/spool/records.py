@@ -9,7 +9,7 @@ A segment file is a header followed by records::
 
 One record holds one batch of events (the overflow of one drain wake-up):
 framing per batch rather than per event measured ~12x cheaper to append
-(tools/bench_spool.py). The checksum is zlib.crc32 over the length field and
+(tools/bench/spool.py). The checksum is zlib.crc32 over the length field and
 the payload, so a damaged length is caught as well as damaged data; CRC-32
 detects every burst error of up to 32 bits, so any single damaged byte is
 detected. RECORD_MAGIC starts with 0xFF, a byte that never occurs in valid

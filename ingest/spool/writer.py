@@ -14,7 +14,7 @@ write closes it (its torn tail cut off) and the next append starts another.
 
 Disk I/O happens on the event loop thread: an append is one write() into the
 page cache (microseconds); fsync is paid per policy and measured by
-tools/bench_spool.py.
+tools/bench/spool.py.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 the plain path's: µs per event to decode (and build), put into the queue,
 fill batches and encode requests, in-process, with no socket and no Pub/Sub.
 
-    .venv/bin/python -m tools.bench_lanes [--runs 9] [--events 100000] [--keys 100] [--unique]
+    .venv/bin/python -m tools.bench lanes [--runs 9] [--events 100000] [--keys 100] [--unique]
 
-The events are tools.loadgen's keyed ones, and the metadata configuration is
+The events are tools.testing.loadgen's keyed ones, and the metadata configuration is
 `make bench`'s: ``--attribute-field method=method --attribute-field
 status=status --ordering-key-field user --route <topic>-routed:user=u0``, so
 K keys make K lanes. ``--unique`` adds ``--attribute-field seq=seq``, a
@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ingest.batch import Batch
@@ -30,7 +30,7 @@ from ingest.codec import Decoder, decode_datagram
 from ingest.config import RouteRule, Settings
 from ingest.pipeline import Pipeline
 from ingest.stats import Stats
-from tools.loadgen import datagram
+from tools.testing.loadgen import datagram
 
 WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (sources.DRAIN_BATCH)
 STAGES = ("decode", "put", "fill", "encode")
@@ -101,8 +101,10 @@ async def one_run(
     return {stage: (marks[i + 1] - marks[i]) / n for i, stage in enumerate(STAGES)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench lanes", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=100)
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument(
         "--unique", action="store_true", help="also an attribute from a field new in every event"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sent_us = 1_700_000_000_000_000
     results: dict[str, dict[str, float]] = {}
     for name, keys in (("plain", 0), ("metadata", args.keys)):
@@ -137,7 +139,14 @@ def main() -> None:
         else:
             plain, meta = results["plain"][stage], results["metadata"][stage]
         print(f"  {stage:<8} {plain * 1e6:8.2f} {meta * 1e6:9.2f} {(meta - plain) * 1e6:+7.2f}")
-
-
-if __name__ == "__main__":
-    main()
+    return {
+        "runs": args.runs,
+        "events": args.events,
+        "keys": args.keys,
+        "wake_up": args.wake_up,
+        "unique": args.unique,
+        "us_per_event": {
+            name: {**{st: v * 1e6 for st, v in stages.items()}, "total": sum(stages.values()) * 1e6}
+            for name, stages in results.items()
+        },
+    }

@@ -6,7 +6,7 @@ runs them). Two runs are reported apart and then side by side:
 - the emulator run: the real Pub/Sub emulator on the same 2 cores, every
   event pulled back and checked — proof of delivery, but the emulator's own
   CPU (more than the daemon's a message) is on the daemon's host;
-- the stand-in run: a fake Publish server (tools/fakepubsub.py) that costs
+- the stand-in run: a fake Publish server (tools/testing/fakepubsub.py) that costs
   the host almost nothing, as the remote service does in production, stepped
   up in offered rate — the daemon's own ceiling.
 
@@ -16,7 +16,7 @@ ordering key of ``--keys`` distinct values, one route to a second topic),
 reported beside the plain phases (``plain_vs_metadata``).
 
 The stand-in run also has *dialect* steps: the same daemon and rate fed GELF
-(zlib) messages or DogStatsD lines instead of JSON events (tools.loadgen
+(zlib) messages or DogStatsD lines instead of JSON events (tools.testing.loadgen
 ``--format``), reported beside the plain JSON step of the same rate
 (``json_vs_dialects``).
 """
@@ -30,8 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools.daemonproc import STOPPED_RE, Metrics
-from tools.verify import Metadata, Verification
+from tools.testing.daemon import STOPPED_RE, Metrics
+from tools.testing.verify import Metadata, Verification
 
 # Targets (issue 8). Emulator run: the UDP loss target in every one of
 # TARGET_REPEATS runs; stand-in run: the daemon's ceiling and its CPU.
@@ -49,7 +49,7 @@ MAX_COLUMNS = 4  # per printed table, so that it fits a terminal
 
 @dataclass
 class Senders:
-    """The load generators' reports (tools.loadgen), summed."""
+    """The load generators' reports (tools.testing.loadgen), summed."""
 
     attempted: int = 0
     ok: int = 0
@@ -83,7 +83,7 @@ class Phase:
     rcvbuf: int | None = None  # --udp-rcvbuf-bytes given to the daemon (None: its default)
     metadata: Metadata | None = None  # the metadata variant: what its messages carry
     linger_ms: float | None = None  # --batch-linger-ms given to the daemon (None: its default)
-    fmt: str = "json"  # the events' wire format (tools.loadgen --format)
+    fmt: str = "json"  # the events' wire format (tools.testing.loadgen --format)
     stepping: bool = True  # a stand-in step of the stepping (not a comparison's own)
     senders: Senders = field(default_factory=Senders)
     drained: bool = False
@@ -620,3 +620,56 @@ def json_vs_dialects(phases: Sequence[Phase], where: str) -> list[str]:
             f"{published:,} messages published)"
         )
     return lines
+
+
+# ------------------------------------------------------------------ JSON
+def phase_figures(p: Phase) -> dict[str, Any]:
+    """One phase's figures for the bench's JSON: what its table column shows,
+    as numbers (None where the phase has no such figure)."""
+    s, v, m = p.senders, p.verification, p.metrics
+    p50 = p99 = top = None
+    if v:
+        p50, p99, top = v.latency_ms(0.5, 0.99, 1.0)
+    return {
+        "name": p.name,
+        "config": p.config,
+        "transport": p.transport,
+        "rate": p.rate,
+        "qlen": p.qlen,
+        "rcvbuf": p.rcvbuf,
+        "metadata_keys": p.metadata.keys if p.metadata else None,
+        "linger_ms": p.linger_ms,
+        "format": p.fmt,
+        "stepping": p.stepping,
+        "offered_events_per_s": p.offered_rate,
+        "events_offered": s.attempted,
+        "sent_ok": s.ok,
+        "sender_eagain": s.eagain,
+        "sender_errors": dict(s.errors),
+        "sender_max_lag_ms": s.max_lag_ms,
+        "sender_cpu_us_per_event": s.cpu_s / s.attempted * 1e6 if s.attempted else None,
+        "received": p.received,
+        "delivered": p.delivered,
+        "verified": p.verified,
+        "duplicates": v.duplicates if v else None,
+        "foreign": v.foreign if v else None,
+        "wrong_metadata": v.wrong_metadata if v and v.metadata_checked else None,
+        "routed": v.routed if v and v.metadata_checked else None,
+        "loss_pct": p.loss_pct,
+        "delivered_events_per_s": p.delivered_rate,
+        "latency_ms": {"p50": p50, "p99": p99, "max": top},
+        "daemon_cpu_us_per_event": p.cpu_us_per_event,
+        "daemon_cores": p.daemon_cpu_s / p.window_s if p.window_s else None,
+        "daemon_peak_rss_kib": p.peak_rss_kib,
+        "events_per_request": p.events_per_request,
+        "requests_per_s": p.requests_per_s,
+        "kernel_udp_drops": m.total("ingest_kernel_drops_total"),
+        "server_cpu_us_per_message": p.server_us_per_message,
+        "machine_busy_cores": p.machine_busy_s / p.window_s if p.window_s else None,
+        "interrupt_cores": p.interrupts_s / p.window_s if p.window_s else None,
+        "other_processes_cores": p.others_cores,
+        "busy_before_cores": p.busy_before_cores,
+        "drained": p.drained,
+        "exit_code": p.exit_code,
+        "warnings": list(p.warnings),
+    }

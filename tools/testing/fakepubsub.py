@@ -1,6 +1,6 @@
 """A FAKE Pub/Sub Publish server, for `make bench` only: the cheapest stand-in we can make.
 
-    python -m tools.fakepubsub --port 8681
+    python -m tools.testing.fakepubsub --port 8681
     PUBSUB_EMULATOR_HOST=127.0.0.1:8681 ingest serve ...
 
 Why it exists: on a 2-core machine the real emulator's own CPU (5-12 µs a
@@ -17,9 +17,9 @@ ingest/topic.py) and one of its own:
 
 - ``Publisher/Publish``: a PublishResponse with one message ID per message
   (IDs "0".."n-1", unique within a request only: ingest never reads them);
-  every message is checked as a tools/loadgen.py event: byte for byte what
+  every message is checked as a tools/testing/loadgen.py event: byte for byte what
   was sent for its sequence number, distinct/duplicate/foreign counted as
-  tools/verify.py does, latency from its send stamp to the request's arrival;
+  tools/testing/verify.py does, latency from its send stamp to the request's arrival;
 - ``Publisher/GetTopic`` (the daemon's startup check and idle probe) and
   ``Publisher/CreateTopic`` (``--create-topic``): every topic exists. The
   request is echoed: GetTopicRequest.topic and Topic.name are both field 1,
@@ -27,19 +27,19 @@ ingest/topic.py) and one of its own:
 - ``ingest.bench.FakePublisher/Report``, JSON ``{"first_seq": F,
   "expected": E}``: the counts since the last report (then reset), and from
   now on E sequence numbers from F are checked. For the bench's metadata run
-  it also names what the messages must carry (tools/verify.py's Metadata):
-  ``"keys": N`` (events sent with ``tools.loadgen --keys N``), ``"attributes":
+  it also names what the messages must carry (tools/testing/verify.py's Metadata):
+  ``"keys": N`` (events sent with ``tools.testing.loadgen --keys N``), ``"attributes":
   "k=v,k=v"``, ``"route_topic"`` and ``"routed"`` (the user whose events go
   to that topic ID); each distinct event's ordering key, attributes and topic
   are then checked (``wrong_metadata``), and those on the route's topic
   counted (``routed``). Any topic is accepted. ``"format": "gelf"`` or
-  ``"statsd"`` (events sent with ``tools.loadgen --format``) checks each
+  ``"statsd"`` (events sent with ``tools.testing.loadgen --format``) checks each
   message as the event ingest publishes for that format instead (the
   sequence number from GELF's ``_seq``, from the statsd event's ``value``;
   a statsd event has no send time, so no latency).
 
-Two implementations, one protocol. tools/fakepubsub.c (built with the
-machine's C compiler on first use, as tools/loadgen.c is) speaks just enough
+Two implementations, one protocol. tools/native/fakepubsub.c (built with the
+machine's C compiler on first use, as tools/native/loadgen.c is) speaks just enough
 HTTP/2 itself and checks every message inline; ~0.05 µs a message. Without a
 compiler, this module's grpcio server (a generic handler, raw bytes in and
 out, the request parsed by protobuf's C parser for its message count) serves
@@ -47,6 +47,18 @@ instead: ~0.6 ms of CPU a request, ~0.8 µs a message, in thread switches
 (~14 a request on our 2-core VMs); it keeps each request's bytes and checks
 them at the next Report, off the clock, up to ``--keep-max-bytes`` (the
 report counts the rest as unchecked). ``--engine python`` forces it.
+
+``--strict`` (the python engine only) refuses what the real service refuses
+and the emulator accepts, with the real service's status codes
+(cloud.google.com/pubsub/quotas, "Resource limits"): a request over
+10,000,000 bytes, with no message or more than 1,000 (INVALID_ARGUMENT);
+messages with different ordering keys in one request (FAILED_PRECONDITION);
+a message with neither data nor attributes, more than 100 attributes, an
+attribute key over 256 bytes or starting with ``goog``, a value over 1,024
+bytes, an ordering key over 1,024 bytes (INVALID_ARGUMENT). Tests run the
+daemon against it so that those rules are checked by something other than
+ingest's own code; the Report counts what it refused (``refused``: reason ->
+requests) and the messages taken per topic (``topics``).
 """
 
 from __future__ import annotations
@@ -59,25 +71,106 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent import futures
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.pubsub_v1.types import pubsub as pubsub_types
 
-from tools import cbuild
-from tools.emulator import free_port, stop_process_group
-from tools.loadgen import event_bytes, parse_event
-from tools.verify import Metadata
+from tools.native import cbuild
+from tools.testing.emulator import free_port, stop_process_group
+from tools.testing.loadgen import event_bytes, parse_event
+from tools.testing.verify import Metadata
 
-C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fakepubsub.c")
+C_SOURCE = cbuild.source("fakepubsub.c")
 _PublishRequest = pubsub_types.PublishRequest.pb()
 PUBLISHER = "google.pubsub.v1.Publisher"
 REPORT_SERVICE = "ingest.bench.FakePublisher"
 REPORT_METHOD = f"/{REPORT_SERVICE}/Report"
 MAX_MESSAGE_BYTES = 16 << 20  # above Pub/Sub's 10 MB request limit, as ingest's channel
+# The real service's limits (cloud.google.com/pubsub/quotas), which --strict applies.
+REAL_MAX_REQUEST_BYTES = 10_000_000
+REAL_MAX_REQUEST_MESSAGES = 1000
+REAL_MAX_ATTRIBUTES = 100
+REAL_MAX_ATTRIBUTE_KEY_BYTES = 256
+REAL_MAX_ATTRIBUTE_VALUE_BYTES = 1024
+REAL_MAX_ORDERING_KEY_BYTES = 1024
+REAL_RESERVED_PREFIX = "goog"
+
+
+class Refusal(StrEnum):
+    """Why --strict refused a Publish request (the real service refuses it too)."""
+
+    REQUEST_TOO_LARGE = "request_too_large"
+    NO_MESSAGES = "no_messages"
+    TOO_MANY_MESSAGES = "too_many_messages"
+    MIXED_ORDERING_KEYS = "mixed_ordering_keys"
+    EMPTY_MESSAGE = "empty_message"
+    TOO_MANY_ATTRIBUTES = "too_many_attributes"
+    ATTRIBUTE_KEY_TOO_LONG = "attribute_key_too_long"
+    RESERVED_ATTRIBUTE_KEY = "reserved_attribute_key"
+    ATTRIBUTE_VALUE_TOO_LONG = "attribute_value_too_long"
+    ORDERING_KEY_TOO_LONG = "ordering_key_too_long"
+
+
+# The status the real service answers each refusal with.
+REFUSAL_STATUS = {reason: grpc.StatusCode.INVALID_ARGUMENT for reason in Refusal} | {
+    Refusal.MIXED_ORDERING_KEYS: grpc.StatusCode.FAILED_PRECONDITION
+}
+
+
+def refusal(request_bytes: int, parsed: Any) -> tuple[Refusal, str] | None:
+    """What the real service says of a PublishRequest (``parsed``, of
+    ``request_bytes`` bytes) that it refuses, or None when it takes it."""
+    messages = parsed.messages
+    if request_bytes > REAL_MAX_REQUEST_BYTES:
+        return Refusal.REQUEST_TOO_LARGE, (
+            f"Request payload size exceeds the limit: {REAL_MAX_REQUEST_BYTES} bytes."
+        )
+    if not messages:
+        return Refusal.NO_MESSAGES, "The value for message_count is too small: 0."
+    if len(messages) > REAL_MAX_REQUEST_MESSAGES:
+        return Refusal.TOO_MANY_MESSAGES, (
+            f"The value for message_count is too large: {len(messages)} > "
+            f"{REAL_MAX_REQUEST_MESSAGES}."
+        )
+    if len({m.ordering_key for m in messages}) > 1:
+        return Refusal.MIXED_ORDERING_KEYS, (
+            "In a single publish request, all messages must have no ordering key or they "
+            "must all have the same ordering key."
+        )
+    for m in messages:
+        if not m.data and not m.attributes:
+            return Refusal.EMPTY_MESSAGE, "Some messages are empty: no data and no attributes."
+        if len(m.attributes) > REAL_MAX_ATTRIBUTES:
+            return Refusal.TOO_MANY_ATTRIBUTES, (
+                f"A message has {len(m.attributes)} attributes; the maximum is "
+                f"{REAL_MAX_ATTRIBUTES}."
+            )
+        for key, value in m.attributes.items():
+            if len(key.encode()) > REAL_MAX_ATTRIBUTE_KEY_BYTES:
+                return Refusal.ATTRIBUTE_KEY_TOO_LONG, (
+                    f"An attribute key is longer than {REAL_MAX_ATTRIBUTE_KEY_BYTES} bytes."
+                )
+            if key.startswith(REAL_RESERVED_PREFIX):
+                return Refusal.RESERVED_ATTRIBUTE_KEY, (
+                    f"Attribute keys starting with {REAL_RESERVED_PREFIX!r} are reserved."
+                )
+            if len(value.encode()) > REAL_MAX_ATTRIBUTE_VALUE_BYTES:
+                return Refusal.ATTRIBUTE_VALUE_TOO_LONG, (
+                    f"An attribute value is longer than {REAL_MAX_ATTRIBUTE_VALUE_BYTES} bytes."
+                )
+        if len(m.ordering_key.encode()) > REAL_MAX_ORDERING_KEY_BYTES:
+            return Refusal.ORDERING_KEY_TOO_LONG, (
+                f"An ordering key is longer than {REAL_MAX_ORDERING_KEY_BYTES} bytes."
+            )
+    return None
+
+
 LATENCY_QUANTILES = 1000  # the report's latency quantiles, in 0.1 % steps
 
 
@@ -86,6 +179,7 @@ class Ledger:
     """What arrived since the last report. Publish handlers append under a lock."""
 
     keep_max_bytes: int
+    strict: bool = False  # refuse what the real service refuses (see the top)
     lock: threading.Lock = field(default_factory=threading.Lock)
     requests: int = 0
     messages: int = 0
@@ -97,7 +191,9 @@ class Ledger:
     expected: int = 0
     metadata: Metadata | None = None  # and what their messages carry (set by a report)
     route_topic: str = ""  # the topic ID the metadata's ``routed`` user goes to
-    fmt: str = "json"  # tools.loadgen --format of the events (set by a report)
+    fmt: str = "json"  # tools.testing.loadgen --format of the events (set by a report)
+    refused: Counter[str] = field(default_factory=Counter)  # --strict: requests, by Refusal
+    topics: Counter[str] = field(default_factory=Counter)  # messages taken, by topic
     _ids: dict[int, bytes] = field(default_factory=dict)
 
     def response(self, count: int) -> bytes:
@@ -113,12 +209,20 @@ class Ledger:
         # Wall clock on purpose: compared with the senders' wall-clock stamps.
         arrived_us = time.time_ns() // 1000
         try:
-            count = len(_PublishRequest.FromString(request).messages)
+            parsed = _PublishRequest.FromString(request)
         except DecodeError:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "not a PublishRequest")
+        count = len(parsed.messages)
+        refused = refusal(len(request), parsed) if self.strict else None
+        if refused is not None:
+            reason, detail = refused
+            with self.lock:
+                self.refused[reason] += 1
+            context.abort(REFUSAL_STATUS[reason], detail)
         with self.lock:
             self.requests += 1
             self.messages += count
+            self.topics[parsed.topic] += count
             if self.kept_bytes + len(request) <= self.keep_max_bytes:
                 self.kept.append((arrived_us, request, count))
                 self.kept_bytes += len(request)
@@ -148,8 +252,12 @@ class Ledger:
                 "messages": self.messages,
                 "unchecked": self.unchecked,
                 "probes": self.probes,
+                "refused": dict(self.refused),
+                "topics": dict(self.topics),
             }
             self.requests = self.messages = self.kept_bytes = self.unchecked = self.probes = 0
+            self.refused.clear()
+            self.topics.clear()
         out.update(check(kept, *checked, fmt=fmt))
         return json.dumps(out).encode()
 
@@ -174,7 +282,7 @@ def check(
     fmt: str = "json",
 ) -> dict[str, Any]:
     """Distinct, duplicate and foreign events in the kept requests (as
-    tools/verify.py counts them: every message byte for byte as published for
+    tools/testing/verify.py counts them: every message byte for byte as published for
     ``fmt``, and with ``metadata`` its attributes, ordering key and topic),
     and the latency (send -> arrival here) quantiles of the distinct ones
     that carry a send time."""
@@ -230,8 +338,8 @@ def check(
     }
 
 
-def serve(port: int, keep_max_bytes: int, workers: int) -> grpc.Server:
-    ledger = Ledger(keep_max_bytes)
+def serve(port: int, keep_max_bytes: int, workers: int, *, strict: bool = False) -> grpc.Server:
+    ledger = Ledger(keep_max_bytes, strict=strict)
     raw = grpc.unary_unary_rpc_method_handler  # no serializers: bytes in, bytes out
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -278,12 +386,17 @@ class FakePubSub:
         self.engine = ""  # "C" or "python (grpcio)", once started
         self._channel: grpc.Channel | None = None
 
-    def start(self, engine: str = "c", timeout_s: float = 30.0) -> FakePubSub:
-        binary = c_server() if engine == "c" else None
-        command = [sys.executable, "-m", "tools.fakepubsub", "--engine=python"]
+    def start(
+        self, engine: str = "c", timeout_s: float = 30.0, *, strict: bool = False
+    ) -> FakePubSub:
+        """Start it; ``strict`` (the python engine: the C one does not check
+        requests) refuses what the real service refuses."""
+        binary = c_server() if engine == "c" and not strict else None
+        command = [sys.executable, "-m", "tools.testing.fakepubsub", "--engine=python"]
+        command += ["--strict"] if strict else []
         if binary is not None:
             command = [binary]
-        self.engine = "C" if binary else "python (grpcio)"
+        self.engine = "C" if binary else "python (grpcio)" + (", strict" if strict else "")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*command, f"--port={self.port}"],
@@ -314,7 +427,7 @@ class FakePubSub:
     ) -> dict[str, Any]:
         """Counts since the last report (then reset); the sequence numbers
         checked from now on: ``expected`` of them from ``first_seq``, sent as
-        ``tools.loadgen --format fmt``, and with ``metadata`` what their
+        ``tools.testing.loadgen --format fmt``, and with ``metadata`` what their
         messages carry (``route_topic``: the ID of the topic its ``routed``
         user's events go to)."""
         assert self._channel is not None
@@ -341,7 +454,7 @@ class FakePubSub:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.fakepubsub", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.testing.fakepubsub", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument(
@@ -352,15 +465,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=4, help="python engine: handler threads")
     parser.add_argument("--engine", choices=("c", "python"), default="c")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse what the real service refuses (python engine; implies --engine python)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    binary = c_server() if args.engine == "c" else None
+    binary = c_server() if args.engine == "c" and not args.strict else None
     if binary is not None:
         os.execv(binary, [binary, f"--port={args.port}"])
-    server = serve(args.port, args.keep_max_bytes, args.workers)
+    server = serve(args.port, args.keep_max_bytes, args.workers, strict=args.strict)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"fake Pub/Sub (python) ready on 127.0.0.1:{args.port}", flush=True)
+    mode = ", strict" if args.strict else ""
+    print(f"fake Pub/Sub (python{mode}) ready on 127.0.0.1:{args.port}", flush=True)
     stop.wait()
     server.stop(1).wait(5)
     return 0

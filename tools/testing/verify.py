@@ -1,12 +1,12 @@
 """Verify delivery for `make bench`: pull subscriptions and count what arrived.
 
-Every message must be a load-generator event (tools.loadgen) whose bytes are
+Every message must be a load-generator event (tools.testing.loadgen) whose bytes are
 exactly what the daemon publishes for its sequence number; distinct sequence
 numbers are counted in a bitmap, duplicates and anything else are counted
 apart. The emulator's publish_time minus the event's send time gives the
 end-to-end latency (datagram sent -> stored by Pub/Sub).
 
-Events sent with ``tools.loadgen --format gelf`` or ``statsd`` are checked
+Events sent with ``tools.testing.loadgen --format gelf`` or ``statsd`` are checked
 the same way in the shape ingest publishes them (``fmt``): the inflated GELF
 object (``_seq``, the send time from ``timestamp``), the JSON event ingest
 writes for a statsd line (the sequence number is its ``value``; it carries
@@ -20,7 +20,7 @@ and each message's attributes, ordering key and topic are checked against
 
 Pulls and acks strictly in turn on one stream of calls: with any message
 outstanding the emulator re-copies the whole backlog on every Pull, so
-concurrent or ack-less pulling is quadratic (see tools/emulator.py).
+concurrent or ack-less pulling is quadratic (see tools/testing/emulator.py).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import grpc
 from google.protobuf import empty_pb2
 from google.pubsub_v1.types import pubsub as t
 
-from tools.loadgen import event_bytes, parse_event, user_of
+from tools.testing.loadgen import event_bytes, parse_event, user_of
 
 _PullRequest = t.PullRequest.pb()
 _PullResponse = t.PullResponse.pb()
@@ -47,7 +47,7 @@ RPC_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class Metadata:
     """What the metadata run's messages carry besides their bytes: events
-    sent with ``tools.loadgen --keys keys``; each message with exactly
+    sent with ``tools.testing.loadgen --keys keys``; each message with exactly
     ``attributes``, its ``user`` as ordering key, and on the second topic
     exactly when its user is ``routed``."""
 
@@ -103,7 +103,7 @@ def verify(
     """Pull and ack each subscription until it is empty or ``deadline_s``
     (for them all) passes. ``metadata``: the events were sent with keys; the
     second subscription is the route's topic's. ``fmt``: the events were sent
-    as ``tools.loadgen --format fmt``."""
+    as ``tools.testing.loadgen --format fmt``."""
     if isinstance(subscriptions, str):
         subscriptions = [subscriptions]
     pull = channel.unary_unary(

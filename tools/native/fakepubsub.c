@@ -1,4 +1,4 @@
-/* A FAKE Pub/Sub Publish server for `make bench`, in C: tools/fakepubsub.py
+/* A FAKE Pub/Sub Publish server for `make bench`, in C: tools/testing/fakepubsub.py
  * explains why it exists and builds this on first use (cc -O2 -pthread).
  *
  * Why C: behind grpcio's Python server every Publish request cost ~0.6 ms of
@@ -12,7 +12,7 @@
  * which is enough for the four calls the bench makes:
  *   - a PublishRequest (has field 2, messages): one message ID per message
  *     ("0".."n-1", unique within a request only: ingest never reads them),
- *     every message checked as a tools/loadgen.py event (below);
+ *     every message checked as a tools/testing/loadgen.py event (below);
  *   - GetTopicRequest / Topic (field 1 only: the daemon's startup check, idle
  *     probe, --create-topic): echoed, since GetTopicRequest.topic and
  *     Topic.name are both field 1, so every topic exists;
@@ -27,7 +27,7 @@
  * event loadgen sends for its seq and sent_us; distinct seqs are kept in a
  * bitmap, with the latency from sent_us to this request's arrival.
  *
- * The metadata run (tools/verify.py's Metadata; a Report with "keys": N > 0):
+ * The metadata run (tools/testing/verify.py's Metadata; a Report with "keys": N > 0):
  * events carry ,"user":"u<seq % N>" last (loadgen --keys); each distinct
  * event's message must have that user as its ordering key (field 5), exactly
  * the attributes of "attributes" ("k=v,k=v": map entries, field 2, in any
@@ -66,7 +66,7 @@
 #define EVENT_TAIL ",\"host\":\"web-01\",\"method\":\"GET\",\"path\":\"/api/v1/orders\"," \
                    "\"status\":200,\"dur_ms\":12.5}"
 #define EVENT_USER ",\"user\":\"u"    /* --keys: EVENT_TAIL less its '}', this, the number, "} */
-/* tools/loadgen.py's GELF_TEMPLATE and STATSD_EVENT, around their numbers */
+/* tools/testing/loadgen.py's GELF_TEMPLATE and STATSD_EVENT, around their numbers */
 #define GELF_HEAD "{\"version\":\"1.1\",\"host\":\"web-01\",\"short_message\":" \
                   "\"GET /api/v1/orders 200\",\"timestamp\":"
 #define GELF_SEQ ",\"level\":6,\"_seq\":"

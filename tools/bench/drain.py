@@ -4,7 +4,7 @@ and with the dialects every listener has by default (--input-formats): JSON
 datagrams through them (the price of recognition: one byte compare), and
 GELF (zlib), syslog and statsd datagrams.
 
-    .venv/bin/python -m tools.bench_drain [--runs 31]
+    .venv/bin/python -m tools.bench drain [--runs 31]
 
 Not a test (speed never is): it prints medians for a human to compare.
 """
@@ -19,6 +19,7 @@ import socket
 import statistics
 import time
 import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from ingest.codec import decode_datagram
@@ -88,10 +89,13 @@ def one_run(allow: tuple[ipaddress.IPv4Network, ...] | None, fmt: str | None = N
     return elapsed / DATAGRAMS
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench drain", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=31)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
     variants: list[tuple[str, tuple[ipaddress.IPv4Network, ...] | None]] = [("no allow-list", None)]
     if "allow" in inspect.signature(DatagramSource).parameters:
         variants += [
@@ -116,7 +120,11 @@ def main() -> None:
             f"{name:50s} median {statistics.median(samples) * 1e6:.3f} µs/event "
             f"(min {min(samples) * 1e6:.3f}, {args.runs} runs x {DATAGRAMS} datagrams)"
         )
-
-
-if __name__ == "__main__":
-    main()
+        rows.append(
+            {
+                "variant": name,
+                "median_us_per_event": statistics.median(samples) * 1e6,
+                "min_us_per_event": min(samples) * 1e6,
+            }
+        )
+    return {"runs": args.runs, "datagrams": DATAGRAMS, "rows": rows}

@@ -1,6 +1,6 @@
 """The comparison the project exists for: a web request that records an event.
 
-    python -m tools.bench_gunicorn [--requests 2000] [--threads 8] [--json]
+    python -m tools.bench gunicorn [--requests 2000] [--threads 8] [--host-namespace]
 
 Runs examples/wsgi_app.py under gunicorn (4 sync workers, --preload) against
 the real Pub/Sub emulator, with the same load for each mode — REQUESTS HTTP
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import re
 import signal
@@ -41,16 +40,18 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from tools import netns
-from tools.emulator import Emulator
+from tools.bench.suites import figures_from
+from tools.testing import netns
+from tools.testing.emulator import Emulator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PROJECT = "bench"
 WORKERS = 4
@@ -233,7 +234,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def run(requests: int, threads: int) -> list[dict[str, Any]]:
+def measure(requests: int, threads: int) -> list[dict[str, Any]]:
     rows = []
     with Emulator() as emulator, tempfile.TemporaryDirectory(prefix="ingest-bench-") as tmpdir:
         tmp = Path(tmpdir)
@@ -288,24 +289,26 @@ def run(requests: int, threads: int) -> list[dict[str, Any]]:
     return rows
 
 
-def reexec_in_netns(argv: list[str]) -> int | None:
-    """Run this benchmark again inside ``unshare --net`` with the qlen raised;
-    None (run here) when that is not possible. The pid namespace makes every
-    process of the run (the emulator included) die with it."""
+def reexec_in_netns(argv: Sequence[str]) -> dict[str, Any] | None:
+    """Run this benchmark again inside ``unshare --net`` with the qlen raised
+    and return its figures; None (run here) when that is not possible. The pid
+    namespace makes every process of the run (the emulator included) die with
+    it."""
     reason = netns.unavailable()
     if reason:
         print(f"({reason}: running with the host's settings)", file=sys.stderr)
         return None
-    command = netns.python_command(NETNS_QLEN, ["-m", "tools.bench_gunicorn", *argv])
+    command = netns.python_command(NETNS_QLEN, ["-m", "tools.bench", "gunicorn", *argv])
     env = {**os.environ, IN_NETNS_ENV: "1"}
-    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+    return figures_from("gunicorn", command, cwd=ROOT, env=env)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench gunicorn", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--json", action="store_true", help="one JSON object per mode")
     parser.add_argument(
         "--host-namespace",
         action="store_true",
@@ -313,15 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if not args.host_namespace and os.environ.get(IN_NETNS_ENV) != "1":
-        code = reexec_in_netns(sys.argv[1:] if argv is None else argv)
-        if code is not None:
-            return code
-    rows = run(args.requests, args.threads)
+        figures = reexec_in_netns(argv)
+        if figures is not None:
+            return figures
+    rows = measure(args.requests, args.threads)
     qlen = Path("/proc/sys/net/unix/max_dgram_qlen").read_text().strip()
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-        return 0
     print(
         f"gunicorn {WORKERS} sync workers --preload, {args.requests} requests "
         f"from {args.threads} threads, one event per request, real emulator, "
@@ -338,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['p99_ms']:>10.2f} {row['record_p50_us']:>13.1f} {row['record_p99_us']:>13.1f} "
             f"{row['delivered']:>5}/{row['requests']:<5} {row['dropped']:>7}"
         )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {
+        "workers": WORKERS,
+        "requests": args.requests,
+        "threads": args.threads,
+        "unix_qlen": int(qlen),
+        "modes": rows,
+    }

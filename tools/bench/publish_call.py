@@ -1,11 +1,11 @@
 """What one Publish call costs the daemon's process, whatever the batching:
 grpc.aio (what ingest uses) and grpcio's synchronous futures, against the
-stand-in Publish server (tools/fakepubsub.py), which costs ~0.05 µs a message;
+stand-in Publish server (tools/testing/fakepubsub.py), which costs ~0.05 µs a message;
 and the floor under both, the same unary call as raw HTTP/2 frames on an
 asyncio connection (``RawH2``: what any client must at least do, not a client:
 no flow control, no HPACK decoding, no deadlines, no TLS).
 
-    .venv/bin/python -m tools.bench_publish_call [--calls 20000] [--messages 10]
+    .venv/bin/python -m tools.bench publish_call [--calls 20000] [--messages 10]
 
 Each call publishes the same request of ``--messages`` loadgen-sized events,
 encoded once (ingest.pubsub.RequestEncoder); ``--concurrency`` callers share
@@ -26,13 +26,14 @@ import struct
 import tempfile
 import threading
 import time
-from typing import cast
+from collections.abc import Sequence
+from typing import Any, cast
 
 import grpc
 import uvloop
 
 from ingest.pubsub import PubSubClient, RequestEncoder, create_channel
-from tools.fakepubsub import FakePubSub
+from tools.testing.fakepubsub import FakePubSub
 
 TOPIC = "projects/bench/topics/events"
 EVENT = b'{"seq":0,"sent_us":1700000000000000,"host":"web-01","method":"GET","status":200}'
@@ -194,12 +195,15 @@ def sync_calls(host: str, request: bytes, calls: int, concurrency: int) -> tuple
     return cpu, wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench publish_call", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--calls", type=int, default=20_000)
     parser.add_argument("--messages", type=int, default=10, help="events a request")
     parser.add_argument("--concurrency", default="1,4,16", help="callers at once, each run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
     request = RequestEncoder(TOPIC).encode([EVENT] * args.messages)
     with tempfile.NamedTemporaryFile(prefix="fakepubsub-", suffix=".log") as log:
         fake = FakePubSub(log.name).start()
@@ -220,9 +224,15 @@ def main() -> None:
                         f"  {name:<22} {concurrency:>7} {per_call_us:>12.1f} "
                         f"{args.calls / wall:>9,.0f}"
                     )
+                    rows.append(
+                        {
+                            "client": name,
+                            "callers": concurrency,
+                            "cpu_us_per_call": per_call_us,
+                            "calls_per_s": args.calls / wall,
+                        }
+                    )
+            engine = fake.engine
         finally:
             fake.stop()
-
-
-if __name__ == "__main__":
-    main()
+    return {"calls": args.calls, "messages": args.messages, "standin": engine, "rows": rows}

@@ -19,30 +19,33 @@ import socket
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
+from typing import Any
 
-from tools.daemonproc import DaemonProcess
-from tools.emulator import free_port
-from tools.procfs import process_cpu_s
+from tools.testing.daemon import DaemonProcess
+from tools.testing.emulator import free_port
+from tools.testing.procfs import process_cpu_s
 
 SCRAPES = 400
 IDLE_S = 4.0
 TARGET_PCT = 1.0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench scrape", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--us-per-event", type=float, default=4.5, help="daemon CPU per event")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scrape-") as tmp:
         port, metrics_port = free_port(socket.AF_INET, socket.SOCK_DGRAM), free_port()
         unix_path = os.path.join(tmp, "in.sock")
         closed = free_port()  # nothing listens: Pub/Sub unreachable
-        env = {**os.environ, "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{closed}"}
         url = f"http://127.0.0.1:{metrics_port}/metrics"
         daemon = DaemonProcess(
             ["--project", "bench", "--topic", "scrape", "--udp", f"127.0.0.1:{port}",
              "--unix", unix_path, "--metrics", f"127.0.0.1:{metrics_port}"],
-            env, os.path.join(tmp, "serve.log"), url,
+            os.path.join(tmp, "serve.log"), emulator_host=f"127.0.0.1:{closed}", metrics_url=url,
         )  # fmt: skip
         try:
             daemon.wait_ready(30)
@@ -59,7 +62,7 @@ def main() -> int:
             elapsed = time.monotonic() - start
             cpu = process_cpu_s(daemon.pid) - start_cpu - idle_rate * elapsed
         finally:
-            daemon.stop()
+            daemon.shut_down()
     per_scrape_ms = cpu / SCRAPES * 1000
     load_cpu_s_per_s = 100_000 * args.us_per_event / 1e6
     lines = len(body.splitlines())
@@ -70,12 +73,17 @@ def main() -> int:
     print(
         f"daemon CPU at 100,000 events/s: {load_cpu_s_per_s:.2f} cores ({args.us_per_event} us/event)"
     )
+    shares = {}
     for label, per_s in (("Prometheus, every 15 s", 1 / 15), ("ingest top, 2 per s", 2.0)):
         pct = per_scrape_ms / 1000 * per_s / load_cpu_s_per_s * 100
         verdict = "PASS" if pct < TARGET_PCT else "MISS"
         print(f"{verdict} scrape cost, {label}: {pct:.3f} % of the daemon's CPU at 100k events/s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        shares[label] = {"pct_of_daemon_cpu": pct, "meets_target": pct < TARGET_PCT}
+    return {
+        "body_bytes": len(body),
+        "body_lines": lines,
+        "cpu_ms_per_scrape": per_scrape_ms,
+        "idle_cpu_ms_per_s": idle_rate * 1000,
+        "us_per_event_assumed": args.us_per_event,
+        "share_at_100k_events_per_s": shares,
+    }

@@ -1,7 +1,7 @@
 """Paced datagram sender for `make bench`: a FIXED offered rate, never blocking.
 
-    python -m tools.loadgen --udp 127.0.0.1:5140 --rate 150000 --seconds 5
-    python -m tools.loadgen --unix /run/ingest/ingest.sock --rate 150000 --seconds 5
+    python -m tools.testing.loadgen --udp 127.0.0.1:5140 --rate 150000 --seconds 5
+    python -m tools.testing.loadgen --unix /run/ingest/ingest.sock --rate 150000 --seconds 5
 
 Time is cut into slots (1 ms by default); at each wake-up the sender sends
 every event due by now, so a late wake-up is caught up rather than lost, and
@@ -47,7 +47,7 @@ publishes for it, ``datagram`` what is sent:
 
 Prints one JSON object with the counts on stdout when done.
 
-The same sender in C (tools/loadgen.c: same events, schedule, arguments and
+The same sender in C (tools/native/loadgen.c: same events, schedule, arguments and
 report) is built with the machine's C compiler on first use and run instead:
 it costs ~2.8 us per event (mostly the kernel's loopback path, which is
 charged to the sender) against ~4 us here, CPU the daemon under test gets
@@ -69,9 +69,9 @@ import time
 import zlib
 from collections import Counter
 
-from tools import cbuild
+from tools.native import cbuild
 
-C_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "loadgen.c")
+C_SOURCE = cbuild.source("loadgen.c")
 
 # A typical event (7-digit seq, 16-digit time) is 124 bytes.
 EVENT_TEMPLATE = (

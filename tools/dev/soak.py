@@ -1,6 +1,6 @@
 """Soak: steady UDP load with the emulator frozen for a few seconds every 15 s.
 
-    .venv/bin/python -m tools.soak [--seconds 60] [--rate 50000] [--freeze 3]
+    .venv/bin/python -m tools.dev.soak [--seconds 60] [--rate 50000] [--freeze 3]
 
 Starts a private emulator and ``ingest serve`` (with a disk spool), sends
 ``--rate`` events/s (10 per datagram) for ``--seconds``, pulls everything back
@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tools.emulator import Emulator, free_port
+from tools.testing.emulator import Emulator, free_port
 
 INGEST = str(Path(sys.executable).with_name("ingest"))
 PER_DATAGRAM = 10

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 PROJECT = "ingest-dev"
 TOPIC = "events"
@@ -40,7 +40,7 @@ def main() -> int:
     print(
         f'\nsend events:  .venv/bin/ingest send --unix {unix_path} \'{{"hello": "world"}}\'\n'
         f'         or:  .venv/bin/ingest send --udp {UDP} \'{{"hello": "world"}}\'\n'
-        f"see them:     PUBSUB_EMULATOR_HOST={host} .venv/bin/python -m tools.pull {subscription}\n"
+        f"see them:     PUBSUB_EMULATOR_HOST={host} .venv/bin/python -m tools.dev.pull {subscription}\n"
         "stop:         Ctrl-C\n",
         flush=True,
     )

@@ -1,10 +1,10 @@
 """`make bench`: what ``--publish-compression gzip`` saves on the wire and costs in CPU.
 
-    .venv/bin/python -m tools.bench_compression [--events 100000] [--rate 10000]
+    .venv/bin/python -m tools.bench compression [--events 100000] [--rate 10000]
 
 For each batch size (``--batch-messages``) and each setting (none, gzip), a
 fresh ``ingest serve --unix ...`` publishes to the real emulator through
-tools.tcpproxy, whose counters give the bytes a link would carry (TCP payload:
+tools.testing.tcpproxy, whose counters give the bytes a link would carry (TCP payload:
 HTTP/2 frames, headers, pings; TLS, IP and TCP add a few percent to both
 settings alike). The same ``--events`` typical web events (``web_events``:
 100-300 bytes of JSON, one per datagram) are sent at a fixed ``--rate``; a
@@ -13,7 +13,7 @@ drained, so startup is not counted:
 
 - bytes up per event: daemon -> Pub/Sub, what a link billed by the byte bills;
 - bytes down per event: the answers (message IDs), never compressed;
-- CPU per event: the daemon's utime + stime (tools.procfs) over the events.
+- CPU per event: the daemon's utime + stime (tools.testing.procfs) over the events.
 
 Every run is verified: the subscription is pulled to the end and must hold
 exactly the events sent, byte for byte. The emulator is started unless
@@ -24,23 +24,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
 import socket
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from statistics import median
+from typing import Any
 
 from ingest.pubsub import PUBLISH_COMPRESSIONS
-from tools.daemonproc import DaemonProcess
-from tools.emulator import Emulator, free_port
-from tools.procfs import process_cpu_s
-from tools.tcpproxy import TcpProxy
+from tools.testing.daemon import DaemonProcess
+from tools.testing.emulator import Emulator, free_port
+from tools.testing.procfs import process_cpu_s
+from tools.testing.tcpproxy import TcpProxy
 
 PROJECT = "ingest-bench"
 SLOT_S = 0.001  # the sender's schedule: every event due by now, each slot
@@ -170,9 +171,8 @@ def one_run(
     emulator.create_subscription(subscription, topic)
     sock = os.path.join(workdir, f"ingest-{n}.sock")
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
     with TcpProxy(emulator.port, refuse=False) as proxy:
-        env["PUBSUB_EMULATOR_HOST"] = f"127.0.0.1:{proxy.port}"
+        emulator_host = f"127.0.0.1:{proxy.port}"
         serve = [
             "--project", PROJECT, "--topic", topic_id, "--unix", sock,
             "--metrics", f"127.0.0.1:{port}",
@@ -182,9 +182,9 @@ def one_run(
         ]  # fmt: skip
         daemon = DaemonProcess(
             serve,
-            env,
             os.path.join(workdir, f"ingest-{n}.log"),
-            f"http://127.0.0.1:{port}/metrics",
+            emulator_host=emulator_host,
+            metrics_url=f"http://127.0.0.1:{port}/metrics",
         )
         try:
             daemon.wait_ready(30)
@@ -195,7 +195,7 @@ def one_run(
             cpu = process_cpu_s(daemon.pid) - cpu0
             up, down = proxy.bytes_up - up0, proxy.bytes_down - down0
         finally:
-            daemon.stop()
+            daemon.shut_down()
     published = after.total("ingest_events_published_total")
     requests = after.total("ingest_publish_requests_total") - before.total(
         "ingest_publish_requests_total"
@@ -250,9 +250,9 @@ def emulator_for_bench() -> Iterator[Emulator]:
         yield emulator
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.bench_compression",
+        prog="python -m tools.bench compression",
         description="Bytes on the wire and daemon CPU per event, --publish-compression none/gzip.",
     )
     parser.add_argument("--events", type=int, default=100_000, help="events per run (100000)")
@@ -269,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: Sequence[str]) -> dict[str, Any]:
     args = parse_args(argv)
     events = web_events(args.events)
     sizes = sorted(map(len, events))
@@ -306,8 +306,17 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(result)
     print()
     print_table(results)
-    return 0 if all(r.verified for r in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {
+        "events": len(events),
+        "event_bytes": {"min": sizes[0], "median": sizes[len(sizes) // 2], "max": sizes[-1]},
+        "rate": args.rate,
+        "runs": [
+            {
+                **dataclasses.asdict(r),
+                "up_bytes_per_event": r.up_per_event,
+                "cpu_us_per_event": r.cpu_us_per_event,
+            }
+            for r in results
+        ],
+        "ok": all(r.verified for r in results),
+    }

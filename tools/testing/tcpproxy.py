@@ -18,7 +18,7 @@ network can fail this way; only the proxy lets a test choose the moment.
 
 The byte counters are what a link between the two would carry as TCP payload
 (HTTP/2 frames, headers and pings included; IP and TCP headers not): the
-measure of ``--publish-compression`` (tools/bench_compression.py). They are
+measure of ``--publish-compression`` (tools/bench/compression.py). They are
 written by the proxy's thread; reading a Python int from another is safe.
 
 It starts refusing (``refuse=True``) unless told otherwise, so a test can

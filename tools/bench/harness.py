@@ -1,30 +1,40 @@
-"""`make bench`: ingest against the real Pub/Sub emulator, then against a cheap fake.
+"""The daemon's suites of the bench: against the real emulator, and against a cheap fake.
 
-Two runs, reported apart and then side by side (tools/benchreport.py):
+    python -m tools.bench emulator [FLAG...]    (--help: its flags)
+    python -m tools.bench standin [FLAG...]
+
+Two runs, each a suite, each reported by tools/bench/report.py (run both in
+one bench, ``python -m tools.bench emulator standin``, and each prints its
+own table; their JSON figures sit side by side):
 
 1. The emulator run — verified delivery. Machine facts; start the emulator
    (unless PUBSUB_EMULATOR_HOST is set) and warm its JIT up with raw
    publishes; the naive alternative, google-cloud-pubsub ``publish()`` per
-   event (tools.naive); then per transport, ``--repeat`` times, a fresh
+   event (tools.bench.naive); then per transport, ``--repeat`` times, a fresh
    ``ingest serve --udp ... --unix ...`` fed at a fixed offered rate by
-   tools.loadgen, drained (read from its /metrics), stopped with SIGTERM, and
-   verified by pulling its subscription to the end (tools.verify: every
+   tools.testing.loadgen, drained (read from its /metrics), stopped with SIGTERM, and
+   verified by pulling its subscription to the end (tools.testing.verify: every
    sequence number, byte for byte). The emulator's own CPU (more than the
    daemon's per message) is spent on the same 2 cores, so this run measures
    the emulator as much as the daemon.
 2. The stand-in run — the daemon's ceiling. A FAKE Publish server
-   (tools/fakepubsub.py: it exists because the emulator's CPU dominates a
+   (tools/testing/fakepubsub.py: it exists because the emulator's CPU dominates a
    2-core box; in production Pub/Sub is remote and costs the host nothing),
    reached the same way (PUBSUB_EMULATOR_HOST, insecure gRPC), answers every
    Publish and checks every event's sequence number. The offered UDP rate is
    stepped up (``--standin-rates``) until a step loses more than the bound.
+
+Flags that shape the daemon and its load (``--keys``, ``--senders``,
+``--slot-ms``, ``--sender-engine``, ``--emulator-nice``, ``--daemon-arg``,
+``--quiet-wait-s``, ``--drain-timeout-s``) are both suites'; the others are
+their own suite's.
 
 Both runs have a *metadata* variant of their UDP phases, reported beside the
 plain ones (``plain vs metadata``: daemon CPU per event and the difference,
 loss, mean messages per Publish request, requests/s): the same daemon and rate
 with ``--attribute-field method=method --attribute-field status=status
 --ordering-key-field user --route <topic>-routed:user=u0``, fed events that
-also carry ``"user":"u<seq % K>"`` (tools.loadgen ``--keys K``; ``--keys``
+also carry ``"user":"u<seq % K>"`` (tools.testing.loadgen ``--keys K``; ``--keys``
 here, 100 by default): K ordering keys, so K lanes, and 1/K of the events
 routed to a second topic. The emulator run has one in each of its first
 ``--metadata-repeat`` (3) repeats, in turn with the plain phase, and verifies
@@ -47,7 +57,7 @@ statsd``): at each ``--dialect-rates`` rate (50k and 100k/s by default, where
 every format keeps up on 2 cores, so the comparison is CPU per event, not
 loss) the plain JSON step is followed by a GELF step and a statsd step, each
 a fresh daemon with the defaults (every listener takes every format), fed by
-tools.loadgen ``--format gelf`` (graypy's message: a ~170-byte GELF object,
+tools.testing.loadgen ``--format gelf`` (graypy's message: a ~170-byte GELF object,
 ``_seq`` and two ``_`` fields, zlib-compressed, one per datagram) or
 ``--format statsd`` (``bench.requests:<seq>|c|#env:prod,route:/api``, one
 line per datagram, as the JSON events are one per datagram). The fake
@@ -89,25 +99,25 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from ingest.kernel import UNIX_QLEN_RECOMMENDED
 from ingest.pubsub import RequestEncoder
-from tools import benchreport as rep
-from tools.benchreport import QUIET_BUSY_CORES, Phase
-from tools.daemonproc import DaemonProcess
-from tools.emulator import Emulator, free_port
-from tools.fakepubsub import FakePubSub
-from tools.procfs import group_cpu_s, machine_cpu_s, peak_rss_kib, process_cpu_s, read_text
-from tools.verify import Metadata, Verification, verify
+from tools.bench import report as rep
+from tools.bench.report import QUIET_BUSY_CORES, Phase
+from tools.bench.suites import figures_from
+from tools.testing.daemon import DaemonProcess
+from tools.testing.emulator import Emulator, free_port
+from tools.testing.fakepubsub import FakePubSub
+from tools.testing.procfs import group_cpu_s, machine_cpu_s, peak_rss_kib, process_cpu_s, read_text
+from tools.testing.verify import Metadata, Verification, verify
 
 RECOMMENDED_QLEN = UNIX_QLEN_RECOMMENDED  # what the daemon's warning and the drop-in say
 PROJECT = "ingest-bench"
@@ -120,7 +130,7 @@ STANDIN_METADATA_RATES = "50000,100000,150000,200000"
 # with many keys a longer linger bounds the requests a second (lanes / linger).
 STANDIN_METADATA_LINGERS_MS = "50"
 DIALECT_RATES = "50000,100000"  # stand-in: json, gelf and statsd steps at each
-DIALECTS = ("gelf", "statsd")  # tools.loadgen --format values besides json
+DIALECTS = ("gelf", "statsd")  # tools.testing.loadgen --format values besides json
 KEYS = 100  # distinct ordering keys (users) of the metadata phases
 METADATA_REPEATS = 3  # emulator run: metadata phases in this many of its UDP repeats
 ROUTED_USER = "u0"  # the metadata phases route this user's events to a second topic
@@ -289,7 +299,14 @@ def run_senders(
     start_at: float,
 ) -> None:
     args = bench.args
-    command = [sys.executable, "-m", "tools.loadgen", *target, "--engine", args.sender_engine]
+    command = [
+        sys.executable,
+        "-m",
+        "tools.testing.loadgen",
+        *target,
+        "--engine",
+        args.sender_engine,
+    ]
     command += ["--rate", str(phase.rate / args.senders), "--seconds", str(seconds)]
     command += ["--slot-ms", str(args.slot_ms), "--first-seq", str(first_seq)]
     command += ["--count", str(args.senders), "--start-at", repr(start_at)]
@@ -301,7 +318,7 @@ def run_senders(
     for proc in procs:
         out, _ = proc.communicate(timeout=seconds * 3 + 30)
         if proc.returncode:
-            raise RuntimeError(f"tools.loadgen exited with {proc.returncode}")
+            raise RuntimeError(f"tools.testing.loadgen exited with {proc.returncode}")
         phase.senders.add(json.loads(out))
 
 
@@ -354,9 +371,9 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
                 *linger,
                 *args.daemon_arg,
             ],
-            bench.env(),
             os.path.join(bench.workdir, f"{phase.name}.log"),
-            f"http://127.0.0.1:{metrics_port}/metrics",
+            emulator_host=bench.sink.host,
+            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
         )
         try:
             daemon.wait_ready(60)
@@ -383,7 +400,7 @@ def run_phase(bench: Bench, phase: Phase, index: int, seconds: float) -> Phase:
             phase.machine_busy_s, phase.interrupts_s = busy1 - busy0, irq1 - irq0
             phase.peak_rss_kib = peak_rss_kib(daemon.pid)
         finally:
-            phase.exit_code = daemon.stop()
+            phase.exit_code = daemon.shut_down()
             phase.stopped_line = daemon.stopped_line()
             phase.warnings = daemon.warnings()
         phase.verification = check()
@@ -409,11 +426,11 @@ def metadata_of(args: argparse.Namespace) -> Metadata:
 def run_naive(bench: Bench, mode: str, seconds: float) -> dict[str, float]:
     assert isinstance(bench.sink, EmulatorSink)
     with bench.sink.topic(f"bench-naive-{mode}") as (topic, _):
-        command = [sys.executable, "-m", "tools.naive", topic, "--mode", mode]
+        command = [sys.executable, "-m", "tools.bench.naive", topic, "--mode", mode]
         proc = bench.spawn([*command, "--seconds", str(seconds)], env=bench.env())
         out, _ = proc.communicate(timeout=seconds * 10 + 60)
         if proc.returncode:
-            raise RuntimeError(f"tools.naive --mode {mode} exited with {proc.returncode}")
+            raise RuntimeError(f"tools.bench.naive --mode {mode} exited with {proc.returncode}")
         result: dict[str, float] = json.loads(out)
         return result
 
@@ -482,7 +499,7 @@ def report(
         print_naive(naive)
     if steps:
         rep.print_table(
-            f"STAND-IN RUN (the daemon's ceiling): a FAKE Publish server (tools/fakepubsub.py, "
+            f"STAND-IN RUN (the daemon's ceiling): a FAKE Publish server (tools/testing/fakepubsub.py, "
             f"{standin_engine}, nice {args.emulator_nice}) instead of the emulator; UDP, "
             f"{args.standin_seconds:g} s per step; every event's sequence number checked by the "
             "fake"
@@ -515,25 +532,25 @@ def report(
 
 
 # ------------------------------------------------------------------ main
-def reexec_in_netns(args: argparse.Namespace, argv: list[str]) -> None:
-    """Re-run this bench in a new network namespace where that is possible."""
+def figures_in_netns(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any] | None:
+    """The emulator suite run again in a new network namespace, where that is
+    possible: its figures, or None to run here."""
     if args.in_netns or args.netns == "no" or os.environ.get("PUBSUB_EMULATOR_HOST"):
-        return
+        return None
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("ip"):
         print("(not root or no unshare/ip: unix runs at the host's qlen only)")
-        return
+        return None
     probe = subprocess.run(
         ["unshare", "--net", "true"], check=False, capture_output=True, timeout=10
     )
     if probe.returncode:
         print("(unshare --net is not permitted here: unix runs at the host's qlen only)")
-        return
+        return None
     host = [f"--in-netns={os.readlink('/proc/self/ns/net')}"]
     host += [f"--host-qlen={read_text(QLEN_PATH) or ''}"]
     sys.stdout.flush()
-    os.execvp(
-        "unshare", ["unshare", "--net", "--", sys.executable, "-m", "tools.bench", *argv, *host]
-    )
+    command = ["unshare", "--net", "--", sys.executable, "-m", "tools.bench", "emulator"]
+    return figures_from("emulator", [*command, *argv, *host])
 
 
 def deprioritise(pgid: int, nice: int) -> None:
@@ -559,17 +576,46 @@ def _add_int_list(
     parser.add_argument(flag, type=_ints, default=_ints(default), metavar=metavar, help=help)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+SUITES = ("emulator", "standin")
+
+
+def _add_common_flags(parser: argparse.ArgumentParser) -> None:
+    """Both suites: the daemon, its load, the machine."""
+    parser.add_argument("--senders", type=int, default=1, help="load generator processes")
+    parser.add_argument("--slot-ms", type=float, default=1.0, help="pacing slot")
+    parser.add_argument(
+        "--sender-engine",
+        choices=("c", "python"),
+        default="c",
+        help="tools.testing.loadgen's engine: python costs ~4 µs/event against C's ~2.8 (a busier host)",
     )
     parser.add_argument(
-        "--runs",
-        default="emulator,standin",
-        help="emulator (verified delivery), standin (the daemon's ceiling), or both",
+        "--keys",
+        type=int,
+        default=KEYS,
+        help="the metadata phases' distinct ordering keys (users; one of them is routed to a "
+        "second topic); 0: no metadata phases",
     )
+    parser.add_argument("--drain-timeout-s", type=float, default=60.0)
+    parser.add_argument(
+        "--quiet-wait-s",
+        type=float,
+        default=60.0,
+        help="before each phase, wait up to this long for the machine to be idle",
+    )
+    parser.add_argument(
+        "--emulator-nice",
+        type=int,
+        default=19,
+        help="run the emulator and the stand-in at this nice value: they stand in for a "
+        "remote service whose CPU is not on the host (0: let them compete with the daemon)",
+    )
+    parser.add_argument(
+        "--daemon-arg", action="append", default=[], help="extra `ingest serve` flag (repeat)"
+    )
+
+
+def _add_emulator_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate", type=float, default=rep.TARGET_RATE, help="offered events/s, emulator run"
     )
@@ -582,14 +628,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--unix-repeat", type=int, default=1, help="unix phases of the emulator run, each"
-    )
-    parser.add_argument("--senders", type=int, default=1, help="load generator processes")
-    parser.add_argument("--slot-ms", type=float, default=1.0, help="pacing slot")
-    parser.add_argument(
-        "--sender-engine",
-        choices=("c", "python"),
-        default="c",
-        help="tools.loadgen's engine: python costs ~4 µs/event against C's ~2.8 (a busier host)",
     )
     parser.add_argument(
         "--warmup-messages",
@@ -614,6 +652,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="unix phases at each net.unix.max_dgram_qlen besides the host's (private "
         f"network namespace only; default {RECOMMENDED_QLEN})",
     )
+    parser.add_argument(
+        "--metadata-repeat",
+        type=int,
+        default=METADATA_REPEATS,
+        help="emulator run: UDP phases with metadata in this many of the --repeat repeats "
+        "(each ~20 s: the metadata daemon falls behind at 150k/s, then every message is pulled)",
+    )
+    parser.add_argument(
+        "--emulator-dialects",
+        default="",
+        metavar="FORMAT[,FORMAT...]",
+        help="emulator run: a UDP phase per format (gelf, statsd) at --rate after the first "
+        "repeat's plain phase (default none: the emulator's CPU dominates there)",
+    )
+    parser.add_argument("--naive-seconds", type=float, default=3.0)
+    parser.add_argument("--sync-seconds", type=float, default=2.0)
+    parser.add_argument("--verify-deadline-s", type=float, default=120.0)
+    parser.add_argument("--netns", choices=("auto", "no"), default="auto")
+    parser.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--host-qlen", default="", help=argparse.SUPPRESS)
+
+
+def _add_standin_flags(parser: argparse.ArgumentParser) -> None:
     _add_int_list(
         parser,
         "--standin-rates",
@@ -637,20 +698,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "MS[,MS...]",
         "stand-in run: each metadata step again with this --batch-linger-ms ('' for none)",
     )
-    parser.add_argument(
-        "--keys",
-        type=int,
-        default=KEYS,
-        help="the metadata phases' distinct ordering keys (users; one of them is routed to a "
-        "second topic); 0: no metadata phases",
-    )
-    parser.add_argument(
-        "--metadata-repeat",
-        type=int,
-        default=METADATA_REPEATS,
-        help="emulator run: UDP phases with metadata in this many of the --repeat repeats "
-        "(each ~20 s: the metadata daemon falls behind at 150k/s, then every message is pulled)",
-    )
     _add_int_list(
         parser,
         "--dialect-rates",
@@ -660,46 +707,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "of these rates (that the stepping reaches; one below the stepping's first rate gets "
         "a plain step of its own first); '' for none",
     )
-    parser.add_argument(
-        "--emulator-dialects",
-        default="",
-        metavar="FORMAT[,FORMAT...]",
-        help="emulator run: a UDP phase per format (gelf, statsd) at --rate after the first "
-        "repeat's plain phase (default none: the emulator's CPU dominates there)",
-    )
     parser.add_argument("--standin-seconds", type=float, default=5.0, help="per step")
     parser.add_argument(
         "--standin-engine",
         choices=("c", "python"),
         default="c",
-        help="the stand-in's implementation (tools/fakepubsub.py); c falls back to python",
+        help="the stand-in's implementation (tools/testing/fakepubsub.py); c falls back to python",
     )
-    parser.add_argument("--naive-seconds", type=float, default=3.0)
-    parser.add_argument("--sync-seconds", type=float, default=2.0)
-    parser.add_argument("--drain-timeout-s", type=float, default=60.0)
-    parser.add_argument("--verify-deadline-s", type=float, default=120.0)
-    parser.add_argument("--netns", choices=("auto", "no"), default="auto")
-    parser.add_argument(
-        "--quiet-wait-s",
-        type=float,
-        default=60.0,
-        help="before each phase, wait up to this long for the machine to be idle",
+
+
+def _parser(suite: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m tools.bench {suite}",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--emulator-nice",
-        type=int,
-        default=19,
-        help="run the emulator and the stand-in at this nice value: they stand in for a "
-        "remote service whose CPU is not on the host (0: let them compete with the daemon)",
-    )
-    parser.add_argument(
-        "--daemon-arg", action="append", default=[], help="extra `ingest serve` flag (repeat)"
-    )
-    parser.add_argument("--in-netns", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--host-qlen", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if unknown := set(args.runs.split(",")) - {"emulator", "standin"}:
-        parser.error(f"--runs: unknown {','.join(sorted(unknown))}")
+    _add_common_flags(parser)
+    (_add_emulator_flags if suite == "emulator" else _add_standin_flags)(parser)
+    return parser
+
+
+def parse_args(suite: str, argv: Sequence[str]) -> argparse.Namespace:
+    """``suite``'s flags from ``argv``; the other suite's options at their
+    defaults, as the code shared by both reads them."""
+    everything = argparse.ArgumentParser(add_help=False)
+    _add_common_flags(everything)
+    _add_emulator_flags(everything)
+    _add_standin_flags(everything)
+    parser = _parser(suite)
+    args = parser.parse_args(argv, namespace=everything.parse_args([]))
     if args.keys < 0:
         parser.error("--keys: must be >= 0")
     args.emulator_dialects = [f for f in args.emulator_dialects.split(",") if f]
@@ -869,48 +905,54 @@ def standin_step(bench: Bench, template: Phase, index: int) -> Phase:
     return phase
 
 
-def run(args: argparse.Namespace, workdir: str, stack: contextlib.ExitStack) -> None:
+def run_in(
+    suite: str, args: argparse.Namespace, workdir: str, stack: contextlib.ExitStack
+) -> dict[str, Any]:
     if args.in_netns:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
     print("machine")
-    for label, value in machine_facts(args):
+    facts = machine_facts(args)
+    for label, value in facts:
         print(f"  {label:<32} {value}")
-    runs = args.runs.split(",")
-    phases: list[Phase] = []
-    naive: dict[str, dict[str, float]] = {}
-    if "emulator" in runs:
-        with contextlib.ExitStack() as emulator_stack:  # stopped before the stand-in run
-            phases, naive = emulator_run(args, workdir, emulator_stack)
-    steps, engine = standin_run(args, workdir, stack) if "standin" in runs else ([], "")
-    report(args, phases, steps, naive, engine)
+    if suite == "emulator":
+        phases, naive = emulator_run(args, workdir, stack)
+        report(args, phases, [], naive, "")
+        return {
+            "network_namespace": "own" if args.in_netns else "host",
+            "host_unix_qlen": args.host_qlen or read_text(QLEN_PATH),
+            "rate": args.rate,
+            "seconds": args.seconds,
+            "naive": naive,
+            "phases": [rep.phase_figures(p) for p in phases],
+        }
+    steps, engine = standin_run(args, workdir, stack)
+    report(args, [], steps, {}, engine)
+    top = rep.ceiling([p for p in steps if p.stepping and p.plain])
+    return {
+        "engine": engine,
+        "seconds": args.standin_seconds,
+        "ceiling_events_per_s": top.rate if top else None,
+        "steps": [rep.phase_figures(p) for p in steps],
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    reexec_in_netns(args, argv)
-    # SIGTERM unwinds like Ctrl-C, so the cleanup below always runs.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    started = time.monotonic()
+def run(suite: str, argv: Sequence[str]) -> dict[str, Any]:
+    """One of SUITES with its flags ``argv``: its figures."""
+    args = parse_args(suite, argv)
+    if suite == "emulator" and (figures := figures_in_netns(args, argv)) is not None:
+        return figures
     workdir = tempfile.mkdtemp(prefix="ingest-bench-")
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, ignore_errors=True)
         try:
-            run(args, workdir, stack)
+            return run_in(suite, args, workdir, stack)
         except KeyboardInterrupt:
             print("\ninterrupted: cleaning up", file=sys.stderr)
-            return 130
-        except Exception as exc:
+            raise
+        except Exception:
             for log in sorted(os.listdir(workdir)):
                 if log.endswith(".log"):
                     with open(os.path.join(workdir, log)) as fh:
                         tail = fh.readlines()[-8:]
                     print(f"--- {log} (last lines)\n{''.join(tail)}", file=sys.stderr)
-            print(f"bench failed: {exc!r}", file=sys.stderr)
-            return 1
-    print(f"\nbench took {time.monotonic() - started:.0f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            raise

@@ -4,7 +4,7 @@ startup pays to count the ordering keys of a spool of messages
 (``Spool.open(seen=...)``, lanes.SpooledLanes), at B and at 1 message a
 record.
 
-    .venv/bin/python -m tools.bench_spool [--events N] [--batch B] [--dir DIR]
+    .venv/bin/python -m tools.bench spool [--events N] [--batch B] [--dir DIR]
         [--open-mib M] [--keys K]
 
 The directory defaults to a temporary one under /var/tmp (a real disk, not a
@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from ingest.lanes import SpooledLanes
 from ingest.message import encode_data
@@ -26,7 +28,7 @@ from ingest.stats import Stats
 EVENT = b'{"ts":1718000000.123,"kind":"page_view","user":12345,"path":"/products/42","ms":12.5}'
 
 
-def run(directory: str, policy: str, events: int, batch: int) -> tuple[float, float]:
+def one_run(directory: str, policy: str, events: int, batch: int) -> tuple[float, float]:
     stats = Stats()
     spool = Spool.open(directory, 1 << 40, policy, stats)
     chunk = [EVENT] * batch
@@ -69,29 +71,51 @@ def opening(directory: str, mib: int, keys: int, batch: int) -> tuple[int, float
     return n, times[False], times[True]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench spool", description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=100, help="events per record")
     parser.add_argument("--dir", default="/var/tmp")
     parser.add_argument("--open-mib", type=int, default=64, help="spool size for the open cost")
     parser.add_argument("--keys", type=int, default=10_000, help="ordering keys in it")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    rows: list[dict[str, Any]] = []
+    opens: list[dict[str, Any]] = []
     print(f"{len(EVENT)}-byte events, {args.events} per run, directory under {args.dir}")
     print(f"{'policy':8} {'events/record':>13} {'append ev/s':>12} {'replay ev/s':>12}")
     for policy in FSYNC_POLICIES:
         for batch in (args.batch, 1):
             count = args.events if batch > 1 or policy != "always" else args.events // 20
             with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-spool-") as directory:
-                append, replay = run(directory, policy, count, batch)
+                append, replay = one_run(directory, policy, count, batch)
             print(f"{policy:8} {batch:>13} {append:>12,.0f} {replay:>12,.0f}")
+            rows.append(
+                {
+                    "fsync": policy,
+                    "events_per_record": batch,
+                    "append_events_per_s": append,
+                    "replay_events_per_s": replay,
+                }
+            )
     print(f"open: {args.open_mib} MiB of messages, {args.keys} ordering keys")
     print(f"{'events/record':>13} {'records':>9} {'open s':>7} {'counting keys s':>16}")
     for batch in (args.batch, 1):
         with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-spool-") as directory:
             n, plain, counted = opening(directory, args.open_mib, args.keys, batch)
         print(f"{batch:>13} {n // batch:>9,} {plain:>7.2f} {counted:>16.2f}")
-
-
-if __name__ == "__main__":
-    main()
+        opens.append(
+            {
+                "events_per_record": batch,
+                "records": n // batch,
+                "open_s": plain,
+                "counting_keys_s": counted,
+            }
+        )
+    return {
+        "event_bytes": len(EVENT),
+        "events": args.events,
+        "open_mib": args.open_mib,
+        "open_keys": args.keys,
+        "rows": rows,
+        "open": opens,
+    }

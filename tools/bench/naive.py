@@ -1,6 +1,6 @@
 """The naive alternative `make bench` compares against: google-cloud-pubsub per event.
 
-    PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -m tools.naive TOPIC_PATH --mode futures --seconds 3
+    PUBSUB_EMULATOR_HOST=127.0.0.1:8085 python -m tools.bench.naive TOPIC_PATH --mode futures --seconds 3
 
 Modes (closed loop, as fast as the client allows, for ``--seconds``):
 
@@ -22,7 +22,7 @@ import time
 
 from google.cloud import pubsub_v1
 
-from tools.loadgen import event_bytes
+from tools.testing.loadgen import event_bytes
 
 RESULT_TIMEOUT_S = 60.0
 

@@ -11,6 +11,13 @@ import shutil
 import subprocess
 import tempfile
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def source(name: str) -> str:
+    """Path of the C source ``name`` kept in this folder."""
+    return os.path.join(HERE, name)
+
 
 def build(source: str, name: str, *flags: str) -> str | None:
     """Path of ``source`` compiled as ``ingest-NAME-DIGEST``, or None when

@@ -1,4 +1,4 @@
-"""Print what a subscription holds: `python -m tools.pull projects/P/subscriptions/S`.
+"""Print what a subscription holds: `python -m tools.dev.pull projects/P/subscriptions/S`.
 
 For looking at the emulator by hand (PUBSUB_EMULATOR_HOST must be set).
 """
@@ -9,13 +9,13 @@ import os
 import sys
 import time
 
-from tools.emulator import Emulator
+from tools.testing.emulator import Emulator
 
 
 def main() -> int:
     if len(sys.argv) != 2 or "PUBSUB_EMULATOR_HOST" not in os.environ:
         print(
-            "usage: PUBSUB_EMULATOR_HOST=HOST:PORT python -m tools.pull SUBSCRIPTION",
+            "usage: PUBSUB_EMULATOR_HOST=HOST:PORT python -m tools.dev.pull SUBSCRIPTION",
             file=sys.stderr,
         )
         return 2

@@ -1,6 +1,6 @@
 """What one ``Emitter.emit`` costs the application, against the naive alternative.
 
-    python -m tools.bench_client [--events 50000] [--json]
+    python -m tools.bench client [--events 50000]
 
 For unix and UDP, a receiver process drains the socket (a blocking recv loop,
 so the sender measures sends that succeed rather than EAGAIN drops) while this
@@ -26,7 +26,7 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ingest.client import Emitter
@@ -165,17 +165,14 @@ def proc_family(kind: str) -> socket.AddressFamily:
     return socket.AF_UNIX if kind == "unix" else socket.AF_INET
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench client", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--events", type=int, default=50_000, help="timed events per row")
-    parser.add_argument("--json", action="store_true", help="one JSON object per row")
     args = parser.parse_args(argv)
     overhead = _timer_overhead_ns()
     rows = bench("unix", args.events, overhead) + bench("udp", args.events, overhead)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row))
-        return 0
     print(f"emit cost per event, {args.events} events each (timer overhead {overhead} ns removed)")
     print(f"{'transport':<9} {'how':<22} {'median µs':>9} {'p99 µs':>8}  sent / dropped")
     for row in rows:
@@ -184,8 +181,4 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['transport']:<9} {row['how']:<22} {row['median_us']:>9.2f} "
             f"{row['p99_us']:>8.2f}{tail}"
         )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return {"events": args.events, "timer_overhead_ns": overhead, "rows": rows}

@@ -3,7 +3,7 @@ datagram for DatagramSource.drain, with and without credentials, over
 datagrams already queued in the kernel (--datagrams per run, 4000 by default,
 x --runs: 200k datagrams a variant).
 
-    .venv/bin/python -m tools.bench_credentials [--runs 50] [--datagrams 4000]
+    .venv/bin/python -m tools.bench credentials [--runs 50] [--datagrams 4000]
 
 Every variant decodes into PubsubMessage bodies (message.MessageBuilder), so
 that the only difference is the receive: the plain recv, or recvmsg with room
@@ -27,6 +27,7 @@ import socket
 import statistics
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from ingest.codec import decode_messages
 from ingest.config import Listener
@@ -34,7 +35,7 @@ from ingest.lanes import LaneQueue
 from ingest.message import MessageBuilder
 from ingest.sources import UCRED, DatagramSource, Senders
 from ingest.stats import Stats
-from tools.bench_drain import DATAGRAMS, PAYLOAD
+from tools.bench.drain import DATAGRAMS, PAYLOAD
 
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # <asm-generic/socket.h>
 LISTENER = Listener("unix", path="/nonexistent/bench.sock")  # a socketpair: no file
@@ -90,11 +91,13 @@ def learn_cost(records: int = 100_000) -> float:
     return (time.perf_counter() - start) / records
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def run(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.bench credentials", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--datagrams", type=int, default=DATAGRAMS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     variants: list[tuple[str, bool, tuple[int, ...]]] = [
         ("no credentials (recv)", False, ()),
         ("--unix-credentials (recvmsg + cached verdict)", True, ()),
@@ -112,8 +115,11 @@ def main() -> None:
     plain = medians[variants[0][0]]
     for name, _, _ in variants[1:]:
         print(f"{name:48s} costs {(medians[name] - plain) * 1e6:+.3f} µs/datagram more")
-    print(f"{'cache miss (a new sender: Senders.learn)':48s} {learn_cost() * 1e6:.3f} µs each")
-
-
-if __name__ == "__main__":
-    main()
+    learn = learn_cost()
+    print(f"{'cache miss (a new sender: Senders.learn)':48s} {learn * 1e6:.3f} µs each")
+    return {
+        "runs": args.runs,
+        "datagrams": args.datagrams,
+        "median_us_per_datagram": {name: m * 1e6 for name, m in medians.items()},
+        "cache_miss_us": learn * 1e6,
+    }

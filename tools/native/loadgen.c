@@ -1,8 +1,8 @@
-/* The paced sender of tools/loadgen.py, in C: the same events, schedule,
+/* The paced sender of tools/testing/loadgen.py, in C: the same events, schedule,
  * arguments and JSON report, at a fraction of the CPU (sendmmsg, no
  * interpreter). On a 2-core machine the Python sender's ~4 us per event was a
  * third of a core at 150k events/s, taken from the daemon under test.
- * Built on demand by tools/loadgen.py (cc -O2); see that file for the rules
+ * Built on demand by tools/testing/loadgen.py (cc -O2); see that file for the rules
  * (--keys N: each event also carries "user":"u<seq % N>", last; --format
  * json|gelf|statsd).
  *
@@ -35,7 +35,7 @@
 #define KEYED_TEMPLATE "{\"seq\":%lld,\"sent_us\":%lld,\"host\":\"web-01\",\"method\":\"GET\"," \
                        "\"path\":\"/api/v1/orders\",\"status\":200,\"dur_ms\":12.5,\"user\":\"u%lld\"}"
 
-/* --format gelf and statsd: tools/loadgen.py's GELF_TEMPLATE and STATSD_LINE */
+/* --format gelf and statsd: tools/testing/loadgen.py's GELF_TEMPLATE and STATSD_LINE */
 #define GELF_TEMPLATE "{\"version\":\"1.1\",\"host\":\"web-01\",\"short_message\":" \
                       "\"GET /api/v1/orders 200\",\"timestamp\":%lld.%06lld,\"level\":6," \
                       "\"_seq\":%lld,\"_logger\":\"app.access\",\"_dur_ms\":12.5}"
