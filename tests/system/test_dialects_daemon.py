@@ -10,7 +10,7 @@ import zlib
 
 from tests.helpers import Daemons, PubSubNames, wait_for
 from tests.integration.test_dialects import chunks
-from tests.system.test_metrics_http import scrape, start, unaccounted, value
+from tests.scrape import scrape, start, unaccounted, value
 from tools.emulator import free_port
 
 

@@ -41,7 +41,7 @@ import statsd  # type: ignore[import-untyped]
 from datadog.dogstatsd.base import DogStatsd  # datadog re-exports it implicitly
 
 from tests.helpers import DaemonProcess, Daemons, PubSubNames, free_udp_port, send_udp, wait_for
-from tests.system.test_metrics_http import scrape, start, total, unaccounted, value
+from tests.scrape import scrape, start, total, unaccounted, value
 from tools.emulator import Emulator
 
 FORMATS = ("json", "gelf", "syslog", "statsd", "unknown")

@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 
 from tests.helpers import Daemons, PubSubNames, UnixSender, another_topic, wait_for
-from tests.system.test_metrics_http import get, scrape, start, total, unaccounted, value
+from tests.scrape import get, scrape, start, total, unaccounted, value
 from tools.emulator import Emulator
 
 _names = itertools.count()

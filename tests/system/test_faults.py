@@ -31,7 +31,7 @@ from ingest.spool import Spool
 from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
 from tests.helpers import DaemonProcess, Daemons, UnixSender, subject_to_file_modes, wait_for
-from tests.system.test_metrics_http import get, scrape, total, unaccounted
+from tests.scrape import get, scrape, total, unaccounted
 from tools.emulator import Emulator, free_port, launcher_path
 from tools.tcpproxy import TcpProxy
 

@@ -20,8 +20,8 @@ from contextlib import contextmanager
 import pytest
 
 from tests.helpers import DaemonProcess, Daemons, PubSubNames, free_udp_port, wait_for
-from tests.system.test_metrics_http import get, scrape, unaccounted
-from tests.system.test_metrics_http import start as start_with_metrics
+from tests.scrape import get, scrape, unaccounted
+from tests.scrape import start as start_with_metrics
 from tools.procfs import peak_rss_kib
 
 # The largest UDP payload over IPv4 loopback, as the sender used.

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests.helpers import Daemons, PubSubNames, UnixSender, wait_for
-from tests.system.test_metrics_http import get, scrape, start, total, unaccounted
+from tests.scrape import get, scrape, start, total, unaccounted
 
 
 def hostile(rng: random.Random) -> Iterator[bytes]:

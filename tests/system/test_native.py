@@ -25,8 +25,8 @@ import pytest
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
 from tests.helpers import Daemons, PubSubNames, UnixSender, another_topic, serve_args, wait_for
+from tests.scrape import scrape, start, total, unaccounted, value
 from tests.system.test_credentials import nobody
-from tests.system.test_metrics_http import scrape, start, total, unaccounted, value
 from tools.emulator import Emulator, free_port, launcher_path
 from tools.tcpproxy import TcpProxy
 

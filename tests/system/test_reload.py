@@ -37,7 +37,7 @@ from ingest.reload import DEPENDENCIES, LIVE, METADATA, RESTART_ONLY, STARTUP_FI
 from ingest.sources import DatagramSource, bind_unix
 from ingest.stats import Stats
 from tests.helpers import Daemons, PubSubNames, UnixSender, wait_for
-from tests.system.test_metrics_http import scrape, unaccounted, value
+from tests.scrape import scrape, unaccounted, value
 from tools.emulator import Emulator, free_port
 
 

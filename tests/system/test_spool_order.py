@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import DaemonProcess, Daemons, UnixSender, wait_for
-from tests.system.test_metrics_http import scrape, total, unaccounted
+from tests.scrape import scrape, total, unaccounted
 from tools.emulator import Emulator, free_port, launcher_path
 from tools.tcpproxy import TcpProxy
 

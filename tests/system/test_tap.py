@@ -45,7 +45,7 @@ from ingest.observe.tap import (
     run_tap,
 )
 from tests.helpers import INGEST, Daemons, PubSubNames, closed_tcp_port, wait_for
-from tests.system.test_metrics_http import HalfHeads, start, timed_get
+from tests.scrape import HalfHeads, start, timed_get
 from tools.emulator import free_port
 
 T = TypeVar("T")
