@@ -12,6 +12,8 @@ collect a test whose fixtures need a higher one than its folder gives, so a
 test that starts the emulator cannot hide among the unit tests.
 FIXTURE_TIERS names every fixture that starts a process or opens a socket;
 tests/unit/test_tiers.py checks that no such fixture is missing from it.
+What a unit test's own code does is held while it runs: tests/unit/conftest.py
+makes opening a socket or starting a process fail it (TierViolation).
 """
 
 from __future__ import annotations
@@ -146,3 +148,7 @@ def mark_or_refuse(root: Path, items: Sequence[Collected]) -> None:
         item.add_marker(tier.marker)
     if misplaced:
         raise pytest.UsageError("tests in the wrong tier:\n  " + "\n  ".join(misplaced))
+
+
+class TierViolation(AssertionError):
+    """A unit test opened a socket or started a process (tests/unit/conftest.py)."""

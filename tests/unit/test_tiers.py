@@ -6,7 +6,10 @@ The table of fixtures is checked against every fixture the suite defines."""
 from __future__ import annotations
 
 import ast
+import asyncio
 import re
+import socket
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from tests.tiers import (
     FOLDER_TIERS,
     MisplacedTest,
     Tier,
+    TierViolation,
     mark_or_refuse,
     tier_of,
 )
@@ -143,7 +147,9 @@ def test_every_fixture_that_opens_a_socket_or_starts_a_process_has_a_tier() -> N
         for name, requests, code in fixtures_in(path):
             defined.add(name)
             inherited = any(r in FIXTURE_TIERS for r in requests)
-            if STARTS.search(code) and name not in FIXTURE_TIERS and not inherited:
+            # tests/unit/conftest.py names subprocess and socket to refuse them
+            refuses = name == "_no_sockets_no_processes"
+            if STARTS.search(code) and name not in FIXTURE_TIERS and not inherited and not refuses:
                 missing.append(f"{path.relative_to(REPO)}: {name}")
     assert not missing, f"add these to tests/tiers.py FIXTURE_TIERS: {missing}"
     assert set(FIXTURE_TIERS) <= defined, set(FIXTURE_TIERS) - defined
@@ -155,3 +161,20 @@ def test_the_scan_sees_the_fixtures_it_must() -> None:
         name for path in suite_files() for name, _, code in fixtures_in(path) if STARTS.search(code)
     }
     assert {"emulator", "daemons", "rig", "tmux", "private_emulator", "light"} <= names
+
+
+def test_a_unit_test_that_opens_a_socket_fails() -> None:
+    with pytest.raises(TierViolation, match="socket"):
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with pytest.raises(TierViolation, match="socket"):
+        socket.create_connection(("127.0.0.1", 9), timeout=1)
+
+
+def test_a_unit_test_that_starts_a_process_fails() -> None:
+    with pytest.raises(TierViolation, match="process"):
+        subprocess.run(["true"], check=False)
+
+
+def test_an_event_loop_still_runs_in_a_unit_test() -> None:
+    """Its self-pipe is a socket pair, made from descriptors: allowed."""
+    assert asyncio.run(asyncio.sleep(0, result=7)) == 7
