@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install lint typecheck test run bench clean faults soak
+.PHONY: all install lint typecheck test test-fast run bench clean faults soak
 
 all: install
 
@@ -17,14 +17,21 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ingest tests tools examples clients
-	$(BIN)/ruff format --check ingest tests tools examples clients
+	$(BIN)/ruff check ingest tests tools examples clients conftest.py
+	$(BIN)/ruff format --check ingest tests tools examples clients conftest.py
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Every tier: tests/unit, tests/integration, tests/system and the light
+# client's clients/python/tests (pyproject's testpaths; tests/tiers.py).
 test: lint typecheck
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q
+
+# The unit tier alone, in well under a minute: no sockets, no processes, no
+# emulator. The loop to run while changing a parser, a codec, the config.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
 
 # Development run: starts the real emulator in the background unless
 # PUBSUB_EMULATOR_HOST is set, creates the topic, serves on dev defaults.
@@ -35,7 +42,7 @@ run: $(STAMP)
 # TCP proxy, SIGSTOP/SIGKILL/SIGTERM, the disk spool, restarts during replay,
 # a hostile spool directory, amplification floods.
 faults: $(STAMP)
-	$(BIN)/pytest -q tests/test_faults.py tests/test_spool_hostile.py tests/test_flood.py
+	$(BIN)/pytest -q tests/system/test_faults.py tests/integration/test_spool_hostile.py tests/system/test_flood.py
 
 # ~60 s of steady load with the emulator frozen every 15 s: zero loss, flat RSS.
 soak: $(STAMP)

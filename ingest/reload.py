@@ -5,7 +5,7 @@ A reload re-reads the configuration file and the environment over the
 command line's flags (cli.settings_from, the validation ``check-config``
 runs), then the daemon applies what ``plan`` returns (daemon.Daemon.reload).
 
-Every setting is in exactly one of three places here (tests/test_reload.py
+Every setting is in exactly one of three places here (tests/system/test_reload.py
 checks it):
 
 - RESTART_ONLY: a running daemon cannot take it over; it keeps its old value

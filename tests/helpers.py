@@ -2,6 +2,9 @@
 
 ``ingest serve`` runs under tools.testing.daemon (DaemonProcess, Daemons),
 the runner the bench uses too.
+
+This is the suite's library: tests import their shared helpers from here,
+never from a conftest.py (those hold fixtures and hooks only).
 """
 
 from __future__ import annotations
@@ -12,13 +15,20 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tools.testing.daemon import INGEST, POLL_S
 
+if TYPE_CHECKING:
+    from tools.testing.emulator import Emulator
+
+# The repository's root: tests read its README, units and examples.
+REPO = Path(__file__).resolve().parent.parent
 # sun_path holds 108 bytes on Linux; stay well inside it.
 MAX_UNIX_PATH = 100
 
@@ -145,8 +155,28 @@ def run_send(
     )
 
 
-if TYPE_CHECKING:  # conftest imports this module: no import cycle at run time
-    from tests.conftest import PubSubNames
+@dataclass(frozen=True)
+class PubSubNames:
+    project: str
+    topic_id: str
+    topic: str  # projects/P/topics/T
+    subscription: str  # projects/P/subscriptions/S
+
+
+def another_topic(
+    emulator: Emulator, names: PubSubNames, suffix: str, *, ordered: bool = False
+) -> PubSubNames:
+    """A topic with a subscription (``ordered``: with message ordering), in
+    the same project, named after ``names``'."""
+    other = PubSubNames(
+        names.project,
+        f"{names.topic_id}-{suffix}",
+        f"{names.topic}-{suffix}",
+        f"{names.subscription}-{suffix}",
+    )
+    emulator.create_topic(other.topic)
+    emulator.create_subscription(other.subscription, other.topic, ordered=ordered)
+    return other
 
 
 def serve_args(names: PubSubNames, *extra: str) -> list[str]:
@@ -164,3 +194,61 @@ def serve_args(names: PubSubNames, *extra: str) -> list[str]:
         "1",
         *extra,
     ]
+
+
+def run_ingest(
+    command: str, *args: str, wrapper: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``ingest COMMAND ARGS`` without INGEST_* from the test's environment.
+    A config error must come before serve contacts or binds anything."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGEST_")}
+    env.pop("PUBSUB_EMULATOR_HOST", None)
+    return subprocess.run(
+        [*wrapper, INGEST, command, *args],
+        capture_output=True,
+        text=True,
+        errors="backslashreplace",
+        timeout=30,
+        env=env,
+        check=False,
+    )
+
+
+def assert_config_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ingest: error: "), lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def pull_distinct(
+    emulator: Emulator, subscription: str, count: int, timeout_s: float = 30, threads: int = 4
+) -> set[bytes]:
+    """Pull until ``count`` distinct messages arrived (the emulator hands out
+    <= 100 per Pull, so several loops run at once), then until quiet, so
+    extra messages (an event sent twice) would be seen too."""
+    seen: set[bytes] = set()
+    lock = threading.Lock()
+    deadline = time.monotonic() + timeout_s
+
+    def loop() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if len(seen) >= count:
+                    return
+            batch = emulator.pull(subscription)
+            with lock:
+                seen.update(batch)
+            if not batch:
+                time.sleep(0.02)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout_s + 5)
+    seen.update(emulator.pull_quiet(subscription, quiet_s=0.5, timeout_s=10))
+    return seen
