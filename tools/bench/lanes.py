@@ -28,7 +28,9 @@ from typing import Any
 from ingest.batch import Batch
 from ingest.codec import Decoder, decode_datagram
 from ingest.config import RouteRule, Settings
-from ingest.pipeline import Pipeline
+from ingest.lanes import LaneBatcher, MessageLanes
+from ingest.pipeline import TOPIC_FIELD_OVERHEAD_BYTES, Pipeline
+from ingest.pubsub import RequestEncoder
 from ingest.stats import Stats
 from tools.testing.loadgen import datagram
 
@@ -61,15 +63,38 @@ def settings(metadata: bool, unique: bool = False) -> Settings:
     )
 
 
+def one_lane(stats: Stats) -> tuple[Decoder, Any, Any, list[RequestEncoder]]:
+    """The plain configuration carried as messages in one lane: the lane
+    queue, batcher and message decoder with no metadata at all, as one
+    pipeline for both would carry plain events."""
+    config = settings(False)
+    lanes = MessageLanes(config, stats)
+    reserved = len(NoClient.topic_path) + TOPIC_FIELD_OVERHEAD_BYTES
+    batcher = LaneBatcher(
+        lanes.queue,
+        config.batch_max_messages,
+        config.batch_max_bytes,
+        reserved,
+        config.batch_linger_ms / 1000,
+    )
+    return lanes.decoder(), lanes.queue, batcher, [RequestEncoder(NoClient.topic_path)]
+
+
 async def one_run(
-    metadata: bool, datagrams: list[bytes], unique: bool, wake_up: int
+    variant: str, datagrams: list[bytes], unique: bool, wake_up: int
 ) -> dict[str, float]:
-    """Seconds per event of each stage, for one pass over ``datagrams``."""
+    """Seconds per event of each stage, for one pass over ``datagrams``:
+    ``variant`` is plain, metadata or one_lane."""
     stats = Stats()
-    pipeline = Pipeline(settings(metadata, unique), stats, NoClient())  # type: ignore[arg-type]
-    decode: Decoder = pipeline.lanes.decoder() if pipeline.lanes else decode_datagram
+    decode: Decoder
+    if variant == "one_lane":
+        decode, queue, batcher, encoders = one_lane(stats)
+    else:
+        config = settings(variant == "metadata", unique)
+        pipeline = Pipeline(config, stats, NoClient())  # type: ignore[arg-type]
+        decode = pipeline.lanes.decoder() if pipeline.lanes else decode_datagram
+        queue, batcher, encoders = pipeline.queue, pipeline.batcher, pipeline.pool._encoders
     rejected = stats.rejected
-    queue = pipeline.queue
     clock: Callable[[], float] = time.perf_counter
     started = clock()
     wake_ups: list[list[Any]] = []
@@ -86,12 +111,11 @@ async def one_run(
     batches = []
     while True:
         batch = Batch()
-        if not await pipeline.batcher.fill(batch):
+        if not await batcher.fill(batch):
             break
         batches.append(batch)
-        pipeline.batcher.done(batch)
+        batcher.done(batch)
     filled = clock()
-    encoders = pipeline.pool._encoders
     for batch in batches:
         encoders[batch.lane[0] if batch.lane else 0].encode(batch.messages)
     encoded = clock()
@@ -121,24 +145,31 @@ def run(argv: Sequence[str]) -> dict[str, Any]:
     args = parser.parse_args(argv)
     sent_us = 1_700_000_000_000_000
     results: dict[str, dict[str, float]] = {}
-    for name, keys in (("plain", 0), ("metadata", args.keys)):
+    # One lane: the plain events as messages in the lane queue, the question
+    # whether one pipeline could carry both (plain events, run in turn with
+    # the plain path so both see the same machine).
+    variants = (("plain", 0), ("one_lane", 0), ("metadata", args.keys))
+    for name, keys in variants:
         datagrams = [datagram(seq, sent_us + seq, keys) for seq in range(args.events)]
         runs = [
-            asyncio.run(one_run(bool(keys), datagrams, args.unique, args.wake_up))
+            asyncio.run(one_run(name, datagrams, args.unique, args.wake_up))
             for _ in range(args.runs)
         ]
         results[name] = {stage: min(run[stage] for run in runs) for stage in STAGES}
     print(
         f"µs per event, fastest of {args.runs} runs x {args.events:,} events ({args.keys} keys, "
-        f"{args.wake_up} datagrams a wake-up)"
+        f"{args.wake_up} datagrams a wake-up); one lane: the plain events in the lane queue"
     )
-    print(f"  {'stage':<8} {'plain':>8} {'metadata':>9} {'diff':>7}")
+    print(f"  {'stage':<8} {'plain':>8} {'one lane':>9} {'diff':>7} {'metadata':>9} {'diff':>7}")
     for stage in (*STAGES, "total"):
         if stage == "total":
-            plain, meta = (sum(results[n].values()) for n in ("plain", "metadata"))
+            plain, lane, meta = (sum(results[n].values()) for n, _ in variants)
         else:
-            plain, meta = results["plain"][stage], results["metadata"][stage]
-        print(f"  {stage:<8} {plain * 1e6:8.2f} {meta * 1e6:9.2f} {(meta - plain) * 1e6:+7.2f}")
+            plain, lane, meta = (results[n][stage] for n, _ in variants)
+        print(
+            f"  {stage:<8} {plain * 1e6:8.2f} {lane * 1e6:9.2f} {(lane - plain) * 1e6:+7.2f}"
+            f" {meta * 1e6:9.2f} {(meta - plain) * 1e6:+7.2f}"
+        )
     return {
         "runs": args.runs,
         "events": args.events,
