@@ -82,5 +82,5 @@ def test_a_suite_writes_its_figures_as_json(tmp_path: Path) -> None:
     lanes = doc["suites"]["lanes"]
     assert lanes["ok"] is True
     assert lanes["argv"] == ["--runs", "1", "--events", "200"]
-    assert set(lanes["figures"]["us_per_event"]) == {"plain", "metadata"}
+    assert set(lanes["figures"]["us_per_event"]) == {"plain", "one_lane", "metadata"}
     assert lanes["figures"]["us_per_event"]["plain"]["total"] > 0
