@@ -12,10 +12,10 @@ import zlib
 import orjson
 
 from ingest.config import Listener, Settings, build_settings
-from ingest.pipeline import Pipeline
-from ingest.pubsub import PubSubClient, create_channel
-from ingest.sources import bind_listener
+from ingest.publish.pubsub import PubSubClient, create_channel
+from ingest.receive.sources import bind_listener
 from ingest.stats import Stats
+from ingest.wiring import Pipeline
 from tests.helpers import PubSubNames
 from tools.testing.emulator import Emulator
 

@@ -25,11 +25,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ingest.batch import Batch
-from ingest.codec import Decoder, decode_datagram
 from ingest.config import RouteRule, Settings
-from ingest.pipeline import Pipeline
+from ingest.pipeline.batch import Batch
+from ingest.receive.codec import Decoder, decode_datagram
 from ingest.stats import Stats
+from ingest.wiring import Pipeline
 from tools.testing.loadgen import datagram
 
 WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (sources.DRAIN_BATCH)

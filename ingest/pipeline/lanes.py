@@ -45,17 +45,17 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
-from ingest.codec import Decoder, messages_decoder
 from ingest.config import Settings
-from ingest.message import (
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
+from ingest.pipeline.message import (
     Lane,
     MessageBuilder,
     Route,
     ordering_key_of,
 )
-from ingest.queue import Bounded, Chunk
+from ingest.pipeline.queue import Bounded, Chunk
 from ingest.ratelimit import LogLimiter
+from ingest.receive.codec import Decoder, messages_decoder
 from ingest.spool import Spool
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from ingest.stats import Stats

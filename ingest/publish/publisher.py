@@ -34,9 +34,9 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
-from ingest.batch import Batch
-from ingest.observe.health import PubSubHealth
-from ingest.pubsub import PubSubClient, RequestEncoder
+from ingest.pipeline.batch import Batch
+from ingest.publish.health import PubSubHealth
+from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
 from ingest.vocabulary import Drop

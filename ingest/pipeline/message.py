@@ -34,7 +34,7 @@ from collections.abc import MutableMapping, Sequence
 from orjson import JSONDecodeError, dumps, loads
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from ingest.pubsub import varint
+from ingest.publish.pubsub import varint
 from ingest.spool.records import KIND_DATA
 from ingest.vocabulary import Skip
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ingest.message import plain
-from ingest.queue import Bounded, EventQueue
+from ingest.pipeline.message import plain
+from ingest.pipeline.queue import Bounded, EventQueue
 from ingest.spool.store import Spool
 
 # Puts one spooled record's events (of its kind, for its topic) in the queue.

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ingest.queue import Bounded, EventQueue
+from ingest.pipeline.queue import Bounded, EventQueue
 
 Q = TypeVar("Q", bound=Bounded)
 
