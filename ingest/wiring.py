@@ -25,7 +25,7 @@ from ingest.pipeline.queue import Chunk, EventQueue
 from ingest.publish.health import PubSubHealth
 from ingest.publish.publisher import PublisherPool, Spill
 from ingest.publish.pubsub import PubSubClient, RequestEncoder
-from ingest.receive.codec import Decoder, decode_datagram
+from ingest.receive.codec import Decoder, decode_datagram, messages_decoder
 from ingest.receive.dialects import GELF_PENDING_MAX_BYTES, Dialects
 from ingest.receive.gelf import Reassembler
 from ingest.receive.sources import DatagramSource
@@ -145,9 +145,9 @@ class Pipeline:
         elif settings.unix_credentials and listener.kind == "unix":
             # Its own builder: the reader sets each datagram's sender on it.
             credentials = self.lanes.builder.for_source()
-            decode = self.lanes.decoder(credentials)
+            decode = messages_decoder(credentials.build)
         else:
-            decode, credentials = self.lanes.decoder(), None
+            decode, credentials = messages_decoder(self.lanes.builder.build), None
         if previous is not None and previous.dialects is not None:
             reassembler = previous.dialects.reassembler
             reassembler.max_message_bytes = settings.max_event_bytes

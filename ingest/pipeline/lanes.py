@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ingest.config import Settings
-from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, BatchRule
 from ingest.pipeline.message import (
     Lane,
     MessageBuilder,
@@ -54,8 +54,8 @@ from ingest.pipeline.message import (
     ordering_key_of,
 )
 from ingest.pipeline.queue import Bounded, Chunk
+from ingest.publish.publisher import Batch
 from ingest.ratelimit import LogLimiter
-from ingest.receive.codec import Decoder, messages_decoder
 from ingest.spool import Spool
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 from ingest.stats import Stats
@@ -895,10 +895,6 @@ class MessageLanes:
             ordering_field=settings.ordering_key_field,
             routes=routes,
         )
-
-    def decoder(self, builder: MessageBuilder | None = None) -> Decoder:
-        """A reader's decode: ``builder`` when the source sets its sender."""
-        return messages_decoder((builder or self.builder).build)
 
     def _topic_id(self, lane: Lane | None) -> str:
         """A lane's topic as spooled: "" for --topic, so a restart with

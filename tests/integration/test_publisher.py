@@ -18,12 +18,13 @@ import pytest
 from google.pubsub_v1.types import pubsub as pubsub_types
 
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
-from ingest.pipeline.batch import Batch, Batcher
+from ingest.pipeline.batch import Batcher
 from ingest.pipeline.queue import EventQueue
 from ingest.publish import publisher
 from ingest.publish.publisher import (
     INVALID_MESSAGE,
     SHUTDOWN,
+    Batch,
     PublisherPool,
     Retry,
     Spill,

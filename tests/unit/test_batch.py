@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES, PUBSUB_MAX_REQUEST_MESSAGES
-from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, Batch, Batcher
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, Batcher
 from ingest.pipeline.queue import EventQueue
+from ingest.publish.publisher import Batch
 from ingest.publish.pubsub import RequestEncoder
 from ingest.stats import Stats
 

@@ -13,10 +13,10 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
-from ingest.pipeline.batch import Batch
 from ingest.pipeline.lanes import LANE_BYTES, LaneBatcher, LaneQueue
 from ingest.pipeline.message import Lane, MessageBuilder
 from ingest.pipeline.queue import QUEUE_FULL
+from ingest.publish.publisher import Batch
 from ingest.publish.pubsub import RequestEncoder
 from ingest.stats import Stats
 

@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ingest.config import RouteRule, Settings
-from ingest.pipeline.batch import Batch
-from ingest.receive.codec import Decoder, decode_datagram
+from ingest.publish.publisher import Batch
+from ingest.receive.codec import Decoder, decode_datagram, messages_decoder
 from ingest.stats import Stats
 from ingest.wiring import Pipeline
 from tools.testing.loadgen import datagram
@@ -67,7 +67,9 @@ async def one_run(
     """Seconds per event of each stage, for one pass over ``datagrams``."""
     stats = Stats()
     pipeline = Pipeline(settings(metadata, unique), stats, NoClient())  # type: ignore[arg-type]
-    decode: Decoder = pipeline.lanes.decoder() if pipeline.lanes else decode_datagram
+    decode: Decoder = (
+        messages_decoder(pipeline.lanes.builder.build) if pipeline.lanes else decode_datagram
+    )
     rejected = stats.rejected
     queue = pipeline.queue
     clock: Callable[[], float] = time.perf_counter
