@@ -88,7 +88,7 @@ class Daemon:
         self.topic_ids = settings.topics
         self._reloading: asyncio.Task[None] | None = None
         self.stats = stats or Stats()
-        # Made at startup, once the spool (if any) is open (pipeline.py).
+        # Made at startup, once the spool (if any) is open (wiring.py).
         self.pipeline: Pipeline | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None

@@ -56,7 +56,8 @@ from typing import Any
 from orjson import JSONDecodeError, loads
 
 from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-from ingest.pipeline.message import VALUE_TOO_LONG, MessageBuilder, encode_attribute, encode_data
+from ingest.pipeline.message import VALUE_TOO_LONG, MessageBuilder
+from ingest.publish.pubsub import encode_attribute, encode_data
 from ingest.receive import gelf, statsd, syslog
 from ingest.receive.codec import (
     DECODED_TOO_LARGE,

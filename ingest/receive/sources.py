@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
-from ingest.pipeline.message import MessageBuilder, encode_attribute
+from ingest.pipeline.message import MessageBuilder
 from ingest.pipeline.queue import Intake
+from ingest.publish.pubsub import encode_attribute
 from ingest.ratelimit import LogLimiter
 from ingest.receive.codec import (
     SENDER_DENIED,
@@ -237,7 +238,7 @@ class Senders:
 
     A record maps to a verdict, cached per record (pid, uid, gid), so that a
     datagram costs one dict lookup: the attribute entries its messages get
-    (message.encode_attribute, decimal text) and whether ``allow_uids``
+    (pubsub.encode_attribute, decimal text) and whether ``allow_uids``
     admits the sender (empty: everyone). The cache is bounded, since every
     new process is a new pid.
 

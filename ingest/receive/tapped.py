@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from ingest.pipeline.message import data_of
 from ingest.pipeline.queue import QUEUE_FULL
+from ingest.publish.pubsub import data_of
 from ingest.receive.codec import TOO_LARGE, Decoder
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
 

@@ -26,9 +26,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.config import INPUT_FORMATS, Listener
-from ingest.pipeline.message import MessageBuilder, data_of
+from ingest.pipeline.message import MessageBuilder
 from ingest.pipeline.queue import QUEUE_FULL, EventQueue
-from ingest.publish.pubsub import RequestEncoder
+from ingest.publish.pubsub import RequestEncoder, data_of
 from ingest.receive.codec import DECODED_TOO_LARGE, MAX_DECODED_BYTES, decode_datagram
 from ingest.receive.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
 from ingest.receive.gelf import Reassembler

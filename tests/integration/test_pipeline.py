@@ -1,6 +1,6 @@
 """The pipeline in-process, without a daemon or a subprocess: readers on
 real sockets, the queue, the batcher and the publisher pool publishing to
-the real emulator (pipeline.py). What the daemon adds (startup checks,
+the real emulator (wiring.py). What the daemon adds (startup checks,
 signals, shutdown order) is tested through ``ingest serve`` elsewhere."""
 
 from __future__ import annotations

@@ -26,7 +26,8 @@ from google.pubsub_v1.types import pubsub as t
 
 from ingest.config import Listener
 from ingest.pipeline.lanes import LaneQueue
-from ingest.pipeline.message import MessageBuilder, encode_data
+from ingest.pipeline.message import MessageBuilder
+from ingest.publish.pubsub import encode_data
 from ingest.receive.codec import decode_messages
 from ingest.receive.sources import (
     DRAIN_BATCH,

@@ -22,13 +22,15 @@ from ingest.pipeline.message import (
     VALUE_TOO_LONG,
     MessageBuilder,
     Route,
+    plain,
+)
+from ingest.publish.pubsub import (
+    RequestEncoder,
     data_of,
     encode_attribute,
     encode_data,
     ordering_key_of,
-    plain,
 )
-from ingest.publish.pubsub import RequestEncoder
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 
 PublishRequest = pubsub_types.PublishRequest.pb()

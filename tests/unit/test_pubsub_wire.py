@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES
-from ingest.pipeline.message import encode_attribute, encode_data
-from ingest.publish.pubsub import RequestEncoder, encode_topic_field
+from ingest.publish.pubsub import RequestEncoder, encode_attribute, encode_data, encode_topic_field
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 PubsubMessage = pubsub_types.PubsubMessage.pb()

@@ -21,9 +21,10 @@ import pytest
 
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES, RouteRule, Settings
 from ingest.pipeline.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
-from ingest.pipeline.message import Lane, data_of, ordering_key_of
+from ingest.pipeline.message import Lane
 from ingest.pipeline.replay import replay_step
 from ingest.publish.publisher import Batch
+from ingest.publish.pubsub import data_of, ordering_key_of
 from ingest.spool import SPOOL_FULL, Spool
 from ingest.spool import records as spoolfmt
 from ingest.spool.segments import FRONT_PARTIAL, front_name

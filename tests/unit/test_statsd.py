@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.pipeline.message import MessageBuilder, data_of
+from ingest.pipeline.message import MessageBuilder
+from ingest.publish.pubsub import data_of
 from ingest.receive.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
 from ingest.receive.statsd import (
     INVALID_STATSD,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ingest.pipeline.lanes import SpooledLanes
-from ingest.pipeline.message import encode_data
+from ingest.publish.pubsub import encode_data
 from ingest.spool import FSYNC_POLICIES, Spool
 from ingest.spool.records import KIND_MESSAGES
 from ingest.stats import Stats
