@@ -27,20 +27,21 @@ from typing import Any
 
 from google.auth.exceptions import DefaultCredentialsError
 
-from ingest import kernel, systemd
+from ingest import systemd
 from ingest.config import ConfigError, Listener, Settings
-from ingest.lanes import LaneQueue, SpooledLanes
-from ingest.observe.health import PubSubHealth, Verdict, evaluate
+from ingest.observe.health import Verdict, evaluate
 from ingest.observe.httpd import HttpServer
 from ingest.observe.metrics import build_registry
 from ingest.observe.tap import TapHub
-from ingest.pipeline import Pipeline
-from ingest.publisher import SHUTDOWN
-from ingest.pubsub import PubSubClient, create_channel, emulator_host
-from ingest.queue import EventQueue
-from ingest.reload import METADATA
-from ingest.reload import plan as reload_plan
-from ingest.sources import (
+from ingest.pipeline.lanes import LaneQueue, SpooledLanes
+from ingest.pipeline.queue import EventQueue
+from ingest.pipeline.replay import run_replay
+from ingest.publish.health import PubSubHealth
+from ingest.publish.publisher import SHUTDOWN
+from ingest.publish.pubsub import PubSubClient, create_channel, emulator_host
+from ingest.publish.topic import TopicWatch
+from ingest.receive import kernel
+from ingest.receive.sources import (
     FINAL_DRAIN_MAX_S,
     REBIND_DRAIN_MAX_S,
     DatagramSource,
@@ -48,12 +49,13 @@ from ingest.sources import (
     bind_listener,
     set_rcvbuf,
 )
+from ingest.reload import METADATA
+from ingest.reload import plan as reload_plan
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
-from ingest.spool.replay import run_replay
 from ingest.stats import RejectSummary, Stats
-from ingest.topic import TopicWatch
 from ingest.vocabulary import Exit
+from ingest.wiring import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class Daemon:
         self.topic_ids = settings.topics
         self._reloading: asyncio.Task[None] | None = None
         self.stats = stats or Stats()
-        # Made at startup, once the spool (if any) is open (pipeline.py).
+        # Made at startup, once the spool (if any) is open (wiring.py).
         self.pipeline: Pipeline | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None

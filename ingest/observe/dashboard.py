@@ -26,7 +26,6 @@ from rich.styled import Styled
 from rich.table import Table
 from rich.text import Text
 
-from ingest.kernel import UNIX_QLEN_RECOMMENDED
 from ingest.observe.health import QUEUE_FILL_LIMIT
 from ingest.observe.snapshot import (
     LATENCY_WINDOW_S,
@@ -38,6 +37,7 @@ from ingest.observe.snapshot import (
     histogram_quantile,
 )
 from ingest.observe.tap import FORMATS
+from ingest.receive.kernel import UNIX_QLEN_RECOMMENDED
 
 __all__ = ["History", "InlineDashboard", "Snapshot", "histogram_quantile", "render", "sparkline"]
 

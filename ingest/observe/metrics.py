@@ -18,10 +18,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ingest import __version__, kernel
-from ingest.dialects import JSON, UNKNOWN
+from ingest import __version__
 from ingest.observe.health import Verdict
-from ingest.queue import Bounded
+from ingest.pipeline.queue import Bounded
+from ingest.receive import kernel
+from ingest.receive.dialects import JSON, UNKNOWN
 from ingest.spool import Spool
 from ingest.stats import Histogram, Stats
 from ingest.systemd import Notifier

@@ -61,15 +61,13 @@ import orjson
 from ingest.config import INPUT_FORMATS
 from ingest.observe.daemon_url import base_url, why
 from ingest.ratelimit import LogLimiter
+from ingest.receive.tapped import OUTCOMES
 
 if TYPE_CHECKING:
     from http.client import HTTPResponse
 
 log = logging.getLogger(__name__)
 
-# A datagram's outcome: all its events accepted, some rejected, or not
-# looked at because the queue was full (sources.py decides).
-ACCEPTED, REJECTED, DROPPED = OUTCOMES = ("accepted", "rejected", "dropped")
 # What a datagram was taken for (dialects.py); "unknown": rejected before
 # being looked at (over --max-datagram-bytes).
 FORMATS = (*INPUT_FORMATS, "unknown")

@@ -13,8 +13,9 @@
 - ``records``: the on-disk format of segments, records and the cursor;
 - ``files``: the directory's files, opened so that nobody else's file or
   symlink can be written through;
-- ``replay``: feeding the spool back into the memory queue, paced against
-  live traffic (imported on its own: it needs the pipeline's modules).
+
+Feeding the spool back into the memory queue, paced against live traffic, is
+the pipeline's (pipeline/replay.py): the spool knows nothing of the queue.
 """
 
 from ingest.spool.files import check_directory

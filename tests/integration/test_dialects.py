@@ -25,14 +25,14 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import DECODED_TOO_LARGE, MAX_DECODED_BYTES, decode_datagram
 from ingest.config import INPUT_FORMATS, Listener
-from ingest.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
-from ingest.gelf import Reassembler
-from ingest.message import MessageBuilder, data_of
-from ingest.pubsub import RequestEncoder
-from ingest.queue import QUEUE_FULL, EventQueue
-from ingest.sources import DatagramSource, bind_udp
+from ingest.pipeline.message import MessageBuilder
+from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.publish.pubsub import RequestEncoder, data_of
+from ingest.receive.codec import DECODED_TOO_LARGE, MAX_DECODED_BYTES, decode_datagram
+from ingest.receive.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
+from ingest.receive.gelf import Reassembler
+from ingest.receive.sources import DatagramSource, bind_udp
 from ingest.stats import Stats
 
 PublishRequest = pubsub_types.PublishRequest.pb()
@@ -112,7 +112,7 @@ class Reader:
 
 
 def _messages(builder: MessageBuilder) -> Any:
-    from ingest.codec import decode_messages
+    from ingest.receive.codec import decode_messages
 
     return lambda data, out, rejected: decode_messages(data, out, rejected, builder.build)
 

@@ -26,16 +26,16 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import publisher
-from ingest.batch import Batch, Batcher
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
-from ingest.lanes import LANE_BYTES, LaneBatcher, LaneQueue, SpooledLanes
-from ingest.message import Lane
 from ingest.observe.health import Verdict
 from ingest.observe.metrics import build_registry
-from ingest.publisher import SHUTDOWN, PublisherPool
-from ingest.pubsub import PubSubClient, RequestEncoder
-from ingest.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.batch import Batcher
+from ingest.pipeline.lanes import LANE_BYTES, LaneBatcher, LaneQueue, SpooledLanes
+from ingest.pipeline.message import Lane
+from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.publish import publisher
+from ingest.publish.publisher import SHUTDOWN, Batch, PublisherPool
+from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.stats import Stats
 from tests.helpers import PubSubNames
 from tests.unit.test_dashboard import _View

@@ -1,6 +1,6 @@
 """The pipeline in-process, without a daemon or a subprocess: readers on
 real sockets, the queue, the batcher and the publisher pool publishing to
-the real emulator (pipeline.py). What the daemon adds (startup checks,
+the real emulator (wiring.py). What the daemon adds (startup checks,
 signals, shutdown order) is tested through ``ingest serve`` elsewhere."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import zlib
 import orjson
 
 from ingest.config import Listener, Settings, build_settings
-from ingest.pipeline import Pipeline
-from ingest.pubsub import PubSubClient, create_channel
-from ingest.sources import bind_listener
+from ingest.publish.pubsub import PubSubClient, create_channel
+from ingest.receive.sources import bind_listener
 from ingest.stats import Stats
+from ingest.wiring import Pipeline
 from tests.helpers import PubSubNames
 from tools.testing.emulator import Emulator
 

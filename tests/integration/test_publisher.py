@@ -17,20 +17,21 @@ import grpc.aio
 import pytest
 from google.pubsub_v1.types import pubsub as pubsub_types
 
-from ingest import publisher
-from ingest.batch import Batch, Batcher
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
-from ingest.publisher import (
+from ingest.pipeline.batch import Batcher
+from ingest.pipeline.queue import EventQueue
+from ingest.publish import publisher
+from ingest.publish.publisher import (
     INVALID_MESSAGE,
     SHUTDOWN,
+    Batch,
     PublisherPool,
     Retry,
     Spill,
     backoff_s,
     classify,
 )
-from ingest.pubsub import PubSubClient
-from ingest.queue import EventQueue
+from ingest.publish.pubsub import PubSubClient
 from ingest.stats import Stats
 from tests.helpers import PubSubNames
 from tools.testing.emulator import Emulator

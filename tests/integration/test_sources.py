@@ -9,8 +9,8 @@ import ipaddress
 import socket
 
 from ingest.config import Listener
-from ingest.queue import QUEUE_FULL, EventQueue
-from ingest.sources import (
+from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.receive.sources import (
     DRAIN_BATCH,
     WAKEUP_MAX_BYTES,
     WAKEUP_MAX_EVENTS,

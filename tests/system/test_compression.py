@@ -1,4 +1,4 @@
-"""--publish-compression: gzip on the wire to the real emulator (ingest/pubsub.py,
+"""--publish-compression: gzip on the wire to the real emulator (ingest/publish/pubsub.py,
 the setting in ingest/config.py).
 
 That compression is really on the wire is shown by bytes, not by a flag
@@ -18,7 +18,7 @@ import pytest
 
 from ingest.cli import build_parser, settings_from
 from ingest.config import SERVE_OPTIONS, ConfigError, Settings, build_settings
-from ingest.pubsub import PUBLISH_COMPRESSIONS, PubSubClient, RequestEncoder, create_channel
+from ingest.publish.pubsub import PUBLISH_COMPRESSIONS, PubSubClient, RequestEncoder, create_channel
 from tests.helpers import PubSubNames, UnixSender, assert_config_error, run_ingest, serve_args
 from tools.bench.compression import web_events
 from tools.testing.daemon import Daemons

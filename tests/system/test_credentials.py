@@ -24,11 +24,12 @@ from pathlib import Path
 import pytest
 from google.pubsub_v1.types import pubsub as t
 
-from ingest.codec import decode_messages
 from ingest.config import Listener
-from ingest.lanes import LaneQueue
-from ingest.message import MessageBuilder, encode_data
-from ingest.sources import (
+from ingest.pipeline.lanes import LaneQueue
+from ingest.pipeline.message import MessageBuilder
+from ingest.publish.pubsub import encode_data
+from ingest.receive.codec import decode_messages
+from ingest.receive.sources import (
     DRAIN_BATCH,
     UCRED,
     DatagramSource,
@@ -260,7 +261,7 @@ def test_an_allow_list_rejects_other_uids_without_decoding_them(
     stats = Stats()
     path = shared_dir / "in.sock"
     source, queue = bound_source(path, stats, loop, allow_uids=(0,))
-    caplog.set_level(logging.WARNING, logger="ingest.sources")
+    caplog.set_level(logging.WARNING, logger="ingest.receive.sources")
     denied = ('{"n":1}', "not json", '{"a":1}\n{"b":2}')
     run_sender(source, path, *denied, prefix=as_nobody)
     forger = subprocess.run(

@@ -32,9 +32,9 @@ from ingest.config import (
     build_settings,
     check_attribute_keys,
 )
-from ingest.queue import EventQueue
+from ingest.pipeline.queue import EventQueue
+from ingest.receive.sources import DatagramSource, bind_unix
 from ingest.reload import DEPENDENCIES, LIVE, METADATA, RESTART_ONLY, STARTUP_FIXED, plan
-from ingest.sources import DatagramSource, bind_unix
 from ingest.stats import Stats
 from tests.helpers import PubSubNames, UnixSender, wait_for
 from tests.scrape import scrape, unaccounted, value

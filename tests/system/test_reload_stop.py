@@ -28,9 +28,9 @@ import pytest
 from ingest import daemon as daemon_module
 from ingest.config import ConfigError, Settings, build_settings
 from ingest.daemon import Daemon
-from ingest.lanes import LaneBatcher
 from ingest.observe.httpd import HttpServer
-from ingest.pipeline import Pipeline
+from ingest.pipeline.lanes import LaneBatcher
+from ingest.wiring import Pipeline
 from tests.helpers import PubSubNames, UnixSender, closed_tcp_port, send_unix
 from tools.testing.daemon import Daemons
 from tools.testing.emulator import Emulator

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.syslog import (
+from ingest.receive.syslog import (
     Syslog,
     parse,
 )

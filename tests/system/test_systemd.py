@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import kernel, systemd
+from ingest import systemd
 from ingest.config import ConfigError, Listener, load_file
+from ingest.receive import kernel
 from tests.helpers import (
     INGEST,
     REPO,

@@ -1,6 +1,6 @@
 """The non-emulator channel: TLS plus Application Default Credentials.
 
-ingest.pubsub.create_channel(endpoint, emulator=None) hands the channel to
+ingest.publish.pubsub.create_channel(endpoint, emulator=None) hands the channel to
 google-api-core, which finds ADC and refreshes tokens. The emulator cannot
 check any of that, so these tests run the real client code against local
 stand-ins for Google's two servers, all on loopback and nothing mocked in
@@ -52,7 +52,7 @@ from cryptography.x509.oid import NameOID
 from google.auth import _helpers as auth_helpers
 from google.pubsub_v1.types import pubsub as pubsub_types
 
-from ingest.pubsub import PUBSUB_SCOPES
+from ingest.publish.pubsub import PUBSUB_SCOPES
 from tests.helpers import REPO
 from tools.testing.emulator import free_port
 
@@ -80,7 +80,7 @@ CLIENT = (
     + """
 import asyncio, json, sys
 import grpc.aio
-from ingest.pubsub import PubSubClient, RequestEncoder, create_channel, emulator_host
+from ingest.publish.pubsub import PubSubClient, RequestEncoder, create_channel, emulator_host
 
 async def main(endpoint, topic, batches):
     assert emulator_host() is None

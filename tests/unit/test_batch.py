@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch, Batcher
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES, PUBSUB_MAX_REQUEST_MESSAGES
-from ingest.pubsub import RequestEncoder
-from ingest.queue import EventQueue
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, Batcher
+from ingest.pipeline.queue import EventQueue
+from ingest.publish.publisher import Batch
+from ingest.publish.pubsub import RequestEncoder
 from ingest.stats import Stats
 
 LONG_LINGER_S = 30.0  # a test that wrongly lingers hits its 5 s deadline instead

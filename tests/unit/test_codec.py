@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import (
+from ingest.config import MAX_DATAGRAM_CEILING
+from ingest.receive.codec import (
     DECODED_TOO_LARGE,
     INVALID_JSON,
     INVALID_UTF8,
@@ -23,7 +24,6 @@ from ingest.codec import (
     decode_messages,
     messages_decoder,
 )
-from ingest.config import MAX_DATAGRAM_CEILING
 
 
 def decode(data: bytes) -> tuple[int, list[bytes], dict[str, int]]:

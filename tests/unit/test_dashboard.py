@@ -19,7 +19,7 @@ from ingest.config import INPUT_FORMATS
 from ingest.observe.dashboard import History, InlineDashboard, Snapshot, histogram_quantile, render
 from ingest.observe.health import Verdict
 from ingest.observe.metrics import build_registry
-from ingest.queue import EventQueue
+from ingest.pipeline.queue import EventQueue
 from ingest.stats import LATENCY_BUCKETS_S, Stats
 from ingest.systemd import Notifier
 

@@ -1,4 +1,4 @@
-"""ingest.gelf: recognition, bounded decompression and chunk reassembly, on
+"""ingest.receive.gelf: recognition, bounded decompression and chunk reassembly, on
 real bytes: zlib as graypy/pygelf send it (``zlib.compress(json)``), gzip as
 Docker's gelf driver does, chunked as graypy's ChunkedGELF does."""
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest import gelf
-from ingest.gelf import GelfError, Reassembler, decompress, kind, unwrap
+from ingest.receive import gelf
+from ingest.receive.gelf import GelfError, Reassembler, decompress, kind, unwrap
 
 MIB = 1 << 20
 WAN_CHUNK = 1420  # graypy's default chunk size

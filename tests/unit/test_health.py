@@ -1,15 +1,9 @@
-"""The health rule (ingest/observe/health.py) on a fake clock: pure state, no I/O."""
+"""The health rule (ingest/observe/health.py, over ingest/publish/health.py's state) on a fake clock: pure state, no I/O."""
 
 from __future__ import annotations
 
-from ingest.observe.health import (
-    OUTSTANDING_LIMIT_S,
-    PROBE_INTERVAL_S,
-    QUEUE_FILL_LIMIT,
-    PubSubHealth,
-    Verdict,
-    evaluate,
-)
+from ingest.observe.health import QUEUE_FILL_LIMIT, Verdict, evaluate
+from ingest.publish.health import OUTSTANDING_LIMIT_S, PROBE_INTERVAL_S, PubSubHealth
 
 
 def test_fresh_daemon_is_healthy_and_due_a_probe() -> None:

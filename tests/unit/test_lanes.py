@@ -12,12 +12,12 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
-from ingest.lanes import LANE_BYTES, LaneBatcher, LaneQueue
-from ingest.message import Lane, MessageBuilder
-from ingest.pubsub import RequestEncoder
-from ingest.queue import QUEUE_FULL
+from ingest.pipeline.lanes import LANE_BYTES, LaneBatcher, LaneQueue
+from ingest.pipeline.message import Lane, MessageBuilder
+from ingest.pipeline.queue import QUEUE_FULL
+from ingest.publish.publisher import Batch
+from ingest.publish.pubsub import RequestEncoder
 from ingest.stats import Stats
 
 DEADLINE_S = 5.0

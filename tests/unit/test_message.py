@@ -11,9 +11,9 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import message
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from ingest.message import (
+from ingest.pipeline import message
+from ingest.pipeline.message import (
     COMBO_MAX_CHARS,
     COMBOS_CACHED,
     DATA_HEADERS_CACHED,
@@ -22,13 +22,15 @@ from ingest.message import (
     VALUE_TOO_LONG,
     MessageBuilder,
     Route,
+    plain,
+)
+from ingest.publish.pubsub import (
+    RequestEncoder,
     data_of,
     encode_attribute,
     encode_data,
     ordering_key_of,
-    plain,
 )
-from ingest.pubsub import RequestEncoder
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
 
 PublishRequest = pubsub_types.PublishRequest.pb()

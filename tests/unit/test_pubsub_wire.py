@@ -9,9 +9,8 @@ from google.pubsub_v1.types import pubsub as pubsub_types
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.batch import MESSAGE_OVERHEAD_BYTES
-from ingest.message import encode_attribute, encode_data
-from ingest.pubsub import RequestEncoder, encode_topic_field
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES
+from ingest.publish.pubsub import RequestEncoder, encode_attribute, encode_data, encode_topic_field
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 PubsubMessage = pubsub_types.PubsubMessage.pb()

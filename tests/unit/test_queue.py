@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import QUEUE_FULL, EventQueue
 from ingest.stats import Stats
 
 

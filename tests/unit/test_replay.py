@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.replay import REPLAY_EVENTS_PER_STEP, replay_step
 from ingest.spool import Spool
-from ingest.spool.replay import REPLAY_EVENTS_PER_STEP, replay_step
 from ingest.stats import Stats
 
 

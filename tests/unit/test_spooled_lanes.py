@@ -19,13 +19,14 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES, RouteRule, Settings
-from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
-from ingest.message import Lane, data_of, ordering_key_of
+from ingest.pipeline.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
+from ingest.pipeline.message import Lane
+from ingest.pipeline.replay import replay_step
+from ingest.publish.publisher import Batch
+from ingest.publish.pubsub import data_of, ordering_key_of
 from ingest.spool import SPOOL_FULL, Spool
 from ingest.spool import records as spoolfmt
-from ingest.spool.replay import replay_step
 from ingest.spool.segments import FRONT_PARTIAL, front_name
 from ingest.stats import Stats
 from tests.unit.test_spool import segment_files

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
-from ingest.message import MessageBuilder, data_of
-from ingest.statsd import (
+from ingest.pipeline.message import MessageBuilder
+from ingest.publish.pubsub import data_of
+from ingest.receive.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
+from ingest.receive.statsd import (
     INVALID_STATSD,
     REJECT_REASONS,
     UNSUPPORTED_STATSD,

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.syslog import (
+from ingest.receive.syslog import (
     FACILITIES,
     INVALID_SYSLOG,
     REJECT_REASONS,

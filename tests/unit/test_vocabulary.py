@@ -6,8 +6,11 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import codec, dialects, gelf, message, publisher, queue, sources, spool, statsd, syslog
+from ingest import spool
 from ingest.observe.metrics import build_registry
+from ingest.pipeline import message, queue
+from ingest.publish import publisher
+from ingest.receive import codec, dialects, gelf, sources, statsd, syslog
 from ingest.vocabulary import Drop, Ignore, Reject, Skip
 from tests.unit.test_dashboard import _View
 

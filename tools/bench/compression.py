@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Any
 
-from ingest.pubsub import PUBLISH_COMPRESSIONS
+from ingest.publish.pubsub import PUBLISH_COMPRESSIONS
 from tools.testing.daemon import DaemonProcess
 from tools.testing.emulator import Emulator, free_port
 from tools.testing.procfs import process_cpu_s

@@ -29,11 +29,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ingest.codec import decode_messages
 from ingest.config import Listener
-from ingest.lanes import LaneQueue
-from ingest.message import MessageBuilder
-from ingest.sources import UCRED, DatagramSource, Senders
+from ingest.pipeline.lanes import LaneQueue
+from ingest.pipeline.message import MessageBuilder
+from ingest.receive.codec import decode_messages
+from ingest.receive.sources import UCRED, DatagramSource, Senders
 from ingest.stats import Stats
 from tools.bench.drain import DATAGRAMS, PAYLOAD
 

@@ -22,12 +22,12 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from ingest.codec import decode_datagram
 from ingest.config import INPUT_FORMATS, Listener
-from ingest.dialects import Dialects
-from ingest.gelf import Reassembler
-from ingest.queue import EventQueue
-from ingest.sources import DatagramSource
+from ingest.pipeline.queue import EventQueue
+from ingest.receive.codec import decode_datagram
+from ingest.receive.dialects import Dialects
+from ingest.receive.gelf import Reassembler
+from ingest.receive.sources import DatagramSource
 from ingest.stats import Stats
 
 DATAGRAMS = 4000

@@ -108,8 +108,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from ingest.kernel import UNIX_QLEN_RECOMMENDED
-from ingest.pubsub import RequestEncoder
+from ingest.publish.pubsub import RequestEncoder
+from ingest.receive.kernel import UNIX_QLEN_RECOMMENDED
 from tools.bench import report as rep
 from tools.bench.report import QUIET_BUSY_CORES, Phase
 from tools.bench.suites import figures_from

@@ -25,13 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ingest.batch import Batch
-from ingest.codec import Decoder, decode_datagram
 from ingest.config import RouteRule, Settings
-from ingest.lanes import LaneBatcher, MessageLanes
-from ingest.pipeline import TOPIC_FIELD_OVERHEAD_BYTES, Pipeline
-from ingest.pubsub import RequestEncoder
+from ingest.pipeline.lanes import LaneBatcher, MessageLanes
+from ingest.publish.publisher import Batch
+from ingest.publish.pubsub import RequestEncoder
+from ingest.receive.codec import Decoder, decode_datagram, messages_decoder
 from ingest.stats import Stats
+from ingest.wiring import TOPIC_FIELD_OVERHEAD_BYTES, Pipeline
 from tools.testing.loadgen import datagram
 
 WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (sources.DRAIN_BATCH)
@@ -77,7 +77,8 @@ def one_lane(stats: Stats) -> tuple[Decoder, Any, Any, list[RequestEncoder]]:
         reserved,
         config.batch_linger_ms / 1000,
     )
-    return lanes.decoder(), lanes.queue, batcher, [RequestEncoder(NoClient.topic_path)]
+    decode = messages_decoder(lanes.builder.build)
+    return decode, lanes.queue, batcher, [RequestEncoder(NoClient.topic_path)]
 
 
 async def one_run(
@@ -92,7 +93,8 @@ async def one_run(
     else:
         config = settings(variant == "metadata", unique)
         pipeline = Pipeline(config, stats, NoClient())  # type: ignore[arg-type]
-        decode = pipeline.lanes.decoder() if pipeline.lanes else decode_datagram
+        lanes = pipeline.lanes
+        decode = messages_decoder(lanes.builder.build) if lanes else decode_datagram
         queue, batcher, encoders = pipeline.queue, pipeline.batcher, pipeline.pool._encoders
     rejected = stats.rejected
     clock: Callable[[], float] = time.perf_counter

@@ -8,7 +8,7 @@ no flow control, no HPACK decoding, no deadlines, no TLS).
     .venv/bin/python -m tools.bench publish_call [--calls 20000] [--messages 10]
 
 Each call publishes the same request of ``--messages`` loadgen-sized events,
-encoded once (ingest.pubsub.RequestEncoder); ``--concurrency`` callers share
+encoded once (ingest.publish.pubsub.RequestEncoder); ``--concurrency`` callers share
 one channel, as the publisher pool does. CPU is this process's user + system
 time over the calls, grpc's own threads included. With ordering keys a
 request holds one key's messages, so this per-call cost, times the requests
@@ -32,7 +32,7 @@ from typing import Any, cast
 import grpc
 import uvloop
 
-from ingest.pubsub import PubSubClient, RequestEncoder, create_channel
+from ingest.publish.pubsub import PubSubClient, RequestEncoder, create_channel
 from tools.testing.fakepubsub import FakePubSub
 
 TOPIC = "projects/bench/topics/events"

@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ingest.lanes import SpooledLanes
-from ingest.message import encode_data
+from ingest.pipeline.lanes import SpooledLanes
+from ingest.publish.pubsub import encode_data
 from ingest.spool import FSYNC_POLICIES, Spool
 from ingest.spool.records import KIND_MESSAGES
 from ingest.stats import Stats

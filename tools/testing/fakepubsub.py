@@ -12,8 +12,8 @@ through the real thing. This is not a Pub/Sub implementation: it stores
 nothing and serves nobody but the bench.
 
 It answers, over insecure gRPC (what PUBSUB_EMULATOR_HOST selects in
-ingest/pubsub.py), the calls the daemon makes (ingest/pubsub.py,
-ingest/topic.py) and one of its own:
+ingest/publish/pubsub.py), the calls the daemon makes (ingest/publish/pubsub.py,
+ingest/publish/topic.py) and one of its own:
 
 - ``Publisher/Publish``: a PublishResponse with one message ID per message
   (IDs "0".."n-1", unique within a request only: ingest never reads them);

@@ -42,7 +42,7 @@ publishes for it, ``datagram`` what is sent:
 - ``statsd``: the DogStatsD line ``bench.requests:<seq>|c|#env:prod,route:/api``
   (no newline), the sequence number carried as the counter's value; the
   daemon publishes ``{"metric":"bench.requests","value":<seq>,"type":"c",
-  "tags":{"env":"prod","route":"/api"}}`` (ingest/statsd.py). It carries no
+  "tags":{"env":"prod","route":"/api"}}`` (ingest/receive/statsd.py). It carries no
   send time, so a statsd run has no latency.
 
 Prints one JSON object with the counts on stdout when done.

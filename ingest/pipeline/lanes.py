@@ -45,16 +45,12 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ingest.batch import MESSAGE_OVERHEAD_BYTES, Batch, BatchRule
-from ingest.codec import Decoder, messages_decoder
 from ingest.config import Settings
-from ingest.message import (
-    Lane,
-    MessageBuilder,
-    Route,
-    ordering_key_of,
-)
-from ingest.queue import Bounded, Chunk
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, BatchRule
+from ingest.pipeline.message import Lane, MessageBuilder, Route
+from ingest.pipeline.queue import Bounded, Chunk
+from ingest.publish.publisher import Batch
+from ingest.publish.pubsub import ordering_key_of
 from ingest.ratelimit import LogLimiter
 from ingest.spool import Spool
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
@@ -387,7 +383,7 @@ class LaneQueue(Bounded):
             self._changed.set()
 
     def put_replayed(self, items: list[tuple[Lane, bytes]], received_at: float) -> None:
-        """Spooled messages back in memory (spool/replay.py), all of them:
+        """Spooled messages back in memory (replay.py), all of them:
         spilling any again would put it behind its lane's later messages on
         disk. Replay takes only what fits the bounds, but for the lanes' own
         cost, which can take the byte bound over by at most LANE_BYTES a
@@ -896,10 +892,6 @@ class MessageLanes:
             routes=routes,
         )
 
-    def decoder(self, builder: MessageBuilder | None = None) -> Decoder:
-        """A reader's decode: ``builder`` when the source sets its sender."""
-        return messages_decoder((builder or self.builder).build)
-
     def _topic_id(self, lane: Lane | None) -> str:
         """A lane's topic as spooled: "" for --topic, so a restart with
         another --topic publishes them there, as it does plain events."""
@@ -957,7 +949,7 @@ class MessageLanes:
             self._spool.prepend(ahead)
 
     def admit(self, events: list[bytes], kind: int, topic: str, now: float) -> None:
-        """Spooled events back into the lanes (spool/replay.py). Plain events an
+        """Spooled events back into the lanes (replay.py). Plain events an
         earlier run spooled get this configuration's metadata; bodies keep
         theirs, and their topic unless it is no longer configured."""
         if kind == KIND_DATA:

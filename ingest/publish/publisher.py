@@ -29,19 +29,51 @@ import enum
 import logging
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
 import grpc.aio
 
-from ingest.batch import Batch
-from ingest.observe.health import PubSubHealth
-from ingest.pubsub import PubSubClient, RequestEncoder
+from ingest.publish.health import PubSubHealth
+from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Batch:
+    """Events taken from the queue: in flight until published, dropped, or
+    (cancelled at the drain deadline) spooled."""
+
+    messages: list[bytes] = field(default_factory=list)
+    nbytes: int = 0  # sum of len(message)
+    oldest_received_at: float = 0.0
+    newest_received_at: float = 0.0
+    resolved: int = 0  # messages already published or dropped
+    # Messages (from ``resolved`` on) of the Publish request awaiting Pub/Sub's
+    # answer right now; 0 between attempts (building, backing off).
+    on_the_wire: int = 0
+    # Where its messages go (lanes.py): (topic number, ordering key); None on
+    # the plain path, which has one topic and no keys.
+    lane: tuple[int, bytes] | None = None
+    # Filled as the probe of its parked topic (publisher.PublisherPool).
+    probe: bool = False
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def extend(self, events: list[bytes], nbytes: int, oldest_at: float, newest_at: float) -> None:
+        """Take ``events`` (``nbytes`` of them), received from ``oldest_at``
+        to ``newest_at``, after those it holds."""
+        if not self.messages:
+            self.oldest_received_at = oldest_at
+        self.messages += events
+        self.nbytes += nbytes
+        self.newest_received_at = newest_at
 
 
 class Encoder(Protocol):

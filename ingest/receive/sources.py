@@ -21,7 +21,12 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
-from ingest.codec import (
+from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
+from ingest.pipeline.message import MessageBuilder
+from ingest.pipeline.queue import Intake
+from ingest.publish.pubsub import encode_attribute
+from ingest.ratelimit import LogLimiter
+from ingest.receive.codec import (
     SENDER_DENIED,
     SOURCE_DENIED,
     TOO_LARGE,
@@ -29,14 +34,9 @@ from ingest.codec import (
     count_events,
     decode_datagram,
 )
-from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
-from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
-from ingest.message import MessageBuilder, encode_attribute
-from ingest.observe.tap import TapHub
-from ingest.queue import Intake
-from ingest.ratelimit import LogLimiter
+from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.receive.tapped import Hub, TappedWakeUp
 from ingest.stats import Stats
-from ingest.tapped import TappedWakeUp
 from ingest.vocabulary import Ignore
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class Senders:
 
     A record maps to a verdict, cached per record (pid, uid, gid), so that a
     datagram costs one dict lookup: the attribute entries its messages get
-    (message.encode_attribute, decimal text) and whether ``allow_uids``
+    (pubsub.encode_attribute, decimal text) and whether ``allow_uids``
     admits the sender (empty: everyone). The cache is bounded, since every
     new process is a new pid.
 
@@ -369,7 +369,7 @@ class DatagramSource:
         dialects: Dialects | None = None,
         credentials: MessageBuilder | None = None,
         allow_uids: Sequence[int] = (),
-        tap: TapHub | None = None,
+        tap: Hub | None = None,
     ) -> None:
         if allow_uids and credentials is None:
             # Ignoring it would silently admit every uid.

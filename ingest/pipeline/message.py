@@ -11,12 +11,8 @@ batcher counts against the request's byte bound (attributes included), the
 spool keeps (so metadata survives a restart), and pubsub.RequestEncoder
 frames as they are.
 
-Protobuf wire format (google/pubsub/v1/pubsub.proto)::
-
-    PubsubMessage  data = 1 (bytes) | attributes = 2 (map<string, string>)
-                   | ordering_key = 5 (string)
-    map entry      key = 1 | value = 2
-    PublishRequest topic = 1 | messages = 2
+The wire format and its encoders are publish/pubsub.py's; the builder frames
+with them, keeping the tags and lengths it repeats cached.
 
 Pub/Sub's limits on attribute keys, their count and the reserved prefix are
 checked once, in the configuration (config.py); what only an event can break,
@@ -34,7 +30,7 @@ from collections.abc import MutableMapping, Sequence
 from orjson import JSONDecodeError, dumps, loads
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from ingest.pubsub import varint
+from ingest.publish.pubsub import data_header, data_of, encode_attribute, encode_data, varint
 from ingest.spool.records import KIND_DATA
 from ingest.vocabulary import Skip
 
@@ -59,29 +55,6 @@ DATA_HEADERS_CACHED = 1 << 14
 # Where a message goes: (topic number, ordering key). Messages of one lane
 # share requests; a lane with a key has at most one request in flight.
 Lane = tuple[int, bytes]
-
-
-def encode_attribute(key: bytes, value: bytes) -> bytes:
-    """One attributes map entry, framed as PubsubMessage field 2."""
-    entry = b"\x0a" + varint(len(key)) + key + b"\x12" + varint(len(value)) + value
-    return b"\x12" + varint(len(entry)) + entry
-
-
-def encode_data(data: bytes) -> bytes:
-    """PubsubMessage.data (field 1): every body starts with it."""
-    return b"\x0a" + varint(len(data)) + data
-
-
-def data_of(body: bytes) -> bytes:
-    """The event inside a body built here (its first field, ``data``)."""
-    size, pos = _read_varint(body, 1)  # past the 0x0a tag
-    return body[pos : pos + size]
-
-
-def _data_header(body: bytes) -> bytes:
-    """The tag and length before a body's data."""
-    _, pos = _read_varint(body, 1)
-    return body[:pos]
 
 
 class Route:
@@ -372,7 +345,7 @@ class MessageBuilder:
             data, extra = event, b""
             if event[:1] == b"\x0a":  # a body: data first, then attributes
                 data = data_of(event)
-                extra = event[len(_data_header(event)) + len(data) :]
+                extra = event[len(data_header(event)) + len(data) :]
             try:
                 parsed = loads(data)
             except JSONDecodeError:
@@ -404,29 +377,3 @@ def plain(kind: int, events: list[bytes]) -> list[bytes]:
     if kind == KIND_DATA:
         return events
     return [data_of(body) for body in events]
-
-
-def ordering_key_of(body: bytes) -> bytes:
-    """The ordering key of a body built here (field 5, after data and the
-    attributes), or b"": for spooled bodies, off the hot path."""
-    pos = 0
-    end = len(body)
-    while pos < end:
-        tag = body[pos]
-        size, pos = _read_varint(body, pos + 1)
-        if tag == 0x2A:
-            return body[pos : pos + size]
-        pos += size
-    return b""
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = 0
-    shift = 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7

@@ -55,8 +55,11 @@ from typing import Any
 
 from orjson import JSONDecodeError, loads
 
-from ingest import gelf, statsd, syslog
-from ingest.codec import (
+from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
+from ingest.pipeline.message import VALUE_TOO_LONG, MessageBuilder
+from ingest.publish.pubsub import encode_attribute, encode_data
+from ingest.receive import gelf, statsd, syslog
+from ingest.receive.codec import (
     DECODED_TOO_LARGE,
     MAX_DECODED_BYTES,
     NOT_OBJECT,
@@ -66,8 +69,6 @@ from ingest.codec import (
     messages_decoder,
     reason_of,
 )
-from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-from ingest.message import VALUE_TOO_LONG, MessageBuilder, encode_attribute, encode_data
 from ingest.stats import Stats
 from ingest.vocabulary import Reject
 

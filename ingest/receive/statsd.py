@@ -112,7 +112,7 @@ from typing import Any
 
 from orjson import dumps
 
-from ingest.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
+from ingest.receive.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
 from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels). A line that

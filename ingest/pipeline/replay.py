@@ -7,7 +7,7 @@ Pacing, so replay never starves live traffic:
   readers run between steps);
 - it pauses while Pub/Sub is failing: replayed events would only sit in memory,
   where a crash loses them, instead of on disk -- but not for topics parked on
-  their own while others publish (pipeline.Pipeline.replay_paused).
+  their own while others publish (wiring.Pipeline.replay_paused).
 
 Ordering: the spool is replayed in the order it was written, but live events
 go straight to the queue while there is room, so live and replayed events
@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ingest.message import plain
-from ingest.queue import Bounded, EventQueue
+from ingest.pipeline.message import plain
+from ingest.pipeline.queue import Bounded, EventQueue
 from ingest.spool.store import Spool
 
 # Puts one spooled record's events (of its kind, for its topic) in the queue.

@@ -1,5 +1,7 @@
 """The reader's side of ``ingest tap``: what one wake-up of a tapped reader
-offers the hub (tap.py), datagram by datagram.
+offers the hub, datagram by datagram. The hub is an interface defined here
+(``Hub``); observe/tap.py's TapHub implements it and the daemon passes it in,
+so nothing on the data path imports observe/.
 
 Built by the reader only while a tap is connected, so the hot path pays
 nothing otherwise. While one is, each datagram decodes into a reject counter
@@ -14,22 +16,37 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from ingest.codec import TOO_LARGE, Decoder
-from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
-from ingest.message import data_of
-from ingest.observe.tap import ACCEPTED, DROPPED, REJECTED, TapHub
-from ingest.queue import QUEUE_FULL
+from ingest.pipeline.queue import QUEUE_FULL
+from ingest.publish.pubsub import data_of
+from ingest.receive.codec import TOO_LARGE, Decoder
+from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
 
 TEXT_BYTES = 1024  # of a datagram's text a tap shows
+
+# A datagram's outcome: all its events accepted, some rejected, or not
+# looked at because the queue was full (sources.py decides).
+ACCEPTED, REJECTED, DROPPED = OUTCOMES = ("accepted", "rejected", "dropped")
+
+
+class Hub(Protocol):
+    """What a tapped reader offers its datagrams to (observe/tap.py's TapHub).
+    ``active``: some tap is connected; readers read it once per wake-up."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def offer(
+        self, listener: str, fmt: str, outcome: str, make_record: Callable[[], dict[str, object]]
+    ) -> None: ...
 
 
 class TappedWakeUp:
     """One wake-up of a tapped reader. ``sender``: the datagram being
     decoded's, as its receiver noted it (None when it cannot tell)."""
 
-    def __init__(self, hub: TapHub, label: str, dialects: Dialects | None) -> None:
+    def __init__(self, hub: Hub, label: str, dialects: Dialects | None) -> None:
         self.hub = hub
         self.label = label
         self.dialects = dialects

@@ -3,7 +3,17 @@
 Publish requests are hand-encoded protobuf (``RequestEncoder``): encoding
 1,000 events takes ~0.12 ms, against ~0.55 ms with protobuf's own message
 objects and ~3.5 ms with proto-plus ones (docs/design.md, with the command).
-Tests check the bytes against protobuf.
+Tests check the bytes against protobuf. PubsubMessage bodies are encoded here
+too (``encode_data``, ``encode_attribute``; message.MessageBuilder and the
+dialects build them from these) and read back (``data_of``,
+``ordering_key_of``), so the format has one module.
+
+Protobuf wire format (google/pubsub/v1/pubsub.proto)::
+
+    PubsubMessage  data = 1 (bytes) | attributes = 2 (map<string, string>)
+                   | ordering_key = 5 (string)
+    map entry      key = 1 | value = 2
+    PublishRequest topic = 1 | messages = 2
 """
 
 from __future__ import annotations
@@ -84,6 +94,55 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def encode_attribute(key: bytes, value: bytes) -> bytes:
+    """One attributes map entry, framed as PubsubMessage field 2."""
+    entry = b"\x0a" + varint(len(key)) + key + b"\x12" + varint(len(value)) + value
+    return b"\x12" + varint(len(entry)) + entry
+
+
+def encode_data(data: bytes) -> bytes:
+    """PubsubMessage.data (field 1): every body starts with it."""
+    return b"\x0a" + varint(len(data)) + data
+
+
+def data_of(body: bytes) -> bytes:
+    """The event inside a PubsubMessage body (its first field, ``data``)."""
+    size, pos = _read_varint(body, 1)  # past the 0x0a tag
+    return body[pos : pos + size]
+
+
+def data_header(body: bytes) -> bytes:
+    """The tag and length before a body's data."""
+    _, pos = _read_varint(body, 1)
+    return body[:pos]
+
+
+def ordering_key_of(body: bytes) -> bytes:
+    """The ordering key of a body as message.MessageBuilder builds it (field 5,
+    after data and the attributes), or b"": for spooled bodies, off the hot path."""
+    pos = 0
+    end = len(body)
+    while pos < end:
+        tag = body[pos]
+        size, pos = _read_varint(body, pos + 1)
+        if tag == 0x2A:
+            return body[pos : pos + size]
+        pos += size
+    return b""
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    value = 0
+    shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 def _message_header(size: int) -> bytes:

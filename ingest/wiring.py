@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import socket
 
-from ingest.batch import Batcher
-from ingest.codec import Decoder, decode_datagram
 from ingest.config import Listener, Settings
-from ingest.dialects import GELF_PENDING_MAX_BYTES, Dialects
-from ingest.gelf import Reassembler
-from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
-from ingest.message import Lane, MessageBuilder
-from ingest.observe.health import PubSubHealth
-from ingest.observe.tap import TapHub
-from ingest.publisher import PublisherPool, Spill
-from ingest.pubsub import PubSubClient, RequestEncoder
-from ingest.queue import Chunk, EventQueue
-from ingest.sources import DatagramSource
+from ingest.pipeline.batch import Batcher
+from ingest.pipeline.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
+from ingest.pipeline.message import Lane, MessageBuilder
+from ingest.pipeline.queue import Chunk, EventQueue
+from ingest.publish.health import PubSubHealth
+from ingest.publish.publisher import PublisherPool, Spill
+from ingest.publish.pubsub import PubSubClient, RequestEncoder
+from ingest.receive.codec import Decoder, decode_datagram, messages_decoder
+from ingest.receive.dialects import GELF_PENDING_MAX_BYTES, Dialects
+from ingest.receive.gelf import Reassembler
+from ingest.receive.sources import DatagramSource
+from ingest.receive.tapped import Hub
 from ingest.spool import Spool
 from ingest.stats import Stats
 
@@ -56,7 +56,7 @@ class Pipeline:
         health: PubSubHealth | None = None,
         spool: Spool | None = None,
         spooled: SpooledLanes | None = None,
-        tap: TapHub | None = None,
+        tap: Hub | None = None,
     ) -> None:
         self.settings = settings
         self.stats = stats
@@ -145,9 +145,9 @@ class Pipeline:
         elif settings.unix_credentials and listener.kind == "unix":
             # Its own builder: the reader sets each datagram's sender on it.
             credentials = self.lanes.builder.for_source()
-            decode = self.lanes.decoder(credentials)
+            decode = messages_decoder(credentials.build)
         else:
-            decode, credentials = self.lanes.decoder(), None
+            decode, credentials = messages_decoder(self.lanes.builder.build), None
         if previous is not None and previous.dialects is not None:
             reassembler = previous.dialects.reassembler
             reassembler.max_message_bytes = settings.max_event_bytes

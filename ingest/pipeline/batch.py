@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ingest.queue import Bounded, EventQueue
+from ingest.pipeline.queue import Bounded, EventQueue
+from ingest.publish.publisher import Batch
 
 Q = TypeVar("Q", bound=Bounded)
 
@@ -20,38 +20,6 @@ Q = TypeVar("Q", bound=Bounded)
 # tag(1) + len(<=3) for the PubsubMessage, tag(1) + len(<=3) for its data.
 # Lengths stay below 2 MiB because datagrams are capped at 1 MiB (config).
 MESSAGE_OVERHEAD_BYTES = 8
-
-
-@dataclass(slots=True)
-class Batch:
-    """Events taken from the queue: in flight until published, dropped, or
-    (cancelled at the drain deadline) spooled."""
-
-    messages: list[bytes] = field(default_factory=list)
-    nbytes: int = 0  # sum of len(message)
-    oldest_received_at: float = 0.0
-    newest_received_at: float = 0.0
-    resolved: int = 0  # messages already published or dropped
-    # Messages (from ``resolved`` on) of the Publish request awaiting Pub/Sub's
-    # answer right now; 0 between attempts (building, backing off).
-    on_the_wire: int = 0
-    # Where its messages go (lanes.py): (topic number, ordering key); None on
-    # the plain path, which has one topic and no keys.
-    lane: tuple[int, bytes] | None = None
-    # Filled as the probe of its parked topic (publisher.PublisherPool).
-    probe: bool = False
-
-    def __len__(self) -> int:
-        return len(self.messages)
-
-    def extend(self, events: list[bytes], nbytes: int, oldest_at: float, newest_at: float) -> None:
-        """Take ``events`` (``nbytes`` of them), received from ``oldest_at``
-        to ``newest_at``, after those it holds."""
-        if not self.messages:
-            self.oldest_received_at = oldest_at
-        self.messages += events
-        self.nbytes += nbytes
-        self.newest_received_at = newest_at
 
 
 class BatchRule(Generic[Q]):

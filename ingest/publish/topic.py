@@ -16,8 +16,8 @@ import grpc
 import grpc.aio
 
 from ingest.config import ConfigError
-from ingest.observe.health import PubSubHealth
-from ingest.pubsub import PubSubClient
+from ingest.publish.health import PubSubHealth
+from ingest.publish.pubsub import PubSubClient
 
 log = logging.getLogger(__name__)
 
