@@ -28,7 +28,7 @@ from typing import Any
 from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import kernel, systemd
-from ingest.config import ConfigError, Listener, Settings
+from ingest.config import ConfigError, Listener, Settings, topic_path
 from ingest.lanes import LaneQueue, SpooledLanes
 from ingest.observe.health import PubSubHealth, Verdict, evaluate
 from ingest.observe.httpd import HttpServer
@@ -135,9 +135,10 @@ class Daemon:
             channel, settings.topic_path, compression=settings.publish_compression
         )
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
-        for path in self.topic_paths:  # one client each, on the one channel
+        # One client each, on the one channel.
+        for topic, path in zip(self.topic_ids, self.topic_paths, strict=True):
             client = PubSubClient(channel, path) if path != settings.topic_path else self._client
-            self.topics.append(TopicWatch(client, self.health, settings.create_topic, where))
+            self.topics.append(TopicWatch(client, topic, self.health, settings.create_topic, where))
         for watch in self.topics:
             await watch.check_at_startup()
         spooled = None
@@ -307,8 +308,7 @@ class Daemon:
     @property
     def topic_paths(self) -> tuple[str, ...]:
         """Every topic this daemon may publish to; --topic's first."""
-        prefix = self.settings.topic_path.rpartition("/")[0]
-        return tuple(f"{prefix}/{topic}" for topic in self.topic_ids)
+        return tuple(topic_path(self.settings.project, topic) for topic in self.topic_ids)
 
     @property
     def udp_rcvbuf_requested(self) -> int:

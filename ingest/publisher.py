@@ -35,6 +35,7 @@ import grpc
 import grpc.aio
 
 from ingest.batch import Batch
+from ingest.config import topic_id_of
 from ingest.observe.health import PubSubHealth
 from ingest.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
@@ -137,7 +138,7 @@ class PublisherPool:
         # By topic number (a batch's lane[0]; 0 on the plain path).
         # ``topics``: their IDs, the ``topic`` label of published events.
         self._encoders = tuple(encoders) or (RequestEncoder(client.topic_path),)
-        self._topics = tuple(topics) or (client.topic_path.rpartition("/")[2],)
+        self._topics = tuple(topics) or (topic_id_of(client.topic_path),)
         self._rng = rng or random.Random()
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}

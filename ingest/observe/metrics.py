@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ingest import __version__, kernel
+from ingest.config import topic_id_of
 from ingest.dialects import JSON, UNKNOWN
 from ingest.observe.health import Verdict
 from ingest.queue import Bounded
@@ -347,7 +348,7 @@ def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> Coun
 
 
 def _topic_ids(topic_paths: Iterable[str]) -> list[str]:
-    return [path.rpartition("/")[2] for path in topic_paths]
+    return [topic_id_of(path) for path in topic_paths]
 
 
 def _publish_requests_by_topic(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:
