@@ -35,7 +35,6 @@ from ingest.observe.httpd import HttpServer
 from ingest.observe.metrics import build_registry
 from ingest.observe.tap import TapHub
 from ingest.pipeline import Pipeline
-from ingest.publisher import SHUTDOWN
 from ingest.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.queue import EventQueue
 from ingest.reload import METADATA
@@ -53,16 +52,11 @@ from ingest.spool import Spool
 from ingest.spool.replay import run_replay
 from ingest.stats import RejectSummary, Stats
 from ingest.topic import TopicWatch
-from ingest.vocabulary import Exit
+from ingest.vocabulary import Drop, Exit
 
 log = logging.getLogger(__name__)
 
 # Exit codes (documented in the README).
-EXIT_OK = Exit.OK
-EXIT_FAILURE = Exit.FAILURE
-EXIT_CONFIG = Exit.CONFIG
-EXIT_DRAIN_INCOMPLETE = Exit.DRAIN_INCOMPLETE
-EXIT_FORCED = Exit.FORCED
 
 HOUSEKEEPING_INTERVAL_S = 1.0
 
@@ -391,7 +385,7 @@ class Daemon:
             if spill is not None:
                 spill(chunk.events, lane)
             else:
-                self.stats.dropped[SHUTDOWN] += len(chunk.events)
+                self.stats.dropped[Drop.SHUTDOWN] += len(chunk.events)
         pipeline.put_back()  # what must precede messages on disk goes ahead of them
         if self.spool is not None:
             self.spool.close()  # fsync per --spool-fsync; releases the lock
@@ -403,7 +397,7 @@ class Daemon:
         self.notifier.close()  # STOPPING=1 went out at the start of the stop
         # Lost at shutdown: dropped as ``shutdown``, or refused by the spool.
         lost = (
-            self.stats.dropped.get(SHUTDOWN, 0)
+            self.stats.dropped.get(Drop.SHUTDOWN, 0)
             + sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)
             - dropped_before
         )
@@ -419,11 +413,11 @@ class Daemon:
             self.stats.unconfirmed,
         )
         if self._crashed:
-            return EXIT_FAILURE
+            return Exit.FAILURE
         if self._force.is_set():
-            return EXIT_FORCED
+            return Exit.FORCED
         # Unconfirmed events may be lost as well: not a clean stop either.
-        return EXIT_DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else EXIT_OK
+        return Exit.DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else Exit.OK
 
     async def _close_partial_startup(self) -> None:
         for source in self.sources:

@@ -57,9 +57,7 @@ from orjson import JSONDecodeError, loads
 
 from ingest import gelf, statsd, syslog
 from ingest.codec import (
-    DECODED_TOO_LARGE,
     MAX_DECODED_BYTES,
-    NOT_OBJECT,
     Built,
     Decoder,
     count_events,
@@ -67,9 +65,9 @@ from ingest.codec import (
     reason_of,
 )
 from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-from ingest.message import VALUE_TOO_LONG, MessageBuilder, encode_attribute, encode_data
+from ingest.message import MessageBuilder, encode_attribute, encode_data
 from ingest.stats import Stats
-from ingest.vocabulary import Reject
+from ingest.vocabulary import Reject, Skip
 
 JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
 # The format label of events rejected before their bytes were looked at:
@@ -77,8 +75,7 @@ JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
 UNKNOWN = "unknown"
 
 # Reject reasons of this module (fixed; metric labels).
-FORMAT_DISABLED = Reject.FORMAT_DISABLED
-REJECT_REASONS = (FORMAT_DISABLED,)
+REJECT_REASONS = (Reject.FORMAT_DISABLED,)
 
 
 # Incomplete chunked GELF messages of one listener: their bytes and
@@ -222,7 +219,7 @@ class Dialects:
     def _disabled(self, fmt: str, data: bytes, rejected: MutableMapping[str, int]) -> int:
         count = _disabled_events(fmt, data)
         if count:
-            rejected[FORMAT_DISABLED] += count
+            rejected[Reject.FORMAT_DISABLED] += count
             if fmt != JSON:
                 self.counts[fmt] += count
         return count
@@ -242,7 +239,7 @@ class Dialects:
         except JSONDecodeError:
             parsed, reason = None, reason_of(body)
         else:
-            reason = NOT_OBJECT
+            reason = Reject.NOT_OBJECT
         if type(parsed) is not dict:
             if not self.wrap_text:
                 rejected[reason] += 1
@@ -250,7 +247,7 @@ class Dialects:
             body = syslog.wrap_text(body)  # up to 6 times the text: "\u0001" for 0x01
             if len(body) > MAX_DECODED_BYTES:
                 self.built.bytes += len(body)
-                rejected[DECODED_TOO_LARGE] += 1
+                rejected[Reject.DECODED_TOO_LARGE] += 1
                 return 1
             parsed = loads(body)
         self._emit(body, parsed, self._encoded(message.facts), out)
@@ -267,7 +264,7 @@ class Dialects:
         try:
             text = gelf.unwrap(payload, self.max_event_bytes)
         except gelf.GelfError as exc:
-            if exc.reason == gelf.TOO_LARGE:  # a bomb: inflated to the bound in vain
+            if exc.reason == Reject.TOO_LARGE:  # a bomb: inflated to the bound in vain
                 self.built.bytes += self.max_event_bytes
             rejected[exc.reason] += 1
             return 1
@@ -280,7 +277,7 @@ class Dialects:
             return 1
         if type(parsed) is not dict:
             self.built.bytes += len(text)
-            rejected[NOT_OBJECT] += 1
+            rejected[Reject.NOT_OBJECT] += 1
             return 1
         self._emit(text, parsed, b"", out)
         return 1
@@ -342,7 +339,7 @@ class Dialects:
                 if len(value) <= FACT_MAX_CACHED_CHARS:
                     cache[fact] = piece
             if not piece:
-                self.stats.attributes_skipped[VALUE_TOO_LONG] += 1
+                self.stats.attributes_skipped[Skip.VALUE_TOO_LONG] += 1
             parts.append(piece)
         return b"".join(parts)
 

@@ -74,9 +74,6 @@ SINK_UNAVAILABLE_RETRY_S = 5.0
 # topics published meanwhile (``_should_park``).
 PARK_TRANSIENT_AFTER_S = 5.0
 # Drop reasons this module owns.
-INVALID_MESSAGE = Drop.INVALID_MESSAGE
-SHUTDOWN = Drop.SHUTDOWN
-CRASHED = Drop.PUBLISHER_CRASHED
 
 
 class Retry(enum.Enum):
@@ -195,9 +192,9 @@ class PublisherPool:
             self._spill(batch.messages[batch.resolved :], batch.lane)
         elif cancelled:
             self._stats.unconfirmed += batch.on_the_wire
-            self._stats.dropped[SHUTDOWN] += unresolved - batch.on_the_wire
+            self._stats.dropped[Drop.SHUTDOWN] += unresolved - batch.on_the_wire
         else:
-            self._stats.dropped[CRASHED] += unresolved
+            self._stats.dropped[Drop.PUBLISHER_CRASHED] += unresolved
         batch.resolved = len(batch)
         batch.on_the_wire = 0
 
@@ -228,10 +225,10 @@ class PublisherPool:
                 self._stats.published_by_topic[topic_id] += len(part)
                 published += len(part)
             elif len(part) == 1:
-                self._stats.dropped[INVALID_MESSAGE] += 1
+                self._stats.dropped[Drop.INVALID_MESSAGE] += 1
                 self._limiter.log(
                     log,
-                    INVALID_MESSAGE,
+                    Drop.INVALID_MESSAGE,
                     logging.WARNING,
                     "Pub/Sub rejected a message as invalid (%d bytes); dropped",
                     len(part[0]),

@@ -16,11 +16,11 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
-from ingest.codec import TOO_LARGE, Decoder
+from ingest.codec import Decoder
 from ingest.dialects import GELF, JSON, UNKNOWN, Dialects
 from ingest.message import data_of
 from ingest.observe.tap import ACCEPTED, DROPPED, REJECTED, TapHub
-from ingest.queue import QUEUE_FULL
+from ingest.vocabulary import Drop, Reject
 
 TEXT_BYTES = 1024  # of a datagram's text a tap shows
 
@@ -90,7 +90,7 @@ class TappedWakeUp:
                     label,
                     fmt,
                     DROPPED,
-                    lambda: self.record(data, fmt, DROPPED, {QUEUE_FULL: count}, events=count),
+                    lambda: self.record(data, fmt, DROPPED, {Drop.QUEUE_FULL: count}, events=count),
                 )
             return count
 
@@ -102,7 +102,7 @@ class TappedWakeUp:
             self.label,
             UNKNOWN,
             REJECTED,
-            lambda: self.record(data, UNKNOWN, REJECTED, {TOO_LARGE: 1}, events=1),
+            lambda: self.record(data, UNKNOWN, REJECTED, {Reject.TOO_LARGE: 1}, events=1),
         )
 
     def record(

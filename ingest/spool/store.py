@@ -68,11 +68,7 @@ SEGMENT_MAX_BYTES = 16 << 20
 SEGMENT_MIN_BYTES = 64 << 10
 RECORDS_PER_SEGMENT = 4  # a record is at most a quarter of a segment (but one event)
 # Drop reasons this module owns.
-SPOOL_FULL = Drop.SPOOL_FULL  # --spool-max-bytes reached
-SPOOL_ERROR = Drop.SPOOL_ERROR  # a write failed (disk full, I/O error)
-SPOOL_UNWRITABLE = Drop.SPOOL_UNWRITABLE  # no segment could be created
-SPOOL_CORRUPT = Drop.SPOOL_CORRUPT  # written this run, unreadable at replay
-DROP_REASONS = (SPOOL_FULL, SPOOL_ERROR, SPOOL_UNWRITABLE, SPOOL_CORRUPT)
+DROP_REASONS = (Drop.SPOOL_FULL, Drop.SPOOL_ERROR, Drop.SPOOL_UNWRITABLE, Drop.SPOOL_CORRUPT)
 
 
 class Spool:
@@ -267,7 +263,7 @@ class Spool:
             return parts
         self._stats.spooled += ahead
         if unreadable > 0:
-            self._stats.dropped[SPOOL_CORRUPT] += unreadable
+            self._stats.dropped[Drop.SPOOL_CORRUPT] += unreadable
         return late
 
     def _replace_oldest(self, oldest: Segment, records: list[bytes], events: int) -> bool:
@@ -307,17 +303,19 @@ class Spool:
     def _append_record(self, events: list[bytes], kind: int, topic: str) -> None:
         record = spoolfmt.encode_record(events, kind, topic)
         if self.bytes + len(record) > self.max_bytes:
-            self._drop(SPOOL_FULL, len(events), "spool full (--spool-max-bytes %d)", self.max_bytes)
+            self._drop(
+                Drop.SPOOL_FULL, len(events), "spool full (--spool-max-bytes %d)", self.max_bytes
+            )
             return
         try:
             self._writer.append(record, len(events))
         except Unwritable as exc:
             self.problem = f"spool directory not writable: {exc.strerror}"
-            self._drop(SPOOL_UNWRITABLE, len(events), "%s", self.problem)
+            self._drop(Drop.SPOOL_UNWRITABLE, len(events), "%s", self.problem)
             return
         except OSError as exc:
             self.problem = f"spool write failed: {exc.strerror}"
-            self._drop(SPOOL_ERROR, len(events), "%s", self.problem)
+            self._drop(Drop.SPOOL_ERROR, len(events), "%s", self.problem)
             return
         self._stats.spooled += len(events)
         self.problem = None
@@ -373,7 +371,7 @@ class Spool:
         segment)."""
         self._writer.release(segment)
         if segment.events:
-            self._stats.dropped[SPOOL_CORRUPT] += segment.events
+            self._stats.dropped[Drop.SPOOL_CORRUPT] += segment.events
         with contextlib.suppress(FileNotFoundError):
             self._segments.delete(segment)
         self._save_cursor(roll=True)

@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.config import ConfigError
-from ingest.spool import SPOOL_FULL, SPOOL_UNWRITABLE, Spool
+from ingest.spool import Spool
 from ingest.spool import records as spoolfmt
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 # Accepted events are valid UTF-8 (codec.py), so they never contain 0xFF.
 text_events = st.lists(st.text(min_size=0, max_size=40).map(str.encode), min_size=1, max_size=8)
@@ -153,9 +154,11 @@ def test_full_spool_drops_and_counts(tmp_path: Path) -> None:
     event = b'{"x":"' + b"y" * 990 + b'"}'
     for _ in range(200):
         spool.append([event])
-    assert stats.dropped[SPOOL_FULL] > 0
+    assert stats.dropped[Drop.SPOOL_FULL] > 0
     assert (
-        spool.events + stats.dropped[SPOOL_FULL] == 200 == stats.spooled + stats.dropped[SPOOL_FULL]
+        spool.events + stats.dropped[Drop.SPOOL_FULL]
+        == 200
+        == stats.spooled + stats.dropped[Drop.SPOOL_FULL]
     )
     assert spool.bytes <= 100_000
     spool.close()
@@ -256,7 +259,7 @@ def test_an_unwritable_directory_degrades_to_counted_drops(tmp_path: Path) -> No
     spool._close_active()  # as at a segment roll: the next append needs a new file
     with unwritable(tmp_path):
         spool.append([b"{}", b"{}"])
-        assert stats.dropped[SPOOL_UNWRITABLE] == 2
+        assert stats.dropped[Drop.SPOOL_UNWRITABLE] == 2
         assert spool.problem is not None
         assert spool.events == 1
         spool.recheck()  # still unwritable: the problem stands

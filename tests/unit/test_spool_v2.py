@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.spool import RECORDS_PER_SEGMENT, SPOOL_CORRUPT, Spool
+from ingest.spool import RECORDS_PER_SEGMENT, Spool
 from ingest.spool import records as spoolfmt
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
+from ingest.vocabulary import Drop
 from tests.unit.test_spool import open_spool, replay_all, segment_files, text_events
 
 SEG0 = "seg-000000000000.spool"
@@ -243,7 +244,7 @@ def test_a_topic_damaged_after_startup_drops_its_record_at_replay(tmp_path: Path
         fh.seek(data.rindex(b"t-b") + 2)
         fh.write(b"x")
     assert replay_records(spool) == [([b"1"], KIND_MESSAGES, "t-a")]
-    assert (spool.events, stats.dropped[SPOOL_CORRUPT], spool.corrupt_records) == (0, 2, 1)
+    assert (spool.events, stats.dropped[Drop.SPOOL_CORRUPT], spool.corrupt_records) == (0, 2, 1)
     spool.close()
 
 

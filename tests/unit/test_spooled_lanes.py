@@ -23,11 +23,12 @@ from ingest.batch import Batch
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES, RouteRule, Settings
 from ingest.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
 from ingest.message import Lane, data_of, ordering_key_of
-from ingest.spool import SPOOL_FULL, Spool
+from ingest.spool import Spool
 from ingest.spool import records as spoolfmt
 from ingest.spool.replay import replay_step
 from ingest.spool.segments import FRONT_PARTIAL, front_name
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 from tests.unit.test_spool import segment_files
 from tests.unit.test_spool_v2 import v1_segment
 
@@ -211,7 +212,7 @@ def test_what_the_spool_refuses_is_not_counted_on_disk(tmp_path: Path) -> None:
     rig = Rig(tmp_path, queue_max=5, spool_max=4096)
     rig.put("a", range(0, 60))  # 55 overflow to disk
     rig.put("a", range(60, 160))  # behind them: refused, the spool is full
-    assert rig.stats.dropped[SPOOL_FULL] == 100
+    assert rig.stats.dropped[Drop.SPOOL_FULL] == 100
     assert rig.spooled.counts == {(0, b"a"): 55} and rig.spool.events == 55
 
 
@@ -227,7 +228,7 @@ def test_a_key_the_spool_cannot_take_goes_to_memory_rather_than_be_dropped(
     rig.publish({})
     rig.put("a", range(130, 133))
     assert (rig.queue.events, rig.spool.events) == (3, 125)
-    assert rig.stats.dropped[SPOOL_FULL] == 0
+    assert rig.stats.dropped[Drop.SPOOL_FULL] == 0
     rig.publish({})
     rig.spool.problem = "spool write failed: Input/output error"  # as a failed write sets it
     rig.put("a", range(133, 134))
@@ -468,7 +469,7 @@ def test_what_does_not_fit_the_spool_bound_is_counted_dropped(tmp_path: Path) ->
     spool = Spool.open(str(tmp_path), 4096, "roll", stats)
     spool.append([b"x" * 1000], spoolfmt.KIND_MESSAGES)
     spool.prepend([([b"y" * 1000] * 2, spoolfmt.KIND_MESSAGES, ""), ([b"z" * 3000], 1, "")])
-    assert stats.dropped[SPOOL_FULL] == 1 and spool.bytes <= 4096
+    assert stats.dropped[Drop.SPOOL_FULL] == 1 and spool.bytes <= 4096
     assert replayed(spool) == [b"y" * 1000] * 2 + [b"x" * 1000]
     spool.close()
 

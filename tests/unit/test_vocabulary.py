@@ -6,7 +6,7 @@ from __future__ import annotations
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import codec, dialects, gelf, message, publisher, queue, sources, spool, statsd, syslog
+from ingest import codec, dialects, gelf, message, spool, statsd, syslog
 from ingest.observe.metrics import build_registry
 from ingest.vocabulary import Drop, Ignore, Reject, Skip
 from tests.unit.test_dashboard import _View
@@ -22,8 +22,8 @@ def test_every_reason_a_module_counts_is_in_the_vocabulary() -> None:
         *statsd.REJECT_REASONS,
     }
     assert rejects == set(Reject)  # and none is left unused
-    assert {sources.EMPTY, *gelf.IGNORE_REASONS} == set(Ignore)
-    drops = {queue.QUEUE_FULL, publisher.INVALID_MESSAGE, publisher.SHUTDOWN, publisher.CRASHED}
+    assert {Ignore.EMPTY, *gelf.IGNORE_REASONS} == set(Ignore)
+    drops = {Drop.QUEUE_FULL, Drop.INVALID_MESSAGE, Drop.SHUTDOWN, Drop.PUBLISHER_CRASHED}
     assert drops | set(spool.DROP_REASONS) == set(Drop)
     assert set(message.SKIP_REASONS) == set(Skip)
 
