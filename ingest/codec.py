@@ -86,6 +86,9 @@ def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str,
             rejected[Reject.NOT_OBJECT] += 1
         return 1
     events = 0
+    # Looked up once a datagram, not once a line: an enum member's lookup
+    # costs ~70 ns, which a datagram of rejected lines would pay per line.
+    not_object = Reject.NOT_OBJECT
     for line in data.split(b"\n"):
         try:
             obj = loads(line)
@@ -96,7 +99,7 @@ def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str,
         if type(obj) is dict:
             out.append(line)
         else:
-            rejected[Reject.NOT_OBJECT] += 1
+            rejected[not_object] += 1
     return events
 
 
@@ -117,6 +120,7 @@ def decode_messages(
     hundred bytes of attributes, would take megabytes. ``built``: gets the
     bytes kept."""
     events = 0
+    not_object = Reject.NOT_OBJECT  # once a datagram, as in decode_datagram
     room = MAX_DECODED_BYTES
     lines = iter(data.split(b"\n") if b"\n" in data else (data,))
     for line in lines:
@@ -137,7 +141,7 @@ def decode_messages(
                 break
             out.append(item)
         else:
-            rejected[Reject.NOT_OBJECT] += 1
+            rejected[not_object] += 1
     if built is not None:
         built.bytes += MAX_DECODED_BYTES - room
     return events

@@ -237,12 +237,12 @@ class Dialects:
         try:
             parsed = loads(body)
         except JSONDecodeError:
-            parsed, reason = None, reason_of(body)
+            parsed, unparsable = None, True
         else:
-            reason = Reject.NOT_OBJECT
+            unparsable = False  # the reason is looked up on the reject path only
         if type(parsed) is not dict:
             if not self.wrap_text:
-                rejected[reason] += 1
+                rejected[reason_of(body) if unparsable else Reject.NOT_OBJECT] += 1
                 return 1
             body = syslog.wrap_text(body)  # up to 6 times the text: "\u0001" for 0x01
             if len(body) > MAX_DECODED_BYTES:
