@@ -34,7 +34,6 @@ from ingest.config import (
 )
 from ingest.vocabulary import Exit
 
-EXIT_USAGE = Exit.CONFIG
 log = logging.getLogger("ingest")
 
 
@@ -219,7 +218,7 @@ def setup_logging(level: str) -> None:
 
 def _fail(message: str) -> int:
     print(f"ingest: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return Exit.CONFIG
 
 
 def serve(args: argparse.Namespace) -> int:

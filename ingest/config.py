@@ -150,7 +150,22 @@ class Settings:
 
     @property
     def topic_path(self) -> str:
-        return f"projects/{self.project}/topics/{self.topic}"
+        return topic_path(self.project, self.topic)
+
+    @property
+    def topic_paths(self) -> tuple[str, ...]:
+        """``topics``' paths, in their order."""
+        return tuple(topic_path(self.project, topic) for topic in self.topics)
+
+
+def topic_path(project: str, topic: str) -> str:
+    """A topic's resource name: the one place its shape is written."""
+    return f"projects/{project}/topics/{topic}"
+
+
+def topic_id_of(path: str) -> str:
+    """The topic ID in ``topic_path``'s result, for code handed only the path."""
+    return path.rpartition("/")[2]
 
 
 # --- value parsers: take a raw value (str from flag/env, or a TOML value) ---

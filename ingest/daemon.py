@@ -28,7 +28,7 @@ from typing import Any
 from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import systemd
-from ingest.config import ConfigError, Listener, Settings
+from ingest.config import ConfigError, Listener, Settings, topic_path
 from ingest.observe.health import Verdict, evaluate
 from ingest.observe.httpd import HttpServer
 from ingest.observe.metrics import build_registry
@@ -37,7 +37,6 @@ from ingest.pipeline.lanes import LaneQueue, SpooledLanes
 from ingest.pipeline.queue import EventQueue
 from ingest.pipeline.replay import run_replay
 from ingest.publish.health import PubSubHealth
-from ingest.publish.publisher import SHUTDOWN
 from ingest.publish.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.publish.topic import TopicWatch
 from ingest.receive import kernel
@@ -54,17 +53,12 @@ from ingest.reload import plan as reload_plan
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import RejectSummary, Stats
-from ingest.vocabulary import Exit
+from ingest.vocabulary import Drop, Exit
 from ingest.wiring import Pipeline
 
 log = logging.getLogger(__name__)
 
 # Exit codes (documented in the README).
-EXIT_OK = Exit.OK
-EXIT_FAILURE = Exit.FAILURE
-EXIT_CONFIG = Exit.CONFIG
-EXIT_DRAIN_INCOMPLETE = Exit.DRAIN_INCOMPLETE
-EXIT_FORCED = Exit.FORCED
 
 HOUSEKEEPING_INTERVAL_S = 1.0
 
@@ -137,9 +131,10 @@ class Daemon:
             channel, settings.topic_path, compression=settings.publish_compression
         )
         where = f"emulator at {emulator}" if emulator else settings.pubsub_endpoint
-        for path in self.topic_paths:  # one client each, on the one channel
+        # One client each, on the one channel.
+        for topic, path in zip(self.topic_ids, self.topic_paths, strict=True):
             client = PubSubClient(channel, path) if path != settings.topic_path else self._client
-            self.topics.append(TopicWatch(client, self.health, settings.create_topic, where))
+            self.topics.append(TopicWatch(client, topic, self.health, settings.create_topic, where))
         for watch in self.topics:
             await watch.check_at_startup()
         spooled = None
@@ -309,8 +304,7 @@ class Daemon:
     @property
     def topic_paths(self) -> tuple[str, ...]:
         """Every topic this daemon may publish to; --topic's first."""
-        prefix = self.settings.topic_path.rpartition("/")[0]
-        return tuple(f"{prefix}/{topic}" for topic in self.topic_ids)
+        return tuple(topic_path(self.settings.project, topic) for topic in self.topic_ids)
 
     @property
     def udp_rcvbuf_requested(self) -> int:
@@ -393,7 +387,7 @@ class Daemon:
             if spill is not None:
                 spill(chunk.events, lane)
             else:
-                self.stats.dropped[SHUTDOWN] += len(chunk.events)
+                self.stats.dropped[Drop.SHUTDOWN] += len(chunk.events)
         pipeline.put_back()  # what must precede messages on disk goes ahead of them
         if self.spool is not None:
             self.spool.close()  # fsync per --spool-fsync; releases the lock
@@ -405,7 +399,7 @@ class Daemon:
         self.notifier.close()  # STOPPING=1 went out at the start of the stop
         # Lost at shutdown: dropped as ``shutdown``, or refused by the spool.
         lost = (
-            self.stats.dropped.get(SHUTDOWN, 0)
+            self.stats.dropped.get(Drop.SHUTDOWN, 0)
             + sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)
             - dropped_before
         )
@@ -421,11 +415,11 @@ class Daemon:
             self.stats.unconfirmed,
         )
         if self._crashed:
-            return EXIT_FAILURE
+            return Exit.FAILURE
         if self._force.is_set():
-            return EXIT_FORCED
+            return Exit.FORCED
         # Unconfirmed events may be lost as well: not a clean stop either.
-        return EXIT_DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else EXIT_OK
+        return Exit.DRAIN_INCOMPLETE if lost or self.stats.unconfirmed else Exit.OK
 
     async def _close_partial_startup(self) -> None:
         for source in self.sources:

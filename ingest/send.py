@@ -24,10 +24,6 @@ import orjson
 from ingest.vocabulary import SendExit
 from ingest_client.address import DEFAULT_UNIX_PATH, check_unix_path, parse_host_port
 
-EXIT_OK = SendExit.OK
-EXIT_UNREACHABLE = SendExit.UNREACHABLE
-EXIT_INVALID = SendExit.INVALID
-EXIT_DENIED = SendExit.DENIED
 # A connected UDP socket learns of "port unreachable" only from the ICMP reply
 # that follows a send; on loopback it arrives within microseconds.
 UDP_REFUSAL_WAIT_S = 0.2
@@ -41,24 +37,24 @@ UDP_MAX_PAYLOAD = {socket.AF_INET: 65_507, socket.AF_INET6: 65_527}
 # {where} the kind and address. EMSGSIZE, and ECONNREFUSED on a file that is
 # not a socket, are told apart in _explain; any errno missing here exits 1.
 _ERRNO: dict[int, tuple[int, str]] = {
-    errno.ENOENT: (EXIT_UNREACHABLE, "no socket at {address}"),
-    errno.ECONNREFUSED: (EXIT_UNREACHABLE, "nothing listens at {where}"),
-    errno.ENOTCONN: (EXIT_UNREACHABLE, "the receiver at {where} went away"),
-    errno.ECONNRESET: (EXIT_UNREACHABLE, "the receiver at {where} went away"),
-    errno.ENOBUFS: (EXIT_UNREACHABLE, "no kernel buffer space to send to {where}"),
-    errno.ENETUNREACH: (EXIT_UNREACHABLE, "no route to the network of {where}"),
-    errno.EHOSTUNREACH: (EXIT_UNREACHABLE, "no route to the host of {where}"),
-    errno.ENETDOWN: (EXIT_UNREACHABLE, "the network of {where} is down"),
-    errno.EACCES: (EXIT_DENIED, "permission denied on {address}"),
-    errno.EPERM: (EXIT_DENIED, "permission denied on {address}"),
-    errno.ENOTSOCK: (EXIT_INVALID, "{address} is not a socket"),
-    errno.EPROTOTYPE: (EXIT_INVALID, "{address} is not a datagram socket (a stream socket?)"),
-    errno.ENOTDIR: (EXIT_INVALID, "{address}: a component is not a directory"),
-    errno.ELOOP: (EXIT_INVALID, "{address}: too many symbolic links"),
-    errno.ENAMETOOLONG: (EXIT_INVALID, "{address}: a name in the path is too long"),
-    errno.EISDIR: (EXIT_INVALID, "{address} is a directory"),
-    errno.EADDRNOTAVAIL: (EXIT_INVALID, "{where} is not an address one can send to"),
-    errno.EAFNOSUPPORT: (EXIT_INVALID, "{where}: address family not supported here"),
+    errno.ENOENT: (SendExit.UNREACHABLE, "no socket at {address}"),
+    errno.ECONNREFUSED: (SendExit.UNREACHABLE, "nothing listens at {where}"),
+    errno.ENOTCONN: (SendExit.UNREACHABLE, "the receiver at {where} went away"),
+    errno.ECONNRESET: (SendExit.UNREACHABLE, "the receiver at {where} went away"),
+    errno.ENOBUFS: (SendExit.UNREACHABLE, "no kernel buffer space to send to {where}"),
+    errno.ENETUNREACH: (SendExit.UNREACHABLE, "no route to the network of {where}"),
+    errno.EHOSTUNREACH: (SendExit.UNREACHABLE, "no route to the host of {where}"),
+    errno.ENETDOWN: (SendExit.UNREACHABLE, "the network of {where} is down"),
+    errno.EACCES: (SendExit.DENIED, "permission denied on {address}"),
+    errno.EPERM: (SendExit.DENIED, "permission denied on {address}"),
+    errno.ENOTSOCK: (SendExit.INVALID, "{address} is not a socket"),
+    errno.EPROTOTYPE: (SendExit.INVALID, "{address} is not a datagram socket (a stream socket?)"),
+    errno.ENOTDIR: (SendExit.INVALID, "{address}: a component is not a directory"),
+    errno.ELOOP: (SendExit.INVALID, "{address}: too many symbolic links"),
+    errno.ENAMETOOLONG: (SendExit.INVALID, "{address}: a name in the path is too long"),
+    errno.EISDIR: (SendExit.INVALID, "{address} is a directory"),
+    errno.EADDRNOTAVAIL: (SendExit.INVALID, "{where} is not an address one can send to"),
+    errno.EAFNOSUPPORT: (SendExit.INVALID, "{where}: address family not supported here"),
 }
 _UDP_DENIED = (
     "permission denied sending to {where} ({name}: a broadcast address, or a firewall rule)"
@@ -108,11 +104,11 @@ class Target:
 
     def _open_unix(self) -> socket.socket:
         if not self.address:
-            raise SendFailed(EXIT_INVALID, "--unix: must not be empty")
+            raise SendFailed(SendExit.INVALID, "--unix: must not be empty")
         try:
             check_unix_path(self.address)
         except ValueError as exc:
-            raise SendFailed(EXIT_INVALID, f"--unix: {exc}") from None
+            raise SendFailed(SendExit.INVALID, f"--unix: {exc}") from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.settimeout(SEND_TIMEOUT_S)  # a full receiver queue blocks; do not hang forever
         try:
@@ -126,13 +122,13 @@ class Target:
         try:
             host, port = parse_host_port(self.address)
         except ValueError as exc:
-            raise SendFailed(EXIT_INVALID, f"--udp: {exc}") from None
+            raise SendFailed(SendExit.INVALID, f"--udp: {exc}") from None
         if port == 0:
-            raise SendFailed(EXIT_INVALID, f"--udp: port 0 is not a destination (got {host}:0)")
+            raise SendFailed(SendExit.INVALID, f"--udp: port 0 is not a destination (got {host}:0)")
         try:
             info = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
         except socket.gaierror as exc:
-            code = EXIT_UNREACHABLE if exc.errno == socket.EAI_AGAIN else EXIT_INVALID
+            code = SendExit.UNREACHABLE if exc.errno == socket.EAI_AGAIN else SendExit.INVALID
             raise SendFailed(
                 code, f"--udp: cannot resolve {_shown(host)}: {exc.strerror}"
             ) from None
@@ -148,27 +144,27 @@ class Target:
         """What ``exc`` means for this target, as a SendFailed."""
         if isinstance(exc, TimeoutError) and exc.errno is None:  # sock.settimeout expired
             return SendFailed(
-                EXIT_UNREACHABLE,
+                SendExit.UNREACHABLE,
                 f"{self.where} is not reading: its queue stayed full for {SEND_TIMEOUT_S:g} s",
             )
         name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
         if exc.errno == errno.EMSGSIZE and sock is not None:
             return SendFailed(
-                EXIT_INVALID,
+                SendExit.INVALID,
                 f"datagram of {size:,} bytes is too large for the socket "
                 f"({self._size_limit(sock)}; {name})",
             )
         if exc.errno == errno.ECONNREFUSED and self.kind == "unix":
             kind = _not_a_socket(self.address)
             if kind:  # connect(2) to a file that is no socket says ECONNREFUSED
-                return SendFailed(EXIT_INVALID, f"{self.shown} is not a socket ({kind})")
+                return SendFailed(SendExit.INVALID, f"{self.shown} is not a socket ({kind})")
         if exc.errno in (errno.EACCES, errno.EPERM) and self.kind == "udp":
-            return SendFailed(EXIT_DENIED, _UDP_DENIED.format(where=self.where, name=name))
+            return SendFailed(SendExit.DENIED, _UDP_DENIED.format(where=self.where, name=name))
         if exc.errno in _ERRNO:
             code, what = _ERRNO[exc.errno]
             return SendFailed(code, f"{what.format(address=self.shown, where=self.where)} ({name})")
         return SendFailed(
-            EXIT_UNREACHABLE, f"cannot send to {self.where}: {exc.strerror or exc} ({name})"
+            SendExit.UNREACHABLE, f"cannot send to {self.where}: {exc.strerror or exc} ({name})"
         )
 
     def _size_limit(self, sock: socket.socket) -> str:
@@ -233,11 +229,11 @@ def send_command(unix: str | None, udp: str | None, events: list[str], stdin: Te
             _send_all(target, sock, payloads)
     except InvalidEvent as exc:
         print(f"ingest send: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return SendExit.INVALID
     except SendFailed as exc:
         print(f"ingest send: {exc}", file=sys.stderr)
         return exc.code
-    return EXIT_OK
+    return SendExit.OK
 
 
 def _send_all(target: Target, sock: socket.socket, payloads: Iterable[tuple[str, bytes]]) -> None:

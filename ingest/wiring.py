@@ -65,8 +65,7 @@ class Pipeline:
         # The topics published to, by number (--topic's, then the routes'):
         # fixed, since queued lanes and the publishers name them so.
         self.topic_ids = settings.topics
-        prefix = settings.topic_path.rpartition("/")[0]
-        self.topic_paths = tuple(f"{prefix}/{topic}" for topic in self.topic_ids)
+        self.topic_paths = settings.topic_paths
         # The plain pipeline carries events as they arrived; with metadata
         # (attributes, ordering keys, routes, credentials) it carries
         # PubsubMessage bodies in lanes (lanes.py).

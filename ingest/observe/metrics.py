@@ -19,6 +19,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ingest import __version__
+from ingest.config import topic_id_of
 from ingest.observe.health import Verdict
 from ingest.pipeline.queue import Bounded
 from ingest.receive import kernel
@@ -107,189 +108,219 @@ class IngestCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         view = self._view
         stats = view.stats
-        queue = view.queue
-        listeners = list(view.listener_views)
-        labels = [item.label for item in listeners]
-
-        info = GaugeMetricFamily("ingest_build_info", "ingest version", labels=["version"])
-        info.add_metric([__version__], 1)
-        yield info
+        # Read once, so every family of one scrape names the same topics and listeners.
         topic_paths = view.topic_paths
-        topic = GaugeMetricFamily(
-            "ingest_topic_info",
-            "the Pub/Sub topics published to, one series each: --topic's first, then the "
-            "--route topics'",
-            labels=["topic"],
-        )
-        for path in topic_paths:
-            topic.add_metric([path], 1)
-        yield topic
-
-        yield _counter(
-            "ingest_datagrams_received",
-            "datagrams read from a listener",
-            "listener",
-            stats.datagrams_received,
-            labels,
-        )
-        yield _received_by_format(stats, listeners)
-        yield _counter(
-            "ingest_datagrams_ignored",
-            "datagrams without any event: empty or blank, or GELF chunks of no live message",
-            "reason",
-            stats.datagrams_ignored,
-            tuple(Ignore),
-        )
-        yield _counter(
-            "ingest_events_rejected",
-            "events refused as invalid input, never forwarded",
-            "reason",
-            stats.rejected,
-            tuple(Reject),
-        )
-        yield _counter(
-            "ingest_events_dropped",
-            "accepted events lost, by reason",
-            "reason",
-            stats.dropped,
-            tuple(Drop),
-        )
-        yield _published(stats, topic_paths)
-        unconfirmed = CounterMetricFamily(
-            "ingest_events_unconfirmed",
-            "events whose Publish request the drain deadline cancelled before Pub/Sub "
-            "answered, with no spool to keep them: maybe published, maybe not",
-        )
-        unconfirmed.add_metric([], stats.unconfirmed)
-        yield unconfirmed
-        yield _counter(
-            "ingest_publish_requests",
-            "Publish RPCs by gRPC status code",
-            "code",
-            stats.publish_requests,
-            ("OK",),
-        )
-        yield _publish_requests_by_topic(stats, topic_paths)
-        yield _counter(
-            "ingest_publish_retries",
-            "Publish RPCs retried, by the gRPC code that failed them",
-            "code",
-            stats.publish_retries,
-        )
-        yield _counter(
-            "ingest_attributes_skipped",
-            "attributes left off a message (the message is published): the event's field "
-            "is an object or an array, or its value is over 1024 bytes",
-            "reason",
-            stats.attributes_skipped,
-            tuple(Skip),
-        )
-        yield _counter(
-            "ingest_config_reloads",
-            "SIGHUP reloads of the configuration: ok (applied), error (refused: the old "
-            "configuration keeps running)",
-            "result",
-            stats.config_reloads,
-            ("ok", "error"),
-        )
-        errors = CounterMetricFamily("ingest_receive_errors", "socket receive errors")
-        errors.add_metric([], stats.receive_errors)
-        yield errors
-        yield _histogram(
-            "ingest_publish_latency_seconds", "duration of one Publish RPC", stats.publish_latency
-        )
-        yield _histogram(
-            "ingest_event_latency_seconds",
-            "datagram received -> publish acknowledged (each batch's oldest and newest event)",
-            stats.event_latency,
-        )
-
-        yield _gauge("ingest_queue_events", "events in the memory queue", queue.events)
-        yield _gauge("ingest_queue_bytes", "bytes in the memory queue", queue.bytes)
-        yield _gauge("ingest_queue_capacity_events", "memory queue bound, events", queue.max_events)
-        yield _gauge("ingest_queue_capacity_bytes", "memory queue bound, bytes", queue.max_bytes)
-        yield _gauge(
-            "ingest_inflight_events", "events taken by publishers, not yet resolved", view.in_flight
-        )
+        listeners = list(view.listener_views)
+        yield from _info(topic_paths)
+        yield from _events(stats, listeners, topic_paths)
+        yield from _publishing(stats, topic_paths)
+        yield from _queue(view)
         yield from _spool_metrics(view.spool, stats)
-        if view.notifier.enabled:  # only under systemd (NOTIFY_SOCKET set)
-            for outcome, count in (
-                ("sent", view.notifier.sent),
-                ("dropped", view.notifier.dropped),
-            ):
-                notify = CounterMetricFamily(
-                    f"ingest_sd_notify_{outcome}",
-                    f"sd_notify datagrams {outcome} (dropped: the notify socket's queue was full)",
-                )
-                notify.add_metric([], count)
-                yield notify
+        yield from _service(view)
+        yield from _listeners(view, listeners)
+        yield from _health(view.verdict(), topic_paths)
+
+
+def _info(topic_paths: Iterable[str]) -> Iterator[Metric]:
+    info = GaugeMetricFamily("ingest_build_info", "ingest version", labels=["version"])
+    info.add_metric([__version__], 1)
+    yield info
+    topic = GaugeMetricFamily(
+        "ingest_topic_info",
+        "the Pub/Sub topics published to, one series each: --topic's first, then the "
+        "--route topics'",
+        labels=["topic"],
+    )
+    for path in topic_paths:
+        topic.add_metric([path], 1)
+    yield topic
+
+
+def _events(
+    stats: Stats, listeners: list[ListenerView], topic_paths: Iterable[str]
+) -> Iterator[Metric]:
+    """Where each event went: received, ignored, rejected, dropped, published."""
+    yield _counter(
+        "ingest_datagrams_received",
+        "datagrams read from a listener",
+        "listener",
+        stats.datagrams_received,
+        [item.label for item in listeners],
+    )
+    yield _received_by_format(stats, listeners)
+    yield _counter(
+        "ingest_datagrams_ignored",
+        "datagrams without any event: empty or blank, or GELF chunks of no live message",
+        "reason",
+        stats.datagrams_ignored,
+        tuple(Ignore),
+    )
+    yield _counter(
+        "ingest_events_rejected",
+        "events refused as invalid input, never forwarded",
+        "reason",
+        stats.rejected,
+        tuple(Reject),
+    )
+    yield _counter(
+        "ingest_events_dropped",
+        "accepted events lost, by reason",
+        "reason",
+        stats.dropped,
+        tuple(Drop),
+    )
+    yield _published(stats, topic_paths)
+    unconfirmed = CounterMetricFamily(
+        "ingest_events_unconfirmed",
+        "events whose Publish request the drain deadline cancelled before Pub/Sub "
+        "answered, with no spool to keep them: maybe published, maybe not",
+    )
+    unconfirmed.add_metric([], stats.unconfirmed)
+    yield unconfirmed
+
+
+def _publishing(stats: Stats, topic_paths: Iterable[str]) -> Iterator[Metric]:
+    """Publish RPCs, what they left off, reloads, receive errors, latencies."""
+    yield _counter(
+        "ingest_publish_requests",
+        "Publish RPCs by gRPC status code",
+        "code",
+        stats.publish_requests,
+        ("OK",),
+    )
+    yield _publish_requests_by_topic(stats, topic_paths)
+    yield _counter(
+        "ingest_publish_retries",
+        "Publish RPCs retried, by the gRPC code that failed them",
+        "code",
+        stats.publish_retries,
+    )
+    yield _counter(
+        "ingest_attributes_skipped",
+        "attributes left off a message (the message is published): the event's field "
+        "is an object or an array, or its value is over 1024 bytes",
+        "reason",
+        stats.attributes_skipped,
+        tuple(Skip),
+    )
+    yield _counter(
+        "ingest_config_reloads",
+        "SIGHUP reloads of the configuration: ok (applied), error (refused: the old "
+        "configuration keeps running)",
+        "result",
+        stats.config_reloads,
+        ("ok", "error"),
+    )
+    errors = CounterMetricFamily("ingest_receive_errors", "socket receive errors")
+    errors.add_metric([], stats.receive_errors)
+    yield errors
+    yield _histogram(
+        "ingest_publish_latency_seconds", "duration of one Publish RPC", stats.publish_latency
+    )
+    yield _histogram(
+        "ingest_event_latency_seconds",
+        "datagram received -> publish acknowledged (each batch's oldest and newest event)",
+        stats.event_latency,
+    )
+
+
+def _queue(view: PipelineView) -> Iterator[Metric]:
+    queue = view.queue
+    yield _gauge("ingest_queue_events", "events in the memory queue", queue.events)
+    yield _gauge("ingest_queue_bytes", "bytes in the memory queue", queue.bytes)
+    yield _gauge("ingest_queue_capacity_events", "memory queue bound, events", queue.max_events)
+    yield _gauge("ingest_queue_capacity_bytes", "memory queue bound, bytes", queue.max_bytes)
+    yield _gauge(
+        "ingest_inflight_events", "events taken by publishers, not yet resolved", view.in_flight
+    )
+
+
+def _service(view: PipelineView) -> Iterator[Metric]:
+    """sd_notify (only under systemd: NOTIFY_SOCKET set) and the outage clock."""
+    if view.notifier.enabled:
+        for outcome, count in (
+            ("sent", view.notifier.sent),
+            ("dropped", view.notifier.dropped),
+        ):
+            notify = CounterMetricFamily(
+                f"ingest_sd_notify_{outcome}",
+                f"sd_notify datagrams {outcome} (dropped: the notify socket's queue was full)",
+            )
+            notify.add_metric([], count)
+            yield notify
+    yield _gauge(
+        "ingest_outage_seconds",
+        "how long Pub/Sub has not been accepting publishes; 0 when healthy",
+        view.outage_s(),
+    )
+
+
+def _listeners(view: PipelineView, listeners: list[ListenerView]) -> Iterator[Metric]:
+    """Each listener's socket: up, kernel drops, SO_RCVBUF, GELF reassembly;
+    and the host's unix datagram queue length."""
+    drops = kernel.udp_drops_by_inode()
+    kernel_drops = CounterMetricFamily(
+        "ingest_kernel_drops",
+        "datagrams the kernel dropped on a UDP listener before ingest read them",
+        labels=["listener"],
+    )
+    rcvbuf = GaugeMetricFamily(
+        "ingest_udp_rcvbuf_bytes", "SO_RCVBUF the kernel granted", labels=["listener"]
+    )
+    up = GaugeMetricFamily(
+        "ingest_listener_up", "1 while the listener can receive", labels=["listener"]
+    )
+    for item in listeners:
+        up.add_metric([item.label], 0 if item.problem else 1)
+        if item.udp_inode is not None:
+            kernel_drops.add_metric([item.label], drops.get(item.udp_inode, 0))
+        if item.rcvbuf_granted is not None:
+            rcvbuf.add_metric([item.label], item.rcvbuf_granted)
+    yield kernel_drops
+    yield rcvbuf
+    yield _gauge(
+        "ingest_udp_rcvbuf_requested_bytes",
+        "SO_RCVBUF asked for (--udp-rcvbuf-bytes); a lower grant means lost bursts",
+        view.udp_rcvbuf_requested,
+    )
+    yield up
+    pending_messages = GaugeMetricFamily(
+        "ingest_gelf_pending_messages",
+        "chunked GELF messages awaiting more chunks",
+        labels=["listener"],
+    )
+    pending_bytes = GaugeMetricFamily(
+        "ingest_gelf_pending_bytes",
+        "memory held by chunked GELF messages awaiting more chunks (bounded)",
+        labels=["listener"],
+    )
+    for item in listeners:
+        pending = item.gelf_pending
+        if pending is not None:
+            pending_messages.add_metric([item.label], pending[0])
+            pending_bytes.add_metric([item.label], pending[1])
+    yield pending_messages
+    yield pending_bytes
+    qlen = kernel.unix_max_dgram_qlen()
+    if qlen is not None:
         yield _gauge(
-            "ingest_outage_seconds",
-            "how long Pub/Sub has not been accepting publishes; 0 when healthy",
-            view.outage_s(),
+            "ingest_unix_max_dgram_qlen",
+            "net.unix.max_dgram_qlen: datagrams a unix socket queues before senders get EAGAIN",
+            qlen,
         )
 
-        drops = kernel.udp_drops_by_inode()
-        kernel_drops = CounterMetricFamily(
-            "ingest_kernel_drops",
-            "datagrams the kernel dropped on a UDP listener before ingest read them",
-            labels=["listener"],
-        )
-        rcvbuf = GaugeMetricFamily(
-            "ingest_udp_rcvbuf_bytes", "SO_RCVBUF the kernel granted", labels=["listener"]
-        )
-        up = GaugeMetricFamily(
-            "ingest_listener_up", "1 while the listener can receive", labels=["listener"]
-        )
-        for item in listeners:
-            up.add_metric([item.label], 0 if item.problem else 1)
-            if item.udp_inode is not None:
-                kernel_drops.add_metric([item.label], drops.get(item.udp_inode, 0))
-            if item.rcvbuf_granted is not None:
-                rcvbuf.add_metric([item.label], item.rcvbuf_granted)
-        yield kernel_drops
-        yield rcvbuf
-        yield _gauge(
-            "ingest_udp_rcvbuf_requested_bytes",
-            "SO_RCVBUF asked for (--udp-rcvbuf-bytes); a lower grant means lost bursts",
-            view.udp_rcvbuf_requested,
-        )
-        yield up
-        pending_messages = GaugeMetricFamily(
-            "ingest_gelf_pending_messages",
-            "chunked GELF messages awaiting more chunks",
-            labels=["listener"],
-        )
-        pending_bytes = GaugeMetricFamily(
-            "ingest_gelf_pending_bytes",
-            "memory held by chunked GELF messages awaiting more chunks (bounded)",
-            labels=["listener"],
-        )
-        for item in listeners:
-            pending = item.gelf_pending
-            if pending is not None:
-                pending_messages.add_metric([item.label], pending[0])
-                pending_bytes.add_metric([item.label], pending[1])
-        yield pending_messages
-        yield pending_bytes
-        qlen = kernel.unix_max_dgram_qlen()
-        if qlen is not None:
-            yield _gauge(
-                "ingest_unix_max_dgram_qlen",
-                "net.unix.max_dgram_qlen: datagrams a unix socket queues before senders get EAGAIN",
-                qlen,
-            )
-        verdict = view.verdict()
-        failing = GaugeMetricFamily(
-            "ingest_topic_failing",
-            "1 while /healthz names the topic as failing: its latest publish failed (until "
-            "one succeeds), or its latest probe while idle",
-            labels=["topic"],
-        )
-        for topic_id in _topic_ids(topic_paths):
-            failing.add_metric([topic_id], 1 if topic_id in verdict.failing_topics else 0)
-        yield failing
-        yield _gauge("ingest_healthy", "1 when /healthz answers 200", 1 if verdict.healthy else 0)
+
+def _health(verdict: Verdict, topic_paths: Iterable[str]) -> Iterator[Metric]:
+    failing = GaugeMetricFamily(
+        "ingest_topic_failing",
+        "1 while /healthz names the topic as failing: its latest publish failed (until "
+        "one succeeds), or its latest probe while idle",
+        labels=["topic"],
+    )
+    for topic_id in _topic_ids(topic_paths):
+        failing.add_metric([topic_id], 1 if topic_id in verdict.failing_topics else 0)
+    yield failing
+    yield _gauge("ingest_healthy", "1 when /healthz answers 200", 1 if verdict.healthy else 0)
 
 
 def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> CounterMetricFamily:
@@ -318,7 +349,7 @@ def _received_by_format(stats: Stats, listeners: Iterable[ListenerView]) -> Coun
 
 
 def _topic_ids(topic_paths: Iterable[str]) -> list[str]:
-    return [path.rpartition("/")[2] for path in topic_paths]
+    return [topic_id_of(path) for path in topic_paths]
 
 
 def _publish_requests_by_topic(stats: Stats, topic_paths: Iterable[str]) -> CounterMetricFamily:

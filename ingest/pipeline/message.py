@@ -35,10 +35,7 @@ from ingest.spool.records import KIND_DATA
 from ingest.vocabulary import Skip
 
 # ingest_attributes_skipped_total reasons: an event's field cannot be an attribute.
-VALUE_TOO_LONG = Skip.VALUE_TOO_LONG  # over PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-NOT_SCALAR = Skip.NOT_SCALAR  # an object or an array (an attribute or the ordering key)
-ORDERING_KEY_TOO_LONG = Skip.ORDERING_KEY_TOO_LONG  # over PUBSUB_MAX_ORDERING_KEY_BYTES
-SKIP_REASONS = (VALUE_TOO_LONG, NOT_SCALAR, ORDERING_KEY_TOO_LONG)
+SKIP_REASONS = (Skip.VALUE_TOO_LONG, Skip.NOT_SCALAR, Skip.ORDERING_KEY_TOO_LONG)
 ORDERING_SLOT = -1  # the ordering key's slot in MessageBuilder's cache (fields: 0, 1, ...)
 PIECES_CACHED = 4096
 # build's combinations of field values kept at once, and the characters of
@@ -294,7 +291,7 @@ class MessageBuilder:
         recur, and encoding one costs more than finding it."""
         kind = type(value)
         if kind is dict or kind is list:
-            self._skipped[NOT_SCALAR] += 1
+            self._skipped[Skip.NOT_SCALAR] += 1
             return None
         cached: tuple[bytes, bytes] | str | None
         if (kind is str and len(value) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES) or (  # type: ignore[arg-type]
@@ -326,10 +323,10 @@ class MessageBuilder:
         assert raw is not None  # objects and arrays were turned away before
         if slot == ORDERING_SLOT:
             if len(raw) > PUBSUB_MAX_ORDERING_KEY_BYTES:
-                return ORDERING_KEY_TOO_LONG
+                return Skip.ORDERING_KEY_TOO_LONG
             return (b"\x2a" + varint(len(raw)) + raw if raw else b""), raw
         if len(raw) > PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES:
-            return VALUE_TOO_LONG
+            return Skip.VALUE_TOO_LONG
         return encode_attribute(self._keys[slot], raw), raw
 
     def adopt_data(self, events: list[bytes]) -> list[tuple[Lane, bytes]]:

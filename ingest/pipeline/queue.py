@@ -20,8 +20,6 @@ from typing import Any, Protocol
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
 
-QUEUE_FULL = Drop.QUEUE_FULL
-
 
 @dataclass(slots=True)
 class Chunk:
@@ -68,7 +66,7 @@ class Bounded:
 
     def drop_full(self, count: int) -> None:
         """Count events a reader did not decode because ``room`` was 0."""
-        self._stats.dropped[QUEUE_FULL] += count
+        self._stats.dropped[Drop.QUEUE_FULL] += count
 
     def fits(self, count: int, nbytes: int) -> bool:
         return self.events + count <= self.max_events and self.bytes + nbytes <= self.max_bytes

@@ -35,6 +35,7 @@ from typing import Protocol
 import grpc
 import grpc.aio
 
+from ingest.config import topic_id_of
 from ingest.publish.health import PubSubHealth
 from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.ratelimit import LogLimiter
@@ -105,9 +106,6 @@ SINK_UNAVAILABLE_RETRY_S = 5.0
 # topics published meanwhile (``_should_park``).
 PARK_TRANSIENT_AFTER_S = 5.0
 # Drop reasons this module owns.
-INVALID_MESSAGE = Drop.INVALID_MESSAGE
-SHUTDOWN = Drop.SHUTDOWN
-CRASHED = Drop.PUBLISHER_CRASHED
 
 
 class Retry(enum.Enum):
@@ -169,7 +167,7 @@ class PublisherPool:
         # By topic number (a batch's lane[0]; 0 on the plain path).
         # ``topics``: their IDs, the ``topic`` label of published events.
         self._encoders = tuple(encoders) or (RequestEncoder(client.topic_path),)
-        self._topics = tuple(topics) or (client.topic_path.rpartition("/")[2],)
+        self._topics = tuple(topics) or (topic_id_of(client.topic_path),)
         self._rng = rng or random.Random()
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}
@@ -226,9 +224,9 @@ class PublisherPool:
             self._spill(batch.messages[batch.resolved :], batch.lane)
         elif cancelled:
             self._stats.unconfirmed += batch.on_the_wire
-            self._stats.dropped[SHUTDOWN] += unresolved - batch.on_the_wire
+            self._stats.dropped[Drop.SHUTDOWN] += unresolved - batch.on_the_wire
         else:
-            self._stats.dropped[CRASHED] += unresolved
+            self._stats.dropped[Drop.PUBLISHER_CRASHED] += unresolved
         batch.resolved = len(batch)
         batch.on_the_wire = 0
 
@@ -259,10 +257,10 @@ class PublisherPool:
                 self._stats.published_by_topic[topic_id] += len(part)
                 published += len(part)
             elif len(part) == 1:
-                self._stats.dropped[INVALID_MESSAGE] += 1
+                self._stats.dropped[Drop.INVALID_MESSAGE] += 1
                 self._limiter.log(
                     log,
-                    INVALID_MESSAGE,
+                    Drop.INVALID_MESSAGE,
                     logging.WARNING,
                     "Pub/Sub rejected a message as invalid (%d bytes); dropped",
                     len(part[0]),

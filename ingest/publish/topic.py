@@ -26,9 +26,10 @@ PROBE_TIMEOUT_S = 5.0
 
 class TopicWatch:
     def __init__(
-        self, client: PubSubClient, health: PubSubHealth, create: bool, where: str
+        self, client: PubSubClient, topic_id: str, health: PubSubHealth, create: bool, where: str
     ) -> None:
         self._client = client
+        self._topic_id = topic_id  # the client's topic: what health records name
         self._health = health
         self._create = create
         self._where = where  # "emulator at HOST:PORT" or the endpoint, for messages
@@ -43,7 +44,7 @@ class TopicWatch:
             code, self.last_details = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as exc:
             code, self.last_details = exc.code(), exc.details() or ""
-        self._health.record(loop.time(), code.name, self._client.topic_path.rpartition("/")[2])
+        self._health.record(loop.time(), code.name, self._topic_id)
         return code
 
     async def check_at_startup(self) -> None:

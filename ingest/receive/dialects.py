@@ -56,13 +56,11 @@ from typing import Any
 from orjson import JSONDecodeError, loads
 
 from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
-from ingest.pipeline.message import VALUE_TOO_LONG, MessageBuilder
+from ingest.pipeline.message import MessageBuilder
 from ingest.publish.pubsub import encode_attribute, encode_data
 from ingest.receive import gelf, statsd, syslog
 from ingest.receive.codec import (
-    DECODED_TOO_LARGE,
     MAX_DECODED_BYTES,
-    NOT_OBJECT,
     Built,
     Decoder,
     count_events,
@@ -70,7 +68,7 @@ from ingest.receive.codec import (
     reason_of,
 )
 from ingest.stats import Stats
-from ingest.vocabulary import Reject
+from ingest.vocabulary import Reject, Skip
 
 JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
 # The format label of events rejected before their bytes were looked at:
@@ -78,8 +76,7 @@ JSON, GELF, SYSLOG, STATSD = INPUT_FORMATS
 UNKNOWN = "unknown"
 
 # Reject reasons of this module (fixed; metric labels).
-FORMAT_DISABLED = Reject.FORMAT_DISABLED
-REJECT_REASONS = (FORMAT_DISABLED,)
+REJECT_REASONS = (Reject.FORMAT_DISABLED,)
 
 
 # Incomplete chunked GELF messages of one listener: their bytes and
@@ -223,7 +220,7 @@ class Dialects:
     def _disabled(self, fmt: str, data: bytes, rejected: MutableMapping[str, int]) -> int:
         count = _disabled_events(fmt, data)
         if count:
-            rejected[FORMAT_DISABLED] += count
+            rejected[Reject.FORMAT_DISABLED] += count
             if fmt != JSON:
                 self.counts[fmt] += count
         return count
@@ -241,17 +238,17 @@ class Dialects:
         try:
             parsed = loads(body)
         except JSONDecodeError:
-            parsed, reason = None, reason_of(body)
+            parsed, unparsable = None, True
         else:
-            reason = NOT_OBJECT
+            unparsable = False  # the reason is looked up on the reject path only
         if type(parsed) is not dict:
             if not self.wrap_text:
-                rejected[reason] += 1
+                rejected[reason_of(body) if unparsable else Reject.NOT_OBJECT] += 1
                 return 1
             body = syslog.wrap_text(body)  # up to 6 times the text: "\u0001" for 0x01
             if len(body) > MAX_DECODED_BYTES:
                 self.built.bytes += len(body)
-                rejected[DECODED_TOO_LARGE] += 1
+                rejected[Reject.DECODED_TOO_LARGE] += 1
                 return 1
             parsed = loads(body)
         self._emit(body, parsed, self._encoded(message.facts), out)
@@ -268,7 +265,7 @@ class Dialects:
         try:
             text = gelf.unwrap(payload, self.max_event_bytes)
         except gelf.GelfError as exc:
-            if exc.reason == gelf.TOO_LARGE:  # a bomb: inflated to the bound in vain
+            if exc.reason == Reject.TOO_LARGE:  # a bomb: inflated to the bound in vain
                 self.built.bytes += self.max_event_bytes
             rejected[exc.reason] += 1
             return 1
@@ -281,7 +278,7 @@ class Dialects:
             return 1
         if type(parsed) is not dict:
             self.built.bytes += len(text)
-            rejected[NOT_OBJECT] += 1
+            rejected[Reject.NOT_OBJECT] += 1
             return 1
         self._emit(text, parsed, b"", out)
         return 1
@@ -343,7 +340,7 @@ class Dialects:
                 if len(value) <= FACT_MAX_CACHED_CHARS:
                     cache[fact] = piece
             if not piece:
-                self.stats.attributes_skipped[VALUE_TOO_LONG] += 1
+                self.stats.attributes_skipped[Skip.VALUE_TOO_LONG] += 1
             parts.append(piece)
         return b"".join(parts)
 

@@ -110,23 +110,21 @@ HEADER_BYTES = 12  # magic 2, message id 8, sequence number 1, sequence count 1
 MAX_CHUNKS = 128  # the GELF spec's limit
 TIMEOUT_S = 5.0  # the GELF spec: all chunks within 5 seconds of the first
 
-# GelfError reasons (rejected events): ``too_large`` is codec.TOO_LARGE's label
+# GelfError reasons (rejected events): ``too_large`` is Reject.TOO_LARGE's label
 # on purpose: the event is over a size bound either way.
-TOO_LARGE = Reject.TOO_LARGE
-INVALID_GELF = Reject.INVALID_GELF
-ERROR_REASONS = (TOO_LARGE, INVALID_GELF)
+ERROR_REASONS = (Reject.TOO_LARGE, Reject.INVALID_GELF)
 
 # Reassembler.abandoned reasons: messages, each one event rejected.
-INCOMPLETE = Reject.GELF_INCOMPLETE
-PENDING_FULL = Reject.GELF_PENDING_FULL
-TOO_MANY_CHUNKS = Reject.GELF_TOO_MANY_CHUNKS
-INVALID_CHUNK = Reject.GELF_INVALID_CHUNK
-ABANDON_REASONS = (INCOMPLETE, PENDING_FULL, TOO_MANY_CHUNKS, INVALID_CHUNK, TOO_LARGE)
+ABANDON_REASONS = (
+    Reject.GELF_INCOMPLETE,
+    Reject.GELF_PENDING_FULL,
+    Reject.GELF_TOO_MANY_CHUNKS,
+    Reject.GELF_INVALID_CHUNK,
+    Reject.TOO_LARGE,
+)
 
 # Reassembler.ignored reasons: datagrams, never events.
-DUPLICATE_CHUNK = Ignore.GELF_DUPLICATE_CHUNK
-LATE_CHUNK = Ignore.GELF_LATE_CHUNK
-IGNORE_REASONS = (DUPLICATE_CHUNK, LATE_CHUNK)
+IGNORE_REASONS = (Ignore.GELF_DUPLICATE_CHUNK, Ignore.GELF_LATE_CHUNK)
 
 # The FLG bytes that, after CMF 0x78, make a zlib header we can inflate: FCHECK
 # right, FDICT (0x20) clear. Computed from the rule, it is {01, 5e, 9c, da}.
@@ -181,19 +179,19 @@ def decompress(data: bytes, max_bytes: int) -> bytes:
     elif what == GZIP:
         wbits = 16 + zlib.MAX_WBITS  # gzip header and trailer, checked
     else:
-        raise GelfError(INVALID_GELF)
+        raise GelfError(Reject.INVALID_GELF)
     inflater = zlib.decompressobj(wbits)
     try:
         # One byte more than allowed tells "exactly max_bytes" from "more".
         out = inflater.decompress(data, max_bytes + 1)
     except zlib.error as exc:
-        raise GelfError(INVALID_GELF) from exc
+        raise GelfError(Reject.INVALID_GELF) from exc
     if len(out) > max_bytes:
-        raise GelfError(TOO_LARGE)
+        raise GelfError(Reject.TOO_LARGE)
     # Under the limit all input was consumed: short of the stream's end means
     # truncated; input past it is garbage.
     if not inflater.eof or inflater.unused_data:
-        raise GelfError(INVALID_GELF)
+        raise GelfError(Reject.INVALID_GELF)
     return out
 
 
@@ -207,7 +205,7 @@ def unwrap(payload: bytes, max_bytes: int) -> bytes:
     if what in (ZLIB, GZIP):
         return decompress(payload, max_bytes)
     if len(payload) > max_bytes:
-        raise GelfError(TOO_LARGE)
+        raise GelfError(Reject.TOO_LARGE)
     return payload
 
 
@@ -283,13 +281,13 @@ class Reassembler:
         if now >= self._next_expiry:
             self.expire(now)
         if len(chunk) < HEADER_BYTES:
-            self.abandoned[INVALID_CHUNK] += 1  # no id: a message of its own
+            self.abandoned[Reject.GELF_INVALID_CHUNK] += 1  # no id: a message of its own
             return None
         seq = chunk[10]
         count = chunk[11]
         if count == 1 and seq == 0:
             if len(chunk) - HEADER_BYTES > self.max_message_bytes:
-                self.abandoned[TOO_LARGE] += 1
+                self.abandoned[Reject.TOO_LARGE] += 1
                 return None
             self.completed += 1
             return chunk[HEADER_BYTES:]
@@ -299,14 +297,14 @@ class Reassembler:
             self._start(key, seq, count, chunk, now)
             return None
         if count != entry.count or seq >= count:
-            self._drop(key, entry, INVALID_CHUNK, now)
+            self._drop(key, entry, Reject.GELF_INVALID_CHUNK, now)
             return None
         if entry.parts[seq] is not None:
-            self.ignored[DUPLICATE_CHUNK] += 1
+            self.ignored[Ignore.GELF_DUPLICATE_CHUNK] += 1
             return None
         part = chunk[HEADER_BYTES:]
         if entry.size + len(part) > self.max_message_bytes:
-            self._drop(key, entry, TOO_LARGE, now)
+            self._drop(key, entry, Reject.TOO_LARGE, now)
             return None
         if entry.have + 1 == count:
             entry.parts[seq] = part
@@ -317,7 +315,7 @@ class Reassembler:
             return b"".join(cast("list[bytes]", entry.parts))  # all present now
         cost = _CHUNK_COST + len(part)
         if entry.cost + cost > self.max_pending_bytes:  # could never complete
-            self._drop(key, entry, PENDING_FULL, now)
+            self._drop(key, entry, Reject.GELF_PENDING_FULL, now)
             return None
         self._make_room(cost, entry, now)
         entry.parts[seq] = part
@@ -337,7 +335,7 @@ class Reassembler:
             key, entry = next(iter(pending.items()))
             if entry.deadline > now:
                 break
-            self._drop(key, entry, INCOMPLETE, now)
+            self._drop(key, entry, Reject.GELF_INCOMPLETE, now)
             expired += 1
         finished = self._finished
         while finished:
@@ -354,18 +352,18 @@ class Reassembler:
     def _start(self, key: _Key, seq: int, count: int, chunk: bytes, now: float) -> None:
         """The first chunk seen for ``key``: a new message, or a stray one."""
         if key in self._finished:
-            self.ignored[LATE_CHUNK] += 1
+            self.ignored[Ignore.GELF_LATE_CHUNK] += 1
             return
         part = chunk[HEADER_BYTES:]
         cost = _MESSAGE_COST + _SLOT_COST * count + _CHUNK_COST + len(part)
         if count > self.max_chunks:
-            reason = TOO_MANY_CHUNKS
+            reason = Reject.GELF_TOO_MANY_CHUNKS
         elif seq >= count:  # a count of 0 included
-            reason = INVALID_CHUNK
+            reason = Reject.GELF_INVALID_CHUNK
         elif len(part) > self.max_message_bytes:
-            reason = TOO_LARGE
+            reason = Reject.TOO_LARGE
         elif cost > self.max_pending_bytes:
-            reason = PENDING_FULL
+            reason = Reject.GELF_PENDING_FULL
         else:
             self._make_room(cost, None, now)
             entry = _Pending(count, now + self.timeout_s, seq, part, cost)
@@ -389,7 +387,7 @@ class Reassembler:
             key, entry = next(entries)
             if entry is own:
                 key, entry = next(entries)
-            self._drop(key, entry, PENDING_FULL, now)
+            self._drop(key, entry, Reject.GELF_PENDING_FULL, now)
 
     def _drop(self, key: _Key, entry: _Pending, reason: str, now: float) -> None:
         """End a pending message unfinished."""

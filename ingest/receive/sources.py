@@ -27,9 +27,6 @@ from ingest.pipeline.queue import Intake
 from ingest.publish.pubsub import encode_attribute
 from ingest.ratelimit import LogLimiter
 from ingest.receive.codec import (
-    SENDER_DENIED,
-    SOURCE_DENIED,
-    TOO_LARGE,
     Decoder,
     count_events,
     decode_datagram,
@@ -37,7 +34,7 @@ from ingest.receive.codec import (
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
 from ingest.receive.tapped import Hub, TappedWakeUp
 from ingest.stats import Stats
-from ingest.vocabulary import Ignore
+from ingest.vocabulary import Ignore, Reject
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +58,6 @@ SMALL_DATAGRAM_BYTES = 2048
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; not in Python
 FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
 REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
-EMPTY = Ignore.EMPTY  # datagrams_ignored reason: no non-blank line
 # struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
 UCRED = struct.Struct("iII")
 # Room for the credentials and nothing more: file descriptors a sender
@@ -403,7 +399,9 @@ class DatagramSource:
         self.tap = tap
         self._limiter = LogLimiter()
         self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
-        self._denied_reason = SENDER_DENIED if self.senders is not None else SOURCE_DENIED
+        self._denied_reason = (
+            Reject.SENDER_DENIED if self.senders is not None else Reject.SOURCE_DENIED
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self.kind = listener.kind
         self.problem: str | None = None  # shown in /healthz and on the dashboard
@@ -495,7 +493,7 @@ class DatagramSource:
                 nread += size
                 more = nread >= max_read  # this datagram is still handled below
                 if size > max_bytes:  # rejected whole, never forwarded truncated
-                    rejected[TOO_LARGE] += 1
+                    rejected[Reject.TOO_LARGE] += 1
                     received += 1
                     unknown += 1
                     if tapped is not None:
@@ -647,7 +645,7 @@ class DatagramSource:
         stats.datagrams_received[self.label] += datagrams
         stats.events_received[self.label] += received
         if empty:
-            stats.datagrams_ignored[EMPTY] += empty
+            stats.datagrams_ignored[Ignore.EMPTY] += empty
         if full:
             self._queue.drop_full(full)
         if events:

@@ -86,7 +86,7 @@ Rejects and accounting
     rejects every value of its line. Reasons: ``invalid_statsd`` (not the
     grammar above), ``unsupported_statsd`` (well formed but of a metric
     type this module does not know, a TYPE of ASCII letters such as etsy's
-    ``kv``), and ``codec.INVALID_UTF8``. ``decode_statsd`` returns the number
+    ``kv``), and ``Reject.INVALID_UTF8``. ``decode_statsd`` returns the number
     of events: a valid metric line counts one per value, every other
     non-blank line one (a valid event or service check, or a reject), so the
     returned count is always events appended plus rejects counted.
@@ -112,14 +112,12 @@ from typing import Any
 
 from orjson import dumps
 
-from ingest.receive.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
+from ingest.receive.codec import MAX_DECODED_BYTES, Build, Built
 from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels). A line that
-# is not UTF-8 is codec.INVALID_UTF8, already among codec.REJECT_REASONS.
-INVALID_STATSD = Reject.INVALID_STATSD
-UNSUPPORTED_STATSD = Reject.UNSUPPORTED_STATSD
-REJECT_REASONS = (INVALID_STATSD, UNSUPPORTED_STATSD)
+# is not UTF-8 is Reject.INVALID_UTF8, already among codec.REJECT_REASONS.
+REJECT_REASONS = (Reject.INVALID_STATSD, Reject.UNSUPPORTED_STATSD)
 
 TagValue = str | None | list[str | None]
 Tags = dict[str, TagValue]
@@ -148,7 +146,7 @@ _ALERT_TYPES = frozenset(("error", "warning", "info", "success"))
 class _Invalid(Exception):
     """A line that cannot become an event; ``reason`` is its reject reason."""
 
-    def __init__(self, reason: str = INVALID_STATSD) -> None:
+    def __init__(self, reason: str = Reject.INVALID_STATSD) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -234,7 +232,7 @@ def _decode_lines_apart(
         try:
             room = _decode_line(raw.decode(), out, build, room)
         except UnicodeDecodeError:
-            rejected[INVALID_UTF8] += 1
+            rejected[Reject.INVALID_UTF8] += 1
             bad += 1
         except _Invalid as invalid:
             rejected[invalid.reason] += 1
@@ -255,7 +253,7 @@ def _cut(full: _Full, lines: Iterable[Any], blank: Any, rejected: MutableMapping
     rest = full.unbuilt
     if isinstance(lines, Iterator):
         rest += sum(1 for line in lines if line.strip(blank))
-    rejected[DECODED_TOO_LARGE] += rest
+    rejected[Reject.DECODED_TOO_LARGE] += rest
     return rest
 
 
@@ -298,7 +296,11 @@ def _metric(line: str, out: list[Any], build: Build | None, room: int) -> int:
         raise _Invalid
     kind = fields[1]
     if kind not in _METRIC_TYPES:
-        raise _Invalid(UNSUPPORTED_STATSD if kind.isascii() and kind.isalpha() else INVALID_STATSD)
+        raise _Invalid(
+            Reject.UNSUPPORTED_STATSD
+            if kind.isascii() and kind.isalpha()
+            else Reject.INVALID_STATSD
+        )
     extra = _fields(fields, 2, _METRIC_FIELDS) if len(fields) > 2 else None
     if kind == "s" or ":" not in values:  # one value: the common case, kept short
         value = values if kind == "s" else _number(values)

@@ -55,8 +55,7 @@ from orjson import dumps
 from ingest.vocabulary import Reject
 
 # Reject reason: a fixed vocabulary (it becomes a metric label).
-INVALID_SYSLOG = Reject.INVALID_SYSLOG
-REJECT_REASONS = (INVALID_SYSLOG,)
+REJECT_REASONS = (Reject.INVALID_SYSLOG,)
 
 Facts = tuple[tuple[str, str], ...]
 
@@ -137,7 +136,7 @@ def parse(data: bytes) -> Syslog:
     head, close, msg = data.partition(b">")
     pri_facts = _PRI_FACTS.get(head) if close else None
     if pri_facts is None:
-        raise SyslogError(INVALID_SYSLOG, "no valid PRI (<0> to <191>)")
+        raise SyslogError(Reject.INVALID_SYSLOG, "no valid PRI (<0> to <191>)")
     msg = msg.rstrip(_TRAILER)
     if msg[:1] == b"{":  # no header: the common SysLogHandler form, kept fast
         return Syslog(msg, pri_facts)
@@ -182,7 +181,7 @@ def _uncookie(msg: bytes, start: int) -> bytes:
 def _rfc5424(msg: bytes, facts: Facts) -> Syslog:
     header = _RFC5424_HEADER.match(msg)
     if header is None:
-        raise SyslogError(INVALID_SYSLOG, "RFC 5424 header malformed")
+        raise SyslogError(Reject.INVALID_SYSLOG, "RFC 5424 header malformed")
     timestamp, host, app, pid = header.groups()
     if timestamp != _NIL:
         facts = (*facts, ("timestamp", timestamp.decode()))
@@ -198,13 +197,15 @@ def _rfc5424(msg: bytes, facts: Facts) -> Syslog:
     else:
         element = _SD_ELEMENT.match(msg, pos)
         if element is None:
-            raise SyslogError(INVALID_SYSLOG, "RFC 5424 STRUCTURED-DATA malformed")
+            raise SyslogError(Reject.INVALID_SYSLOG, "RFC 5424 STRUCTURED-DATA malformed")
         while element is not None:
             pos = element.end()
             element = _SD_ELEMENT.match(msg, pos)
     if pos < len(msg):
         if msg[pos] != 0x20:
-            raise SyslogError(INVALID_SYSLOG, "RFC 5424 STRUCTURED-DATA not followed by a space")
+            raise SyslogError(
+                Reject.INVALID_SYSLOG, "RFC 5424 STRUCTURED-DATA not followed by a space"
+            )
         pos += 1
         if msg.startswith(_BOM, pos):
             pos += len(_BOM)

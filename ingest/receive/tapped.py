@@ -18,10 +18,10 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from ingest.pipeline.queue import QUEUE_FULL
 from ingest.publish.pubsub import data_of
-from ingest.receive.codec import TOO_LARGE, Decoder
+from ingest.receive.codec import Decoder
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.vocabulary import Drop, Reject
 
 TEXT_BYTES = 1024  # of a datagram's text a tap shows
 
@@ -107,7 +107,7 @@ class TappedWakeUp:
                     label,
                     fmt,
                     DROPPED,
-                    lambda: self.record(data, fmt, DROPPED, {QUEUE_FULL: count}, events=count),
+                    lambda: self.record(data, fmt, DROPPED, {Drop.QUEUE_FULL: count}, events=count),
                 )
             return count
 
@@ -119,7 +119,7 @@ class TappedWakeUp:
             self.label,
             UNKNOWN,
             REJECTED,
-            lambda: self.record(data, UNKNOWN, REJECTED, {TOO_LARGE: 1}, events=1),
+            lambda: self.record(data, UNKNOWN, REJECTED, {Reject.TOO_LARGE: 1}, events=1),
         )
 
     def record(

@@ -21,26 +21,13 @@ the pipeline's (pipeline/replay.py): the spool knows nothing of the queue.
 from ingest.spool.files import check_directory
 from ingest.spool.reader import PendingRecord
 from ingest.spool.segments import SET_ASIDE_NAMES
-from ingest.spool.store import (
-    DROP_REASONS,
-    FSYNC_POLICIES,
-    RECORDS_PER_SEGMENT,
-    SPOOL_CORRUPT,
-    SPOOL_ERROR,
-    SPOOL_FULL,
-    SPOOL_UNWRITABLE,
-    Spool,
-)
+from ingest.spool.store import DROP_REASONS, FSYNC_POLICIES, RECORDS_PER_SEGMENT, Spool
 
 __all__ = [
     "DROP_REASONS",
     "FSYNC_POLICIES",
     "RECORDS_PER_SEGMENT",
     "SET_ASIDE_NAMES",
-    "SPOOL_CORRUPT",
-    "SPOOL_ERROR",
-    "SPOOL_FULL",
-    "SPOOL_UNWRITABLE",
     "PendingRecord",
     "Spool",
     "check_directory",

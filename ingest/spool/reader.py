@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest.spool import records as spoolfmt
+from ingest.spool import records
 from ingest.spool.files import explain, open_regular
 from ingest.spool.segments import Segment, SegmentSet
 
@@ -37,13 +37,13 @@ class PendingRecord:
     """What is left to replay of the oldest record."""
 
     events: list[bytes]  # not yet consumed
-    kind: int  # spoolfmt.KIND_DATA or KIND_MESSAGES
+    kind: int  # records.KIND_DATA or KIND_MESSAGES
     topic: str  # "" is --topic
 
 
-def _placed_at(offset: int, record: spoolfmt.Record) -> spoolfmt.Record:
+def _placed_at(offset: int, record: records.Record) -> records.Record:
     """``record``, decoded from a buffer read at ``offset``, at its place in the file."""
-    return spoolfmt.Record(offset, offset + record.end, record.events, record.kind, record.topic)
+    return records.Record(offset, offset + record.end, record.events, record.kind, record.topic)
 
 
 class SegmentReader:
@@ -56,23 +56,23 @@ class SegmentReader:
         self._retired = retired
         # In the oldest segment. With no segment left it is back at the first
         # record's place, which is where a new first segment's records start.
-        self._read_off = spoolfmt.HEADER_BYTES
-        self._pending: spoolfmt.Record | None = None
+        self._read_off = records.HEADER_BYTES
+        self._pending: records.Record | None = None
         self._pending_taken = 0  # events of the pending record already consumed
 
-    def position(self) -> spoolfmt.Cursor:
+    def position(self) -> records.Cursor:
         """Where replay resumes: what the cursor file is to say."""
         oldest = self._segments.oldest()
         seq = oldest.seq if oldest is not None else self._segments.next_seq
-        return spoolfmt.Cursor(seq, self._read_off, self._pending_taken)
+        return records.Cursor(seq, self._read_off, self._pending_taken)
 
-    def resume(self, cursor: spoolfmt.Cursor) -> None:
+    def resume(self, cursor: records.Cursor) -> None:
         """At startup, once the set is loaded: go on from ``cursor`` if it is
         in the oldest segment (else from that segment's first record)."""
         oldest = self._segments.oldest()
         if oldest is None or cursor.seq != oldest.seq:
             return
-        self._read_off = max(cursor.offset, spoolfmt.HEADER_BYTES)
+        self._read_off = max(cursor.offset, records.HEADER_BYTES)
         if cursor.taken:
             self._resume_inside_record(oldest, cursor.taken)
 
@@ -156,19 +156,19 @@ class SegmentReader:
                 data = b"".join(parts)
             finally:
                 os.close(fd)
-            for item in spoolfmt.scan(data, 0, version=segment.version):
-                if isinstance(item, spoolfmt.Record):
+            for item in records.scan(data, 0, version=segment.version):
+                if isinstance(item, records.Record):
                     out.append(PendingRecord(item.events, item.kind, item.topic))
         return out
 
     def rewind(self) -> None:
         """The oldest segment was replaced by one holding only what is left
         to replay (store.Spool.prepend): read it from its first record."""
-        self._read_off = spoolfmt.HEADER_BYTES
+        self._read_off = records.HEADER_BYTES
         self._pending = None
         self._pending_taken = 0
 
-    def _read_record(self, segment: Segment) -> spoolfmt.Record | None:
+    def _read_record(self, segment: Segment) -> records.Record | None:
         """The valid record at the read offset of ``segment``; None after
         damage there, with the offset moved to the next valid record (or the
         end: a segment that cannot be read is skipped whole)."""
@@ -176,12 +176,12 @@ class SegmentReader:
         try:
             fd = open_regular(self._segments.dir_fd, segment.name, os.O_RDONLY)
             try:
-                head = os.pread(fd, spoolfmt.RECORD_HEAD_BYTES, off)
-                if len(head) == spoolfmt.RECORD_HEAD_BYTES and head[:4] == spoolfmt.RECORD_MAGIC:
+                head = os.pread(fd, records.RECORD_HEAD_BYTES, off)
+                if len(head) == records.RECORD_HEAD_BYTES and head[:4] == records.RECORD_MAGIC:
                     (length,) = struct.unpack_from("<I", head, 4)
                     if length <= segment.size - off:
-                        data = head + os.pread(fd, length, off + spoolfmt.RECORD_HEAD_BYTES)
-                        record = spoolfmt.record_at(data, 0, version=segment.version)
+                        data = head + os.pread(fd, length, off + records.RECORD_HEAD_BYTES)
+                        record = records.record_at(data, 0, version=segment.version)
                         if record is not None:
                             return _placed_at(off, record)
                 rest = os.pread(fd, segment.size - off, off)
@@ -195,8 +195,8 @@ class SegmentReader:
                 explain(exc),
             )
         # Damaged: resynchronise on the next valid record (or the end).
-        first = next(spoolfmt.scan(rest, 0, version=segment.version), None)
-        if isinstance(first, spoolfmt.Record):  # valid after all (a short first read)
+        first = next(records.scan(rest, 0, version=segment.version), None)
+        if isinstance(first, records.Record):  # valid after all (a short first read)
             return _placed_at(off, first)
         skip_to = first.end if first is not None else len(rest)
         if not segment.damage_counted:
@@ -214,5 +214,5 @@ class SegmentReader:
         """The oldest segment is read to its end: off the set, and the read
         offset to the start of the next one."""
         segment = self._segments.pop_oldest()
-        self._read_off = spoolfmt.HEADER_BYTES
+        self._read_off = records.HEADER_BYTES
         self._retired(segment)

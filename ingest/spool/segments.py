@@ -28,7 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest.spool import records as spoolfmt
+from ingest.spool import records
 from ingest.spool.files import SAFE_FLAGS, explain, irregular, open_regular, read_all
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Segment:
     # Of its header: how its records are read. Only new segments are written
     # (one left by an earlier run is never reopened), so all are VERSION but
     # those found at startup.
-    version: int = spoolfmt.VERSION
+    version: int = records.VERSION
 
 
 class SegmentSet:
@@ -92,7 +92,7 @@ class SegmentSet:
         return os.path.join(self.directory, name)
 
     # -------------------------------------------------------------- startup
-    def load(self, cursor: spoolfmt.Cursor | None, seen: RecordSeen | None = None) -> None:
+    def load(self, cursor: records.Cursor | None, seen: RecordSeen | None = None) -> None:
         """Take in the segments an earlier run left: those the cursor has
         passed are removed, the rest scanned from the cursor on. ``seen`` is
         told each record's events not yet handed on, oldest first."""
@@ -107,7 +107,7 @@ class SegmentSet:
             start, taken = 0, 0
             if cursor is not None and seq == cursor.seq:
                 start, taken = cursor.offset, cursor.taken
-            segment = self._scan_existing(seq, max(start, spoolfmt.HEADER_BYTES), seen, taken)
+            segment = self._scan_existing(seq, max(start, records.HEADER_BYTES), seen, taken)
             if segment is not None:
                 self.add(segment)
 
@@ -153,27 +153,27 @@ class SegmentSet:
             fd = open_regular(self.dir_fd, name, os.O_RDONLY)
             try:
                 size = os.fstat(fd).st_size
-                data = read_all(fd, size) if size <= spoolfmt.MAX_SEGMENT_BYTES else b""
+                data = read_all(fd, size) if size <= records.MAX_SEGMENT_BYTES else b""
             finally:
                 os.close(fd)
         except OSError as exc:
             self._set_aside(name, explain(exc))
             return None
-        if size > spoolfmt.MAX_SEGMENT_BYTES:
+        if size > records.MAX_SEGMENT_BYTES:
             self._set_aside(name, f"{size} bytes, larger than any segment; not read")
             return None
         if not data:  # a crash between creating it and writing its header
             self._discard(name)
             return None
         try:
-            version = spoolfmt.check_header(data)
-        except spoolfmt.FormatError as exc:
+            version = records.check_header(data)
+        except records.FormatError as exc:
             self._set_aside(name, str(exc))
             return None
         events = 0
         damage = 0
-        for item in spoolfmt.scan(data, start, version=version):
-            if isinstance(item, spoolfmt.Record):
+        for item in records.scan(data, start, version=version):
+            if isinstance(item, records.Record):
                 events += len(item.events)
                 if seen is not None:
                     # The record at the cursor: its first ``taken`` were handed on.
@@ -258,8 +258,8 @@ class SegmentSet:
         self.bytes += segment.size
         self.events += segment.events
 
-    def write_front(self, seq: int, records: list[bytes], *, sync: bool) -> int:
-        """Write the replacement of segment ``seq`` holding ``records``
+    def write_front(self, seq: int, framed: list[bytes], *, sync: bool) -> int:
+        """Write the replacement of segment ``seq`` holding ``framed``
         (encoded, in order) as seg-N.front: complete (synced when ``sync``)
         before it has that name. Its size; OSError when it cannot be
         written (nothing left behind but, at worst, FRONT_PARTIAL)."""
@@ -273,7 +273,7 @@ class SegmentSet:
         )
         size = 0
         try:
-            for data in (spoolfmt.HEADER, *records):
+            for data in (records.HEADER, *framed):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -304,7 +304,7 @@ class SegmentSet:
         self.events += events - segment.events
         segment.size = size
         segment.events = events
-        segment.version = spoolfmt.VERSION
+        segment.version = records.VERSION
         segment.damage_counted = False
 
     def wrote(self, segment: Segment, size: int, events: int) -> None:

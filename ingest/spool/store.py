@@ -52,7 +52,7 @@ from collections.abc import Callable
 
 from ingest.config import ConfigError
 from ingest.ratelimit import LogLimiter
-from ingest.spool import records as spoolfmt
+from ingest.spool import records
 from ingest.spool.files import UnsafeFile, open_directory, open_regular, probe
 from ingest.spool.ledger import Ledger
 from ingest.spool.reader import PendingRecord, SegmentReader
@@ -68,11 +68,7 @@ SEGMENT_MAX_BYTES = 16 << 20
 SEGMENT_MIN_BYTES = 64 << 10
 RECORDS_PER_SEGMENT = 4  # a record is at most a quarter of a segment (but one event)
 # Drop reasons this module owns.
-SPOOL_FULL = Drop.SPOOL_FULL  # --spool-max-bytes reached
-SPOOL_ERROR = Drop.SPOOL_ERROR  # a write failed (disk full, I/O error)
-SPOOL_UNWRITABLE = Drop.SPOOL_UNWRITABLE  # no segment could be created
-SPOOL_CORRUPT = Drop.SPOOL_CORRUPT  # written this run, unreadable at replay
-DROP_REASONS = (SPOOL_FULL, SPOOL_ERROR, SPOOL_UNWRITABLE, SPOOL_CORRUPT)
+DROP_REASONS = (Drop.SPOOL_FULL, Drop.SPOOL_ERROR, Drop.SPOOL_UNWRITABLE, Drop.SPOOL_CORRUPT)
 
 
 class Spool:
@@ -165,7 +161,7 @@ class Spool:
         cursor = self._ledger.read()
         front = self._segments.recover_front()
         if front is not None:
-            cursor = spoolfmt.Cursor(front, spoolfmt.HEADER_BYTES)
+            cursor = records.Cursor(front, records.HEADER_BYTES)
         self._segments.load(cursor, seen)
         if cursor is not None:
             self._reader.resume(cursor)
@@ -190,15 +186,15 @@ class Spool:
             self._limiter.log(log, "cursor", logging.WARNING, "spool cursor not saved: %s", exc)
 
     # ------------------------------------------------------------ appending
-    def append(self, events: list[bytes], kind: int = spoolfmt.KIND_DATA, topic: str = "") -> None:
+    def append(self, events: list[bytes], kind: int = records.KIND_DATA, topic: str = "") -> None:
         """Write ``events`` (of ``kind``, for ``topic``: "" is --topic) as
         records of at most a quarter segment each (an event larger than that
         alone), or count them dropped by reason. ValueError for a kind or
-        topic no record can hold (spoolfmt.encode_record): a caller's bug."""
+        topic no record can hold (records.encode_record): a caller's bug."""
         if not events:
             return
         record_max = self.segment_max_bytes // RECORDS_PER_SEGMENT
-        for part in spoolfmt.split(events, record_max, topic):
+        for part in records.split(events, record_max, topic):
             self._append_record(part, kind, topic)
 
     def prepend(self, parts: list[tuple[list[bytes], int, str]]) -> None:
@@ -240,10 +236,10 @@ class Spool:
             log.error("spool %s: cannot read %s: %s", self.directory, oldest.name, exc.strerror)
             return parts
         # Rewritten, not copied: the oldest segment may be of format version 1.
-        tail = [spoolfmt.encode_record(r.events, r.kind, r.topic) for r in rest]
+        tail = [records.encode_record(r.events, r.kind, r.topic) for r in rest]
         room = (
-            min(self.max_bytes - (self.bytes - oldest.size), spoolfmt.MAX_SEGMENT_BYTES)
-            - spoolfmt.HEADER_BYTES
+            min(self.max_bytes - (self.bytes - oldest.size), records.MAX_SEGMENT_BYTES)
+            - records.HEADER_BYTES
             - sum(map(len, tail))
         )
         record_max = self.segment_max_bytes // RECORDS_PER_SEGMENT
@@ -251,8 +247,8 @@ class Spool:
         late: list[tuple[list[bytes], int, str]] = []
         ahead = 0
         for events, kind, topic in parts:
-            for part in spoolfmt.split(events, record_max, topic):
-                record = spoolfmt.encode_record(part, kind, topic)
+            for part in records.split(events, record_max, topic):
+                record = records.encode_record(part, kind, topic)
                 if late or len(record) > room:  # and all that follows, to keep their order
                     late.append((part, kind, topic))
                     continue
@@ -267,21 +263,21 @@ class Spool:
             return parts
         self._stats.spooled += ahead
         if unreadable > 0:
-            self._stats.dropped[SPOOL_CORRUPT] += unreadable
+            self._stats.dropped[Drop.SPOOL_CORRUPT] += unreadable
         return late
 
-    def _replace_oldest(self, oldest: Segment, records: list[bytes], events: int) -> bool:
-        """``prepend``'s replacement of ``oldest`` by ``records`` (holding
+    def _replace_oldest(self, oldest: Segment, framed: list[bytes], events: int) -> bool:
+        """``prepend``'s replacement of ``oldest`` by ``framed`` (holding
         ``events``); whether it is done. False when it could not be written:
         nothing changed."""
         sync = self.fsync != Fsync.NEVER
         try:
-            size = self._segments.write_front(oldest.seq, records, sync=sync)
+            size = self._segments.write_front(oldest.seq, framed, sync=sync)
         except OSError as exc:
             log.error("spool %s: cannot write a replacement: %s", self.directory, exc.strerror)
             return False
         try:
-            self._ledger.save(spoolfmt.Cursor(oldest.seq, spoolfmt.HEADER_BYTES), sync=sync)
+            self._ledger.save(records.Cursor(oldest.seq, records.HEADER_BYTES), sync=sync)
             self._segments.install_front(oldest, size, events, sync=sync)
         except OSError as exc:
             # The replacement is complete on disk: the next startup installs
@@ -301,23 +297,25 @@ class Spool:
         """Whether ``append`` would keep ``events`` now, as far as can be
         told before writing: no write problem, and room under --spool-max-bytes."""
         return self.problem is None and (
-            self.bytes + spoolfmt.record_bytes(events, topic) <= self.max_bytes
+            self.bytes + records.record_bytes(events, topic) <= self.max_bytes
         )
 
     def _append_record(self, events: list[bytes], kind: int, topic: str) -> None:
-        record = spoolfmt.encode_record(events, kind, topic)
+        record = records.encode_record(events, kind, topic)
         if self.bytes + len(record) > self.max_bytes:
-            self._drop(SPOOL_FULL, len(events), "spool full (--spool-max-bytes %d)", self.max_bytes)
+            self._drop(
+                Drop.SPOOL_FULL, len(events), "spool full (--spool-max-bytes %d)", self.max_bytes
+            )
             return
         try:
             self._writer.append(record, len(events))
         except Unwritable as exc:
             self.problem = f"spool directory not writable: {exc.strerror}"
-            self._drop(SPOOL_UNWRITABLE, len(events), "%s", self.problem)
+            self._drop(Drop.SPOOL_UNWRITABLE, len(events), "%s", self.problem)
             return
         except OSError as exc:
             self.problem = f"spool write failed: {exc.strerror}"
-            self._drop(SPOOL_ERROR, len(events), "%s", self.problem)
+            self._drop(Drop.SPOOL_ERROR, len(events), "%s", self.problem)
             return
         self._stats.spooled += len(events)
         self.problem = None
@@ -373,7 +371,7 @@ class Spool:
         segment)."""
         self._writer.release(segment)
         if segment.events:
-            self._stats.dropped[SPOOL_CORRUPT] += segment.events
+            self._stats.dropped[Drop.SPOOL_CORRUPT] += segment.events
         with contextlib.suppress(FileNotFoundError):
             self._segments.delete(segment)
         self._save_cursor(roll=True)

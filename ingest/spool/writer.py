@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from ingest.ratelimit import LogLimiter
-from ingest.spool import records as spoolfmt
+from ingest.spool import records
 from ingest.spool.segments import Segment, SegmentSet
 from ingest.vocabulary import Fsync
 
@@ -114,10 +114,7 @@ class SegmentWriter:
         would take it past the segment bound."""
         if self._active is not None:
             active = self._active[1]
-            if (
-                active.size + size <= self._segment_max_bytes
-                or active.size <= spoolfmt.HEADER_BYTES
-            ):
+            if active.size + size <= self._segment_max_bytes or active.size <= records.HEADER_BYTES:
                 return self._active
             self.close()
         now = self._clock()
@@ -131,7 +128,7 @@ class SegmentWriter:
             raise
         self._failed_at = None
         try:
-            os.write(fd, spoolfmt.HEADER)
+            os.write(fd, records.HEADER)
             if self._fsync != Fsync.NEVER:
                 self._segments.sync()  # the new name survives a power cut
         except OSError:
@@ -139,7 +136,7 @@ class SegmentWriter:
             with contextlib.suppress(OSError):
                 self._segments.delete(segment)
             raise
-        segment.size = spoolfmt.HEADER_BYTES
+        segment.size = records.HEADER_BYTES
         self._segments.add(segment)
         self._active = fd, segment
         return self._active

@@ -27,13 +27,14 @@ from hypothesis import strategies as st
 
 from ingest.config import INPUT_FORMATS, Listener
 from ingest.pipeline.message import MessageBuilder
-from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import EventQueue
 from ingest.publish.pubsub import RequestEncoder, data_of
-from ingest.receive.codec import DECODED_TOO_LARGE, MAX_DECODED_BYTES, decode_datagram
+from ingest.receive.codec import MAX_DECODED_BYTES, decode_datagram
 from ingest.receive.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
 from ingest.receive.gelf import Reassembler
 from ingest.receive.sources import DatagramSource, bind_udp
 from ingest.stats import Stats
+from ingest.vocabulary import Drop, Reject
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 ALL = frozenset(INPUT_FORMATS)
@@ -341,7 +342,7 @@ def test_a_full_queue_drops_a_chunked_message_once_when_it_completes() -> None:
         payload = zlib.compress(json.dumps({"b": os.urandom(1000).hex()}).encode())
         items = reader.feed(*chunks(payload, 300), zlib.compress(GELF_RECORD))
         assert items == [b"{}"]
-        assert reader.stats.dropped[QUEUE_FULL] == 2  # the chunked message, the whole one
+        assert reader.stats.dropped[Drop.QUEUE_FULL] == 2  # the chunked message, the whole one
         assert reader.by_format() == {JSON: 1, GELF: 2}
         reader.close()
 
@@ -578,7 +579,7 @@ def test_a_datagram_of_statsd_with_metadata_is_bounded_in_bodies_and_accounted()
         datagram = b"m:" + b":".join([b"1"] * 16000) + b"|c|#" + tags
         items = reader.feed(datagram)
         assert 0 < sum(len(body) for _, body in items) <= MAX_DECODED_BYTES
-        assert reader.stats.rejected[DECODED_TOO_LARGE] == 16000 - len(items)
+        assert reader.stats.rejected[Reject.DECODED_TOO_LARGE] == 16000 - len(items)
         assert reader.stats.events_received[reader.label] == 16000
         assert reader.balanced(len(items))
         assert published([body for _, body in items])[0][1] == {"env": "prod", "metric": "m"}
@@ -604,7 +605,7 @@ def test_a_wrapped_syslog_text_is_bounded_too() -> None:
     assert len(data_of(body)) <= MAX_DECODED_BYTES
     assert dialects.decode(b"<13>" + fits * 2, out, rejected) == 1
     assert len(out) == 1
-    assert dict(rejected) == {DECODED_TOO_LARGE: 1}
+    assert dict(rejected) == {Reject.DECODED_TOO_LARGE: 1}
     assert dialects.built.bytes > 2 * MAX_DECODED_BYTES
 
 
@@ -650,7 +651,7 @@ def test_a_full_queue_counts_a_turned_away_format_under_its_format() -> None:
         payload = zlib.compress(b'{"m":"' + b"\n" * 50 + b'"}')
         items = reader.feed(payload, b"a:1|c\nb:1|c")
         assert items == [b"{}"]
-        assert reader.stats.dropped[QUEUE_FULL] == 3  # one GELF datagram, two statsd lines
+        assert reader.stats.dropped[Drop.QUEUE_FULL] == 3  # one GELF datagram, two statsd lines
         assert reader.by_format() == {GELF: 1, STATSD: 2}
         reader.close()
 

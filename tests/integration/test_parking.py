@@ -32,11 +32,12 @@ from ingest.observe.metrics import build_registry
 from ingest.pipeline.batch import Batcher
 from ingest.pipeline.lanes import LANE_BYTES, LaneBatcher, LaneQueue, SpooledLanes
 from ingest.pipeline.message import Lane
-from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import EventQueue
 from ingest.publish import publisher
-from ingest.publish.publisher import SHUTDOWN, Batch, PublisherPool
+from ingest.publish.publisher import Batch, PublisherPool
 from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 from tests.helpers import PubSubNames
 from tests.unit.test_dashboard import _View
 from tests.unit.test_lanes import DEADLINE_S, ERRORS, LONG_LINGER_S, PLAIN, batcher, fill, items
@@ -209,10 +210,10 @@ def test_parked_topics_keep_at_most_half_the_queue_while_others_publish() -> Non
     queue.park(1, NEVER)
     queue.put(items(ERRORS, 80), 1.0)
     assert queue.events == 50
-    assert stats.dropped[QUEUE_FULL] == 30
+    assert stats.dropped[Drop.QUEUE_FULL] == 30
     queue.put(items(PLAIN, 50), 1.0)
     assert queue.events == 100
-    assert stats.dropped[QUEUE_FULL] == 30  # none of --topic's
+    assert stats.dropped[Drop.QUEUE_FULL] == 30  # none of --topic's
 
     spilled: list[tuple[list[bytes], Lane | None]] = []
     queue = LaneQueue(1_000, 10 * LANE_BYTES, Stats(), topics=2)
@@ -233,7 +234,7 @@ def test_when_every_topic_is_parked_they_keep_the_whole_queue() -> None:
     queue.park(1, NEVER)
     queue.put([*items(ERRORS, 60), *items(PLAIN, 60)], 1.0)
     assert queue.events == 100
-    assert stats.dropped[QUEUE_FULL] == 20
+    assert stats.dropped[Drop.QUEUE_FULL] == 20
 
 
 def test_a_parked_topics_messages_do_not_make_the_others_urgent() -> None:
@@ -483,7 +484,7 @@ def test_cancelled_while_parked_the_parked_topics_events_are_still_queued(
             await r.flow(5, 1)
             in_flight = r.pool.in_flight
             await r.stop()
-            assert r.stats.dropped[SHUTDOWN] + r.stats.unconfirmed == in_flight
+            assert r.stats.dropped[Drop.SHUTDOWN] + r.stats.unconfirmed == in_flight
             assert r.queue.events == r.sent[missing] - in_flight
             assert r.stats.published_by_topic[topic_id] == r.sent[topic_id]
             assert r.pool.in_flight == 0

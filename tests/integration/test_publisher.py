@@ -22,8 +22,6 @@ from ingest.pipeline.batch import Batcher
 from ingest.pipeline.queue import EventQueue
 from ingest.publish import publisher
 from ingest.publish.publisher import (
-    INVALID_MESSAGE,
-    SHUTDOWN,
     Batch,
     PublisherPool,
     Retry,
@@ -33,6 +31,7 @@ from ingest.publish.publisher import (
 )
 from ingest.publish.pubsub import PubSubClient
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 from tests.helpers import PubSubNames
 from tools.testing.emulator import Emulator
 
@@ -138,7 +137,7 @@ def test_empty_message_is_bisected_out_against_the_emulator(
 
     stats, batch = asyncio.run(main())
     assert stats.published == 8
-    assert dict(stats.dropped) == {INVALID_MESSAGE: 1}
+    assert dict(stats.dropped) == {Drop.INVALID_MESSAGE: 1}
     assert batch.resolved == len(messages)
     # Bisected, not retried one by one: [9] [4] [2] [1] fail, [5] [2] [1] pass.
     assert dict(stats.publish_requests) == {"INVALID_ARGUMENT": 4, "OK": 3}
@@ -244,7 +243,7 @@ def test_bisect_drops_exactly_the_bad_messages() -> None:
                     await pool.publish(batch)
                 assert fake.delivered == good  # each once, in order
                 assert stats.published == len(good)
-                assert dict(stats.dropped) == {INVALID_MESSAGE: bad}
+                assert dict(stats.dropped) == {Drop.INVALID_MESSAGE: bad}
                 assert batch.resolved == size
                 assert sum(stats.publish_retries.values()) == 0
 
@@ -341,8 +340,8 @@ def test_cancel_while_retrying_counts_the_unresolved_as_shutdown(
             assert stats.published == 2
             # "stuck" was cut off between attempts (dropped) or awaiting an
             # answer (unconfirmed): which one depends on where the cancel fell.
-            assert stats.dropped[INVALID_MESSAGE] == 1
-            assert stats.dropped[SHUTDOWN] + stats.unconfirmed == 1
+            assert stats.dropped[Drop.INVALID_MESSAGE] == 1
+            assert stats.dropped[Drop.SHUTDOWN] + stats.unconfirmed == 1
             assert pool.in_flight == 0
             assert_identity(stats, pool, queue, len(sent))
 
@@ -386,7 +385,7 @@ def test_a_failing_worker_counts_what_it_held() -> None:
             with pytest.raises(RuntimeError, match="a bug"):
                 async with asyncio.timeout(DEADLINE_S):
                     await pool.run_worker(0)
-            assert dict(stats.dropped) == {publisher.CRASHED: 3}
+            assert dict(stats.dropped) == {Drop.PUBLISHER_CRASHED: 3}
             assert pool.in_flight == 0
             assert_identity(stats, pool, queue, 3)
 

@@ -9,7 +9,7 @@ import ipaddress
 import socket
 
 from ingest.config import Listener
-from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import EventQueue
 from ingest.receive.sources import (
     DRAIN_BATCH,
     WAKEUP_MAX_BYTES,
@@ -18,6 +18,7 @@ from ingest.receive.sources import (
     bind_udp,
 )
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 
 def udp_source(
@@ -132,9 +133,9 @@ def test_a_full_queue_is_checked_before_decoding() -> None:
         received = stats.events_received[source.label]
         assert received == 8 + 8 + 3
         assert queue.events == 10
-        assert stats.dropped[QUEUE_FULL] == 6 + 3
+        assert stats.dropped[Drop.QUEUE_FULL] == 6 + 3
         assert sum(stats.rejected.values()) == 0  # "not json" was never decoded
-        assert received == queue.events + stats.dropped[QUEUE_FULL]
+        assert received == queue.events + stats.dropped[Drop.QUEUE_FULL]
         source.close()
         sender.close()
 

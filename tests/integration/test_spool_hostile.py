@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from ingest.config import ConfigError
-from ingest.spool import SET_ASIDE_NAMES, Spool
-from ingest.spool import records as spoolfmt
+from ingest.spool import SET_ASIDE_NAMES, Spool, records
 from ingest.stats import Stats
 from tests.unit.test_spool import replay_all
 
@@ -235,11 +234,11 @@ def test_a_segment_larger_than_any_the_format_allows_is_set_aside_unread(
 ) -> None:
     path = spool_dir / SEG0
     with open(path, "wb") as fh:  # sparse: no disk, and it must not be read into memory
-        fh.write(spoolfmt.HEADER)
-        fh.truncate(spoolfmt.MAX_SEGMENT_BYTES + 1)
+        fh.write(records.HEADER)
+        fh.truncate(records.MAX_SEGMENT_BYTES + 1)
     spool = open_spool(spool_dir)
     assert (spool.events, spool.corrupt_records) == (0, 1)
-    assert (spool_dir / f"{SEG0}.corrupt").stat().st_size == spoolfmt.MAX_SEGMENT_BYTES + 1
+    assert (spool_dir / f"{SEG0}.corrupt").stat().st_size == records.MAX_SEGMENT_BYTES + 1
     spool.close()
 
 
@@ -248,8 +247,8 @@ def test_a_segment_larger_than_any_the_format_allows_is_set_aside_unread(
     [
         (0, 0, []),  # created, then a crash before its header: nothing lost, removed
         (5, 1, [f"{SEG0}.corrupt"]),  # half a header: not ours to judge, set aside
-        (spoolfmt.HEADER_BYTES, 0, []),  # a header and no record yet: removed
-        (spoolfmt.HEADER_BYTES + 7, 1, []),  # a torn first record: counted, removed
+        (records.HEADER_BYTES, 0, []),  # a header and no record yet: removed
+        (records.HEADER_BYTES + 7, 1, []),  # a torn first record: counted, removed
     ],
 )
 def test_a_truncated_segment(spool_dir: Path, keep: int, corrupt: int, left: list[str]) -> None:

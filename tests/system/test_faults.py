@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.spool import Spool
-from ingest.spool import records as spoolfmt
+from ingest.spool import Spool, records
 from ingest.stats import Stats
 from tests.helpers import UnixSender, subject_to_file_modes, wait_for
 from tests.scrape import get, scrape, total, unaccounted
@@ -346,7 +345,7 @@ def test_corrupt_segment_is_skipped_counted_and_logged(
     data = bytearray(segment.read_bytes())
     fifth = 0
     for _ in range(5):
-        fifth = data.index(spoolfmt.RECORD_MAGIC, fifth + 1)
+        fifth = data.index(records.RECORD_MAGIC, fifth + 1)
     data[fifth + 20] ^= 0xFF  # the fifth record (events 400-499) damaged
     segment.write_bytes(bytes(data[:-10]))  # and a torn tail
     daemon, base = start(daemons, case, sockdir / "in.sock", "--spool-dir", str(spool_dir))

@@ -12,11 +12,7 @@ from hypothesis import strategies as st
 
 from ingest.config import MAX_DATAGRAM_CEILING
 from ingest.receive.codec import (
-    DECODED_TOO_LARGE,
-    INVALID_JSON,
-    INVALID_UTF8,
     MAX_DECODED_BYTES,
-    NOT_OBJECT,
     REJECT_REASONS,
     Built,
     count_events,
@@ -24,6 +20,7 @@ from ingest.receive.codec import (
     decode_messages,
     messages_decoder,
 )
+from ingest.vocabulary import Reject
 
 
 def decode(data: bytes) -> tuple[int, list[bytes], dict[str, int]]:
@@ -71,7 +68,7 @@ def test_crlf_lines_keep_their_carriage_return() -> None:
 
 
 def test_a_lone_cr_does_not_separate_events() -> None:
-    assert decode(b'{"a":1}\r{"b":2}') == (1, [], {INVALID_JSON: 1})
+    assert decode(b'{"a":1}\r{"b":2}') == (1, [], {Reject.INVALID_JSON: 1})
 
 
 def test_bad_line_does_not_spoil_good_ones() -> None:
@@ -79,32 +76,32 @@ def test_bad_line_does_not_spoil_good_ones() -> None:
     assert decode(data) == (
         7,
         [b'{"ok":1}', b'{"ok":2}', b'{"ok":3}'],
-        {INVALID_JSON: 1, NOT_OBJECT: 2, INVALID_UTF8: 1},
+        {Reject.INVALID_JSON: 1, Reject.NOT_OBJECT: 2, Reject.INVALID_UTF8: 1},
     )
 
 
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"{", INVALID_JSON),
-        (b'{"a":1}}', INVALID_JSON),
-        (b'{"a":1} {"b":2}', INVALID_JSON),  # two objects on one line
-        (b"{'a':1}", INVALID_JSON),
-        (b'{"a":NaN}', INVALID_JSON),
-        (b'{"a":Infinity}', INVALID_JSON),
-        (b'\xef\xbb\xbf{"a":1}', INVALID_JSON),  # a UTF-8 BOM is not JSON whitespace
-        (b'\x0c{"a":1}', INVALID_JSON),  # neither is a form feed
-        (b'{"a":"\\ud800"}', INVALID_JSON),  # a lone surrogate escape
-        (b'{"a":"\xff"}', INVALID_UTF8),
-        (b'{"a":"\xc3"}', INVALID_UTF8),  # truncated sequence
-        (b'{"a":"\xed\xa0\x80"}', INVALID_UTF8),  # an encoded surrogate
-        (b"\x80", INVALID_UTF8),
-        (b"[]", NOT_OBJECT),
-        (b"[{}]", NOT_OBJECT),
-        (b'"{}"', NOT_OBJECT),
-        (b"1", NOT_OBJECT),
-        (b"null", NOT_OBJECT),
-        (b"true", NOT_OBJECT),
+        (b"{", Reject.INVALID_JSON),
+        (b'{"a":1}}', Reject.INVALID_JSON),
+        (b'{"a":1} {"b":2}', Reject.INVALID_JSON),  # two objects on one line
+        (b"{'a':1}", Reject.INVALID_JSON),
+        (b'{"a":NaN}', Reject.INVALID_JSON),
+        (b'{"a":Infinity}', Reject.INVALID_JSON),
+        (b'\xef\xbb\xbf{"a":1}', Reject.INVALID_JSON),  # a UTF-8 BOM is not JSON whitespace
+        (b'\x0c{"a":1}', Reject.INVALID_JSON),  # neither is a form feed
+        (b'{"a":"\\ud800"}', Reject.INVALID_JSON),  # a lone surrogate escape
+        (b'{"a":"\xff"}', Reject.INVALID_UTF8),
+        (b'{"a":"\xc3"}', Reject.INVALID_UTF8),  # truncated sequence
+        (b'{"a":"\xed\xa0\x80"}', Reject.INVALID_UTF8),  # an encoded surrogate
+        (b"\x80", Reject.INVALID_UTF8),
+        (b"[]", Reject.NOT_OBJECT),
+        (b"[{}]", Reject.NOT_OBJECT),
+        (b'"{}"', Reject.NOT_OBJECT),
+        (b"1", Reject.NOT_OBJECT),
+        (b"null", Reject.NOT_OBJECT),
+        (b"true", Reject.NOT_OBJECT),
     ],
 )
 def test_reject_reasons(data: bytes, reason: str) -> None:
@@ -116,10 +113,10 @@ def test_reject_reasons(data: bytes, reason: str) -> None:
 def test_nul_bytes() -> None:
     escaped = b'{"a":"\\u0000"}'
     assert decode(escaped) == (1, [escaped], {})  # an escaped NUL is valid JSON
-    assert decode(b'{"a":"\x00"}') == (1, [], {INVALID_JSON: 1})  # a raw one is not
-    assert decode(b'{"a":1}\x00') == (1, [], {INVALID_JSON: 1})
-    assert decode(b"\x00") == (1, [], {INVALID_JSON: 1})
-    assert decode(b"\x00\n" + escaped) == (2, [escaped], {INVALID_JSON: 1})
+    assert decode(b'{"a":"\x00"}') == (1, [], {Reject.INVALID_JSON: 1})  # a raw one is not
+    assert decode(b'{"a":1}\x00') == (1, [], {Reject.INVALID_JSON: 1})
+    assert decode(b"\x00") == (1, [], {Reject.INVALID_JSON: 1})
+    assert decode(b"\x00\n" + escaped) == (2, [escaped], {Reject.INVALID_JSON: 1})
 
 
 def test_deep_nesting_up_to_orjsons_limit() -> None:
@@ -128,10 +125,10 @@ def test_deep_nesting_up_to_orjsons_limit() -> None:
     ok = b'{"a":' * 1024 + b"1" + b"}" * 1024
     assert decode(ok) == (1, [ok], {})
     too_deep = b'{"a":' * 1025 + b"1" + b"}" * 1025
-    assert decode(too_deep) == (1, [], {INVALID_JSON: 1})
+    assert decode(too_deep) == (1, [], {Reject.INVALID_JSON: 1})
     hostile = b"[" * 1_000_000
-    assert decode(hostile) == (1, [], {INVALID_JSON: 1})
-    assert decode(b"[" * 1024 + b"]" * 1024) == (1, [], {NOT_OBJECT: 1})
+    assert decode(hostile) == (1, [], {Reject.INVALID_JSON: 1})
+    assert decode(b"[" * 1024 + b"]" * 1024) == (1, [], {Reject.NOT_OBJECT: 1})
 
 
 def test_huge_numbers() -> None:
@@ -147,7 +144,7 @@ def test_huge_numbers() -> None:
     ):
         assert decode(data) == (1, [data], {}), data
     for data in (b'{"a":1e400}', b'{"a":' + b"9" * 400 + b"}"):
-        assert decode(data) == (1, [], {INVALID_JSON: 1}), data
+        assert decode(data) == (1, [], {Reject.INVALID_JSON: 1}), data
 
 
 def test_large_datagram_of_many_lines() -> None:
@@ -229,11 +226,11 @@ def _expected(data: bytes) -> tuple[int, list[bytes], dict[str, int]]:
         if _is_object(line):
             continue
         if _parses(line):
-            reason = NOT_OBJECT
+            reason = Reject.NOT_OBJECT
         elif _is_utf8(line):
-            reason = INVALID_JSON
+            reason = Reject.INVALID_JSON
         else:
-            reason = INVALID_UTF8
+            reason = Reject.INVALID_UTF8
         reasons[reason] = reasons.get(reason, 0) + 1
     return len(lines), out, reasons
 
@@ -342,5 +339,5 @@ def test_with_metadata_a_datagrams_messages_stop_at_the_bound() -> None:
             count = decode_messages(data, out, rejected, build, built)
         assert len(out) == kept
         assert built.bytes == sum(len(b) for _, b in out) == kept * body <= MAX_DECODED_BYTES
-        assert dict(rejected) == {NOT_OBJECT: 1, DECODED_TOO_LARGE: 21}
+        assert dict(rejected) == {Reject.NOT_OBJECT: 1, Reject.DECODED_TOO_LARGE: 21}
         assert count == kept + 1 + 20 + 1

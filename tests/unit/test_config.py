@@ -29,6 +29,8 @@ from ingest.config import (
     build_settings,
     load_file,
     parse_host_port,
+    topic_id_of,
+    topic_path,
 )
 
 REQUIRED = {"project": "proj", "topic": "events"}
@@ -747,6 +749,14 @@ def test_message_settings_from_flags_env_and_toml_lists(tmp_path: Path) -> None:
         ("audit", "kind", "login"),
     ]
     assert settings.topics == ("events", "errors", "audit")
+    # Every path comes from the one function, and gives its ID back.
+    assert settings.topic_paths == (
+        settings.topic_path,
+        "projects/p/topics/errors",
+        "projects/p/topics/audit",
+    )
+    assert [topic_id_of(path) for path in settings.topic_paths] == list(settings.topics)
+    assert topic_path("p", "errors") == settings.topic_paths[1]
     assert settings.unix_allow_uids == (0, 1)
     assert settings.unix_credentials  # implied by the allow-list
     env = build(env={"INGEST_ATTRIBUTE": "host=web-1,dc=eu", "INGEST_ROUTE": "errors:level=error"})

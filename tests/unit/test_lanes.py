@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
 from ingest.pipeline.lanes import LANE_BYTES, LaneBatcher, LaneQueue
 from ingest.pipeline.message import Lane, MessageBuilder
-from ingest.pipeline.queue import QUEUE_FULL
 from ingest.publish.publisher import Batch
 from ingest.publish.pubsub import RequestEncoder
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 DEADLINE_S = 5.0
 LONG_LINGER_S = 30.0  # a test that wrongly lingers hits DEADLINE_S instead
@@ -53,7 +53,7 @@ def test_put_keeps_each_lanes_order_and_the_shared_bounds() -> None:
     # lanes in the order they first appear; the bound (5 events) keeps what
     # still fits, group by group.
     assert queue.events == 5
-    assert stats.dropped[QUEUE_FULL] == 2
+    assert stats.dropped[Drop.QUEUE_FULL] == 2
     by_lane = {lane: chunk.events for lane, chunk in queue.drain_all()}
     assert by_lane == {USER_A: [b"a0", b"a1", b"late0", b"late1", b"late2"]}
 
@@ -359,7 +359,7 @@ def test_each_lane_costs_its_overhead_against_the_byte_bound() -> None:
     queue.put([((0, b"k%d" % i), b"{}") for i in range(50)], 1.0)
     assert len(queue._lanes) <= 10  # not 50: the bound counted the lanes
     assert queue.bytes <= 10 * LANE_BYTES + LANE_BYTES
-    assert stats.dropped[QUEUE_FULL] == 50 - len(queue._lanes)
+    assert stats.dropped[Drop.QUEUE_FULL] == 50 - len(queue._lanes)
     for lane in list(queue._lanes):
         assert queue.take(lane, 10, 1 << 20, 0) is not None
     assert (queue.events, queue.bytes) == (0, 0)

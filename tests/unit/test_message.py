@@ -17,9 +17,6 @@ from ingest.pipeline.message import (
     COMBO_MAX_CHARS,
     COMBOS_CACHED,
     DATA_HEADERS_CACHED,
-    NOT_SCALAR,
-    ORDERING_KEY_TOO_LONG,
-    VALUE_TOO_LONG,
     MessageBuilder,
     Route,
     plain,
@@ -32,6 +29,7 @@ from ingest.publish.pubsub import (
     ordering_key_of,
 )
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
+from ingest.vocabulary import Skip
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 PubsubMessage = pubsub_types.PubsubMessage.pb()
@@ -153,10 +151,13 @@ def test_dotted_paths_reach_into_nested_objects() -> None:
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        ({"an": "object"}, NOT_SCALAR),
-        ([1, 2], NOT_SCALAR),
-        ("x" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES + 1), VALUE_TOO_LONG),
-        ("é" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES // 2 + 1), VALUE_TOO_LONG),  # bytes, not chars
+        ({"an": "object"}, Skip.NOT_SCALAR),
+        ([1, 2], Skip.NOT_SCALAR),
+        ("x" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES + 1), Skip.VALUE_TOO_LONG),
+        (
+            "é" * (PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES // 2 + 1),
+            Skip.VALUE_TOO_LONG,
+        ),  # bytes, not chars
     ],
 )
 def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
@@ -241,9 +242,9 @@ def test_one_ordering_key_is_byte_identical_to_protobuf() -> None:
         (True, b"true", None),
         (None, b"", None),
         ("", b"", None),
-        ({"an": "object"}, b"", NOT_SCALAR),
+        ({"an": "object"}, b"", Skip.NOT_SCALAR),
         ("k" * PUBSUB_MAX_ORDERING_KEY_BYTES, b"k" * PUBSUB_MAX_ORDERING_KEY_BYTES, None),
-        ("k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1), b"", ORDERING_KEY_TOO_LONG),
+        ("k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1), b"", Skip.ORDERING_KEY_TOO_LONG),
     ],
 )
 def test_ordering_key_rules(value: object, key: bytes, reason: str | None) -> None:
@@ -312,7 +313,7 @@ def test_cached_encodings_keep_types_apart_and_count_every_skip() -> None:
             assert got == {"v": text}
             assert build.build(b"{}", event)[0] == (0, text.encode())
         build.build(b"{}", {"v": [1], "o": "k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1)})
-    assert dict(skipped) == {NOT_SCALAR: 2, ORDERING_KEY_TOO_LONG: 2}
+    assert dict(skipped) == {Skip.NOT_SCALAR: 2, Skip.ORDERING_KEY_TOO_LONG: 2}
 
 
 def test_negative_zero_is_not_read_as_zero() -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import EventQueue
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 
 def make(max_events: int = 100, max_bytes: int = 10_000) -> tuple[EventQueue, Stats]:
@@ -30,9 +31,9 @@ def test_bound_in_events_accepts_the_prefix_that_fits() -> None:
     queue.put([b"1", b"2", b"3"], 0.0)
     queue.put([b"4", b"5", b"6", b"7"], 0.0)
     assert queue.events == 5
-    assert stats.dropped == {QUEUE_FULL: 2}
+    assert stats.dropped == {Drop.QUEUE_FULL: 2}
     queue.put([b"8"], 0.0)  # full: all of it dropped, nothing appended
-    assert stats.dropped == {QUEUE_FULL: 3}
+    assert stats.dropped == {Drop.QUEUE_FULL: 3}
     assert queued(queue) == [b"1", b"2", b"3", b"4", b"5"]
 
 
@@ -40,11 +41,11 @@ def test_bound_in_bytes_accepts_the_prefix_that_fits() -> None:
     queue, stats = make(max_bytes=10)
     queue.put([b"aaaa", b"bbbb", b"cccc"], 0.0)  # 12 bytes: the third does not fit
     assert (queue.events, queue.bytes) == (2, 8)
-    assert stats.dropped == {QUEUE_FULL: 1}
+    assert stats.dropped == {Drop.QUEUE_FULL: 1}
     queue.put([b"dd"], 0.0)  # exactly fills it
     assert (queue.events, queue.bytes) == (3, 10)
     queue.put([b"e"], 0.0)
-    assert stats.dropped == {QUEUE_FULL: 2}
+    assert stats.dropped == {Drop.QUEUE_FULL: 2}
     assert queued(queue) == [b"aaaa", b"bbbb", b"dd"]
 
 
@@ -54,7 +55,7 @@ def test_overflow_keeps_order_and_never_skips_ahead() -> None:
     queue, stats = make(max_bytes=10)
     queue.put([b"12345678"], 0.0)
     queue.put([b"abc", b"d"], 0.0)  # "abc" does not fit; "d" would, but follows it
-    assert stats.dropped == {QUEUE_FULL: 2}
+    assert stats.dropped == {Drop.QUEUE_FULL: 2}
     assert queued(queue) == [b"12345678"]
 
 
@@ -62,7 +63,7 @@ def test_overflow_counts_both_bounds_together() -> None:
     queue, stats = make(max_events=4, max_bytes=6)
     queue.put([b"aa", b"bb", b"c", b"d", b"e"], 0.0)  # 4 events, 6 bytes: both bounds
     assert (queue.events, queue.bytes) == (4, 6)
-    assert stats.dropped == {QUEUE_FULL: 1}
+    assert stats.dropped == {Drop.QUEUE_FULL: 1}
 
 
 def test_take_whole_chunk() -> None:
@@ -129,7 +130,7 @@ def test_take_frees_room_for_later_puts() -> None:
     queue.put([b"a", b"b", b"c"], 0.0)
     assert queue.take(2, 1000, 0) is not None
     queue.put([b"d", b"e", b"f"], 0.0)
-    assert stats.dropped == {QUEUE_FULL: 1}
+    assert stats.dropped == {Drop.QUEUE_FULL: 1}
     assert queued(queue) == [b"c", b"d", b"e"]
 
 
@@ -162,7 +163,7 @@ def test_a_put_that_drops_everything_wakes_nobody() -> None:
         queue, stats = make(max_bytes=5)
         waiter = asyncio.create_task(queue.wait_nonempty())
         queue.put([b"123456"], 0.0)  # larger than the whole queue
-        assert stats.dropped == {QUEUE_FULL: 1}
+        assert stats.dropped == {Drop.QUEUE_FULL: 1}
         assert await _not_done_after_yields(waiter)
         waiter.cancel()
 

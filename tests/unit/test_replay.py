@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from ingest.pipeline.queue import QUEUE_FULL, EventQueue
+from ingest.pipeline.queue import EventQueue
 from ingest.pipeline.replay import REPLAY_EVENTS_PER_STEP, replay_step
 from ingest.spool import Spool
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 
 def accounted(stats: Stats, queue: EventQueue, spool: Spool, received: int) -> bool:
@@ -29,7 +30,7 @@ def test_overflow_spills_instead_of_dropping(parts: tuple[EventQueue, Spool, Sta
     queue, spool, stats = parts
     queue.put([b'{"i":%d}' % i for i in range(25)], 0.0)
     assert (queue.events, spool.events, stats.spooled) == (10, 15, 15)
-    assert stats.dropped[QUEUE_FULL] == 0
+    assert stats.dropped[Drop.QUEUE_FULL] == 0
     assert accounted(stats, queue, spool, 25)
     spool.close()
 

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.config import ConfigError
-from ingest.spool import SPOOL_FULL, SPOOL_UNWRITABLE, Spool
-from ingest.spool import records as spoolfmt
+from ingest.spool import Spool, records
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 
 # Accepted events are valid UTF-8 (codec.py), so they never contain 0xFF.
 text_events = st.lists(st.text(min_size=0, max_size=40).map(str.encode), min_size=1, max_size=8)
@@ -26,8 +26,8 @@ text_events = st.lists(st.text(min_size=0, max_size=40).map(str.encode), min_siz
 
 @given(text_events)
 def test_record_round_trip(events: list[bytes]) -> None:
-    data = spoolfmt.encode_record(events)
-    record = spoolfmt.record_at(data, 0)
+    data = records.encode_record(events)
+    record = records.record_at(data, 0)
     assert record is not None
     assert record.events == events
     assert record.end == len(data)
@@ -35,11 +35,11 @@ def test_record_round_trip(events: list[bytes]) -> None:
 
 @given(text_events, st.data())
 def test_any_truncation_is_detected(events: list[bytes], data: st.DataObject) -> None:
-    encoded = spoolfmt.encode_record(events)
+    encoded = records.encode_record(events)
     cut = data.draw(st.integers(0, len(encoded) - 1))
-    assert spoolfmt.record_at(encoded[:cut], 0) is None
-    items = list(spoolfmt.scan(encoded[:cut], 0))
-    assert all(isinstance(item, spoolfmt.Damage) for item in items)
+    assert records.record_at(encoded[:cut], 0) is None
+    items = list(records.scan(encoded[:cut], 0))
+    assert all(isinstance(item, records.Damage) for item in items)
 
 
 @settings(max_examples=300, deadline=None)
@@ -47,21 +47,21 @@ def test_any_truncation_is_detected(events: list[bytes], data: st.DataObject) ->
 def test_single_byte_damage_never_yields_a_wrong_event(
     batches: list[list[bytes]], data: st.DataObject
 ) -> None:
-    records = [spoolfmt.encode_record(events) for events in batches]
-    buf = bytearray(b"".join(records))
+    framed = [records.encode_record(events) for events in batches]
+    buf = bytearray(b"".join(framed))
     pos = data.draw(st.integers(0, len(buf) - 1))
     buf[pos] ^= data.draw(st.integers(1, 255))
-    found = [item for item in spoolfmt.scan(bytes(buf), 0)]
-    good = [item.events for item in found if isinstance(item, spoolfmt.Record)]
+    found = [item for item in records.scan(bytes(buf), 0)]
+    good = [item.events for item in found if isinstance(item, records.Record)]
     # The damaged record is gone, every other one is intact and in order.
-    damaged = next(i for i, end in enumerate(_ends(records)) if pos < end)
+    damaged = next(i for i, end in enumerate(_ends(framed)) if pos < end)
     assert good == [events for i, events in enumerate(batches) if i != damaged]
-    assert sum(isinstance(item, spoolfmt.Damage) for item in found) == 1
+    assert sum(isinstance(item, records.Damage) for item in found) == 1
 
 
 @given(st.lists(st.binary(max_size=50), min_size=1, max_size=40), st.integers(8, 200))
 def test_split_keeps_order_and_the_bound(events: list[bytes], max_bytes: int) -> None:
-    runs = list(spoolfmt.split(events, max_bytes))
+    runs = list(records.split(events, max_bytes))
     assert [e for run in runs for e in run] == events
     for run in runs:
         payload = 4 + sum(4 + len(e) for e in run)
@@ -77,11 +77,11 @@ def _ends(records: list[bytes]) -> list[int]:
 
 
 def test_header_magic_and_version() -> None:
-    spoolfmt.check_header(spoolfmt.HEADER)
-    with pytest.raises(spoolfmt.FormatError, match="magic"):
-        spoolfmt.check_header(b"NOTSPOOL\x01\x00\x00\x00")
-    with pytest.raises(spoolfmt.FormatError, match="version 3; this ingest reads 1 and 2"):
-        spoolfmt.check_header(spoolfmt.MAGIC + b"\x03\x00\x00\x00")
+    records.check_header(records.HEADER)
+    with pytest.raises(records.FormatError, match="magic"):
+        records.check_header(b"NOTSPOOL\x01\x00\x00\x00")
+    with pytest.raises(records.FormatError, match="version 3; this ingest reads 1 and 2"):
+        records.check_header(records.MAGIC + b"\x03\x00\x00\x00")
 
 
 # ---------------------------------------------------------------- the spool
@@ -153,9 +153,11 @@ def test_full_spool_drops_and_counts(tmp_path: Path) -> None:
     event = b'{"x":"' + b"y" * 990 + b'"}'
     for _ in range(200):
         spool.append([event])
-    assert stats.dropped[SPOOL_FULL] > 0
+    assert stats.dropped[Drop.SPOOL_FULL] > 0
     assert (
-        spool.events + stats.dropped[SPOOL_FULL] == 200 == stats.spooled + stats.dropped[SPOOL_FULL]
+        spool.events + stats.dropped[Drop.SPOOL_FULL]
+        == 200
+        == stats.spooled + stats.dropped[Drop.SPOOL_FULL]
     )
     assert spool.bytes <= 100_000
     spool.close()
@@ -183,7 +185,7 @@ def test_damage_in_the_middle_loses_only_that_record(tmp_path: Path) -> None:
     spool.close()
     (segment,) = segment_files(tmp_path)
     data = bytearray((tmp_path / segment).read_bytes())
-    second = data.find(spoolfmt.RECORD_MAGIC, spoolfmt.HEADER_BYTES + 1)
+    second = data.find(records.RECORD_MAGIC, records.HEADER_BYTES + 1)
     data[second + 20] ^= 0x55
     (tmp_path / segment).write_bytes(bytes(data))
     again, _ = open_spool(tmp_path)
@@ -256,7 +258,7 @@ def test_an_unwritable_directory_degrades_to_counted_drops(tmp_path: Path) -> No
     spool._close_active()  # as at a segment roll: the next append needs a new file
     with unwritable(tmp_path):
         spool.append([b"{}", b"{}"])
-        assert stats.dropped[SPOOL_UNWRITABLE] == 2
+        assert stats.dropped[Drop.SPOOL_UNWRITABLE] == 2
         assert spool.problem is not None
         assert spool.events == 1
         spool.recheck()  # still unwritable: the problem stands
@@ -304,7 +306,7 @@ def test_a_cursor_in_the_earlier_format_is_read(tmp_path: Path) -> None:
     spool.close()
     (segment,) = segment_files(tmp_path)
     seq = int(segment[4:16])
-    second = spoolfmt.HEADER_BYTES + len(spoolfmt.encode_record([b"0"]))
+    second = records.HEADER_BYTES + len(records.encode_record([b"0"]))
     head = struct.pack("<QQ", seq, second)  # segment, offset, crc: no count of events taken
     (tmp_path / "cursor").write_bytes(head + struct.pack("<I", zlib.crc32(head)))
     again, _ = open_spool(tmp_path)

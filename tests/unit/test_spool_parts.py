@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.spool import records as spoolfmt
+from ingest.spool import records
 from ingest.spool.reader import SegmentReader
 from ingest.spool.segments import Segment, SegmentSet, segment_name
 from ingest.spool.writer import REOPEN_RETRY_S, SegmentWriter, Unwritable
@@ -53,15 +53,15 @@ def writer(segments: SegmentSet, clock: Clock) -> Iterator[SegmentWriter]:
 
 
 def write(writer: SegmentWriter, *events: bytes) -> int:
-    record = spoolfmt.encode_record(list(events))
+    record = records.encode_record(list(events))
     writer.append(record, len(events))
     return len(record)
 
 
 def events_in(path: Path) -> list[list[bytes]]:
     data = path.read_bytes()
-    found = spoolfmt.scan(data, spoolfmt.HEADER_BYTES)
-    return [item.events for item in found if isinstance(item, spoolfmt.Record)]
+    found = records.scan(data, records.HEADER_BYTES)
+    return [item.events for item in found if isinstance(item, records.Record)]
 
 
 def files(path: Path) -> list[str]:
@@ -102,7 +102,7 @@ def test_the_writer_rolls_before_a_record_would_pass_the_bound(
     assert events_in(tmp_path / segment_name(1)) == [[event]] * 2
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
     assert (segments.bytes, segments.events, len(segments)) == (on_disk, 5, 2)
-    assert on_disk == 2 * spoolfmt.HEADER_BYTES + sum(sizes)
+    assert on_disk == 2 * records.HEADER_BYTES + sum(sizes)
 
 
 def test_a_record_larger_than_a_segment_goes_alone_into_a_new_one(
@@ -230,7 +230,7 @@ def test_the_reader_replays_oldest_first_and_retires_each_segment_read(
     assert [s.seq for s in retired.seen] == list(range(segments.next_seq))
     assert all(s.events == 0 for s in retired.seen)  # nothing lost
     assert (segments.events, segments.bytes, files(tmp_path)) == (0, 0, [])
-    assert reader.position() == spoolfmt.Cursor(segments.next_seq, spoolfmt.HEADER_BYTES, 0)
+    assert reader.position() == records.Cursor(segments.next_seq, records.HEADER_BYTES, 0)
 
 
 def test_consume_takes_a_prefix_and_the_position_says_how_much(
@@ -240,12 +240,12 @@ def test_consume_takes_a_prefix_and_the_position_says_how_much(
     write(writer, b"d")
     assert reader.peek_record() is not None
     assert reader.consume(2) == (2, False)
-    assert reader.position() == spoolfmt.Cursor(0, spoolfmt.HEADER_BYTES, 2)
+    assert reader.position() == records.Cursor(0, records.HEADER_BYTES, 2)
     record = reader.peek_record()
     assert record is not None and record.events == [b"c"]
     assert reader.consume(5) == (1, False)  # no more than is left of it
-    second = spoolfmt.HEADER_BYTES + len(spoolfmt.encode_record([b"a", b"b", b"c"]))
-    assert reader.position() == spoolfmt.Cursor(0, second, 0)
+    second = records.HEADER_BYTES + len(records.encode_record([b"a", b"b", b"c"]))
+    assert reader.position() == records.Cursor(0, second, 0)
     assert segments.events == 1
     assert reader.peek_record() is not None
     assert reader.consume(None) == (1, True)  # the last of seg 0: retired
@@ -318,7 +318,7 @@ def test_loading_discards_what_the_cursor_passed_and_never_reuses_a_number(
         writer.close()  # one segment each
     (tmp_path / segment_name(2)).write_bytes(b"not a segment any more")
     again = SegmentSet(segments.dir_fd, str(tmp_path))
-    again.load(spoolfmt.Cursor(1, spoolfmt.HEADER_BYTES, 0))
+    again.load(records.Cursor(1, records.HEADER_BYTES, 0))
     assert (again.events, len(again), again.corrupt_records) == (1, 1, 1)
     assert files(tmp_path) == [segment_name(1), f"{segment_name(2)}.corrupt"]
     assert again.next_seq == 3  # past the one set aside too

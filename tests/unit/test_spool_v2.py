@@ -1,8 +1,8 @@
 """Spool format version 2: every record remembers the kind of its events and
 their topic; segments written in version 1 are still replayed.
 
-Version 1 bytes are built here by hand from the layout, not with spoolfmt, so
-the old format stays pinned whatever spoolfmt becomes."""
+Version 1 bytes are built here by hand from the layout, not with spool/records.py, so
+the old format stays pinned whatever records.py becomes."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.spool import RECORDS_PER_SEGMENT, SPOOL_CORRUPT, Spool
-from ingest.spool import records as spoolfmt
+from ingest.spool import RECORDS_PER_SEGMENT, Spool, records
 from ingest.spool.records import KIND_DATA, KIND_MESSAGES
+from ingest.vocabulary import Drop
 from tests.unit.test_spool import open_spool, replay_all, segment_files, text_events
 
 SEG0 = "seg-000000000000.spool"
 LONGEST_TOPIC = "t" + "x" * 254  # 255 characters, Pub/Sub's longest topic ID
 topics = st.text(alphabet="abcxyz-_.~+%0123456789", max_size=255)
-kinds = st.sampled_from(spoolfmt.KINDS)
+kinds = st.sampled_from(records.KINDS)
 
 
 def v1_record(events: list[bytes]) -> bytes:
@@ -53,16 +53,16 @@ def test_the_v2_record_layout() -> None:
     payload += b"\x02\x00\x00\x00" + b"\x01\x00\x00\x00" + b"ab" + b"c"
     length = struct.pack("<I", len(payload))
     crc = struct.pack("<I", zlib.crc32(payload, zlib.crc32(length)))
-    assert spoolfmt.encode_record([b"ab", b"c"], KIND_MESSAGES, "t-one") == (
+    assert records.encode_record([b"ab", b"c"], KIND_MESSAGES, "t-one") == (
         b"\xffREC" + length + crc + payload
     )
-    assert spoolfmt.HEADER == b"INGSPOOL\x02\x00\x00\x00"
+    assert records.HEADER == b"INGSPOOL\x02\x00\x00\x00"
 
 
 @given(text_events, kinds, topics)
 def test_kind_and_topic_round_trip(events: list[bytes], kind: int, topic: str) -> None:
-    data = spoolfmt.encode_record(events, kind, topic)
-    record = spoolfmt.record_at(data, 0)
+    data = records.encode_record(events, kind, topic)
+    record = records.record_at(data, 0)
     assert record is not None
     assert (record.events, record.kind, record.topic, record.end) == (
         events,
@@ -74,7 +74,7 @@ def test_kind_and_topic_round_trip(events: list[bytes], kind: int, topic: str) -
 
 @given(text_events)
 def test_a_v1_record_reads_as_data_for_the_default_topic(events: list[bytes]) -> None:
-    record = spoolfmt.record_at(v1_record(events), 0, version=1)
+    record = records.record_at(v1_record(events), 0, version=1)
     assert record is not None
     assert (record.events, record.kind, record.topic) == (events, KIND_DATA, "")
 
@@ -82,20 +82,20 @@ def test_a_v1_record_reads_as_data_for_the_default_topic(events: list[bytes]) ->
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(text_events, kinds, topics), min_size=1, max_size=5), st.data())
 def test_single_byte_damage_never_yields_a_wrong_kind_or_topic(
-    records: list[tuple[list[bytes], int, str]], data: st.DataObject
+    written: list[tuple[list[bytes], int, str]], data: st.DataObject
 ) -> None:
-    encoded = [spoolfmt.encode_record(*record) for record in records]
+    encoded = [records.encode_record(*record) for record in written]
     buf = bytearray(b"".join(encoded))
     pos = data.draw(st.integers(0, len(buf) - 1))
     buf[pos] ^= data.draw(st.integers(1, 255))
-    found = list(spoolfmt.scan(bytes(buf), 0))
-    good = [(i.events, i.kind, i.topic) for i in found if isinstance(i, spoolfmt.Record)]
+    found = list(records.scan(bytes(buf), 0))
+    good = [(i.events, i.kind, i.topic) for i in found if isinstance(i, records.Record)]
     damaged, end = 0, len(encoded[0])
     while pos >= end:
         damaged += 1
         end += len(encoded[damaged])
-    assert good == [record for i, record in enumerate(records) if i != damaged]
-    assert sum(isinstance(item, spoolfmt.Damage) for item in found) == 1
+    assert good == [record for i, record in enumerate(written) if i != damaged]
+    assert sum(isinstance(item, records.Damage) for item in found) == 1
 
 
 @pytest.mark.parametrize(
@@ -104,19 +104,19 @@ def test_single_byte_damage_never_yields_a_wrong_kind_or_topic(
 )
 def test_what_a_record_cannot_hold_is_refused(kind: int, topic: str) -> None:
     with pytest.raises(ValueError):
-        spoolfmt.encode_record([b"{}"], kind, topic)
+        records.encode_record([b"{}"], kind, topic)
 
 
 def test_a_record_with_an_unknown_kind_is_not_read_even_with_a_good_crc() -> None:
     payload = b"\x02\x00\x00" + struct.pack("<II", 1, 2) + b"{}"
     length = struct.pack("<I", len(payload))
     crc = struct.pack("<I", zlib.crc32(payload, zlib.crc32(length)))
-    assert spoolfmt.record_at(b"\xffREC" + length + crc + payload, 0) is None
+    assert records.record_at(b"\xffREC" + length + crc + payload, 0) is None
 
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_versions_read(version: int) -> None:
-    assert spoolfmt.check_header(b"INGSPOOL" + struct.pack("<I", version)) == version
+    assert records.check_header(b"INGSPOOL" + struct.pack("<I", version)) == version
 
 
 @given(
@@ -127,21 +127,21 @@ def test_versions_read(version: int) -> None:
 def test_split_counts_the_topic_in_the_bound(
     events: list[bytes], max_bytes: int, topic: str
 ) -> None:
-    runs = spoolfmt.split(events, max_bytes, topic)
+    runs = records.split(events, max_bytes, topic)
     assert [e for run in runs for e in run] == events
     for run in runs:
-        payload = len(spoolfmt.encode_record(run, KIND_MESSAGES, topic)) - 12
+        payload = len(records.encode_record(run, KIND_MESSAGES, topic)) - 12
         assert run and (payload <= max_bytes or len(run) == 1)
 
 
 def test_a_batch_that_just_fits_without_a_topic_is_cut_with_the_longest_one() -> None:
     events = [b"e" * 96] * 10  # payload with topic "": 3 + 4 + 10 x (4 + 96) = 1007
-    assert spoolfmt.split(events, 1007) == [events]
-    assert len(spoolfmt.split(events, 1006)) == 2
-    runs = spoolfmt.split(events, 1007, LONGEST_TOPIC)
+    assert records.split(events, 1007) == [events]
+    assert len(records.split(events, 1006)) == 2
+    runs = records.split(events, 1007, LONGEST_TOPIC)
     assert [len(run) for run in runs] == [7, 3]  # 262 + 7 x 100 fits, 8 x 100 does not
     for run in runs:
-        assert len(spoolfmt.encode_record(run, KIND_MESSAGES, LONGEST_TOPIC)) - 12 <= 1007
+        assert len(records.encode_record(run, KIND_MESSAGES, LONGEST_TOPIC)) - 12 <= 1007
 
 
 # ------------------------------------------------------------------- the spool
@@ -203,12 +203,12 @@ def test_a_maximal_record_with_the_longest_topic_stays_within_a_quarter_segment(
     spool.close()
     (name,) = segment_files(tmp_path)
     data = (tmp_path / name).read_bytes()
-    records = list(spoolfmt.scan(data, spoolfmt.HEADER_BYTES))
-    assert len(records) == 2
-    for record in records:
-        assert isinstance(record, spoolfmt.Record)
+    found = list(records.scan(data, records.HEADER_BYTES))
+    assert len(found) == 2
+    for record in found:
+        assert isinstance(record, records.Record)
         assert record.topic == LONGEST_TOPIC
-        assert record.end - record.offset - spoolfmt.RECORD_HEAD_BYTES <= quarter
+        assert record.end - record.offset - records.RECORD_HEAD_BYTES <= quarter
     again, _ = open_spool(tmp_path, max_bytes=1 << 20)
     assert replay_all(again) == events
     again.close()
@@ -221,7 +221,7 @@ def test_a_damaged_topic_is_caught_by_the_crc_and_only_its_record_lost(tmp_path:
     spool.close()
     (name,) = segment_files(tmp_path)
     data = bytearray((tmp_path / name).read_bytes())
-    second = data.find(b"t-b", spoolfmt.HEADER_BYTES)  # its topic, not its events
+    second = data.find(b"t-b", records.HEADER_BYTES)  # its topic, not its events
     data[second + 2] = ord("x")  # t-x: a topic as plausible as the one written
     (tmp_path / name).write_bytes(bytes(data))
     again, _ = open_spool(tmp_path)
@@ -243,7 +243,7 @@ def test_a_topic_damaged_after_startup_drops_its_record_at_replay(tmp_path: Path
         fh.seek(data.rindex(b"t-b") + 2)
         fh.write(b"x")
     assert replay_records(spool) == [([b"1"], KIND_MESSAGES, "t-a")]
-    assert (spool.events, stats.dropped[SPOOL_CORRUPT], spool.corrupt_records) == (0, 2, 1)
+    assert (spool.events, stats.dropped[Drop.SPOOL_CORRUPT], spool.corrupt_records) == (0, 2, 1)
     spool.close()
 
 

@@ -25,10 +25,10 @@ from ingest.pipeline.message import Lane
 from ingest.pipeline.replay import replay_step
 from ingest.publish.publisher import Batch
 from ingest.publish.pubsub import data_of, ordering_key_of
-from ingest.spool import SPOOL_FULL, Spool
-from ingest.spool import records as spoolfmt
+from ingest.spool import Spool, records
 from ingest.spool.segments import FRONT_PARTIAL, front_name
 from ingest.stats import Stats
+from ingest.vocabulary import Drop
 from tests.unit.test_spool import segment_files
 from tests.unit.test_spool_v2 import v1_segment
 
@@ -148,7 +148,7 @@ def test_a_key_with_spooled_messages_sends_its_new_ones_behind_them(tmp_path: Pa
 def test_a_key_without_spooled_messages_is_not_diverted(tmp_path: Path) -> None:
     rig = Rig(tmp_path, queue_max=100)
     _, unkeyed = rig.message("", 0)
-    rig.spool.append([unkeyed], spoolfmt.KIND_MESSAGES)  # a message without a key on disk
+    rig.spool.append([unkeyed], records.KIND_MESSAGES)  # a message without a key on disk
     rig.put_mixed([("b", 0), ("a", 0), ("", 1)])
     assert (rig.queue.events, rig.spool.events) == (3, 1)
     assert not rig.diverted("a") and not rig.diverted("b")
@@ -212,7 +212,7 @@ def test_what_the_spool_refuses_is_not_counted_on_disk(tmp_path: Path) -> None:
     rig = Rig(tmp_path, queue_max=5, spool_max=4096)
     rig.put("a", range(0, 60))  # 55 overflow to disk
     rig.put("a", range(60, 160))  # behind them: refused, the spool is full
-    assert rig.stats.dropped[SPOOL_FULL] == 100
+    assert rig.stats.dropped[Drop.SPOOL_FULL] == 100
     assert rig.spooled.counts == {(0, b"a"): 55} and rig.spool.events == 55
 
 
@@ -228,7 +228,7 @@ def test_a_key_the_spool_cannot_take_goes_to_memory_rather_than_be_dropped(
     rig.publish({})
     rig.put("a", range(130, 133))
     assert (rig.queue.events, rig.spool.events) == (3, 125)
-    assert rig.stats.dropped[SPOOL_FULL] == 0
+    assert rig.stats.dropped[Drop.SPOOL_FULL] == 0
     rig.publish({})
     rig.spool.problem = "spool write failed: Input/output error"  # as a failed write sets it
     rig.put("a", range(133, 134))
@@ -389,7 +389,7 @@ def test_stops_during_replay_keep_each_keys_order(tmp_path: Path) -> None:
 def test_a_stop_without_keys_on_disk_appends_as_before(tmp_path: Path) -> None:
     rig = Rig(tmp_path, queue_max=10)
     _, unkeyed = rig.message("", 0)
-    rig.spool.append([unkeyed], spoolfmt.KIND_MESSAGES)
+    rig.spool.append([unkeyed], records.KIND_MESSAGES)
     rig.put("a", range(0, 5))
     before = segment_files(tmp_path)
     (seg,) = before
@@ -397,11 +397,11 @@ def test_a_stop_without_keys_on_disk_appends_as_before(tmp_path: Path) -> None:
     rig.stop()
     assert (tmp_path / seg).stat().st_size > size  # appended: no segment rewritten
     again = Rig(tmp_path, queue_max=10)
-    records = []
+    got = []
     while (record := again.spool.peek_record()) is not None:
-        records.append([ordering_key_of(body) for body in record.events])
+        got.append([ordering_key_of(body) for body in record.events])
         again.spool.consume()
-    assert records == [[b""], [b"a"] * 2, [b"a"] * 3]
+    assert got == [[b""], [b"a"] * 2, [b"a"] * 3]
 
 
 # ------------------------------------------------------- Spool.prepend itself
@@ -422,13 +422,13 @@ def replayed(spool: Spool) -> list[bytes]:
 
 def test_prepend_goes_ahead_of_whatever_is_left_to_replay(tmp_path: Path) -> None:
     spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    spool.append([body("a", 2), body("a", 3), body("a", 4)], spoolfmt.KIND_MESSAGES)
-    spool.append([body("a", 5)], spoolfmt.KIND_MESSAGES)
+    spool.append([body("a", 2), body("a", 3), body("a", 4)], records.KIND_MESSAGES)
+    spool.append([body("a", 5)], records.KIND_MESSAGES)
     spool.peek()
     spool.consume(1)  # a2 handed on before the stop
-    spool.prepend([([body("a", 0), body("a", 1)], spoolfmt.KIND_MESSAGES, "")])
+    spool.prepend([([body("a", 0), body("a", 1)], records.KIND_MESSAGES, "")])
     assert spool.events == 5
-    spool.append([body("a", 6)], spoolfmt.KIND_MESSAGES)  # after it, in a new segment
+    spool.append([body("a", 6)], records.KIND_MESSAGES)  # after it, in a new segment
     spool.close()
     stats = Stats()
     again = Spool.open(str(tmp_path), 1 << 20, "roll", stats)
@@ -439,7 +439,7 @@ def test_prepend_goes_ahead_of_whatever_is_left_to_replay(tmp_path: Path) -> Non
 
 def test_prepend_to_an_empty_spool_appends(tmp_path: Path) -> None:
     spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    spool.prepend([([b"a"], spoolfmt.KIND_MESSAGES, "t")])
+    spool.prepend([([b"a"], records.KIND_MESSAGES, "t")])
     assert [r.events for r in [spool.peek_record()] if r] == [[b"a"]]
     spool.close()
 
@@ -448,18 +448,18 @@ def test_prepend_rewrites_a_v1_segment_as_v2(tmp_path: Path) -> None:
     seg = "seg-000000000000.spool"
     (tmp_path / seg).write_bytes(v1_segment([b'{"x":1}'], [b'{"x":2}']))
     spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    spool.prepend([([b"m"], spoolfmt.KIND_MESSAGES, "t")])
+    spool.prepend([([b"m"], records.KIND_MESSAGES, "t")])
     spool.close()
-    assert (tmp_path / seg).read_bytes()[:12] == spoolfmt.HEADER
+    assert (tmp_path / seg).read_bytes()[:12] == records.HEADER
     again = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    records = []
+    got = []
     while (record := again.peek_record()) is not None:
-        records.append((record.events, record.kind, record.topic))
+        got.append((record.events, record.kind, record.topic))
         again.consume()
-    assert records == [
-        ([b"m"], spoolfmt.KIND_MESSAGES, "t"),
-        ([b'{"x":1}'], spoolfmt.KIND_DATA, ""),
-        ([b'{"x":2}'], spoolfmt.KIND_DATA, ""),
+    assert got == [
+        ([b"m"], records.KIND_MESSAGES, "t"),
+        ([b'{"x":1}'], records.KIND_DATA, ""),
+        ([b'{"x":2}'], records.KIND_DATA, ""),
     ]
     again.close()
 
@@ -467,9 +467,9 @@ def test_prepend_rewrites_a_v1_segment_as_v2(tmp_path: Path) -> None:
 def test_what_does_not_fit_the_spool_bound_is_counted_dropped(tmp_path: Path) -> None:
     stats = Stats()
     spool = Spool.open(str(tmp_path), 4096, "roll", stats)
-    spool.append([b"x" * 1000], spoolfmt.KIND_MESSAGES)
-    spool.prepend([([b"y" * 1000] * 2, spoolfmt.KIND_MESSAGES, ""), ([b"z" * 3000], 1, "")])
-    assert stats.dropped[SPOOL_FULL] == 1 and spool.bytes <= 4096
+    spool.append([b"x" * 1000], records.KIND_MESSAGES)
+    spool.prepend([([b"y" * 1000] * 2, records.KIND_MESSAGES, ""), ([b"z" * 3000], 1, "")])
+    assert stats.dropped[Drop.SPOOL_FULL] == 1 and spool.bytes <= 4096
     assert replayed(spool) == [b"y" * 1000] * 2 + [b"x" * 1000]
     spool.close()
 
@@ -481,7 +481,7 @@ def test_a_replacement_left_complete_by_a_crash_is_installed_at_startup(
     segment's name (the cursor saved or not): the next start installs it
     and replays from its start, repeating nothing and losing nothing."""
     spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    spool.append([b"s1", b"s2", b"s3"], spoolfmt.KIND_MESSAGES)
+    spool.append([b"s1", b"s2", b"s3"], records.KIND_MESSAGES)
     spool.peek()
     spool.consume(1)
 
@@ -489,7 +489,7 @@ def test_a_replacement_left_complete_by_a_crash_is_installed_at_startup(
         raise OSError(5, "crashed here")
 
     monkeypatch.setattr(type(spool._segments), "install_front", crash)
-    spool.prepend([([b"m1"], spoolfmt.KIND_MESSAGES, "")])
+    spool.prepend([([b"m1"], records.KIND_MESSAGES, "")])
     monkeypatch.undo()
     spool.close()  # saves the old cursor again: the installation ignores it
     assert (tmp_path / front_name(0)).exists()
@@ -503,11 +503,11 @@ def test_a_partial_replacement_is_removed_at_startup(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    spool.append([b"s1", b"s2"], spoolfmt.KIND_MESSAGES)
+    spool.append([b"s1", b"s2"], records.KIND_MESSAGES)
     spool.peek()
     spool.consume(1)
     spool.close()
-    (tmp_path / FRONT_PARTIAL).write_bytes(spoolfmt.HEADER + b"torn")
+    (tmp_path / FRONT_PARTIAL).write_bytes(records.HEADER + b"torn")
     with caplog.at_level(logging.WARNING):
         again = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
     assert "left unfinished by an interrupted stop" in caplog.text
@@ -520,12 +520,12 @@ def test_a_replacement_that_cannot_be_written_appends_instead(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = Spool.open(str(tmp_path), 1 << 20, "roll", Stats())
-    spool.append([b"s1"], spoolfmt.KIND_MESSAGES)
+    spool.append([b"s1"], records.KIND_MESSAGES)
 
     def full(*args: object, **kwargs: object) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(type(spool._segments), "write_front", full)
-    spool.prepend([([b"m1"], spoolfmt.KIND_MESSAGES, "")])
+    spool.prepend([([b"m1"], records.KIND_MESSAGES, "")])
     assert replayed(spool) == [b"s1", b"m1"]  # nothing lost; the order could not be kept
     spool.close()

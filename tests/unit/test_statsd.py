@@ -19,17 +19,16 @@ from hypothesis import strategies as st
 
 from ingest.pipeline.message import MessageBuilder
 from ingest.publish.pubsub import data_of
-from ingest.receive.codec import DECODED_TOO_LARGE, INVALID_UTF8, MAX_DECODED_BYTES, Build, Built
+from ingest.receive.codec import MAX_DECODED_BYTES, Build, Built
 from ingest.receive.statsd import (
-    INVALID_STATSD,
     REJECT_REASONS,
-    UNSUPPORTED_STATSD,
     decode_statsd,
     looks_like_statsd,
 )
+from ingest.vocabulary import Reject
 
 Event = dict[str, object]
-ALL_REASONS = frozenset((*REJECT_REASONS, INVALID_UTF8, DECODED_TOO_LARGE))
+ALL_REASONS = frozenset((*REJECT_REASONS, Reject.INVALID_UTF8, Reject.DECODED_TOO_LARGE))
 
 
 def decode(data: bytes) -> tuple[int, list[Event], dict[str, int]]:
@@ -131,7 +130,7 @@ def test_multi_value_gauge_marks_each_signed_value_a_delta() -> None:
     "line", [b"a.h:1:x:3|h", b"a.h:1::3|h", b"a.h:1:2:|h", b"a.h::1|h", b"a.h:1:nan|h"]
 )
 def test_multi_value_line_with_a_bad_value_is_one_reject(line: bytes) -> None:
-    assert reason(line) == INVALID_STATSD
+    assert reason(line) == Reject.INVALID_STATSD
 
 
 def test_set_value_is_text_and_keeps_its_colons() -> None:
@@ -280,7 +279,7 @@ def test_bad_line_does_not_spoil_the_good_ones() -> None:
     assert decode(data) == (
         7,
         [metric("a", 1, "c"), metric("d", 1, "h"), metric("d", 2, "h")],
-        {INVALID_STATSD: 2, INVALID_UTF8: 1, UNSUPPORTED_STATSD: 1},
+        {Reject.INVALID_STATSD: 2, Reject.INVALID_UTF8: 1, Reject.UNSUPPORTED_STATSD: 1},
     )
 
 
@@ -288,8 +287,8 @@ def test_lines_lose_one_trailing_cr_and_nothing_else() -> None:
     assert accepted(b"a:1|c\r\nb:2|c\r\n") == [metric("a", 1, "c"), metric("b", 2, "c")]
     assert one(b"s:x|s|#a:b\r") == metric("s", "x", "s", tags={"a": "b"})
     assert one(b"_e{1,1}:t|x\r") == {"event": {"title": "t", "text": "x"}}
-    assert reason(b"a:1|c\r\r") == INVALID_STATSD  # "c\r" is no type
-    assert reason(b"a:1|c ") == INVALID_STATSD
+    assert reason(b"a:1|c\r\r") == Reject.INVALID_STATSD  # "c\r" is no type
+    assert reason(b"a:1|c ") == Reject.INVALID_STATSD
     assert one(b" a:1|c") == metric(" a", 1, "c")  # a name is what precedes ":"
 
 
@@ -348,7 +347,7 @@ def test_numbers(text: bytes, value: float) -> None:
 )
 def test_non_numbers_are_invalid(text: bytes) -> None:
     for kind in (b"c", b"g", b"ms", b"h", b"d"):
-        assert reason(b"a:" + text + b"|" + kind) == INVALID_STATSD
+        assert reason(b"a:" + text + b"|" + kind) == Reject.INVALID_STATSD
 
 
 def test_only_gauges_have_deltas() -> None:
@@ -361,7 +360,7 @@ def test_only_gauges_have_deltas() -> None:
 # -------------------------------------------------------- types and syntax
 @pytest.mark.parametrize("kind", [b"kv", b"m", b"C", b"G", b"e", b"msx"])
 def test_unknown_metric_type_is_unsupported(kind: bytes) -> None:
-    assert reason(b"a:1|" + kind) == UNSUPPORTED_STATSD
+    assert reason(b"a:1|" + kind) == Reject.UNSUPPORTED_STATSD
 
 
 @pytest.mark.parametrize(
@@ -395,7 +394,7 @@ def test_unknown_metric_type_is_unsupported(kind: bytes) -> None:
     ],
 )
 def test_malformed_lines_are_invalid(line: bytes) -> None:
-    assert reason(line) == INVALID_STATSD
+    assert reason(line) == Reject.INVALID_STATSD
 
 
 def test_names_starting_like_events_are_metrics_unless_they_are_events() -> None:
@@ -442,14 +441,14 @@ def test_sample_rates(field: bytes, expected: float) -> None:
 )
 def test_invalid_sample_rates(field: bytes) -> None:
     # rate 0 would divide by zero when scaling up, past 1 means nothing
-    assert reason(b"a:1|c|" + field) == INVALID_STATSD
+    assert reason(b"a:1|c|" + field) == Reject.INVALID_STATSD
 
 
 @pytest.mark.parametrize(
     "field", [b"T", b"T0", b"T-5", b"T+5", b"T1.5", b"Tx", b"T" + b"1" * 19, b"T\xd9\xa1"]
 )
 def test_invalid_timestamps(field: bytes) -> None:
-    assert reason(b"a:1|c|" + field) == INVALID_STATSD
+    assert reason(b"a:1|c|" + field) == Reject.INVALID_STATSD
 
 
 def test_origin_fields_are_kept_as_sent() -> None:
@@ -494,11 +493,11 @@ def test_a_tags_field_without_tags_gives_no_tags_key(field: bytes) -> None:
 
 # -------------------------------------------------------------- UTF-8
 def test_non_utf8_lines_are_invalid_utf8_whatever_else_they_are() -> None:
-    assert reason(b"\xff:1|c") == INVALID_UTF8
-    assert reason(b"a:1|c|#env:\xc3") == INVALID_UTF8
-    assert reason(b"s:\xed\xa0\x80|s") == INVALID_UTF8  # an encoded surrogate
-    assert reason(b"\xff\xff") == INVALID_UTF8
-    assert reason(b"_e{1,1}:\xff|x") == INVALID_UTF8
+    assert reason(b"\xff:1|c") == Reject.INVALID_UTF8
+    assert reason(b"a:1|c|#env:\xc3") == Reject.INVALID_UTF8
+    assert reason(b"s:\xed\xa0\x80|s") == Reject.INVALID_UTF8  # an encoded surrogate
+    assert reason(b"\xff\xff") == Reject.INVALID_UTF8
+    assert reason(b"_e{1,1}:\xff|x") == Reject.INVALID_UTF8
 
 
 def test_utf8_names_values_and_tags_are_kept() -> None:
@@ -520,7 +519,7 @@ def test_event_ignores_unknown_fields_and_validates_known_ones() -> None:
         "event": {"title": "t", "text": "x", "priority": "normal", "alert_type": "success"}
     }
     for field in (b"p:high", b"t:fatal", b"d:x", b"d:0"):
-        assert reason(b"_e{1,1}:t|x|" + field) == INVALID_STATSD, field
+        assert reason(b"_e{1,1}:t|x|" + field) == Reject.INVALID_STATSD, field
 
 
 @pytest.mark.parametrize(
@@ -548,12 +547,12 @@ def test_event_ignores_unknown_fields_and_validates_known_ones() -> None:
     ],
 )
 def test_malformed_events_are_invalid(line: bytes) -> None:
-    assert reason(line) == INVALID_STATSD
+    assert reason(line) == Reject.INVALID_STATSD
 
 
 def test_event_lengths_that_cut_a_character_do_not_match() -> None:
     # "é" is 2 bytes: a title length of 1 ends inside it, so no "|" follows
-    assert reason("_e{1,1}:é|x".encode()) == INVALID_STATSD
+    assert reason("_e{1,1}:é|x".encode()) == Reject.INVALID_STATSD
     assert one("_e{2,4}:é|x☕".encode()) == {"event": {"title": "é", "text": "x☕"}}
 
 
@@ -601,7 +600,7 @@ def test_looks_like_statsd(data: bytes, expected: bool) -> None:
 
 def test_reject_reasons_are_the_new_vocabulary() -> None:
     assert REJECT_REASONS == ("invalid_statsd", "unsupported_statsd")
-    assert INVALID_UTF8 not in REJECT_REASONS  # codec.REJECT_REASONS has it
+    assert Reject.INVALID_UTF8 not in REJECT_REASONS  # codec.REJECT_REASONS has it
 
 
 # ------------------------------------------------------- what one datagram may decode to
@@ -643,8 +642,8 @@ def decode_bytes(
 def test_what_a_datagram_decodes_to_is_bounded_and_the_rest_rejected_by_name(data: bytes) -> None:
     _, items, rejected, _ = decode_bytes(data)
     assert sum(map(len, items)) <= MAX_DECODED_BYTES
-    assert rejected.keys() <= {DECODED_TOO_LARGE, INVALID_UTF8}
-    assert rejected[DECODED_TOO_LARGE] > 0
+    assert rejected.keys() <= {Reject.DECODED_TOO_LARGE, Reject.INVALID_UTF8}
+    assert rejected[Reject.DECODED_TOO_LARGE] > 0
     assert all(type(orjson.loads(item)) is dict for item in items)
 
 
@@ -663,7 +662,7 @@ def test_the_bound_keeps_the_first_samples_and_counts_the_rest_of_the_datagram()
     assert items[0] == orjson.dumps(metric("a", 1, "c"))
     assert [orjson.loads(item)["value"] for item in items[1:]] == [i % 10 for i in range(kept)]
     assert len(items) == 1 + kept
-    assert rejected == {DECODED_TOO_LARGE: 2000 - kept + 2}
+    assert rejected == {Reject.DECODED_TOO_LARGE: 2000 - kept + 2}
 
 
 def test_events_that_fill_the_bound_exactly_are_all_kept() -> None:
@@ -672,7 +671,7 @@ def test_events_that_fill_the_bound_exactly_are_all_kept() -> None:
     line = b"m:" + b":".join([b"1"] * 1025) + b"|c|#p:" + b"x" * (1024 - empty)
     count, items, rejected, built = decode_bytes(line)
     assert {len(item) for item in items} == {1024}
-    assert (count, len(items), rejected) == (1025, 1024, {DECODED_TOO_LARGE: 1})
+    assert (count, len(items), rejected) == (1025, 1024, {Reject.DECODED_TOO_LARGE: 1})
     assert built.bytes == MAX_DECODED_BYTES
 
 
@@ -687,7 +686,7 @@ def test_with_metadata_the_bound_counts_each_message_body() -> None:
     body = bodies[0]
     assert len(bodies) == MAX_DECODED_BYTES // len(body)
     assert data_of(body) == orjson.dumps(metric("m", 0, "c"))
-    assert (count, rejected) == (30000, {DECODED_TOO_LARGE: 30000 - len(bodies)})
+    assert (count, rejected) == (30000, {Reject.DECODED_TOO_LARGE: 30000 - len(bodies)})
     # The events given to the builder are those the bytes say.
     _, plain, _, _ = decode_bytes(b"m:1:+2|g|@0.5|#a:b,c\n_sc|x|1|m:hi")
     _, built, _, _ = decode_bytes(b"m:1:+2|g|@0.5|#a:b,c\n_sc|x|1|m:hi", builder.build)
@@ -716,7 +715,7 @@ def test_the_bound_cuts_at_the_first_sample_that_would_pass_it(
     assert sum(len(data) for _, data in samples[: kept + 1]) > MAX_DECODED_BYTES
     cut = samples[kept][0]
     rest = sum(1 for line, _ in samples[kept:] if line == cut) + len(lines) - cut - 1
-    assert (count, rejected) == (kept + rest, {DECODED_TOO_LARGE: rest})
+    assert (count, rejected) == (kept + rest, {Reject.DECODED_TOO_LARGE: rest})
 
 
 # ---------------------------------------------------------------- robustness

@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 
 from ingest.receive.syslog import (
     FACILITIES,
-    INVALID_SYSLOG,
     REJECT_REASONS,
     SEVERITIES,
     Syslog,
@@ -32,6 +31,7 @@ from ingest.receive.syslog import (
     parse,
     wrap_text,
 )
+from ingest.vocabulary import Reject
 
 FACT_NAMES = ("severity", "facility", "timestamp", "host", "app", "pid")
 USER_WARNING = (("severity", "warning"), ("facility", "user"))  # <12>
@@ -232,7 +232,7 @@ def test_an_ident_that_is_not_a_tag_stays_in_the_message() -> None:
 def test_bad_pri_is_invalid_syslog(data: bytes) -> None:
     with pytest.raises(SyslogError) as caught:
         parse(data)
-    assert caught.value.reason == INVALID_SYSLOG
+    assert caught.value.reason == Reject.INVALID_SYSLOG
     assert "PRI" in str(caught.value)
 
 
@@ -265,12 +265,12 @@ def test_bad_pri_is_invalid_syslog(data: bytes) -> None:
 def test_malformed_rfc5424_header_is_invalid_syslog(data: bytes) -> None:
     with pytest.raises(SyslogError) as caught:
         parse(data)
-    assert caught.value.reason == INVALID_SYSLOG
+    assert caught.value.reason == Reject.INVALID_SYSLOG
     assert "RFC 5424" in str(caught.value)
 
 
 def test_reasons_are_a_fixed_vocabulary() -> None:
-    assert REJECT_REASONS == (INVALID_SYSLOG,) == ("invalid_syslog",)
+    assert REJECT_REASONS == (Reject.INVALID_SYSLOG,) == ("invalid_syslog",)
 
 
 def test_a_space_between_sd_elements_starts_the_message() -> None:

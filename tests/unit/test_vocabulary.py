@@ -8,9 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest import spool
 from ingest.observe.metrics import build_registry
-from ingest.pipeline import message, queue
-from ingest.publish import publisher
-from ingest.receive import codec, dialects, gelf, sources, statsd, syslog
+from ingest.pipeline import message
+from ingest.receive import codec, dialects, gelf, statsd, syslog
 from ingest.vocabulary import Drop, Ignore, Reject, Skip
 from tests.unit.test_dashboard import _View
 
@@ -25,8 +24,8 @@ def test_every_reason_a_module_counts_is_in_the_vocabulary() -> None:
         *statsd.REJECT_REASONS,
     }
     assert rejects == set(Reject)  # and none is left unused
-    assert {sources.EMPTY, *gelf.IGNORE_REASONS} == set(Ignore)
-    drops = {queue.QUEUE_FULL, publisher.INVALID_MESSAGE, publisher.SHUTDOWN, publisher.CRASHED}
+    assert {Ignore.EMPTY, *gelf.IGNORE_REASONS} == set(Ignore)
+    drops = {Drop.QUEUE_FULL, Drop.INVALID_MESSAGE, Drop.SHUTDOWN, Drop.PUBLISHER_CRASHED}
     assert drops | set(spool.DROP_REASONS) == set(Drop)
     assert set(message.SKIP_REASONS) == set(Skip)
 
