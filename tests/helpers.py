@@ -17,10 +17,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import grpc.aio
+from google.pubsub_v1.types import pubsub as pubsub_types
 
 from tools.testing.daemon import INGEST, POLL_S
 
@@ -252,3 +256,28 @@ def pull_distinct(
         worker.join(timeout_s + 5)
     seen.update(emulator.pull_quiet(subscription, quiet_s=0.5, timeout_s=10))
     return seen
+
+
+PublishRequest = pubsub_types.PublishRequest.pb()
+PublishResponse = pubsub_types.PublishResponse.pb()
+
+
+def publish_server(
+    publish: Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]],
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server (not started) whose Publisher.Publish is ``publish``,
+    on a free loopback port, and the port: for the faults the emulator
+    cannot produce (a code it never answers, one topic failing alone)."""
+    server = grpc.aio.server()
+    handler = grpc.method_handlers_generic_handler(
+        "google.pubsub.v1.Publisher",
+        {
+            "Publish": grpc.unary_unary_rpc_method_handler(
+                publish,
+                request_deserializer=PublishRequest.FromString,
+                response_serializer=PublishResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    return server, server.add_insecure_port("127.0.0.1:0")

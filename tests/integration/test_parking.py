@@ -22,7 +22,6 @@ from contextlib import asynccontextmanager
 import grpc
 import grpc.aio
 import pytest
-from google.pubsub_v1.types import pubsub as pubsub_types
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,7 +37,7 @@ from ingest.publish.publisher import Batch, PublisherPool
 from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
-from tests.helpers import PubSubNames
+from tests.helpers import PublishResponse, PubSubNames, publish_server
 from tests.unit.test_dashboard import _View
 from tests.unit.test_lanes import DEADLINE_S, ERRORS, LONG_LINGER_S, PLAIN, batcher, fill, items
 from tools.testing.emulator import Emulator
@@ -493,8 +492,6 @@ def test_cancelled_while_parked_the_parked_topics_events_are_still_queued(
 
 
 # ---------------------------------------------------------------- the fake
-PublishRequest = pubsub_types.PublishRequest.pb()
-PublishResponse = pubsub_types.PublishResponse.pb()
 
 
 class TopicFake:
@@ -507,19 +504,7 @@ class TopicFake:
         self.codes: dict[str, grpc.StatusCode] = {}
         self.calls: Counter[tuple[str, str]] = Counter()
         self.times: dict[str, list[float]] = {}  # of each topic's calls (loop time)
-        self.server = grpc.aio.server()
-        handler = grpc.method_handlers_generic_handler(
-            "google.pubsub.v1.Publisher",
-            {
-                "Publish": grpc.unary_unary_rpc_method_handler(
-                    self._publish,
-                    request_deserializer=PublishRequest.FromString,
-                    response_serializer=PublishResponse.SerializeToString,
-                )
-            },
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server, self.port = publish_server(self._publish)
 
     async def _publish(self, request: object, context: grpc.aio.ServicerContext) -> object:
         topic = request.topic.rpartition("/")[2]  # type: ignore[attr-defined]

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 import grpc
 import grpc.aio
 import pytest
-from google.pubsub_v1.types import pubsub as pubsub_types
 
 from ingest.config import PUBSUB_MAX_REQUEST_BYTES
 from ingest.pipeline.batch import Batcher
@@ -32,7 +31,7 @@ from ingest.publish.publisher import (
 from ingest.publish.pubsub import PubSubClient
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
-from tests.helpers import PubSubNames
+from tests.helpers import PublishResponse, PubSubNames, publish_server
 from tools.testing.emulator import Emulator
 
 TOPIC = "projects/fake/topics/events"
@@ -148,8 +147,6 @@ def test_empty_message_is_bisected_out_against_the_emulator(
 
 
 # ---------------------------------------------------------------- the fake
-PublishRequest = pubsub_types.PublishRequest.pb()
-PublishResponse = pubsub_types.PublishResponse.pb()
 Rule = Callable[[int, list[bytes]], grpc.StatusCode]
 
 
@@ -169,19 +166,7 @@ class FakePublisher:
         self.delivered: list[bytes] = []
         self.called = asyncio.Event()
         self.on_call: Callable[[], None] = lambda: None
-        self.server = grpc.aio.server()
-        handler = grpc.method_handlers_generic_handler(
-            "google.pubsub.v1.Publisher",
-            {
-                "Publish": grpc.unary_unary_rpc_method_handler(
-                    self._publish,
-                    request_deserializer=PublishRequest.FromString,
-                    response_serializer=PublishResponse.SerializeToString,
-                )
-            },
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server, self.port = publish_server(self._publish)
 
     async def _publish(self, request: object, context: grpc.aio.ServicerContext) -> object:
         assert request.topic == TOPIC  # type: ignore[attr-defined]
