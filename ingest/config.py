@@ -44,7 +44,7 @@ PUBSUB_RESERVED_KEY_PREFIX = "goog"  # attribute keys Pub/Sub keeps for itself
 # datagrams can be larger, but a protobuf length prefix of <= 3 bytes (lengths
 # below 2 MiB) keeps the batcher's per-message overhead a fixed bound.
 MAX_DATAGRAM_CEILING = 1 << 20
-# What a datagram may be written in (dialects.py), the order --input-formats lists.
+# What a datagram may be written in (receive/dialects.py), the order --input-formats lists.
 INPUT_FORMATS = ("json", "gelf", "syslog", "statsd")
 
 # A gid is a 32-bit unsigned integer; (gid_t)-1 means "leave unchanged" to chown(2).
@@ -120,14 +120,14 @@ class Settings:
     spool_dir: str | None = None  # None: no disk spool
     spool_max_bytes: int = 1 << 30
     spool_fsync: Fsync = Fsync.ROLL
-    # Pub/Sub-native messages (message.py); all empty: the plain path.
+    # Pub/Sub-native messages (pipeline/message.py); all empty: the plain path.
     attributes: tuple[tuple[str, str], ...] = ()  # --attribute KEY=VALUE
     attribute_fields: tuple[tuple[str, str], ...] = ()  # --attribute-field KEY=FIELD
     ordering_key_field: str | None = None
     routes: tuple[RouteRule, ...] = ()
     unix_credentials: bool = False  # implied by unix_allow_uids
     unix_allow_uids: tuple[int, ...] = ()  # empty: every sender
-    # The dialects every listener takes (dialects.py).
+    # The dialects every listener takes (receive/dialects.py).
     input_formats: frozenset[str] = frozenset(INPUT_FORMATS)
     max_event_bytes: int = MAX_DATAGRAM_CEILING  # an inflated GELF message, at most
     syslog_wrap_text: bool = False
@@ -823,9 +823,9 @@ def build_settings(
     return Settings(listeners=listeners, **values)
 
 
-# The attributes --unix-credentials sets (sources.py fills them in).
+# The attributes --unix-credentials sets (receive/sources.py fills them in).
 SENDER_ATTRIBUTES = ("sender_pid", "sender_uid", "sender_gid")
-# The attributes a syslog event may get from its header (dialects.py).
+# The attributes a syslog event may get from its header (receive/dialects.py).
 SYSLOG_ATTRIBUTES = tuple(
     f"syslog_{name}" for name in ("severity", "facility", "timestamp", "host", "app", "pid")
 )

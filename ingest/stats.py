@@ -79,7 +79,7 @@ class Stats:
     datagrams_received: defaultdict[str, int] = field(default_factory=_counter)  # by listener
     events_received: defaultdict[str, int] = field(default_factory=_counter)  # by listener
     # The part of events_received that is not JSON, by (listener, format):
-    # dialects.py's formats, and "unknown" (rejected before being looked at).
+    # receive/dialects.py's formats, and "unknown" (rejected before being looked at).
     # JSON's share is the rest, so the plain path counts nothing more.
     events_by_format: defaultdict[tuple[str, str], int] = field(
         default_factory=lambda: defaultdict(int)

@@ -68,7 +68,7 @@ class Pipeline:
         self.topic_paths = settings.topic_paths
         # The plain pipeline carries events as they arrived; with metadata
         # (attributes, ordering keys, routes, credentials) it carries
-        # PubsubMessage bodies in lanes (lanes.py).
+        # PubsubMessage bodies in lanes (pipeline/lanes.py).
         self.lanes = MessageLanes(settings, stats, spool, spooled) if settings.metadata else None
         self.queue: EventQueue | LaneQueue = (
             self.lanes.queue

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a datagram was taken for (dialects.py); "unknown": rejected before
+# What a datagram was taken for (receive/dialects.py); "unknown": rejected before
 # being looked at (over --max-datagram-bytes).
 FORMATS = (*INPUT_FORMATS, "unknown")
 MAX_TAPS = 4

@@ -231,7 +231,7 @@ class SpooledLanes:
     def seen(self, kind: int, topic: str, events: list[bytes]) -> None:
         """A record the spool found at startup (spool.Spool.open's ``seen``).
         A record of messages holds one lane's: they are spilled lane by lane
-        (records.py), so its first message names the lane of all."""
+        (spool/records.py), so its first message names the lane of all."""
         if kind == KIND_DATA:
             self.untracked += len(events)
             return
@@ -305,7 +305,7 @@ class LaneQueue(Bounded):
         super().__init__(max_events, max_bytes, stats)
         # Oldest first. An OrderedDict, not a dict: lanes leave from the front
         # and a dict keeps a deleted entry's slot until it next resizes, so
-        # finding the first lane scanned every lane that left before it --
+        # finding the first lane would scan every lane that left before it --
         # quadratic when each event brings a new ordering key (~30 µs a
         # request at 50,000 one-message lanes, tools/bench/lanes.py).
         self._lanes: OrderedDict[Lane, LaneFifo] = OrderedDict()
@@ -318,7 +318,7 @@ class LaneQueue(Bounded):
         # waiting to be ready (if not, a put must wake the filler), and the
         # request's bounds (a put that fills a request must wake it). Other
         # puts do not: waking a filler only to find the same oldest lane
-        # still lingering cost ~20 µs each, thousands of times a second.
+        # still lingering costs ~20 µs each, thousands of times a second.
         self._lingering = False
         self._request_bounds = (sys.maxsize, sys.maxsize, 0)
         # Lanes a put found filling a request (some may have been taken since).
@@ -405,7 +405,7 @@ class LaneQueue(Bounded):
         bytes in all), bounds not checked (the caller did); whether a lane
         now fills a request. Inline rather than
         LaneFifo.add: per lane, per put, with a wake-up's messages spread
-        over many keys, a method call or two was a tenth of a µs an event."""
+        over many keys, a method call or two costs a tenth of a µs an event."""
         lanes = self._lanes
         max_count, max_bytes, overhead = self._request_bounds
         filled = False

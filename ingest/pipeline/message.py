@@ -96,7 +96,7 @@ class MessageBuilder:
     names the topic. Keys and their count were checked by the configuration.
 
     ``sender``: attribute entries of the datagram being decoded (the unix
-    credentials, sources.py sets them per datagram), added to each message.
+    credentials, receive/sources.py sets them per datagram), added to each message.
     A source that sets them has a builder of its own (``for_source``).
     """
 
@@ -138,7 +138,7 @@ class MessageBuilder:
         # metadata they make: (attribute entries and ordering key, lane, the
         # position and type of each number among the values). Bounded:
         # cleared when full. It pays only when values recur: a field with a
-        # new value in every event (a request id) made build ~2 µs dearer
+        # new value in every event (a request id) makes build ~2 µs dearer
         # (tools/bench/lanes.py --unique), so when a round of COMBOS_CACHED
         # misses saw fewer hits, it rests for COMBOS_REST_EVENTS events.
         paths = [*self._paths, *(r.path for r in self._routes)]
@@ -333,7 +333,7 @@ class MessageBuilder:
         """Events an earlier run spooled as plain data, given this
         configuration's metadata now. An item of the plain pipeline is an
         event's bytes, or a body (a syslog event with its attributes,
-        dialects.py): its data is built on, its attributes kept. They were
+        receive/dialects.py): its data is built on, its attributes kept. They were
         JSON objects when accepted and the spool checksums them; one that
         somehow is not is still published, as bare data, rather than
         stopping the replay."""

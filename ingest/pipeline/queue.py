@@ -29,7 +29,7 @@ class Chunk:
 
 
 class Intake(Protocol):
-    """What a reader (sources.py) puts into: EventQueue or lanes.LaneQueue."""
+    """What a reader (receive/sources.py) puts into: EventQueue or lanes.LaneQueue."""
 
     def put(self, items: list[Any], received_at: float) -> None: ...
 

@@ -1,6 +1,6 @@
 """The publisher pool: N coroutines turning queued events into PublishRequests.
 
-Each worker fills a batch (batch.py), encodes it once, and publishes it until
+Each worker fills a batch (pipeline/batch.py), encodes it once, and publishes it until
 Pub/Sub accepts it. Failures are classified once, by gRPC code (RETRY_POLICY):
 
 - transient codes are retried with capped exponential backoff and jitter;
@@ -58,7 +58,7 @@ class Batch:
     # Messages (from ``resolved`` on) of the Publish request awaiting Pub/Sub's
     # answer right now; 0 between attempts (building, backing off).
     on_the_wire: int = 0
-    # Where its messages go (lanes.py): (topic number, ordering key); None on
+    # Where its messages go (pipeline/lanes.py): (topic number, ordering key); None on
     # the plain path, which has one topic and no keys.
     lane: tuple[int, bytes] | None = None
     # Filled as the probe of its parked topic (publisher.PublisherPool).

@@ -166,7 +166,7 @@ def encode_topic_field(topic_path: str) -> bytes:
 class RequestEncoder:
     """Encodes PublishRequests for one topic. A message is either an event's
     bytes, wrapped here in a PubsubMessage holding only ``data``, or a whole
-    PubsubMessage *body* built earlier (message.py; dialects.py), framed as
+    PubsubMessage *body* built earlier (pipeline/message.py; receive/dialects.py), framed as
     it is. A body starts with 0x0a, the tag of its ``data`` field; an event
     never does (the readers see to that), so the first byte tells them apart.
     Headers are cached by length."""
@@ -209,7 +209,7 @@ class PubSubClient:
         self.channel = channel
         self.topic_path = topic_path
         # NoCompression is falsy to grpc.aio: no grpc-internal-encoding-request
-        # metadata, the exact call made before compression existed.
+        # metadata, so the default call is exactly one made without compression.
         self._compression = PUBLISH_COMPRESSIONS[compression]
         # Request bytes go out as they are; the response (message IDs) is not
         # decoded, since nothing reads it.

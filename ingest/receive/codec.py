@@ -111,7 +111,7 @@ def decode_messages(
     built: Built | None = None,
 ) -> int:
     """``decode_datagram`` for the pipeline of Pub/Sub-native messages: each
-    valid event goes out as ``build(line, parsed_object)`` (message.py: its
+    valid event goes out as ``build(line, parsed_object)`` (pipeline/message.py: its
     lane and body), the object parsed once for both the check and the
     metadata. A separate loop, so that the plain path pays nothing for it.
 
@@ -150,10 +150,10 @@ def decode_messages(
 def messages_decoder(build: Build, built: Built | None = None) -> Decoder:
     """``decode_messages`` bound to ``build``, as a reader calls it, with
     decode_datagram's shortcut for a datagram of one line: a closure, not a
-    functools.partial, whose keyword merge alone cost ~0.25 µs a datagram
+    functools.partial, whose keyword merge alone costs ~0.25 µs a datagram
     (tools/bench/lanes.py). ``built``: gets the bytes of the messages of
     datagrams of several lines; a datagram's one message is its line and the
-    metadata, and is not counted, which keeps the common path as it was."""
+    metadata, and is not counted, which keeps the common path free of that work."""
 
     def decode(data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
         if b"\n" in data:

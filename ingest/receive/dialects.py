@@ -17,7 +17,7 @@ statsd     starts with a letter, digit or ``_`` and    statsd.py
 The reader (sources.py) sends a datagram that starts with ``{`` straight to
 the JSON decoder, so the plain path pays one byte compare for all this, and
 every other datagram here. What matches no dialect goes to the JSON decoder
-too, and is rejected as it always was (``invalid_json``, ``not_object``: a
+too, and is rejected as any bad JSON is (``invalid_json``, ``not_object``: a
 bare ``123`` or ``[1]`` has no ``|``, so it is never taken for statsd). A
 datagram of a recognised format that ``--input-formats`` leaves out is
 rejected as ``format_disabled``, one event per line: it names what arrived
@@ -38,11 +38,11 @@ Attributes on the plain path
 Without --attribute and the like, the pipeline carries each event as its own
 bytes, and the publisher wraps each in a PubsubMessage holding only ``data``.
 A syslog event carries attributes, so it travels as a whole PubsubMessage
-*body* (message.py) in the same queue: the publisher tells the two apart by
+*body* (pipeline/message.py) in the same queue: the publisher tells the two apart by
 the first byte (pubsub.RequestEncoder). A body starts with 0x0a, data's
 field tag; an event's bytes never do, because the JSON decoder splits lines
 at 0x0a, and a GELF or syslog event that would start with one goes as a body
-here. With metadata configured, every event is a body anyway (lanes.py) and
+here. With metadata configured, every event is a body anyway (pipeline/lanes.py) and
 the facts join the configured attributes.
 """
 
@@ -119,7 +119,7 @@ class Dialects:
     takes them (``take_counts``, once a wake-up); JSON's are what remains.
 
     ``builder``: the metadata pipeline's (events go out as (lane, body)
-    pairs, message.py), or None for the plain pipeline. ``reassembler``: the
+    pairs, pipeline/message.py), or None for the plain pipeline. ``reassembler``: the
     listener's own; the 8 random bytes of GELF's message id keep senders
     apart (the reader does not learn UDP addresses: that would cost every
     datagram a recvfrom).

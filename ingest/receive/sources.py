@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 # DRAIN_BATCH datagrams, WAKEUP_MAX_EVENTS events, WAKEUP_MAX_BYTES bytes
 # received and WAKEUP_MAX_BYTES bytes the decoders wrote (codec.Built), plus
 # the one datagram that crosses a bound (which writes at most
-# codec.MAX_DECODED_BYTES). A budget in datagrams alone let one wake-up
+# codec.MAX_DECODED_BYTES). A budget in datagrams alone would let one wake-up
 # hold 256 x 21,835 events (a 64 KiB datagram of "{}\n" lines): seconds of
-# work and hundreds of MiB before the queue's bounds were even consulted; one
+# work and hundreds of MiB before the queue's bounds are even consulted; one
 # in bytes received alone would let three statsd datagrams write a GiB.
 DRAIN_BATCH = 256
 WAKEUP_MAX_EVENTS = 8192

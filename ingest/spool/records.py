@@ -21,20 +21,21 @@ bodies (KIND_MESSAGES, below) are not UTF-8, as their varint lengths can hold
 All of a record's events are of one ``kind`` (KIND_DATA: events as received;
 KIND_MESSAGES: PubsubMessage bodies) and go to one ``topic``: a Pub/Sub topic
 ID (ASCII, at most MAX_TOPIC_BYTES), "" meaning whatever --topic is at replay.
-The messages of one record share their ordering key too, since lanes.py
+The messages of one record share their ordering key too, since pipeline/lanes.py
 spools them lane by lane: startup counts each key's spooled messages
 (lanes.SpooledLanes.seen) by the first message of each record.
 
 Versions: this is version 2, which is what new segments are written in.
-Version 1 segments (written before kind and topic existed: the payload starts
-at count) are still read, their records as KIND_DATA for topic "". The header
-says which; a segment is all of one version. An ingest that reads version 1
-only refuses anything else in ``check_header``, so at startup it sets a
-version 2 segment aside as NAME.corrupt (logged, counted in
-ingest_spool_corrupt_records), never replaying or deleting it. To replay one
-after upgrading again, rename it back to a segment number above every
-existing one: the cursor has moved on meanwhile, and a segment numbered below
-the cursor counts as replayed and is deleted unread.
+Version 1 segments (without kind and topic: the payload starts at count),
+which spools of older releases hold, are still read, their records as
+KIND_DATA for topic "". The header says which; a segment is all of one
+version. An ingest that reads version 1 only refuses anything else in
+``check_header``, so at startup it sets a version 2 segment aside as
+NAME.corrupt (logged, counted in ingest_spool_corrupt_records), never
+replaying or deleting it. To replay one after upgrading again, rename it back
+to a segment number above every existing one: the cursor has moved on
+meanwhile, and a segment numbered below the cursor counts as replayed and is
+deleted unread.
 
 The cursor file says where replay resumes::
 
@@ -42,8 +43,9 @@ The cursor file says where replay resumes::
 
 ``offset`` is the record being replayed and ``taken`` how many of its events
 were already handed on, so a restart resumes inside a record, never at its
-start. The crc (zlib.crc32 of the 24 bytes before it) tells a torn cursor. The
-cursor of earlier versions had no ``taken`` (20 bytes) and is still read.
+start. The crc (zlib.crc32 of the 24 bytes before it) tells a torn cursor. A
+20-byte cursor without ``taken``, which spools of older releases hold, is
+still read.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ MAX_PAYLOAD_BYTES = 1 << 30
 # record would overflow one unless it is empty. A larger file is not a segment.
 MAX_SEGMENT_BYTES = HEADER_BYTES + RECORD_HEAD_BYTES + MAX_PAYLOAD_BYTES
 _CURSOR = struct.Struct("<QQQI")  # segment, offset, taken, crc
-_CURSOR_V1 = struct.Struct("<QQI")  # segment, offset, crc: earlier versions
+_CURSOR_V1 = struct.Struct("<QQI")  # segment, offset, crc: older releases' spools
 CURSOR_BYTES = _CURSOR.size
 
 

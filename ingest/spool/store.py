@@ -3,7 +3,7 @@ shutdown puts what it could not publish. Append-only, segmented, replayed
 oldest first. ``Spool`` is the one entry point, the policy that ties the
 parts: the format is records.py, the cursor ledger.py, safe file handling
 files.py, the segment files segments.py, appending to them writer.py and
-reading them back reader.py; pacing against live traffic is replay.py. This
+reading them back reader.py; pacing against live traffic is pipeline/replay.py. This
 module owns the lock, opening and loading, the bounds, when the cursor is
 saved, and the counts.
 
@@ -200,7 +200,7 @@ class Spool:
     def prepend(self, parts: list[tuple[list[bytes], int, str]]) -> None:
         """At a stop, once replay has ended: put ``parts`` (events, kind,
         topic), in their order, ahead of every event not yet replayed, so a
-        restart replays them first (lanes.py: a key's messages still in
+        restart replays them first (pipeline/lanes.py: a key's messages still in
         memory are older than its messages on disk).
 
         The oldest segment is replaced by one holding ``parts``, then what is

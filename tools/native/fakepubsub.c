@@ -411,7 +411,7 @@ static int flush_pending(struct conn *c) {
 }
 
 /* PublishResponse.message_ids (field 1) "0".."n-1": a prefix of one list
- * made at startup (sprintf per ID was a fifth of the CPU). */
+ * made at startup (sprintf per ID costs a fifth of the CPU). */
 #define MAX_IDS 1000  /* Pub/Sub's per-request message limit; more are made per call */
 static unsigned char *all_ids;
 static size_t ids_end[MAX_IDS + 1];
@@ -670,7 +670,7 @@ int main(int argc, char **argv) {
     }
     signal(SIGPIPE, SIG_IGN);  /* a closed connection is a failed write, not our death */
     /* Request buffers (~100 KB to 10 MB) are reused from the heap rather than
-     * mmap'd and unmapped per request: page faults were most of its CPU. */
+     * mmap'd and unmapped per request: page faults would be most of its CPU. */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
     int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;

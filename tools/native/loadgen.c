@@ -1,6 +1,6 @@
 /* The paced sender of tools/testing/loadgen.py, in C: the same events, schedule,
  * arguments and JSON report, at a fraction of the CPU (sendmmsg, no
- * interpreter). On a 2-core machine the Python sender's ~4 us per event was a
+ * interpreter). On a 2-core machine the Python sender's ~4 us per event is a
  * third of a core at 150k events/s, taken from the daemon under test.
  * Built on demand by tools/testing/loadgen.py (cc -O2); see that file for the rules
  * (--keys N: each event also carries "user":"u<seq % N>", last; --format

@@ -119,7 +119,7 @@ class TcpProxy:
     def stop(self) -> None:
         if self._server is not None:
             # On the proxy's loop: asyncio.Server is not thread-safe, and a
-            # handler ending there at the same moment made close() raise.
+            # handler ending there at the same moment can make close() raise.
             self._call(self._close(self._server))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
