@@ -9,6 +9,10 @@ shutdown  1. stop intake: read what the kernel already queued, close sockets
              to the spool (fsynced; a key's ahead of its messages already
              there, which are newer), or without one is dropped (``shutdown``)
           4. close the channel; return the exit code
+
+SIGHUP only starts the reload task; reloader.Reloader applies the reload to
+the running pipeline. What /metrics, /healthz and the dashboard read is a
+view.DaemonView, built at startup.
 """
 
 from __future__ import annotations
@@ -16,10 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
-import socket
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -28,31 +29,22 @@ from typing import Any
 from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import systemd
-from ingest.config import ConfigError, Listener, Settings, topic_path
-from ingest.observe.health import Verdict, evaluate
+from ingest.config import ConfigError, Settings
 from ingest.observe.httpd import HttpServer
 from ingest.observe.metrics import build_registry
 from ingest.observe.tap import TapHub
-from ingest.pipeline.lanes import LaneQueue, SpooledLanes
-from ingest.pipeline.queue import EventQueue
+from ingest.pipeline.lanes import SpooledLanes
 from ingest.pipeline.replay import run_replay
 from ingest.publish.health import PubSubHealth
 from ingest.publish.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.publish.topic import TopicWatch
 from ingest.receive import kernel
-from ingest.receive.sources import (
-    FINAL_DRAIN_MAX_S,
-    REBIND_DRAIN_MAX_S,
-    DatagramSource,
-    SocketFile,
-    bind_listener,
-    set_rcvbuf,
-)
-from ingest.reload import METADATA
-from ingest.reload import plan as reload_plan
+from ingest.receive.sources import FINAL_DRAIN_MAX_S, DatagramSource, bind_listener
+from ingest.reloader import Reloader
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
 from ingest.stats import RejectSummary, Stats
+from ingest.view import DaemonView
 from ingest.vocabulary import Drop, Exit
 from ingest.wiring import Pipeline
 
@@ -80,12 +72,16 @@ class Daemon:
         # The topics published to, by number (--topic's, then the routes'):
         # fixed at startup, since queued lanes and the publishers name them so.
         self.topic_ids = settings.topics
+        self.topic_paths = settings.topic_paths
         self._reloading: asyncio.Task[None] | None = None
+        # Made once startup has started the readers: a reload before then is refused.
+        self._reloader: Reloader | None = None
         self.stats = stats or Stats()
         # Made at startup, once the spool (if any) is open (wiring.py).
         self.pipeline: Pipeline | None = None
         self.health = PubSubHealth()
         self.http: HttpServer | None = None
+        self.view: DaemonView | None = None  # /metrics, /healthz, the dashboard; made at startup
         self.tap = TapHub()  # `ingest tap`, served by self.http
         self.spool: Spool | None = None
         self.topics: list[TopicWatch] = []  # --topic's first, then the routes'
@@ -174,10 +170,19 @@ class Daemon:
                 sock.setblocking(False)
             pipeline.sources.append(pipeline.add_reader(listener, sock, adopted is not None))
         self._warn_unix_qlen()
-        registry = build_registry(self)
+        view = self.view = DaemonView(
+            lambda: self.settings,
+            pipeline,
+            self.topic_paths,
+            stats=self.stats,
+            spool=self.spool,
+            notifier=self.notifier,
+            health=self.health,
+        )
+        registry = build_registry(view)
         if settings.metrics is not None:
             host, port = settings.metrics
-            self.http = HttpServer(host, port, registry, self.verdict, tap=self.tap)
+            self.http = HttpServer(host, port, registry, view.verdict, tap=self.tap)
             try:
                 await self.http.start()
             except OSError as exc:
@@ -204,8 +209,8 @@ class Daemon:
         if settings.dashboard and sys.stdout.isatty():
             from ingest.observe.dashboard import InlineDashboard  # rich's Live only when asked
 
-            view = InlineDashboard(registry.collect, lambda: self.verdict().reasons)
-            self._dashboard = asyncio.create_task(view.run(), name="dashboard")
+            dashboard = InlineDashboard(registry.collect, lambda: view.verdict().reasons)
+            self._dashboard = asyncio.create_task(dashboard.run(), name="dashboard")
             self._dashboard.add_done_callback(_log_dashboard_failure)
         elif settings.dashboard:
             log.info("--dashboard: stdout is not a terminal; not drawing it")
@@ -220,6 +225,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for source in self.sources:
             source.start(loop)
+        self._reloader = Reloader(pipeline, self.topic_ids, self._stop)
         log.info(
             "ready: %s -> %s on %s (publishers=%d%s)",
             " ".join(
@@ -257,6 +263,8 @@ class Daemon:
         probe Pub/Sub (GetTopic, never a publish) when idle."""
         loop = asyncio.get_running_loop()
         rejects = RejectSummary(self.stats)
+        pipeline = self.pipeline
+        assert pipeline is not None  # started by startup, once it made the pipeline
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
             summary = rejects.line(loop.time())
@@ -272,56 +280,15 @@ class Daemon:
                 stats = self.stats
                 self.notifier.status(
                     self._status.line(
-                        loop.time(), stats.received_total(), stats.published, self.queue.events
+                        loop.time(), stats.received_total(), stats.published, pipeline.queue.events
                     )
                 )
             for watch in self.topics:
                 await watch.tick()
 
-    # ---------------------------------------------------------------- views
-    # What /metrics, /healthz and the dashboard read (metrics.PipelineView).
     @property
     def sources(self) -> list[DatagramSource]:
         return self.pipeline.sources if self.pipeline else []
-
-    @property
-    def queue(self) -> EventQueue | LaneQueue:
-        assert self.pipeline is not None  # read by /metrics, served once startup made it
-        return self.pipeline.queue
-
-    @property
-    def in_flight(self) -> int:
-        return self.pipeline.pool.in_flight if self.pipeline else 0
-
-    @property
-    def listener_views(self) -> list[DatagramSource]:
-        return self.sources
-
-    @property
-    def topic_path(self) -> str:
-        return self.settings.topic_path
-
-    @property
-    def topic_paths(self) -> tuple[str, ...]:
-        """Every topic this daemon may publish to; --topic's first."""
-        return tuple(topic_path(self.settings.project, topic) for topic in self.topic_ids)
-
-    @property
-    def udp_rcvbuf_requested(self) -> int:
-        return self.settings.udp_rcvbuf_bytes
-
-    def outage_s(self) -> float:
-        return self.health.outage_s(asyncio.get_running_loop().time())
-
-    def verdict(self) -> Verdict:
-        queue = self.queue
-        fill = max(queue.events / queue.max_events, queue.bytes / queue.max_bytes)
-        problems = tuple(source.problem for source in self.sources if source.problem)
-        if not self.sources:
-            problems += ("no listener is bound",)
-        if self.spool is not None and self.spool.problem:
-            problems += (self.spool.problem,)
-        return evaluate(self.health, asyncio.get_running_loop().time(), fill, problems)
 
     # ------------------------------------------------------------ main loop
     async def main_loop(self) -> None:
@@ -482,7 +449,7 @@ class Daemon:
             self.stats.config_reloads["error"] += 1
             return
         try:
-            changed = await self.reload(self._reload_settings())
+            changed = self._apply(self._reload_settings())
         except ConfigError as exc:  # a file that fails validation, a listener that cannot be bound
             self.stats.config_reloads["error"] += 1
             log.error("reload refused, still running the previous configuration: %s", exc)
@@ -501,93 +468,14 @@ class Daemon:
         self.stats.config_reloads["ok"] += 1
         log.info("reloaded: %s", ", ".join(changed) if changed else "nothing changed")
 
-    async def reload(self, new: Settings) -> list[str]:
-        """Apply ``new`` to the running pipeline; returns the names of the
-        settings that changed. All or nothing: everything that can fail --
-        binding the added listeners, the socket options of the others, the
-        pipeline's new metadata and bounds, the new readers -- is done first,
-        and undone if any of it raises, whatever the exception; only then are
-        the readers swapped. Never awaits, so no stop can begin halfway."""
-        old = self.settings
-        pipeline = self.pipeline
-        # A SIGHUP during startup: its readers are not all made, or not started
-        # (the publishers come last before they are, with no await between).
-        if pipeline is None or not self._workers:
+    def _apply(self, new: Settings) -> list[str]:
+        """Apply ``new`` (Reloader.apply); returns the names of the settings
+        that changed. Never awaits, so no stop can begin halfway."""
+        # A SIGHUP during startup: its readers are not all made, or not started.
+        if self._reloader is None:
             raise ConfigError("SIGHUP", "the daemon is still starting; send it again when ready")
-        if self._stop.is_set():
-            raise ConfigError("SIGHUP", "the daemon is stopping")
-        planned = reload_plan(old, new, self.topic_ids)
-        new = planned.settings
-        metadata_changed = any(name in planned.changed for name in METADATA)
-        wanted = {listener.label: listener for listener in new.listeners}
-        current = {source.label for source in self.sources}
-        bound: list[tuple[Listener, socket.socket, SocketFile | None]] = []
-        undo: list[Callable[[], object]] = []  # the socket options set, last first
-        try:
-            for label, listener in wanted.items():
-                if label not in current:
-                    sock = bind_listener(
-                        listener,
-                        new.udp_rcvbuf_bytes,
-                        new.unix_mode,
-                        new.unix_gid,
-                        unix_credentials=new.unix_credentials,
-                    )
-                    # Taken now, so that undoing removes only the file bound here.
-                    path = SocketFile(listener.path) if listener.kind == "unix" else None
-                    bound.append((listener, sock, path))
-            for source in self.sources:
-                if source.label in wanted:
-                    _set_socket_options(source, old, new, undo)
-            undo.append(lambda: pipeline.reconfigure(old, metadata_changed))
-            pipeline.reconfigure(new, metadata_changed)
-            # Rebuilt around the same socket: the new decoding, allow-lists
-            # and bounds, nothing dropped (the old reader stops between two
-            # wake-ups; what the socket holds is the new reader's).
-            replaced = [
-                (
-                    source,
-                    pipeline.add_reader(
-                        source.listener, source.sock, source.adopted, settings=new, previous=source
-                    ),
-                )
-                for source in self.sources
-                if source.label in wanted
-            ]
-            added = [
-                pipeline.add_reader(listener, sock, settings=new) for listener, sock, _ in bound
-            ]
-        except BaseException:
-            # add_reader hands a GELF reassembler in progress on, with the new bound.
-            for source in self.sources:
-                if source.dialects is not None:
-                    source.dialects.reassembler.max_message_bytes = old.max_event_bytes
-            for step in reversed(undo):
-                step()
-            for _, sock, path in bound:
-                sock.close()
-                if path is not None:
-                    path.unlink_if_ours()
-            raise
-        self.settings = new
-        logging.getLogger().setLevel(new.log_level.upper())
-        loop = asyncio.get_running_loop()
-        removed = [source for source in self.sources if source.label not in wanted]
-        for source, fresh in replaced:
-            source.stop()
-            fresh.start(loop)
-        for source in added:
-            source.start(loop)
-            log.info("%s: listener added", source.label)
-        pipeline.sources[:] = [fresh for _, fresh in replaced] + added
-        for source in removed:
-            source.drain_until_empty(REBIND_DRAIN_MAX_S)
-            source.close()
-            log.info("%s: listener removed", source.label)
-        for line in planned.kept:
-            log.warning("reload: not applied until restart: %s", line)
-        for line in _adopted_keep(self.sources, old, new):
-            log.warning("reload: %s", line)
+        planned = self._reloader.apply(self.settings, new)
+        self.settings = planned.settings
         return planned.changed
 
     def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -596,99 +484,6 @@ class Daemon:
         loop.default_exception_handler(context)
         self._crashed = True
         self._stop.set()
-
-
-def _set_socket_options(
-    source: DatagramSource, old: Settings, new: Settings, undo: list[Callable[[], object]]
-) -> None:
-    """A reload's --unix-mode and --unix-group, or --udp-rcvbuf-bytes, set on
-    a socket the daemon bound, as a fresh bind would set them (systemd's keep
-    what ingest.socket set: _adopted_keep); ``undo`` gets how to set them back.
-    A unix socket file gone or replaced is left alone: check_path re-creates
-    it with the settings then running."""
-    if source.adopted:
-        return
-    if source.kind == "udp":
-        if new.udp_rcvbuf_bytes == old.udp_rcvbuf_bytes:
-            return
-        sock = source.sock
-        # Linux reports double the usable size it granted (man 7 socket).
-        before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-        undo.append(lambda: set_rcvbuf(sock, before))
-        granted = set_rcvbuf(sock, new.udp_rcvbuf_bytes)
-        if granted < new.udp_rcvbuf_bytes:
-            log.warning(
-                "%s: kernel granted SO_RCVBUF %d bytes of the %d asked; bursts may be "
-                "dropped by the kernel. Fix: sysctl -w net.core.rmem_max=%d",
-                source.label,
-                granted,
-                new.udp_rcvbuf_bytes,
-                new.udp_rcvbuf_bytes,
-            )
-        return
-    file = source.socket_file
-    if (new.unix_mode, new.unix_gid) == (old.unix_mode, old.unix_gid):
-        return
-    if file is None or file.replaced():
-        return
-    path = file.path
-    try:
-        st = os.stat(path)
-        undo.append(lambda: _restore_file(path, stat.S_IMODE(st.st_mode), st.st_gid))
-        os.chmod(path, new.unix_mode)
-    except OSError as exc:
-        raise ConfigError(
-            "--unix-mode", f"{path}: cannot set mode {new.unix_mode:04o}: {exc.strerror}"
-        ) from None
-    if new.unix_gid == old.unix_gid:
-        return
-    gid = new.unix_gid if new.unix_gid is not None else _bound_group(path)
-    if gid != st.st_gid:
-        try:
-            os.chown(path, -1, gid)
-        except OSError as exc:
-            raise ConfigError(
-                "--unix-group", f"{path}: cannot set group {gid}: {exc.strerror}"
-            ) from None
-
-
-def _bound_group(path: str) -> int:
-    """The group a socket file bound at ``path`` now gets without
-    --unix-group: its directory's if that is set-group-ID, else the daemon's."""
-    directory = os.stat(os.path.dirname(path) or ".")
-    return directory.st_gid if directory.st_mode & stat.S_ISGID else os.getegid()
-
-
-def _restore_file(path: str, mode: int, gid: int) -> None:
-    # Undoing a failed reload: a file that cannot be set back is said, not fatal.
-    try:
-        os.chmod(path, mode)
-        os.chown(path, -1, gid)
-    except OSError as exc:
-        log.warning(
-            "reload: could not set %s back to mode %04o, group %d: %s",
-            path,
-            mode,
-            gid,
-            exc.strerror,
-        )
-
-
-def _adopted_keep(sources: list[DatagramSource], old: Settings, new: Settings) -> list[str]:
-    """The socket options a reload changed that sockets passed by systemd do
-    not take: ingest.socket set them, at startup as now."""
-    lines = []
-    unix = [f"--unix-mode ({new.unix_mode:04o})"] if new.unix_mode != old.unix_mode else []
-    unix += ["--unix-group"] if new.unix_gid != old.unix_gid else []
-    udp = ["--udp-rcvbuf-bytes"] if new.udp_rcvbuf_bytes != old.udp_rcvbuf_bytes else []
-    for source in sources:
-        options = unix if source.kind == "unix" else udp
-        if source.adopted and options:
-            lines.append(
-                f"{', '.join(options)} not applied to {source.label}: "
-                "systemd passed it, and ingest.socket sets its options"
-            )
-    return lines
 
 
 def _log_dashboard_failure(task: asyncio.Task[None]) -> None:

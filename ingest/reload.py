@@ -3,7 +3,7 @@ anything is touched. Pure: settings in, settings and reasons out.
 
 A reload re-reads the configuration file and the environment over the
 command line's flags (cli.settings_from, the validation ``check-config``
-runs), then the daemon applies what ``plan`` returns (daemon.Daemon.reload).
+runs), then the daemon applies what ``plan`` returns (reloader.Reloader).
 
 Every setting is in exactly one of three places here (tests/system/test_reload.py
 checks it):

@@ -45,7 +45,7 @@ class ListenerView(Protocol):
 
 
 class PipelineView(Protocol):
-    """What the collector reads; the Daemon provides it."""
+    """What the collector reads; the daemon provides it (view.DaemonView)."""
 
     stats: Stats
     spool: Spool | None

@@ -23,7 +23,7 @@ from hypothesis import assume, given
 from hypothesis import settings as settings_hypothesis
 from hypothesis import strategies as st
 
-from ingest import daemon as daemon_module
+from ingest import reloader as reloader_module
 from ingest.config import (
     SERVE_OPTIONS,
     ConfigError,
@@ -539,13 +539,13 @@ def test_sockets_systemd_passed_keep_their_options_and_the_log_says_so(sockdir: 
     )
     try:
         undo: list[Callable[[], object]] = []
-        daemon_module._set_socket_options(source, old, new, undo)
+        reloader_module._set_socket_options(source, old, new, undo)
         assert undo == [] and stat.S_IMODE(path.stat().st_mode) == 0o660
-        assert daemon_module._adopted_keep([source], old, new) == [
+        assert reloader_module._adopted_keep([source], old, new) == [
             f"--unix-mode (0600), --unix-group not applied to unix:{path}: systemd passed "
             "it, and ingest.socket sets its options"
         ]
-        assert daemon_module._adopted_keep([source], old, old) == []
+        assert reloader_module._adopted_keep([source], old, old) == []
     finally:
         source.close()
         path.unlink()

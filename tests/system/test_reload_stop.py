@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from ingest import daemon as daemon_module
+from ingest import reloader as reloader_module
 from ingest.config import ConfigError, Settings, build_settings
 from ingest.daemon import Daemon
 from ingest.observe.httpd import HttpServer
@@ -195,8 +195,8 @@ def test_a_reload_that_fails_anywhere_is_logged_counted_and_undone(
         if where == "settings":
             config.error = error
         elif where == "bind":  # the second added listener's
-            real = daemon_module.bind_listener
-            monkeypatch.setattr(daemon_module, "bind_listener", failing_after(2, error, real))
+            real = reloader_module.bind_listener
+            monkeypatch.setattr(reloader_module, "bind_listener", failing_after(2, error, real))
         elif where == "reconfigure":  # after the queue's bounds, before the batcher's
             real = LaneBatcher.set_bounds
             monkeypatch.setattr(LaneBatcher, "set_bounds", failing_after(1, error, real))
@@ -209,7 +209,7 @@ def test_a_reload_that_fails_anywhere_is_logged_counted_and_undone(
             sources = list(daemon.sources)
             inject()
             caplog.clear()
-            with caplog.at_level(logging.INFO, logger="ingest.daemon"):
+            with caplog.at_level(logging.INFO, logger="ingest"):
                 task = await hup(daemon)
             assert task is not None
             assert task.cancelled() == isinstance(error, asyncio.CancelledError)
@@ -226,17 +226,17 @@ def test_a_reload_that_fails_anywhere_is_logged_counted_and_undone(
             # Still the previous configuration, still reading.
             assert daemon.settings is old
             assert daemon.sources == sources
-            assert daemon.queue.max_events == old.queue_max_events
+            assert daemon.view.queue.max_events == old.queue_max_events
             assert stat.S_IMODE(main.stat().st_mode) == old.unix_mode
             await reads(daemon, main)
             # And the next reload, with nothing failing, is applied.
             monkeypatch.undo()
             config.error = None
-            with caplog.at_level(logging.INFO, logger="ingest.daemon"):
+            with caplog.at_level(logging.INFO, logger="ingest"):
                 await hup(daemon)
             assert "reloaded: listeners, queue_max_events, unix_mode, attributes" in caplog.text
             assert dict(daemon.stats.config_reloads) == {"error": 1, "ok": 1}
-            assert daemon.queue.max_events == 7
+            assert daemon.view.queue.max_events == 7
             assert stat.S_IMODE(main.stat().st_mode) == 0o600
             await reads(daemon, one)
             await reads(daemon, two)
@@ -256,7 +256,7 @@ def test_a_listener_that_cannot_be_bound_undoes_the_ones_bound_before_it(
 
     async def scenario() -> None:
         async with running(old, config) as daemon:
-            with caplog.at_level(logging.INFO, logger="ingest.daemon"):
+            with caplog.at_level(logging.INFO, logger="ingest"):
                 await hup(daemon)
             assert not one.exists()
             assert dict(daemon.stats.config_reloads) == {"error": 1}
@@ -289,7 +289,7 @@ def test_a_reload_asked_for_before_a_stop_does_not_run_after_it(
 
     async def scenario() -> None:
         async with running(serve_settings(pubsub, main), config) as daemon:
-            with caplog.at_level(logging.INFO, logger="ingest.daemon"):
+            with caplog.at_level(logging.INFO, logger="ingest"):
                 daemon._on_hup()  # the task is created, not yet run
                 STOPS[stop](daemon)
                 task = daemon._reloading
@@ -313,13 +313,14 @@ def test_sighup_once_stopping_creates_no_reload(
     async def scenario() -> None:
         async with running(serve_settings(pubsub, main), config) as daemon:
             daemon._on_stop_signal("SIGTERM")
-            with caplog.at_level(logging.INFO, logger="ingest.daemon"):
+            with caplog.at_level(logging.INFO, logger="ingest"):
                 assert await hup(daemon) is None
             assert "SIGHUP ignored: the daemon is stopping" in caplog.text
             assert not extra.exists()
-            # reload() itself refuses too, for a caller that is not the handler.
+            # The reloader itself refuses too, for a caller that is not the handler.
+            assert daemon._reloader is not None
             with pytest.raises(ConfigError, match="the daemon is stopping"):
-                await daemon.reload(config.settings)
+                daemon._reloader.apply(daemon.settings, config.settings)
             assert not extra.exists()
 
     asyncio.run(scenario())
@@ -351,7 +352,7 @@ def test_a_sighup_during_startup_is_refused_until_ready(
             serve_settings(pubsub, main, metrics="127.0.0.1:0"), reload_settings=config.read
         )
         holder.append(daemon)
-        with caplog.at_level(logging.INFO, logger="ingest.daemon"):
+        with caplog.at_level(logging.INFO, logger="ingest"):
             await daemon.startup()
         try:
             assert daemon._reloading is not None and daemon._reloading.done()

@@ -35,7 +35,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import ingest.client as client_module
+import ingest_client.emitter as client_module  # its module state, patched here
 from ingest.client import (
     BAD_ADDRESS,
     CLOSED,
@@ -334,9 +334,10 @@ def test_orjson_is_used_when_installed_and_json_without_it() -> None:
         "import sys\n"
         "sys.modules['orjson'] = None  # as if not installed: import orjson fails\n"
         "import ingest.client, ingest_client\n"
+        "from ingest_client import emitter\n"
         "assert ingest.client.JSON_LIBRARY == ingest_client.JSON_LIBRARY == 'json'\n"
-        "assert ingest.client._dumps is ingest.client._json_dumps\n"
-        "print(ingest.client._dumps({'a': [1, 'é', None]}).decode())\n"
+        "assert emitter._dumps is emitter._json_dumps\n"
+        "print(emitter._dumps({'a': [1, 'é', None]}).decode())\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
@@ -974,7 +975,7 @@ def test_a_reentrant_close_runs_when_the_interrupted_call_returns(
 # batch and then does the close.
 CLOSE_AND_EXIT_MID_EMIT = """
 import os, signal, sys
-import ingest.client as client
+import ingest_client.emitter as client
 emitter = client.Emitter(unix=sys.argv[1], batch=True)
 emitter.emit({"first": 1})
 def on_term(signum, frame):

@@ -2,7 +2,7 @@
 wheel and installed into a fresh virtualenv holds ``ingest-client`` and
 nothing else, and the Emitter there (no orjson: the json fallback) sends
 events a real unix socket receives. The daemon's distribution ships the same
-source package, and ``ingest.client`` is that module, not a copy.
+source package, and ``ingest.client`` re-exports its names, not copies.
 
 Offline and quick (~2 s): the wheel is built by this environment's setuptools
 (``--no-build-isolation``, from a copy of ``clients/python`` so the checkout
@@ -177,9 +177,15 @@ def test_the_daemons_distribution_ships_the_same_source_package(tmp_path: Path) 
 
 
 def test_ingest_client_is_one_implementation() -> None:
-    # ingest.client is the light client's module object, so patches and
-    # module state are shared; the daemon's address rules are the client's.
-    assert ingest.client is ingest_client.emitter
+    # ingest.client is a module of its own (no sys.modules swap) that
+    # re-exports every name the emitter exports, as the same objects; the
+    # emitter's module state stays the emitter's. The daemon's address rules
+    # are the client's.
+    assert ingest.client.__name__ == "ingest.client"
+    assert sys.modules["ingest.client"] is ingest.client
+    assert ingest.client.__all__ == ingest_client.emitter.__all__
+    for name in ingest_client.emitter.__all__:
+        assert getattr(ingest.client, name) is getattr(ingest_client.emitter, name), name
     assert ingest.client.Emitter is ingest_client.Emitter
     assert ingest.config.parse_host_port is ingest_client.address.parse_host_port
     assert ingest.config.check_unix_path is ingest_client.address.check_unix_path
@@ -194,7 +200,7 @@ def test_the_development_install_maps_ingest_client_to_the_checkout(tmp_path: Pa
     code = (
         "import ingest.client, ingest_client\n"
         "print(ingest_client.__file__)\n"
-        "assert ingest.client is ingest_client.emitter\n"
+        "assert ingest.client.Emitter is ingest_client.Emitter\n"
     )
     found = run(sys.executable, "-I", "-c", code, cwd=tmp_path).strip()
     assert Path(found) == CLIENT_SOURCE / "ingest_client" / "__init__.py"
