@@ -67,6 +67,18 @@ def daemons(tmp_path: Path, emulator: Emulator) -> Iterator[Daemons]:
 
 
 @pytest.fixture
+def offline_daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """``ingest serve`` processes pointed at no emulator: for startup errors,
+    which fail before Pub/Sub is contacted, and for tests that give each
+    daemon a Pub/Sub of their own (behind a proxy)."""
+    manager = Daemons(tmp_path, None)
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+@pytest.fixture
 def sockdir(tmp_path: Path) -> Iterator[Path]:
     """A directory short enough for unix socket paths (sun_path is 108 bytes)."""
     with short_dir(tmp_path) as path:

@@ -6,54 +6,14 @@
 The Emitter lives in ``clients/python/ingest_client`` (the ``ingest-client``
 distribution, standard library only); the daemon's distribution ships that
 same source package. This module re-exports what ``ingest_client.emitter``
-exports (its ``__all__``; clients/python/tests/test_client_package.py holds
-this list to it): the same objects, not copies. The emitter's module state (the live
-Emitters, the fork and exit hooks, the clock and pid it reads) stays in
-``ingest_client.emitter``: patch it there.
+exports (its ``__all__``): the same objects, not copies. The emitter's
+module state (the live Emitters, the fork and exit hooks, the clock and pid
+it reads) stays in ``ingest_client.emitter``: patch it there.
 """
 
 from __future__ import annotations
 
-from ingest_client.emitter import (
-    BAD_ADDRESS,
-    CLOSED,
-    DEFAULT_MAX_DATAGRAM_BYTES,
-    DEFAULT_UNIX_PATH,
-    DISCONNECTED,
-    HOST_NAME_MAX_BYTES,
-    JSON_LIBRARY,
-    NO_SOCKET,
-    NOT_CONNECTED,
-    NOT_OBJECT,
-    OTHER,
-    PERMISSION_DENIED,
-    QUEUE_FULL,
-    REENTRANT,
-    REFUSED,
-    TOO_LARGE,
-    UNIX_PATH_MAX_BYTES,
-    UNSERIALIZABLE,
-    Emitter,
-)
-
-__all__ = [
-    "BAD_ADDRESS",
-    "CLOSED",
-    "DEFAULT_MAX_DATAGRAM_BYTES",
-    "DEFAULT_UNIX_PATH",
-    "DISCONNECTED",
-    "HOST_NAME_MAX_BYTES",
-    "JSON_LIBRARY",
-    "NOT_CONNECTED",
-    "NOT_OBJECT",
-    "NO_SOCKET",
-    "OTHER",
-    "PERMISSION_DENIED",
-    "QUEUE_FULL",
-    "REENTRANT",
-    "REFUSED",
-    "TOO_LARGE",
-    "UNIX_PATH_MAX_BYTES",
-    "UNSERIALIZABLE",
-    "Emitter",
-]
+# The emitter's own __all__ decides what is re-exported, so the two lists can
+# never differ (a star import takes exactly the names of __all__).
+from ingest_client.emitter import *  # noqa: F403
+from ingest_client.emitter import __all__ as __all__  # noqa: PLC0414 (re-exported as is)

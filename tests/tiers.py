@@ -58,8 +58,7 @@ FIXTURE_TIERS: dict[str, Tier] = {
     "sockdir": Tier.INTEGRATION,
     "shared_dir": Tier.INTEGRATION,
     "daemons": Tier.SYSTEM,
-    # tests/system/test_serve.py: daemons with no emulator at all
-    "offline_daemons": Tier.SYSTEM,
+    "offline_daemons": Tier.SYSTEM,  # daemons pointed at no emulator
     # tests/system/test_native.py: an emulator of the test's own
     "private_emulator": Tier.SYSTEM,
     # tests/system/test_faults.py, test_spool_order.py: emulator behind a TCP proxy

@@ -159,14 +159,10 @@ def test_unix_group_and_mode_set_who_may_send(
     assert daemon.stop() == EXIT_OK
 
 
-def test_unknown_unix_group_is_a_startup_error(tmp_path: Path) -> None:
-    manager = Daemons(tmp_path, emulator_host=None)
-    try:
-        code, log = manager.run_failing(
-            "--project", "p", "--topic", "events", "--unix-group", "no-such-group-for-ingest"
-        )
-    finally:
-        manager.close()
+def test_unknown_unix_group_is_a_startup_error(offline_daemons: Daemons) -> None:
+    code, log = offline_daemons.run_failing(
+        "--project", "p", "--topic", "events", "--unix-group", "no-such-group-for-ingest"
+    )
     assert code == EXIT_CONFIG
     assert log.strip().splitlines() == [
         "ingest: error: --unix-group: group 'no-such-group-for-ingest' does not exist"

@@ -81,21 +81,11 @@ def case(rig: Rig) -> Rig:
     return rig
 
 
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """Unlike conftest's: no session emulator; each daemon goes through the proxy."""
-    manager = Daemons(tmp_path, None)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
 def start(
-    daemons: Daemons, rig: Rig, sock: Path, *extra: str, wrapper: tuple[str, ...] = ()
+    offline_daemons: Daemons, rig: Rig, sock: Path, *extra: str, wrapper: tuple[str, ...] = ()
 ) -> tuple[DaemonProcess, str]:
     port = free_port()
-    daemon = daemons.start(
+    daemon = offline_daemons.start(
         "--project", PROJECT, "--topic", rig.topic_id, "--unix", str(sock),
         "--metrics", f"127.0.0.1:{port}", "--batch-linger-ms", "2",
         "--publish-timeout", "2", *extra,
@@ -151,9 +141,9 @@ def spooled_line(daemon: DaemonProcess) -> int:
 # ------------------------------------------------------------------ outages
 
 
-def test_frozen_emulator_loses_nothing(case: Rig, daemons: Daemons, sockdir: Path) -> None:
+def test_frozen_emulator_loses_nothing(case: Rig, offline_daemons: Daemons, sockdir: Path) -> None:
     sock = sockdir / "in.sock"
-    _, base = start(daemons, case, sock)
+    _, base = start(offline_daemons, case, sock)
     total_events = 6000
     sender = threading.Thread(
         target=lambda: [
@@ -175,9 +165,9 @@ def test_frozen_emulator_loses_nothing(case: Rig, daemons: Daemons, sockdir: Pat
     assert total(scrape(base), "ingest_events_published_total") >= total_events
 
 
-def test_emulator_killed_and_replaced(case: Rig, daemons: Daemons, sockdir: Path) -> None:
+def test_emulator_killed_and_replaced(case: Rig, offline_daemons: Daemons, sockdir: Path) -> None:
     sock = sockdir / "in.sock"
-    _, base = start(daemons, case, sock)
+    _, base = start(offline_daemons, case, sock)
     send(sock, "before", range(100))
     assert len(set(collect(case, 100, 20))) == 100
     case.proxy.refuse = True  # the replacement must get its topic first
@@ -193,9 +183,11 @@ def test_emulator_killed_and_replaced(case: Rig, daemons: Daemons, sockdir: Path
     identity_holds(base)
 
 
-def test_latency_then_every_connection_cut(case: Rig, daemons: Daemons, sockdir: Path) -> None:
+def test_latency_then_every_connection_cut(
+    case: Rig, offline_daemons: Daemons, sockdir: Path
+) -> None:
     sock = sockdir / "in.sock"
-    _, base = start(daemons, case, sock)
+    _, base = start(offline_daemons, case, sock)
     case.proxy.latency_s = 0.2
     send(sock, "slow", range(1000))
     cuts = 0
@@ -214,12 +206,12 @@ def test_latency_then_every_connection_cut(case: Rig, daemons: Daemons, sockdir:
 
 
 def test_sigterm_in_an_outage_spools_and_a_new_daemon_delivers(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     case.proxy.refuse = True
     first, base = start(
-        daemons, case, sock, "--spool-dir", str(spool_dir), "--queue-max-events", "500",
+        offline_daemons, case, sock, "--spool-dir", str(spool_dir), "--queue-max-events", "500",
         "--drain-timeout", "2",
     )  # fmt: skip
     send(sock, "outage", range(3000))
@@ -236,7 +228,7 @@ def test_sigterm_in_an_outage_spools_and_a_new_daemon_delivers(
     assert (spool_dir.stat().st_mode & 0o777) == 0o700
 
     case.proxy.refuse = False
-    second, base = start(daemons, case, sock, "--spool-dir", str(spool_dir))
+    second, base = start(offline_daemons, case, sock, "--spool-dir", str(spool_dir))
     ids = collect(case, 3000, 40)
     assert set(ids) == set(range(3000))
     wait_for(lambda: total(scrape(base), "ingest_spool_events") == 0, 10, "spool replayed")
@@ -249,11 +241,11 @@ def test_sigterm_in_an_outage_spools_and_a_new_daemon_delivers(
 
 
 def test_a_second_daemon_on_the_spool_exits_2(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
-    start(daemons, case, sockdir / "a.sock", "--spool-dir", str(spool_dir))
-    second = daemons.start(
+    start(offline_daemons, case, sockdir / "a.sock", "--spool-dir", str(spool_dir))
+    second = offline_daemons.start(
         "--project", PROJECT, "--topic", case.topic_id, "--unix", str(sockdir / "b.sock"),
         "--metrics", "", "--spool-dir", str(spool_dir),
         emulator_host=f"127.0.0.1:{case.proxy.port}",
@@ -264,13 +256,13 @@ def test_a_second_daemon_on_the_spool_exits_2(
 
 
 def test_sigkill_under_load_loses_at_most_memory(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     queue_max, publishers, batch = 1000, 2, 200
     args = ("--spool-dir", str(spool_dir), "--queue-max-events", str(queue_max),
             "--publishers", str(publishers), "--batch-max-messages", str(batch))  # fmt: skip
-    first, base = start(daemons, case, sock, *args)
+    first, base = start(offline_daemons, case, sock, *args)
     case.proxy.latency_s = 0.05  # Pub/Sub slower than the load: the spool fills
     sent = 20_000
     send(sock, "kill", range(sent))
@@ -279,7 +271,7 @@ def test_sigkill_under_load_loses_at_most_memory(
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     case.proxy.latency_s = 0.0
-    start(daemons, case, sock, *args)
+    start(offline_daemons, case, sock, *args)
     ids = collect(case, sent - queue_max - publishers * batch, 60, quiet_s=3.0)
     # The documented bound: the memory queue and in-flight batches; the spool
     # itself is in the page cache, which SIGKILL does not touch.
@@ -290,12 +282,12 @@ def test_sigkill_under_load_loses_at_most_memory(
 
 
 def test_spool_full_is_counted_and_survived(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     sock = sockdir / "in.sock"
     case.proxy.refuse = True
     _, base = start(
-        daemons, case, sock, "--spool-dir", str(tmp_path / "spool"),
+        offline_daemons, case, sock, "--spool-dir", str(tmp_path / "spool"),
         "--spool-max-bytes", str(1 << 20), "--queue-max-events", "100",
     )  # fmt: skip
     send(sock, "x" * 200, range(10_000))  # ~2.3 MB into a 1 MiB spool
@@ -308,13 +300,14 @@ def test_spool_full_is_counted_and_survived(
 
 
 def test_unwritable_spool_directory_degrades_to_counted_drops(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     wrapper = subject_to_file_modes()
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     case.proxy.refuse = True
     daemon, base = start(
-        daemons, case, sock, "--spool-dir", str(spool_dir), "--spool-max-bytes", str(1 << 20),
+        offline_daemons, case, sock,
+        "--spool-dir", str(spool_dir), "--spool-max-bytes", str(1 << 20),
         "--queue-max-events", "100", wrapper=wrapper,
     )  # fmt: skip
     spool_dir.chmod(0o500)  # no new segment can be created
@@ -334,7 +327,7 @@ def test_unwritable_spool_directory_degrades_to_counted_drops(
 
 
 def test_corrupt_segment_is_skipped_counted_and_logged(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
     spool = Spool.open(str(spool_dir), 1 << 30, "roll", Stats())
@@ -348,7 +341,7 @@ def test_corrupt_segment_is_skipped_counted_and_logged(
         fifth = data.index(records.RECORD_MAGIC, fifth + 1)
     data[fifth + 20] ^= 0xFF  # the fifth record (events 400-499) damaged
     segment.write_bytes(bytes(data[:-10]))  # and a torn tail
-    daemon, base = start(daemons, case, sockdir / "in.sock", "--spool-dir", str(spool_dir))
+    daemon, base = start(offline_daemons, case, sockdir / "in.sock", "--spool-dir", str(spool_dir))
     ids = collect(case, 800, 30)
     assert set(ids) == set(range(1000)) - set(range(400, 500)) - set(range(900, 1000))
     samples = scrape(base)
@@ -366,13 +359,13 @@ IN_FLIGHT_BOUND = 2 * 100  # --publishers x --batch-max-messages: one stop's los
 
 
 def spool_in_an_outage(
-    case: Rig, daemons: Daemons, sock: Path, spool_dir: Path, sent: int, *extra: str
+    case: Rig, offline_daemons: Daemons, sock: Path, spool_dir: Path, sent: int, *extra: str
 ) -> None:
     """``sent`` events, 100 lines a datagram, into the spool of a daemon that
     never reaches Pub/Sub (the proxy refuses), then a graceful stop."""
     case.proxy.refuse = True
     daemon, base = start(
-        daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS, *extra,
+        offline_daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS, *extra,
     )  # fmt: skip
     send(sock, "replay", range(sent), per_datagram=100)
     wait_for(lambda: received(base) == sent, 20, "every event read")
@@ -382,13 +375,14 @@ def spool_in_an_outage(
 
 
 def restart_during_replay(
-    case: Rig, daemons: Daemons, sock: Path, spool_dir: Path, *, outage: bool
+    case: Rig, offline_daemons: Daemons, sock: Path, spool_dir: Path, *, outage: bool
 ) -> int:
     """One daemon's life: replay until some events are published, optionally
     black-hole Pub/Sub until the daemon notices (replayed events then wait in
     memory), and stop gracefully. Returns what it left in the spool."""
     daemon, base = start(
-        daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS, "--drain-timeout", "3",
+        offline_daemons, case, sock,
+        "--spool-dir", str(spool_dir), *REPLAY_ARGS, "--drain-timeout", "3",
     )  # fmt: skip
     wait_for(
         lambda: (
@@ -410,7 +404,7 @@ def restart_during_replay(
 
 
 def test_restarts_during_replay_publish_every_event_exactly_once(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     """Issue 8: a stop inside a large record used to leave the cursor at the
     record's start while what it had handed on was published or spooled
@@ -419,15 +413,15 @@ def test_restarts_during_replay_publish_every_event_exactly_once(
     bug, as is any loss."""
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     sent = 5000
-    spool_in_an_outage(case, daemons, sock, spool_dir, sent)
+    spool_in_an_outage(case, offline_daemons, sock, spool_dir, sent)
     case.proxy.latency_s = 0.02  # a replay of seconds, so the stops land inside it
     left = [
-        restart_during_replay(case, daemons, sock, spool_dir, outage=bool(round_ % 2))
+        restart_during_replay(case, offline_daemons, sock, spool_dir, outage=bool(round_ % 2))
         for round_ in range(6)
     ]
     case.proxy.latency_s = 0.0
     assert left[0] < sent  # (the first stop came during the replay, not before it)
-    last, base = start(daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS)
+    last, base = start(offline_daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS)
     ids = collect(case, sent, 60)
     assert len(set(ids)) == sent, f"lost {sent - len(set(ids))}"
     assert len(ids) == sent, f"{len(ids) - sent} duplicates (spool left per stop: {left})"
@@ -438,7 +432,7 @@ def test_restarts_during_replay_publish_every_event_exactly_once(
 
 
 def test_stop_in_a_frozen_outage_then_restarts_lose_nothing(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     """Issue 8's report: Pub/Sub frozen, a stop, then restarts. Requests sent
     to the frozen emulator are processed when it thaws though their answers
@@ -447,7 +441,7 @@ def test_stop_in_a_frozen_outage_then_restarts_lose_nothing(
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     sent = 5000
     first, base = start(
-        daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS,
+        offline_daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS,
         "--publish-timeout", "30", "--drain-timeout", "2",
     )  # fmt: skip
     case.emulator.signal(signal.SIGSTOP)
@@ -460,9 +454,9 @@ def test_stop_in_a_frozen_outage_then_restarts_lose_nothing(
     assert spooled_line(first) == sent
     case.proxy.latency_s = 0.02
     for _ in range(2):
-        restart_during_replay(case, daemons, sock, spool_dir, outage=False)
+        restart_during_replay(case, offline_daemons, sock, spool_dir, outage=False)
     case.proxy.latency_s = 0.0
-    last, base = start(daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS)
+    last, base = start(offline_daemons, case, sock, "--spool-dir", str(spool_dir), *REPLAY_ARGS)
     ids = collect(case, sent, 60, quiet_s=2.0)
     assert set(ids) == set(range(sent))
     assert len(ids) - sent <= IN_FLIGHT_BOUND
@@ -473,8 +467,8 @@ def test_stop_in_a_frozen_outage_then_restarts_lose_nothing(
 # --------------------------------------------------------- a hostile spool
 
 
-def refused(case: Rig, daemons: Daemons, sockdir: Path, spool_dir: Path) -> str:
-    daemon = daemons.start(
+def refused(case: Rig, offline_daemons: Daemons, sockdir: Path, spool_dir: Path) -> str:
+    daemon = offline_daemons.start(
         "--project", PROJECT, "--topic", case.topic_id, "--unix", str(sockdir / "in.sock"),
         "--metrics", "", "--spool-dir", str(spool_dir),
         emulator_host=f"127.0.0.1:{case.proxy.port}",
@@ -487,32 +481,34 @@ def refused(case: Rig, daemons: Daemons, sockdir: Path, spool_dir: Path) -> str:
 
 
 def test_a_spool_directory_it_cannot_trust_exits_2(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     open_dir.chmod(0o777)
-    assert "is writable by group or others (mode 0777" in refused(case, daemons, sockdir, open_dir)
+    assert "is writable by group or others (mode 0777" in refused(
+        case, offline_daemons, sockdir, open_dir
+    )
     linked = tmp_path / "linked"
     linked.symlink_to(open_dir)
-    assert f"{linked} is a symbolic link" in refused(case, daemons, sockdir, linked)
+    assert f"{linked} is a symbolic link" in refused(case, offline_daemons, sockdir, linked)
     planted = tmp_path / "planted"
     planted.mkdir(mode=0o700)
     (planted / "LOCK").symlink_to(victim)
-    assert f"{planted}/LOCK is a symbolic link" in refused(case, daemons, sockdir, planted)
+    assert f"{planted}/LOCK is a symbolic link" in refused(case, offline_daemons, sockdir, planted)
     assert victim.read_bytes() == b"precious"
     if os.geteuid() == 0:
         foreign = tmp_path / "foreign"
         foreign.mkdir(mode=0o700)
         os.chown(foreign, 65534, 65534)
-        assert "is owned by uid 65534" in refused(case, daemons, sockdir, foreign)
+        assert "is owned by uid 65534" in refused(case, offline_daemons, sockdir, foreign)
 
 
 @pytest.mark.timeout(90)
 def test_special_files_in_the_spool_are_set_aside_and_the_rest_delivered(
-    case: Rig, daemons: Daemons, sockdir: Path, tmp_path: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, tmp_path: Path
 ) -> None:
     spool_dir = tmp_path / "spool"
     spool = Spool.open(str(spool_dir), 1 << 30, "roll", Stats())
@@ -520,7 +516,7 @@ def test_special_files_in_the_spool_are_set_aside_and_the_rest_delivered(
     spool.close()
     os.mkfifo(spool_dir / "seg-000000000001.spool")  # used to block startup for ever
     (spool_dir / "seg-000000000002.spool").mkdir()  # used to be a traceback, exit 1
-    daemon, base = start(daemons, case, sockdir / "in.sock", "--spool-dir", str(spool_dir))
+    daemon, base = start(offline_daemons, case, sockdir / "in.sock", "--spool-dir", str(spool_dir))
     ids = collect(case, 300, 30)
     assert sorted(ids) == list(range(300))
     assert total(scrape(base), "ingest_spool_corrupt_records_total") == 2

@@ -14,7 +14,6 @@ import stat
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,16 +37,6 @@ from tools.testing.emulator import Emulator
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_DRAIN_INCOMPLETE = 3
-
-
-@pytest.fixture
-def offline_daemons(tmp_path: Path) -> Iterator[Daemons]:
-    """Daemons for config errors, which fail before Pub/Sub is contacted."""
-    manager = Daemons(tmp_path, emulator_host=None)
-    try:
-        yield manager
-    finally:
-        manager.close()
 
 
 def pull_all_after_stop(emulator: Emulator, names: PubSubNames) -> list[bytes]:

@@ -64,15 +64,6 @@ def case(rig: Rig) -> Rig:
 
 
 @pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[Daemons]:
-    manager = Daemons(tmp_path, None)
-    try:
-        yield manager
-    finally:
-        manager.close()
-
-
-@pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     path = tmp_path / "spool"
     path.mkdir(mode=0o700)
@@ -80,12 +71,12 @@ def spool_dir(tmp_path: Path) -> Path:
 
 
 def start(
-    daemons: Daemons, rig: Rig, sock: Path, spool_dir: Path, *extra: str
+    offline_daemons: Daemons, rig: Rig, sock: Path, spool_dir: Path, *extra: str
 ) -> tuple[DaemonProcess, str]:
     """A daemon with ordering keys (field "user") and the spool, which gives
     up on an unreachable Pub/Sub quickly at SIGTERM; its metrics URL."""
     port = free_port()
-    daemon = daemons.start(
+    daemon = offline_daemons.start(
         "--project", PROJECT, "--topic", rig.topic_id, "--unix", str(sock),
         "--metrics", f"127.0.0.1:{port}", "--batch-linger-ms", "2",
         "--publish-timeout", "1", "--drain-timeout", "1",
@@ -150,20 +141,20 @@ def identity_holds(base: str) -> None:
 
 
 def test_a_restart_on_the_spool_keeps_each_keys_order(
-    case: Rig, daemons: Daemons, sockdir: Path, spool_dir: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, spool_dir: Path
 ) -> None:
     """The issue's case: Pub/Sub unreachable, SIGTERM spools what was
     queued, a restart on the same spool takes new events while Pub/Sub is
     still away, Pub/Sub comes back: each key's new events wait behind its
     spooled ones."""
     sock = sockdir / "in.sock"
-    first, base = start(daemons, case, sock, spool_dir)
+    first, base = start(offline_daemons, case, sock, spool_dir)
     send(sock, events(range(0, 200)))
     read_all(base, 200 * KEYS)
     assert first.stop() == 0
     assert first.stopped_counts()["spooled"] == 200 * KEYS
 
-    second, base = start(daemons, case, sock, spool_dir)
+    second, base = start(offline_daemons, case, sock, spool_dir)
     send(sock, events(range(200, 400)))
     read_all(base, 200 * KEYS)
     case.proxy.refuse = False
@@ -173,13 +164,13 @@ def test_a_restart_on_the_spool_keeps_each_keys_order(
 
 
 def test_overflow_to_the_spool_keeps_each_keys_order(
-    case: Rig, daemons: Daemons, sockdir: Path, spool_dir: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, spool_dir: Path
 ) -> None:
     """A small memory queue while Pub/Sub is away: most events overflow to
     disk. Events that arrive after Pub/Sub is back, while the spool is still
     being replayed, follow their key's spooled events."""
     sock = sockdir / "in.sock"
-    daemon, base = start(daemons, case, sock, spool_dir, "--queue-max-events", "60")
+    daemon, base = start(offline_daemons, case, sock, spool_dir, "--queue-max-events", "60")
     send(sock, events(range(0, 150)))
     read_all(base, 150 * KEYS)
     assert total(scrape(base), "ingest_spool_events") > 0
@@ -191,20 +182,20 @@ def test_overflow_to_the_spool_keeps_each_keys_order(
 
 
 def test_a_stop_while_keys_have_overflowed_keeps_their_order(
-    case: Rig, daemons: Daemons, sockdir: Path, spool_dir: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, spool_dir: Path
 ) -> None:
     """At SIGTERM each key's oldest events are in memory and its later ones
     on disk (overflow): what memory held is put back ahead of them, not
     behind, and a restart publishes every key in order, each event once."""
     sock = sockdir / "in.sock"
-    first, base = start(daemons, case, sock, spool_dir, "--queue-max-events", "60")
+    first, base = start(offline_daemons, case, sock, spool_dir, "--queue-max-events", "60")
     send(sock, events(range(0, 150)))
     read_all(base, 150 * KEYS)
     assert total(scrape(base), "ingest_spool_events") > 0
     assert first.stop() == 0
     assert first.stopped_counts()["spooled"] == 150 * KEYS
 
-    second, base = start(daemons, case, sock, spool_dir, "--queue-max-events", "60")
+    second, base = start(offline_daemons, case, sock, spool_dir, "--queue-max-events", "60")
     send(sock, events(range(150, 250)))
     read_all(base, 100 * KEYS)
     case.proxy.refuse = False
@@ -214,7 +205,7 @@ def test_a_stop_while_keys_have_overflowed_keeps_their_order(
 
 
 def test_a_stop_during_replay_keeps_each_keys_order(
-    case: Rig, daemons: Daemons, sockdir: Path, spool_dir: Path
+    case: Rig, offline_daemons: Daemons, sockdir: Path, spool_dir: Path
 ) -> None:
     """A restart replays the spool into a slow Pub/Sub while new events
     arrive; Pub/Sub goes away mid-replay (the proxy's black hole: what was
@@ -223,7 +214,7 @@ def test_a_stop_during_replay_keeps_each_keys_order(
     than what is left on disk, and goes ahead of it: a third run publishes
     every key in order, each event once."""
     sock = sockdir / "in.sock"
-    first, base = start(daemons, case, sock, spool_dir)
+    first, base = start(offline_daemons, case, sock, spool_dir)
     send(sock, events(range(0, 300)))
     read_all(base, 300 * KEYS)
     assert first.stop() == 0
@@ -233,7 +224,7 @@ def test_a_stop_during_replay_keeps_each_keys_order(
     try:
         # Replay moves at most half of 60 events at a time: the stop finds
         # some of the spool in memory, the rest on disk.
-        second, base = start(daemons, case, sock, spool_dir, "--queue-max-events", "60")
+        second, base = start(offline_daemons, case, sock, spool_dir, "--queue-max-events", "60")
         wait_for(
             lambda: total(scrape(base), "ingest_events_published_total") > 0,
             20,
@@ -247,7 +238,7 @@ def test_a_stop_during_replay_keeps_each_keys_order(
     finally:
         case.proxy.latency_s = 0.0
     case.proxy.blackhole = False
-    third, base = start(daemons, case, sock, spool_dir)
+    third, base = start(offline_daemons, case, sock, spool_dir)
     assert pull_in_order(case, 350 * KEYS) == exactly(range(350))
     identity_holds(base)
     assert third.stop() == 0
