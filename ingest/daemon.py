@@ -39,7 +39,8 @@ from ingest.publish.health import PubSubHealth
 from ingest.publish.pubsub import PubSubClient, create_channel, emulator_host
 from ingest.publish.topic import TopicWatch
 from ingest.receive import kernel
-from ingest.receive.sources import FINAL_DRAIN_MAX_S, DatagramSource, bind_listener
+from ingest.receive.sockets import bind_listener
+from ingest.receive.sources import FINAL_READ_MAX_S, DatagramSource
 from ingest.reloader import Reloader
 from ingest.spool import DROP_REASONS as SPOOL_DROP_REASONS
 from ingest.spool import Spool
@@ -317,9 +318,9 @@ class Daemon:
         for task in ended:
             task.cancel()
         await asyncio.gather(*ended, return_exceptions=True)
-        deadline = time.monotonic() + FINAL_DRAIN_MAX_S  # for all sockets together
+        deadline = time.monotonic() + FINAL_READ_MAX_S  # for all sockets together
         for source in self.sources:
-            source.drain_until_empty(max(0.0, deadline - time.monotonic()))
+            source.read_until_empty(max(0.0, deadline - time.monotonic()))
             source.close()
         # 2. Publishers drain the queue within the deadline.
         dropped_before = sum(self.stats.dropped.get(r, 0) for r in SPOOL_DROP_REASONS)

@@ -14,13 +14,8 @@ import stat
 from collections.abc import Callable
 
 from ingest.config import ConfigError, Listener, Settings
-from ingest.receive.sources import (
-    REBIND_DRAIN_MAX_S,
-    DatagramSource,
-    SocketFile,
-    bind_listener,
-    set_rcvbuf,
-)
+from ingest.receive.sockets import SocketFile, bind_listener, set_rcvbuf
+from ingest.receive.sources import REBIND_READ_MAX_S, DatagramSource
 from ingest.reload import METADATA, Plan
 from ingest.reload import plan as reload_plan
 from ingest.wiring import Pipeline
@@ -115,7 +110,7 @@ class Reloader:
             log.info("%s: listener added", source.label)
         pipeline.sources[:] = [fresh for _, fresh in replaced] + added
         for source in removed:
-            source.drain_until_empty(REBIND_DRAIN_MAX_S)
+            source.read_until_empty(REBIND_READ_MAX_S)
             source.close()
             log.info("%s: listener removed", source.label)
         for line in planned.kept:

@@ -20,7 +20,7 @@ import socket
 from ingest.config import Listener, Settings
 from ingest.pipeline.batch import Batcher
 from ingest.pipeline.lanes import LaneBatcher, LaneQueue, MessageLanes, SpooledLanes
-from ingest.pipeline.message import Lane, MessageBuilder
+from ingest.pipeline.message import Lane
 from ingest.pipeline.queue import Chunk, EventQueue
 from ingest.publish.health import PubSubHealth
 from ingest.publish.publisher import PublisherPool, Spill
@@ -137,16 +137,10 @@ class Pipeline:
         replaces at a reload, whose chunked GELF messages in progress it
         takes over."""
         settings = settings or self.settings
-        decode: Decoder
-        credentials: MessageBuilder | None
-        if self.lanes is None:
-            decode, credentials = decode_datagram, None
-        elif settings.unix_credentials and listener.kind == "unix":
-            # Its own builder: the reader sets each datagram's sender on it.
-            credentials = self.lanes.builder.for_source()
-            decode = messages_decoder(credentials.build)
-        else:
-            decode, credentials = messages_decoder(self.lanes.builder.build), None
+        builder = self.lanes.builder if self.lanes is not None else None
+        decode: Decoder = decode_datagram if builder is None else messages_decoder(builder.build)
+        # Each datagram's sender reaches the decoders through its wake-up.
+        credentials = builder is not None and settings.unix_credentials
         if previous is not None and previous.dialects is not None:
             reassembler = previous.dialects.reassembler
             reassembler.max_message_bytes = settings.max_event_bytes
@@ -162,7 +156,7 @@ class Pipeline:
             reassembler,
             max_event_bytes=settings.max_event_bytes,
             wrap_text=settings.syslog_wrap_text,
-            builder=credentials or (self.lanes.builder if self.lanes else None),
+            builder=builder,
         )
         reader = DatagramSource(
             listener,

@@ -23,7 +23,6 @@ always published.
 
 from __future__ import annotations
 
-import copy
 import operator
 from collections.abc import MutableMapping, Sequence
 
@@ -95,9 +94,10 @@ class MessageBuilder:
     key is read from, by the same rules. ``routes``: the first that matches
     names the topic. Keys and their count were checked by the configuration.
 
-    ``sender``: attribute entries of the datagram being decoded (the unix
-    credentials, receive/sources.py sets them per datagram), added to each message.
-    A source that sets them has a builder of its own (``for_source``).
+    What is the event's own and not the configuration's comes with each
+    ``build``: its sender's attributes (the unix credentials, which the
+    reader learns per datagram: receive/receivers.py) and syslog's facts,
+    so every reader of a pipeline builds with the same builder.
     """
 
     def __init__(
@@ -155,18 +155,12 @@ class MessageBuilder:
             tuple[object, ...], tuple[bytes, Lane, tuple[tuple[int, type], ...]]
         ] = {}
         self._skipped = skipped
-        self.sender = b""
-
-    def for_source(self) -> MessageBuilder:
-        """A builder of the same configuration whose ``sender`` is its own."""
-        twin = copy.copy(self)
-        twin.sender = b""
-        return twin
 
     def build(
         self, data: bytes, event: dict[str, object], extra: bytes = b""
     ) -> tuple[Lane, bytes]:
-        """``extra``: attribute entries of this event alone (syslog's facts).
+        """``extra``: attribute entries of this event alone: its sender's
+        (receive/wakeup.WakeUp.sender), then syslog's facts.
 
         Per event, the hot path of the metadata pipeline. When every path
         is one name (the usual configuration), the values they read, taken
@@ -203,7 +197,7 @@ class MessageBuilder:
                         break
                 else:
                     self._hits += 1
-                    body = (header, data, self._static, self.sender, extra, hit[0])
+                    body = (header, data, self._static, extra, hit[0])
                     return hit[1], b"".join(body)
             self._count_miss()
         elif self._resting:
@@ -224,7 +218,7 @@ class MessageBuilder:
                 if value is not None and type(value) is not str
             )
             combos[values] = (suffix, lane, numbers)
-        return lane, b"".join((header, data, self._static, self.sender, extra, suffix))
+        return lane, b"".join((header, data, self._static, extra, suffix))
 
     def _count_miss(self) -> None:
         """A round of COMBOS_CACHED misses with fewer hits: values rarely

@@ -16,8 +16,8 @@ datagram (each message gets the attributes). The event whose bytes (its
 message's, with metadata) would pass the bound is rejected, and so is the rest
 of the datagram, undecoded: ``decoded_too_large``, one event per non-blank
 line, as the reader counts a datagram it cannot keep. Such a decoder also adds
-what it kept to a ``Built``, which the reader ends its wake-up at, as at bytes
-received.
+what it kept to its wake-up's ``written`` (wakeup.WakeUp), which the reader
+ends the wake-up at, as at bytes received.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 from orjson import JSONDecodeError, loads
 
 from ingest.config import MAX_DATAGRAM_CEILING
+from ingest.receive.wakeup import WakeUp
 from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels).
@@ -43,37 +44,37 @@ REJECT_REASONS = (
 
 # The most one datagram's events may take (module docstring): as much as the
 # largest datagram, so that JSON lines never meet it, and a wake-up's whole
-# bytes budget (sources.WAKEUP_MAX_BYTES), so that the datagram crossing that
+# bytes budget (wakeup.WAKEUP_MAX_BYTES), so that the datagram crossing that
 # budget at most doubles it. A statsd line's samples repeat its tags, so 64 KB
 # of them could write gigabytes.
 MAX_DECODED_BYTES = MAX_DATAGRAM_CEILING
 
-# How a reader decodes a datagram: (datagram, out, rejected) -> events counted.
-# ``out`` gets events (decode_datagram) or (lane, body) pairs (decode_messages).
-Decoder = Callable[[bytes, list[Any], MutableMapping[str, int]], int]
+# How a reader decodes a datagram: (datagram, out, rejected, its wake-up) ->
+# events counted. ``out`` gets events (decode_datagram) or (lane, body) pairs
+# (decode_messages); the wake-up gives the sender and gets the bytes written.
+Decoder = Callable[[bytes, list[Any], MutableMapping[str, int], WakeUp], int]
 # With metadata: (event bytes, parsed event) -> (lane, body), message.MessageBuilder.build.
 Build = Callable[[bytes, dict[str, object]], tuple[Any, bytes]]
+# The same with the attribute entries of the event's sender (WakeUp.sender),
+# MessageBuilder.build's ``extra``.
+BuildFrom = Callable[[bytes, dict[str, object], bytes], tuple[Any, bytes]]
 
 # JSON's insignificant whitespace (RFC 8259); a line of only these is blank.
 _JSON_WHITESPACE = b" \t\r"
 
 
-class Built:
-    """The bytes a reader's decoders wrote in its current wake-up (events of
-    their own, inflated GELF, messages of datagrams of several events): each
-    decoder adds what a datagram made; the reader reads and resets it."""
-
-    __slots__ = ("bytes",)
-
-    def __init__(self) -> None:
-        self.bytes = 0
-
-
-def decode_datagram(data: bytes, out: list[bytes], rejected: MutableMapping[str, int]) -> int:
+def decode_datagram(
+    data: bytes,
+    out: list[bytes],
+    rejected: MutableMapping[str, int],
+    wake: WakeUp | None = None,
+) -> int:
     """Append the valid event lines of ``data`` to ``out`` and count rejects.
 
     Returns the number of events (non-blank lines) the datagram held, valid or
     not, so callers can keep received = accepted + rejected. Never raises.
+    The events are slices of ``data``: nothing is written, nothing is taken
+    from ``wake``.
     """
     if b"\n" not in data:  # the common case: one event per datagram
         try:
@@ -107,18 +108,20 @@ def decode_messages(
     data: bytes,
     out: list[Any],
     rejected: MutableMapping[str, int],
-    build: Build,
-    built: Built | None = None,
+    wake: WakeUp,
+    build: BuildFrom,
 ) -> int:
     """``decode_datagram`` for the pipeline of Pub/Sub-native messages: each
-    valid event goes out as ``build(line, parsed_object)`` (pipeline/message.py: its
-    lane and body), the object parsed once for both the check and the
-    metadata. A separate loop, so that the plain path pays nothing for it.
+    valid event goes out as ``build(line, parsed_object, wake.sender)``
+    (pipeline/message.py: its lane and body), the object parsed once for both
+    the check and the metadata. A separate loop, so that the plain path pays
+    nothing for it.
 
     The bodies take at most MAX_DECODED_BYTES (module docstring): every line
     gets the metadata, so 21,845 ``{}`` lines in 64 KiB, each given a few
-    hundred bytes of attributes, would take megabytes. ``built``: gets the
-    bytes kept."""
+    hundred bytes of attributes, would take megabytes. ``wake.written`` gets
+    the bytes kept."""
+    sender = wake.sender
     events = 0
     not_object = Reject.NOT_OBJECT  # once a datagram, as in decode_datagram
     room = MAX_DECODED_BYTES
@@ -131,7 +134,7 @@ def decode_messages(
             continue
         events += 1
         if type(obj) is dict:
-            item = build(line, obj)
+            item = build(line, obj, sender)
             room -= len(item[1])
             if room < 0:  # this line and the rest of the datagram: the rare path
                 room += len(item[1])
@@ -142,28 +145,29 @@ def decode_messages(
             out.append(item)
         else:
             rejected[not_object] += 1
-    if built is not None:
-        built.bytes += MAX_DECODED_BYTES - room
+    wake.written += MAX_DECODED_BYTES - room
     return events
 
 
-def messages_decoder(build: Build, built: Built | None = None) -> Decoder:
+def messages_decoder(build: BuildFrom) -> Decoder:
     """``decode_messages`` bound to ``build``, as a reader calls it, with
     decode_datagram's shortcut for a datagram of one line: a closure, not a
     functools.partial, whose keyword merge alone costs ~0.25 µs a datagram
-    (tools/bench/lanes.py). ``built``: gets the bytes of the messages of
+    (tools/bench/lanes.py). ``wake.written`` gets the bytes of the messages of
     datagrams of several lines; a datagram's one message is its line and the
     metadata, and is not counted, which keeps the common path free of that work."""
 
-    def decode(data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+    def decode(
+        data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
+    ) -> int:
         if b"\n" in data:
-            return decode_messages(data, out, rejected, build, built)
+            return decode_messages(data, out, rejected, wake, build)
         try:
             obj = loads(data)
         except JSONDecodeError:
             return _unparsable(data, rejected)
         if type(obj) is dict:
-            out.append(build(data, obj))
+            out.append(build(data, obj, wake.sender))
         else:
             rejected[Reject.NOT_OBJECT] += 1
         return 1

@@ -49,7 +49,6 @@ the facts join the configured attributes.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -61,12 +60,14 @@ from ingest.publish.pubsub import encode_attribute, encode_data
 from ingest.receive import gelf, statsd, syslog
 from ingest.receive.codec import (
     MAX_DECODED_BYTES,
-    Built,
+    Build,
+    BuildFrom,
     Decoder,
     count_events,
     messages_decoder,
     reason_of,
 )
+from ingest.receive.wakeup import WakeUp
 from ingest.stats import Stats
 from ingest.vocabulary import Reject, Skip
 
@@ -115,21 +116,27 @@ class Dialects:
     ``decode`` and ``count`` have the codec's contract (events appended to
     ``out``, rejects counted, the datagram's events returned) so the reader
     can call them in place of ``decode_json`` and ``codec.count_events``.
-    Events of a dialect are counted by format in ``counts`` until the reader
-    takes them (``take_counts``, once a wake-up); JSON's are what remains.
+    What a datagram tells about its wake-up goes to the wake-up the reader
+    passes (wakeup.WakeUp): events of a dialect counted by format (JSON's
+    are what remains), chunks that ended no message, the format and GELF's
+    inflated text for a tap, and the sender's attributes come from it. What
+    this object holds lasts longer than a wake-up: the configuration, the
+    GELF reassembler and the encoded syslog facts.
 
     ``builder``: the metadata pipeline's (events go out as (lane, body)
-    pairs, pipeline/message.py), or None for the plain pipeline. ``reassembler``: the
+    pairs, pipeline/message.py), or None for the plain pipeline; one for
+    every reader, the sender being the wake-up's. ``reassembler``: the
     listener's own; the 8 random bytes of GELF's message id keep senders
     apart (the reader does not learn UDP addresses: that would cost every
     datagram a recvfrom).
 
     What the dialects write -- statsd's events, inflated GELF, syslog
-    bodies, and with metadata every message -- is added to ``built`` as it is
-    written, which the reader ends a wake-up at as it does at bytes received.
-    With ``builder``, JSON is decoded by ``codec.messages_decoder`` adding to
-    ``built`` too, in place of ``decode_json`` (which decodes the same way,
-    uncounted), and the reader takes ``decode_json`` from here.
+    bodies, and with metadata every message -- is added to the wake-up's
+    ``written`` as it is written, which the reader ends a wake-up at as it
+    does at bytes received. With ``builder``, JSON is decoded by
+    ``codec.messages_decoder`` adding to it too, in place of ``decode_json``
+    (which decodes the same way, uncounted), and the reader takes
+    ``decode_json`` from here.
     """
 
     def __init__(
@@ -146,47 +153,41 @@ class Dialects:
     ) -> None:
         self.label = label
         self.formats = formats
-        # This wake-up's bytes written by the decoders, kept or refused (GELF
-        # inflated in vain too): see above.
-        self.built = Built()
-        self.decode_json = (
-            decode_json if builder is None else messages_decoder(builder.build, self.built)
-        )
+        self.decode_json = decode_json if builder is None else messages_decoder(builder.build)
         self.stats = stats
         self.reassembler = reassembler
         self.max_event_bytes = max_event_bytes
         self.wrap_text = wrap_text
         self.builder = builder
-        self.counts: Counter[str] = Counter()  # this wake-up's events by format, json aside
-        self.absorbed = 0  # this wake-up's chunk datagrams that ended no message
-        self.last_format = JSON  # of the datagram decoded last (for a tap)
-        self.last_text: bytes | None = None  # GELF's inflated payload, for a tap
         self._facts: dict[tuple[str, str], bytes] = {}  # encoded syslog attributes
         self._build = builder.build if builder is not None else None
 
     # ------------------------------------------------------------ the reader's
-    def decode(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
-        fmt = self.last_format = recognise(data)
+    def decode(
+        self, data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
+    ) -> int:
+        fmt = wake.format = recognise(data)
         if fmt not in self.formats:
-            return self._disabled(fmt, data, rejected)
+            return self._disabled(fmt, data, rejected, wake)
         if fmt == JSON:
-            return self.decode_json(data, out, rejected)
+            return self.decode_json(data, out, rejected, wake)
         if fmt == STATSD:
-            count = self._statsd(data, out, rejected)
+            count = self._statsd(data, out, rejected, wake)
         elif fmt == SYSLOG:
-            count = self._syslog(data, out, rejected)
+            count = self._syslog(data, out, rejected, wake)
         else:
-            count = self._gelf(data, out, rejected)
-        self.counts[fmt] += count
+            count = self._gelf(data, out, rejected, wake)
+        counts = wake.counts
+        counts[fmt] = counts.get(fmt, 0) + count
         return count
 
-    def count(self, data: bytes) -> int:
+    def count(self, data: bytes, wake: WakeUp) -> int:
         """``codec.count_events`` for a datagram that cannot be kept (the
         queue is full): one per line for statsd, one for a GELF or syslog
         message. A GELF chunk still goes to the reassembler, so the message
         it belongs to is counted once, as dropped, when it completes."""
-        fmt = self.last_format = recognise(data)
-        self.last_text = None
+        fmt = wake.format = recognise(data)
+        wake.text = None
         if fmt == JSON:
             return count_events(data)
         if fmt not in self.formats:
@@ -194,41 +195,41 @@ class Dialects:
         elif fmt == STATSD:
             count = count_events(data)
         elif fmt == GELF and gelf.kind(data) == gelf.CHUNK:
-            count = 1 if self._reassemble(data) is not None else 0
+            count = 1 if self._reassemble(data, wake) is not None else 0
         else:
             count = 1
-        self.counts[fmt] += count
+        wake.counts[fmt] = wake.counts.get(fmt, 0) + count
         return count
-
-    def take_counts(self) -> None:
-        """Move this wake-up's counts into the stats, and start the next
-        wake-up's (``absorbed`` is the reader's to read first)."""
-        by_format = self.stats.events_by_format
-        for fmt, n in self.counts.items():
-            by_format[(self.label, fmt)] += n
-        self.counts.clear()
-        self.absorbed = self.built.bytes = 0
 
     def expire(self, now: float) -> None:
         """End chunked messages whose time ran out (housekeeping; at
         shutdown with ``math.inf``): each is an event received here and
         rejected."""
         self.reassembler.expire(now)
-        self._settle_reassembler()
+        self._count_reassembler_losses()
 
     # ---------------------------------------------------------------- formats
-    def _disabled(self, fmt: str, data: bytes, rejected: MutableMapping[str, int]) -> int:
+    def _disabled(
+        self, fmt: str, data: bytes, rejected: MutableMapping[str, int], wake: WakeUp
+    ) -> int:
         count = _disabled_events(fmt, data)
         if count:
             rejected[Reject.FORMAT_DISABLED] += count
             if fmt != JSON:
-                self.counts[fmt] += count
+                wake.counts[fmt] = wake.counts.get(fmt, 0) + count
         return count
 
-    def _statsd(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
-        return statsd.decode_statsd(data, out, rejected, self._build, self.built)
+    def _statsd(
+        self, data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
+    ) -> int:
+        build: Build | None = self._build
+        if build is not None and wake.sender:  # each event gets its sender's attributes
+            build = _from_sender(self._build, wake.sender)
+        return statsd.decode_statsd(data, out, rejected, build, wake)
 
-    def _syslog(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+    def _syslog(
+        self, data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
+    ) -> int:
         try:
             message = syslog.parse(data)
         except syslog.SyslogError as exc:
@@ -247,18 +248,21 @@ class Dialects:
                 return 1
             body = syslog.wrap_text(body)  # up to 6 times the text: "\u0001" for 0x01
             if len(body) > MAX_DECODED_BYTES:
-                self.built.bytes += len(body)
+                wake.written += len(body)
                 rejected[Reject.DECODED_TOO_LARGE] += 1
                 return 1
             parsed = loads(body)
-        self._emit(body, parsed, self._encoded(message.facts), out)
+        # The sender's attributes, then the facts: one suffix of attribute entries.
+        self._emit(body, parsed, wake.sender + self._encoded(message.facts), out, wake)
         return 1
 
-    def _gelf(self, data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
-        self.last_text = None  # until this datagram's payload is inflated
+    def _gelf(
+        self, data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
+    ) -> int:
+        wake.text = None  # until this datagram's payload is inflated
         payload = data
         if gelf.kind(data) == gelf.CHUNK:
-            whole = self._reassemble(data)
+            whole = self._reassemble(data, wake)
             if whole is None:
                 return 0
             payload = whole
@@ -266,34 +270,34 @@ class Dialects:
             text = gelf.unwrap(payload, self.max_event_bytes)
         except gelf.GelfError as exc:
             if exc.reason == Reject.TOO_LARGE:  # a bomb: inflated to the bound in vain
-                self.built.bytes += self.max_event_bytes
+                wake.written += self.max_event_bytes
             rejected[exc.reason] += 1
             return 1
-        text = self.last_text = text.strip(_AROUND_JSON)
+        text = wake.text = text.strip(_AROUND_JSON)
         try:
             parsed = loads(text)
         except JSONDecodeError:
-            self.built.bytes += len(text)
+            wake.written += len(text)
             rejected[reason_of(text)] += 1
             return 1
         if type(parsed) is not dict:
-            self.built.bytes += len(text)
+            wake.written += len(text)
             rejected[Reject.NOT_OBJECT] += 1
             return 1
-        self._emit(text, parsed, b"", out)
+        self._emit(text, parsed, wake.sender, out, wake)
         return 1
 
     # ---------------------------------------------------------------- helpers
-    def _reassemble(self, chunk: bytes) -> bytes | None:
+    def _reassemble(self, chunk: bytes, wake: WakeUp) -> bytes | None:
         """The chunk's message when it completes one, else None (the chunk
         was kept, or ended a message counted by the reassembler)."""
         payload = self.reassembler.add(chunk, None, time.monotonic())
         if payload is None:
-            self.absorbed += 1
-        self._settle_reassembler()
+            wake.absorbed += 1
+        self._count_reassembler_losses()
         return payload
 
-    def _settle_reassembler(self) -> None:
+    def _count_reassembler_losses(self) -> None:
         """Messages the reassembler gave up on are events received at this
         listener and rejected; chunks it could not use are ignored datagrams."""
         reassembler = self.reassembler
@@ -309,16 +313,18 @@ class Dialects:
                 stats.datagrams_ignored[reason] += n
             reassembler.ignored.clear()
 
-    def _emit(self, data: bytes, parsed: dict[str, object], facts: bytes, out: list[Any]) -> None:
+    def _emit(
+        self, data: bytes, parsed: dict[str, object], facts: bytes, out: list[Any], wake: WakeUp
+    ) -> None:
         """One accepted event, in the pipeline's shape, counted as built."""
         if self.builder is not None:
             item = self.builder.build(data, parsed, facts)
-            self.built.bytes += len(item[1])
+            wake.written += len(item[1])
             out.append(item)
             return
         if facts or data[0] == 0x0A:  # a body: see "Attributes on the plain path"
             data = encode_data(data) + facts
-        self.built.bytes += len(data)
+        wake.written += len(data)
         out.append(data)
 
     def _encoded(self, facts: syslog.Facts) -> bytes:
@@ -343,6 +349,16 @@ class Dialects:
                 self.stats.attributes_skipped[Skip.VALUE_TOO_LONG] += 1
             parts.append(piece)
         return b"".join(parts)
+
+
+def _from_sender(build: BuildFrom | None, sender: bytes) -> Build:
+    """``build`` giving every event ``sender``'s attribute entries."""
+    assert build is not None
+
+    def build_from(data: bytes, event: dict[str, object]) -> tuple[Any, bytes]:
+        return build(data, event, sender)
+
+    return build_from
 
 
 def _disabled_events(fmt: str, data: bytes) -> int:

@@ -1,354 +1,73 @@
-"""Datagram endpoints: binding sockets and the drain callback (the hot path).
+"""A listener's reader: the read loop (the hot path) and its accounting.
 
 asyncio's stdlib DatagramProtocol manages ~20k datagrams/s here (it
-recvfrom()s 256 KiB per datagram); an ``add_reader`` callback that drains a
+recvfrom()s 256 KiB per datagram); an ``add_reader`` callback that reads a
 non-blocking socket until EAGAIN measured 290-300k/s with validation and
-queueing, on the 2-core development machine. Per wake-up: one list of events, one queue put,
-counters updated once.
+queueing, on the 2-core development machine. Per wake-up: one list of events,
+one queue put, counters updated once. Binding sockets is sockets.py's; how a
+socket is received from (plain, allow-list, credentials), receivers.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ipaddress
 import logging
 import math
 import os
 import socket
-import stat
-import struct
 import time
 from collections.abc import Callable, Sequence
 
-from ingest.config import INPUT_FORMATS, SENDER_ATTRIBUTES, ConfigError, IPNetwork, Listener
-from ingest.pipeline.message import MessageBuilder
+from ingest.config import INPUT_FORMATS, ConfigError, IPNetwork, Listener
 from ingest.pipeline.queue import Intake
-from ingest.publish.pubsub import encode_attribute
 from ingest.ratelimit import LogLimiter
-from ingest.receive.codec import (
-    Decoder,
-    count_events,
-    decode_datagram,
-)
+from ingest.receive.codec import Decoder, count_events, decode_datagram
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.receive.receivers import AllowList, DeniedBurst, Receiver, Senders, receiver_for
+from ingest.receive.sockets import SocketFile, bind_unix, remove_stale_socket
 from ingest.receive.tapped import Hub, TappedWakeUp
+from ingest.receive.wakeup import (
+    WAKEUP_MAX_BYTES,
+    WAKEUP_MAX_DATAGRAMS,
+    WAKEUP_MAX_EVENTS,
+    WakeUp,
+)
 from ingest.stats import Stats
 from ingest.vocabulary import Ignore, Reject
 
 log = logging.getLogger(__name__)
 
-# One wake-up's budget, checked as each datagram is handled, so that one busy
-# socket cannot starve the others, the publishers or /healthz: at most
-# DRAIN_BATCH datagrams, WAKEUP_MAX_EVENTS events, WAKEUP_MAX_BYTES bytes
-# received and WAKEUP_MAX_BYTES bytes the decoders wrote (codec.Built), plus
-# the one datagram that crosses a bound (which writes at most
-# codec.MAX_DECODED_BYTES). A budget in datagrams alone would let one wake-up
-# hold 256 x 21,835 events (a 64 KiB datagram of "{}\n" lines): seconds of
-# work and hundreds of MiB before the queue's bounds are even consulted; one
-# in bytes received alone would let three statsd datagrams write a GiB.
-DRAIN_BATCH = 256
-WAKEUP_MAX_EVENTS = 8192
-WAKEUP_MAX_BYTES = 1 << 20
 # Only datagrams above this size count against WAKEUP_MAX_BYTES (and only
 # datagrams of several lines against WAKEUP_MAX_EVENTS), which keeps the
-# common small single-event datagram free of bookkeeping: DRAIN_BATCH of these
-# stay under 512 KiB, so the byte bound still holds, at worst doubled.
+# common small single-event datagram free of bookkeeping: WAKEUP_MAX_DATAGRAMS
+# of these stay under 512 KiB, so the byte bound still holds, at worst doubled.
 SMALL_DATAGRAM_BYTES = 2048
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # <asm-generic/socket.h>; not in Python
-FINAL_DRAIN_MAX_S = 2.0  # the final drain at shutdown, all sockets together
-REBIND_DRAIN_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
-# struct ucred (man 7 unix): pid_t pid; uid_t uid; gid_t gid, native ints.
-UCRED = struct.Struct("iII")
-# Room for the credentials and nothing more: file descriptors a sender
-# attaches (SCM_RIGHTS) find none, and the kernel closes them instead of
-# installing them in the daemon.
-CREDENTIALS_SPACE = socket.CMSG_SPACE(UCRED.size)
-PID_KEY, UID_KEY, GID_KEY = (key.encode() for key in SENDER_ATTRIBUTES)
-# A control message as recvmsg returns it: (level, type, data).
-Cmsg = tuple[int, int, bytes]
+FINAL_READ_MAX_S = 2.0  # the final read at shutdown, all sockets together
+REBIND_READ_MAX_S = 0.05  # what a replaced socket still holds: a stall must stay short
 
 
-class _DeniedBurst(Exception):
-    """A wake-up's worth of datagrams from senders outside the allow-list."""
-
-
-def bind_udp(listener: Listener, rcvbuf_bytes: int) -> socket.socket:
-    """Bind a non-blocking UDP socket; ConfigError names --udp on failure."""
-    try:
-        infos = socket.getaddrinfo(listener.host, listener.port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise ConfigError("--udp", f"{listener.label}: cannot resolve: {exc.strerror}") from None
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        granted = set_rcvbuf(sock, rcvbuf_bytes)
-        if granted < rcvbuf_bytes:
-            log.warning(
-                "%s: kernel granted SO_RCVBUF %d bytes of the %d asked; bursts may be "
-                "dropped by the kernel. Fix: sysctl -w net.core.rmem_max=%d",
-                listener.label,
-                granted,
-                rcvbuf_bytes,
-                rcvbuf_bytes,
-            )
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError("--udp", f"{listener.label}: cannot bind: {exc.strerror}") from None
-    sock.setblocking(False)
-    return sock
-
-
-def set_rcvbuf(sock: socket.socket, size: int) -> int:
-    """Ask for ``size`` bytes of receive buffer; returns what the kernel granted.
-
-    SO_RCVBUF is capped at net.core.rmem_max; with CAP_NET_ADMIN (root, or
-    AmbientCapabilities= under systemd) SO_RCVBUFFORCE is not, as systemd's own
-    ReceiveBuffer= does. Without the capability it fails and the cap stands."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-    # Linux reports double the usable size it granted (man 7 socket).
-    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-    if granted < size:
-        with contextlib.suppress(PermissionError):
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-    return int(granted)
-
-
-def bind_unix(
-    listener: Listener, mode: int, gid: int | None = None, *, credentials: bool = False
-) -> socket.socket:
-    """Bind a unix datagram socket, replacing a stale socket file; its mode
-    (and group, when ``gid`` is given) decide who may send. ``credentials``:
-    SO_PASSCRED is set before the socket can receive, so that every datagram
-    carries its sender's credentials (see Senders).
-
-    A file that is not a socket, or a socket someone still listens on, is an
-    error rather than something to delete.
-    """
-    path = listener.path
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise ConfigError("--unix", f"{path}: directory {directory} does not exist")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ConfigError("--unix", f"{path}: directory {directory} is not writable")
-    _remove_stale_socket(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    if credentials:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    try:
-        sock.bind(path)
-        os.chmod(path, mode)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError("--unix", f"{path}: cannot bind: {exc.strerror}") from None
-    if gid is not None:
-        try:
-            os.chown(path, -1, gid)
-        except OSError as exc:
-            sock.close()
-            os.unlink(path)
-            raise ConfigError(
-                "--unix-group", f"{path}: cannot set group {gid}: {exc.strerror}"
-            ) from None
-    sock.setblocking(False)
-    return sock
-
-
-def _remove_stale_socket(path: str) -> None:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ConfigError("--unix", f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # stale: nobody is reading it
-        log.info("removed stale socket file %s", path)
-        return
-    except OSError as exc:
-        raise ConfigError(
-            "--unix", f"{path}: cannot probe existing socket: {exc.strerror}"
-        ) from None
-    finally:
-        probe.close()
-    raise ConfigError("--unix", f"{path} is in use by another process")
-
-
-class AllowList:
-    """Which UDP senders may send (--udp-allow). An IPv4 network also admits
-    its IPv4-mapped IPv6 senders (::ffff:a.b.c.d on a dual-stack socket).
-    Verdicts are cached per sender address; the cache is bounded, since
-    denied senders choose their own addresses."""
-
-    MAX_CACHED = 4096
-
-    def __init__(self, networks: Sequence[IPNetwork]) -> None:
-        nets: list[IPNetwork] = list(networks)
-        for net in networks:
-            if isinstance(net, ipaddress.IPv4Network):
-                mapped = f"::ffff:{net.network_address}/{96 + net.prefixlen}"
-                nets.append(ipaddress.IPv6Network(mapped))
-        self.networks = tuple(nets)
-        self.verdicts: dict[str, bool] = {}
-
-    def decide(self, host: str) -> bool:
-        """Whether ``host`` (as recvfrom reports it) is allowed; cached."""
-        try:
-            address = ipaddress.ip_address(host.partition("%")[0])  # no IPv6 scope
-        except ValueError:
-            allowed = False
-        else:
-            allowed = any(address in net for net in self.networks)
-        if len(self.verdicts) >= self.MAX_CACHED:
-            self.verdicts.clear()
-        self.verdicts[host] = allowed
-        return allowed
-
-
-def _overflow_id(name: str) -> int:
-    """The id the kernel reports for one it cannot map (overflowuid,
-    overflowgid): what it gives for a sender it never recorded."""
-    try:
-        with open(f"/proc/sys/kernel/{name}") as file:
-            return int(file.read())
-    except (OSError, ValueError):
-        return 65534  # the kernel's default
-
-
-class Senders:
-    """Who sent each unix datagram (--unix-credentials), as the kernel says.
-
-    With SO_PASSCRED set, each datagram comes with an SCM_CREDENTIALS record
-    the kernel took from the sending process at send time: its pid, uid and
-    gid (the effective ones; not its supplementary groups). A sender cannot
-    forge it: one that attaches a record of its own is checked by the kernel
-    (its own pid; its real, effective or saved uid and gid), unless it holds
-    CAP_SYS_ADMIN, CAP_SETUID or CAP_SETGID, which could become whoever it
-    claims anyway. Nor can the JSON it sends: these attributes come from the
-    record, and the configuration lets no other attribute use their keys.
-
-    A record maps to a verdict, cached per record (pid, uid, gid), so that a
-    datagram costs one dict lookup: the attribute entries its messages get
-    (pubsub.encode_attribute, decimal text) and whether ``allow_uids``
-    admits the sender (empty: everyone). The cache is bounded, since every
-    new process is a new pid.
-
-    A datagram whose sender the kernel cannot tell is *unknown*: published
-    without sender attributes, rather than with the overflow ids it reports
-    (they would read as user nobody), and denied by an allow-list. That is a
-    datagram queued before SO_PASSCRED was set -- the kernel reports pid 0
-    and the overflow uid and gid, e.g. for senders that wrote to a socket
-    systemd created without PassCredentials=yes before the daemon started --
-    or a record missing or cut short. A sender outside the daemon's pid
-    namespace has a uid but reads as pid 0: its messages get no sender_pid.
-    """
-
-    MAX_CACHED = 4096
-
-    def __init__(self, allow_uids: Sequence[int]) -> None:
-        self.allow_uids = frozenset(allow_uids)
-        self.verdicts: dict[Cmsg | None, tuple[bytes, bool]] = {}
-        self._unrecorded = (0, _overflow_id("overflowuid"), _overflow_id("overflowgid"))
-
-    def ids(self, cmsg: Cmsg | None) -> tuple[int, int, int] | None:
-        """(pid, uid, gid) of a datagram's first control message, or None
-        when the kernel could not tell who sent it."""
-        if cmsg is None:
-            return None
-        level, kind, record = cmsg
-        if level != socket.SOL_SOCKET or kind != socket.SCM_CREDENTIALS:
-            return None
-        if len(record) != UCRED.size:
-            return None
-        pid, uid, gid = UCRED.unpack(record)
-        if (pid, uid, gid) == self._unrecorded:
-            return None
-        return pid, uid, gid
-
-    def learn(self, cmsg: Cmsg | None) -> tuple[bytes, bool]:
-        """The verdict on a record not in the cache: (attribute entries,
-        allowed); cached."""
-        if len(self.verdicts) >= self.MAX_CACHED:
-            self.verdicts.clear()
-        ids = self.ids(cmsg)
-        if ids is None:
-            verdict = (b"", not self.allow_uids)
-        else:
-            pid, uid, gid = ids
-            named = [(UID_KEY, uid), (GID_KEY, gid)]
-            if pid:  # 0: not a process the daemon's pid namespace can see
-                named.insert(0, (PID_KEY, pid))
-            entries = b"".join(encode_attribute(key, b"%d" % value) for key, value in named)
-            verdict = (entries, not self.allow_uids or uid in self.allow_uids)
-        self.verdicts[cmsg] = verdict
-        return verdict
-
-    def describe(self, cmsg: Cmsg | None) -> str:
-        """The sender, for a log line."""
-        ids = self.ids(cmsg)
-        if ids is None:
-            return "an unknown sender (the kernel recorded no credentials)"
-        pid, uid, gid = ids
-        return f"uid {uid} (pid {pid}, gid {gid})"
-
-
-class SocketFile:
-    """A unix listener's socket file, as the daemon bound it: its identity
-    (device, inode), to notice the file removed or replaced while we run,
-    and to remove at the end only a file that is still ours."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.identity = self.current()
-
-    def current(self) -> tuple[int, int] | None:
-        """The (device, inode) at the path now; None: nothing there."""
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-
-    def replaced(self) -> bool:
-        """The file at the path is not the one we bound (or is gone)."""
-        return self.current() != self.identity
-
-    def rebound(self) -> None:
-        """A fresh socket was bound at the path: it is ours now."""
-        self.identity = self.current()
-
-    def unlink_if_ours(self) -> None:
-        # Another daemon may have replaced the file since; remove only ours.
-        try:
-            if self.current() == self.identity and self.identity is not None:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            log.warning("could not remove %s: %s", self.path, exc.strerror)
+def _count_lines(data: bytes, wake: WakeUp) -> int:
+    """``codec.count_events`` with the full-queue counter's signature."""
+    return count_events(data)
 
 
 class DatagramSource:
-    """One bound socket and its drain callback. Never blocks, never awaits.
+    """One bound socket and its read callback. Never blocks, never awaits.
 
-    One drain loop serves every source; only its receive call differs: with
-    an allow-list a UDP source reads with recvfrom and checks the sender
-    (``_allowed_receiver``); with ``credentials`` a unix source reads with
-    recvmsg and learns the sender (``_credentials_receiver``); otherwise it
-    calls the socket's plain recv, so the common path pays nothing for
-    either. ``adopted``: the socket was passed by systemd, which owns it —
-    never unlinked, chmodded or re-created here.
+    One read loop serves every source; only its receive call differs
+    (receivers.py): with an allow-list a UDP source reads with recvfrom and
+    checks the sender; with ``credentials`` a unix source reads with recvmsg
+    and learns the sender; otherwise it calls the socket's plain recv, so
+    the common path pays nothing for either. ``adopted``: the socket was
+    passed by systemd, which owns it — never unlinked, chmodded or
+    re-created here.
 
-    ``credentials`` (unix sources): the builder that ``decode`` builds with,
-    whose ``sender`` is set to each datagram's sender attributes before the
-    datagram is decoded (Senders); None: off. ``allow_uids``: only these
-    uids' datagrams are decoded, the others rejected (``sender_denied``);
-    empty: every sender. It needs ``credentials``.
+    ``credentials`` (unix sources): each datagram's sender attributes
+    (receivers.Senders) reach the decoders through the wake-up
+    (wakeup.WakeUp.sender), for ``decode`` to give its messages.
+    ``allow_uids``: only these uids' datagrams are decoded, the others
+    rejected (``sender_denied``); empty: every sender. It needs
+    ``credentials``.
     """
 
     def __init__(
@@ -363,11 +82,11 @@ class DatagramSource:
         adopted: bool = False,
         decode: Decoder = decode_datagram,
         dialects: Dialects | None = None,
-        credentials: MessageBuilder | None = None,
+        credentials: bool = False,
         allow_uids: Sequence[int] = (),
         tap: Hub | None = None,
     ) -> None:
-        if allow_uids and credentials is None:
+        if allow_uids and not credentials:
             # Ignoring it would silently admit every uid.
             raise ValueError("allow_uids needs credentials: the uid comes with them")
         self.listener = listener
@@ -375,8 +94,7 @@ class DatagramSource:
         self.sock = sock
         self.adopted = adopted
         self.allow = AllowList(allow) if allow and listener.kind == "udp" else None
-        self._credentials = credentials if listener.kind == "unix" else None
-        self.senders = Senders(allow_uids) if self._credentials is not None else None
+        self.senders = Senders(allow_uids) if credentials and listener.kind == "unix" else None
         if self.senders is not None:  # adopted sockets too: systemd may not have set it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._queue = queue
@@ -389,16 +107,15 @@ class DatagramSource:
         # dialects take "{" too (they reject it as format_disabled).
         self.dialects = dialects
         self._other: Decoder = dialects.decode if dialects is not None else decode
-        self._count: Callable[[bytes], int] = (
-            dialects.count if dialects is not None else count_events
+        self._count: Callable[[bytes, WakeUp], int] = (
+            dialects.count if dialects is not None else _count_lines
         )
         # With dialects, theirs decodes JSON too: with metadata it counts what
-        # it builds (Dialects.built), which ``decode`` does not.
+        # it builds (WakeUp.written), which ``decode`` does not.
         if dialects is not None:
             self._decode = dialects.decode_json if JSON in dialects.formats else dialects.decode
         self.tap = tap
         self._limiter = LogLimiter()
-        self._denied = 0  # this wake-up's datagrams from senders outside the allow-list
         self._denied_reason = (
             Reject.SENDER_DENIED if self.senders is not None else Reject.SOURCE_DENIED
         )
@@ -413,10 +130,9 @@ class DatagramSource:
             self.rcvbuf_granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         self.socket_file = SocketFile(listener.path) if listener.kind == "unix" else None
         # The receive strategy, chosen once per socket (again when a removed
-        # unix path is bound anew): allow-list and credentials are fixed for
-        # a source's life (a reload builds new readers). Only a tap, which
-        # attaches at any moment, picks its own per wake-up.
-        self._receive = self._receiver()
+        # unix path is bound anew). Only a tap, which attaches at any moment,
+        # gets variants of its own, per wake-up.
+        self._receiver = self._receiver_for(sock)
 
     @property
     def input_formats(self) -> tuple[str, ...]:
@@ -442,9 +158,9 @@ class DatagramSource:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sock.fileno(), self.drain)
+        loop.add_reader(self.sock.fileno(), self.read)
 
-    def drain(self) -> bool:
+    def read(self) -> bool:
         """Read until EAGAIN or the wake-up budget; True when the budget
         stopped it (the socket may hold more). The loop's callback.
 
@@ -455,33 +171,35 @@ class DatagramSource:
         events: list[bytes] = []
         stats = self._stats
         rejected = stats.rejected
-        # The receive strategy chosen for this socket (_receiver). While a
+        # What this wake-up's receive call and decoders learn and write
+        # (wakeup.py): the sender, the bytes written, the counts by format.
+        wake = WakeUp()
+        # The receive call of this socket's strategy (receivers.py). While a
         # tap is connected: a sample of each datagram's outcome (tapped.py),
-        # with receivers of its own that also note each sender.
+        # and the receive call also notes each sender.
         tap = self.tap
-        tapped = TappedWakeUp(tap, self.label, self.dialects) if tap and tap.active else None
-        recv = self._receive if tapped is None else self._receiver(tapped)
+        tapped = TappedWakeUp(tap, self.label) if tap and tap.active else None
+        recv = self._receiver(wake, tapped)
         limit = self._max_bytes + 1  # one byte more than allowed reveals oversize
         max_bytes = self._max_bytes
         decode, other, count_full = self._decode, self._other, self._count
-        built = self.dialects.built if self.dialects is not None else None
         if tapped is not None:
             decode, other, count_full = tapped.decoders(decode, other, count_full)
         room = self._queue.room()
-        # A wake-up ends with at most WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
+        # A wake-up ends with at most WAKEUP_MAX_EVENTS + WAKEUP_MAX_DATAGRAMS + limit
         # events (no datagram holds more than ``limit``): with this much room
         # the budget stops it first, and the per-datagram check is moot.
-        roomy = room >= WAKEUP_MAX_EVENTS + DRAIN_BATCH + limit
+        roomy = room >= WAKEUP_MAX_EVENTS + WAKEUP_MAX_DATAGRAMS + limit
         max_events, max_read = WAKEUP_MAX_EVENTS, WAKEUP_MAX_BYTES
         small = min(SMALL_DATAGRAM_BYTES, max_bytes)  # oversize is checked on this path
         more = False
         datagrams = received = empty = full = nread = unknown = 0
-        for _ in range(DRAIN_BATCH):
+        for _ in range(WAKEUP_MAX_DATAGRAMS):
             try:
                 data = recv(limit)
             except (BlockingIOError, InterruptedError):
                 break
-            except _DeniedBurst:
+            except DeniedBurst:
                 more = True
                 break
             except OSError as exc:
@@ -507,120 +225,48 @@ class DatagramSource:
                 except IndexError:  # an empty datagram: the JSON decoder counts it
                     plain = True
                 if plain:
-                    count = decode(data, events, rejected)
+                    count = decode(data, events, rejected, wake)
                 else:
-                    count = other(data, events, rejected)
-                    if built is not None and built.bytes >= max_read:
+                    count = other(data, events, rejected, wake)
+                    if wake.written >= max_read:
                         more = True  # what the dialects wrote counts as read
             else:
-                count = count_full(data)
+                count = count_full(data, wake)
                 full += count
             received += count
             if count != 1:  # blank, or several lines: the rare paths
                 if not count:
                     empty += 1
-                elif received >= max_events or (built is not None and built.bytes >= max_read):
+                elif received >= max_events or wake.written >= max_read:
                     more = True  # with metadata, messages of many JSON lines count too
             if more:
                 break
         else:
             more = True
-        if datagrams or self._denied:
-            self._settle(datagrams, received, events, empty=empty, full=full, unknown=unknown)
+        if datagrams or wake.denied:
+            self._count_and_put(
+                wake, datagrams, received, events, empty=empty, full=full, unknown=unknown
+            )
         return more
 
-    def _receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
-        """The drain loop's receive call: the plain ``recv``, the
-        allow-list's, which skips and counts denied senders, or the
-        credentials', which also sets each datagram's sender. ``tapped``:
-        its receivers also note each sender for a tap."""
-        if self.allow is not None:
-            return self._allowed_receiver(tapped)
-        if self.senders is not None:
-            return self._credentials_receiver(tapped)
-        if tapped is not None and self.kind == "udp":
-            return tapped.addressed_receiver(self.sock)
-        return self.sock.recv
-
-    def _allowed_receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
-        """``recv`` for a source with an allow-list, built once per socket:
-        it returns the next datagram from an allowed sender. One from outside
-        the list counts as one event received and rejected (``source_denied``,
-        added up in ``_settle``) and is never decoded; DRAIN_BATCH of them end
-        the wake-up (_DeniedBurst) like any other budget. ``tapped``: it also
-        notes each sender for a tap."""
-        assert self.allow is not None
-        verdicts = self.allow.verdicts.get
-        decide = self.allow.decide
-        recvfrom = self.sock.recvfrom
-
-        def receive(limit: int) -> bytes:
-            while True:
-                data, address = recvfrom(limit)
-                allowed = verdicts(address[0])
-                if allowed is None:
-                    allowed = decide(address[0])
-                if allowed:
-                    if tapped is not None:
-                        tapped.sender = f"{address[0]}:{address[1]}"
-                    return data
-                self._count_denied()
-
-        return receive
-
-    def _credentials_receiver(self, tapped: TappedWakeUp | None = None) -> Callable[[int], bytes]:
-        """``recv`` for a unix source with credentials, built once per
-        socket: it returns the next datagram of an allowed sender, having set
-        the builder's ``sender`` to that sender's attributes. One denied is
-        logged (rate-limited) and counted like ``_allowed_receiver``'s, as
-        ``sender_denied``.
-
-        MSG_CTRUNC is no cause for doubt: with room for the credentials only,
-        it means the sender attached more (file descriptors, which the kernel
-        closes). The credentials, written first, are whole; a record cut
-        short would be unknown (Senders)."""
-        assert self.senders is not None and self._credentials is not None
-        senders = self.senders
-        builder = self._credentials
-        verdicts = senders.verdicts.get
-        learn = senders.learn
-        recvmsg = self.sock.recvmsg
-
-        def receive(limit: int) -> bytes:
-            while True:
-                data, ancdata, _, _ = recvmsg(limit, CREDENTIALS_SPACE)
-                cmsg = ancdata[0] if ancdata else None
-                entries, allowed = verdicts(cmsg) or learn(cmsg)
-                if allowed:
-                    builder.sender = entries
-                    if tapped is not None:
-                        tapped.sender = senders.describe(cmsg)
-                    return data
-                self._limiter.log(
-                    log,
-                    "sender-denied",
-                    logging.WARNING,
-                    "%s: denied a datagram from %s: not in --unix-allow-uid",
-                    self.label,
-                    senders.describe(cmsg),
-                )
-                self._count_denied()
-
-        return receive
-
-    def _count_denied(self) -> None:
-        """One more datagram of a denied sender; DRAIN_BATCH of them end the
-        wake-up (_DeniedBurst), since reading them is work too."""
-        self._denied += 1
-        if self._denied >= DRAIN_BATCH:
-            raise _DeniedBurst
+    def _receiver_for(self, sock: socket.socket) -> Receiver:
+        """The receive strategy of ``sock`` (receivers.receiver_for)."""
+        return receiver_for(
+            sock,
+            addressed=self.kind == "udp",
+            allow=self.allow,
+            senders=self.senders,
+            label=self.label,
+            limiter=self._limiter,
+        )
 
     def _receive_failed(self, exc: OSError) -> None:
         self._stats.receive_errors += 1
         self._limiter.log(log, "recv", logging.WARNING, "%s: receive failed: %s", self.label, exc)
 
-    def _settle(
+    def _count_and_put(
         self,
+        wake: WakeUp,
         datagrams: int,
         received: int,
         events: list[bytes],
@@ -629,19 +275,22 @@ class DatagramSource:
         full: int,
         unknown: int,
     ) -> None:
-        """Once per wake-up: the counters, and one queue put for all events."""
+        """The end of a wake-up: its counters into the stats, and one queue
+        put for all its events."""
         stats = self._stats
-        if self._denied:  # each a datagram and an event, received and rejected
-            stats.rejected[self._denied_reason] += self._denied
-            datagrams += self._denied
-            received += self._denied
-            unknown += self._denied
-            self._denied = 0
+        denied = wake.denied
+        if denied:  # each a datagram and an event, received and rejected
+            stats.rejected[self._denied_reason] += denied
+            datagrams += denied
+            received += denied
+            unknown += denied
+        by_format = stats.events_by_format
         if unknown:
-            stats.events_by_format[(self.label, UNKNOWN)] += unknown
-        if self.dialects is not None:
-            empty -= self.dialects.absorbed  # chunks: part of a message, not empty
-            self.dialects.take_counts()
+            by_format[(self.label, UNKNOWN)] += unknown
+        if wake.counts:
+            for fmt, n in wake.counts.items():
+                by_format[(self.label, fmt)] += n
+        empty -= wake.absorbed  # chunks: part of a message, not empty
         stats.datagrams_received[self.label] += datagrams
         stats.events_received[self.label] += received
         if empty:
@@ -652,12 +301,12 @@ class DatagramSource:
             assert self._loop is not None
             self._queue.put(events, self._loop.time())
 
-    def drain_until_empty(self, max_s: float = FINAL_DRAIN_MAX_S) -> None:
+    def read_until_empty(self, max_s: float = FINAL_READ_MAX_S) -> None:
         """Read what the kernel already queued (shutdown, socket re-creation):
         until EAGAIN, or for at most ``max_s`` -- senders flooding faster than
         we read must not hold a shutdown hostage."""
         deadline = time.monotonic() + max_s
-        while self.drain() and time.monotonic() < deadline:
+        while self.read() and time.monotonic() < deadline:
             pass
 
     def take_over(self, previous: DatagramSource) -> None:
@@ -706,9 +355,9 @@ class DatagramSource:
             "%s: socket file disappeared or was replaced; re-creating it",
             self.label,
         )
-        self.drain_until_empty(REBIND_DRAIN_MAX_S)  # what the old socket still holds
+        self.read_until_empty(REBIND_READ_MAX_S)  # what the old socket still holds
         try:
-            _remove_stale_socket(self.listener.path)
+            remove_stale_socket(self.listener.path)
             fresh = bind_unix(self.listener, mode, gid, credentials=self.senders is not None)
         except ConfigError as exc:
             self.problem = f"socket file {self.listener.path} is gone: {exc}"
@@ -720,22 +369,9 @@ class DatagramSource:
             self._loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self.sock = fresh
-        self._receive = self._receiver()
+        self._receiver = self._receiver_for(fresh)
         self.socket_file.rebound()
         self.problem = None
         if self._loop is not None:
-            self._loop.add_reader(self.sock.fileno(), self.drain)
+            self._loop.add_reader(self.sock.fileno(), self.read)
         log.info("%s: socket file re-created", self.label)
-
-
-def bind_listener(
-    listener: Listener,
-    rcvbuf_bytes: int,
-    unix_mode: int,
-    unix_gid: int | None = None,
-    *,
-    unix_credentials: bool = False,
-) -> socket.socket:
-    if listener.kind == "udp":
-        return bind_udp(listener, rcvbuf_bytes)
-    return bind_unix(listener, unix_mode, unix_gid, credentials=unix_credentials)

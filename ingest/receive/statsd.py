@@ -112,7 +112,8 @@ from typing import Any
 
 from orjson import dumps
 
-from ingest.receive.codec import MAX_DECODED_BYTES, Build, Built
+from ingest.receive.codec import MAX_DECODED_BYTES, Build
+from ingest.receive.wakeup import WakeUp
 from ingest.vocabulary import Reject
 
 # Reject reasons: a fixed vocabulary (they become metric labels). A line that
@@ -176,13 +177,14 @@ def decode_statsd(
     out: list[Any],
     rejected: MutableMapping[str, int],
     build: Build | None = None,
-    built: Built | None = None,
+    wake: WakeUp | None = None,
 ) -> int:
     """Append one JSON event per statsd sample, DogStatsD event or service
     check in ``data`` to ``out`` and count rejects by reason in ``rejected``.
     ``build``: with metadata, each event goes out as ``build(its bytes, the
     event)`` (message.MessageBuilder.build: its lane and body) instead.
-    ``built``: gets the bytes that went out (the bodies', with metadata).
+    ``wake``: its ``written`` gets the bytes that went out (the bodies', with
+    metadata).
 
     Returns the number of events, accepted plus rejected (see the module
     docstring for how lines count). Never raises."""
@@ -191,7 +193,7 @@ def decode_statsd(
     try:
         text = data.decode()
     except UnicodeDecodeError:
-        return _decode_lines_apart(data, out, rejected, build, built)
+        return _decode_lines_apart(data, out, rejected, build, wake)
     start = len(out)
     room = MAX_DECODED_BYTES
     bad = 0
@@ -208,8 +210,8 @@ def decode_statsd(
             room = full.room
             bad += _cut(full, lines, _BLANK, rejected)
             break
-    if built is not None:
-        built.bytes += MAX_DECODED_BYTES - room
+    if wake is not None:
+        wake.written += MAX_DECODED_BYTES - room
     return len(out) - start + bad
 
 
@@ -218,7 +220,7 @@ def _decode_lines_apart(
     out: list[Any],
     rejected: MutableMapping[str, int],
     build: Build | None,
-    built: Built | None,
+    wake: WakeUp | None,
 ) -> int:
     """``decode_statsd`` for a datagram that is not UTF-8 as a whole: its
     lines are decoded one by one, so that only the bad ones are lost."""
@@ -241,8 +243,8 @@ def _decode_lines_apart(
             room = full.room
             bad += _cut(full, lines, _BLANK_BYTES, rejected)
             break
-    if built is not None:
-        built.bytes += MAX_DECODED_BYTES - room
+    if wake is not None:
+        wake.written += MAX_DECODED_BYTES - room
     return len(out) - start + bad
 
 

@@ -6,13 +6,14 @@ so nothing on the data path imports observe/.
 Built by the reader only while a tap is connected, so the hot path pays
 nothing otherwise. While one is, each datagram decodes into a reject counter
 of its own (its reasons, without comparing totals), UDP datagrams are read
-with ``recvfrom`` to learn their sender, and the outcome is offered to the
-hub, which samples; only a datagram a tap takes is turned into a record.
+with ``recvfrom`` to learn their sender (receivers.py), and the outcome is
+offered to the hub, which samples; only a datagram a tap takes is turned into
+a record. The datagram's format and GELF's inflated text come from the
+wake-up the decoders were given (wakeup.WakeUp).
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 
 from ingest.publish.pubsub import data_of
 from ingest.receive.codec import Decoder
-from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.receive.dialects import GELF, JSON, UNKNOWN
+from ingest.receive.wakeup import WakeUp
 from ingest.vocabulary import Drop, Reject
 
 TEXT_BYTES = 1024  # of a datagram's text a tap shows
@@ -44,41 +46,32 @@ class Hub(Protocol):
 
 class TappedWakeUp:
     """One wake-up of a tapped reader. ``sender``: the datagram being
-    decoded's, as its receiver noted it (None when it cannot tell)."""
+    decoded's, as its receive call noted it (None when it cannot tell)."""
 
-    def __init__(self, hub: Hub, label: str, dialects: Dialects | None) -> None:
+    def __init__(self, hub: Hub, label: str) -> None:
         self.hub = hub
         self.label = label
-        self.dialects = dialects
         self.sender: str | None = None
 
-    def addressed_receiver(self, sock: socket.socket) -> Callable[[int], bytes]:
-        """``recv`` for a UDP socket: recvfrom, noting the sender."""
-        recvfrom = sock.recvfrom
-
-        def receive(limit: int) -> bytes:
-            data, address = recvfrom(limit)
-            self.sender = f"{address[0]}:{address[1]}"
-            return data
-
-        return receive
-
     def decoders(
-        self, decode: Decoder, other: Decoder, count_full: Callable[[bytes], int]
-    ) -> tuple[Decoder, Decoder, Callable[[bytes], int]]:
+        self, decode: Decoder, other: Decoder, count_full: Callable[[bytes, WakeUp], int]
+    ) -> tuple[Decoder, Decoder, Callable[[bytes, WakeUp], int]]:
         """The reader's JSON decoder, dialect decoder and full-queue counter,
         each offering every datagram's outcome to the hub."""
-        hub, label, dialects = self.hub, self.label, self.dialects
+        hub, label = self.hub, self.label
 
         def watch(decoder: Decoder, json: bool) -> Decoder:
-            def run(data: bytes, out: list[Any], rejected: MutableMapping[str, int]) -> int:
+            def run(
+                data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
+            ) -> int:
                 before = len(out)
                 reasons: defaultdict[str, int] = defaultdict(int)
-                count = decoder(data, out, reasons)
+                count = decoder(data, out, reasons, wake)
                 for reason, n in reasons.items():
                     rejected[reason] += n
                 if count:
-                    fmt = JSON if json or dialects is None else dialects.last_format
+                    fmt = JSON if json else wake.format
+                    text = wake.text if fmt == GELF else None
                     accepted = len(out) - before
                     outcome = ACCEPTED if not reasons else REJECTED
                     hub.offer(
@@ -93,16 +86,17 @@ class TappedWakeUp:
                             events=count,
                             accepted=accepted,
                             published=out[before:],
+                            text=text,
                         ),
                     )
                 return count
 
             return run
 
-        def dropped(data: bytes) -> int:
-            count = count_full(data)
+        def dropped(data: bytes, wake: WakeUp) -> int:
+            count = count_full(data, wake)
             if count:
-                fmt = JSON if dialects is None else dialects.last_format
+                fmt = wake.format
                 hub.offer(
                     label,
                     fmt,
@@ -132,15 +126,14 @@ class TappedWakeUp:
         events: int,
         accepted: int = 0,
         published: Sequence[Any] = (),
+        text: bytes | None = None,
     ) -> dict[str, object]:
         """What a tap shows of one datagram: who sent it, what it was taken
-        for, what became of it, and its text (GELF's inflated; not UTF-8
-        bytes escaped), cut at TEXT_BYTES. ``event``: the first event
-        published from it, when that is not the text itself (statsd's JSON,
-        say)."""
-        shown = data
-        if fmt == GELF and self.dialects is not None and self.dialects.last_text is not None:
-            shown = self.dialects.last_text
+        for, what became of it, and its text (``text``, GELF's inflated
+        payload, when there is one; not UTF-8 bytes escaped), cut at
+        TEXT_BYTES. ``event``: the first event published from it, when that
+        is not the text itself (statsd's JSON, say)."""
+        shown = data if text is None else text
         record: dict[str, object] = {
             "time": time.time(),
             "listener": self.label,

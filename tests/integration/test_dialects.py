@@ -1,6 +1,6 @@
 """Dialects at the reader: recognition on a real socket, what each format
 puts in the queue, per-format accounting, disabled formats, GELF chunks
-through the drain loop (queue full, expiry at close), syslog attributes on
+through the read loop (queue full, expiry at close), syslog attributes on
 the plain path and with metadata configured.
 
 The parsers themselves are tested in test_gelf.py, test_syslog.py and
@@ -32,7 +32,9 @@ from ingest.publish.pubsub import RequestEncoder, data_of
 from ingest.receive.codec import MAX_DECODED_BYTES, decode_datagram
 from ingest.receive.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
 from ingest.receive.gelf import Reassembler
-from ingest.receive.sources import DatagramSource, bind_udp
+from ingest.receive.sockets import bind_udp
+from ingest.receive.sources import DatagramSource
+from ingest.receive.wakeup import WakeUp
 from ingest.stats import Stats
 from ingest.vocabulary import Drop, Reject
 
@@ -64,6 +66,7 @@ class Reader:
         wrap_text: bool = False,
         builder: MessageBuilder | None = None,
         max_pending_bytes: int = 1 << 20,
+        tap: Any = None,
     ) -> None:
         self.stats = Stats()
         listener = Listener("udp", host="127.0.0.1", port=0)
@@ -81,7 +84,14 @@ class Reader:
             builder=builder,
         )
         self.source = DatagramSource(
-            listener, sock, self.queue, self.stats, 65535, decode=decode, dialects=self.dialects
+            listener,
+            sock,
+            self.queue,
+            self.stats,
+            65535,
+            decode=decode,
+            dialects=self.dialects,
+            tap=tap,
         )
         self.source.start(asyncio.get_running_loop())
         self.label = listener.label
@@ -89,10 +99,10 @@ class Reader:
         self.sender.connect(sock.getsockname())
 
     def feed(self, *datagrams: bytes) -> list[Any]:
-        """Send, drain, and return everything queued so far."""
+        """Send, read, and return everything queued so far."""
         for datagram in datagrams:
             self.sender.send(datagram)
-        self.source.drain_until_empty()
+        self.source.read_until_empty()
         return [event for chunk in self.queue.drain_all() for event in chunk.events]
 
     def by_format(self) -> dict[str, int]:
@@ -115,7 +125,9 @@ class Reader:
 def _messages(builder: MessageBuilder) -> Any:
     from ingest.receive.codec import decode_messages
 
-    return lambda data, out, rejected: decode_messages(data, out, rejected, builder.build)
+    return lambda data, out, rejected, wake: decode_messages(
+        data, out, rejected, wake, builder.build
+    )
 
 
 def run(test: Any) -> None:
@@ -445,6 +457,44 @@ def test_with_metadata_syslog_facts_join_the_configured_attributes() -> None:
     run(test)
 
 
+class RecordingHub:
+    """A tap that takes every datagram's record (tapped.Hub), when offered."""
+
+    active = True
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, object]] = []
+
+    def offer(self, listener: str, fmt: str, outcome: str, make_record: Any) -> None:
+        self.records.append(make_record())
+
+
+def test_a_tap_shows_gelfs_inflated_text_and_every_other_datagram_its_own() -> None:
+    """What a tap shows of a GELF message is its inflated payload, chunked
+    too (the record of the chunk that completed it); a syslog datagram read
+    after it in the same wake-up shows its own bytes, and so does a GELF
+    datagram that does not inflate, rejected: the text is the datagram's."""
+
+    def test() -> None:
+        hub = RecordingHub()
+        reader = Reader(tap=hub)
+        payload = zlib.compress(GELF_RECORD)
+        first, second = chunks(payload, len(payload) // 2 + 1)
+        syslog = b"<13>1 2026-01-01T00:00:00Z web1 app - - - {}"
+        corrupt = b"\x78\x9c" + b"not deflate"
+        reader.feed(zlib.compress(GELF_RECORD), first, second, syslog, corrupt)
+        shown = [(r["format"], r["outcome"], r["text"]) for r in hub.records]
+        assert shown == [
+            (GELF, "accepted", GELF_RECORD.decode()),
+            (GELF, "accepted", GELF_RECORD.decode()),  # the first chunk ended no message
+            (SYSLOG, "accepted", syslog.decode()),
+            (GELF, "rejected", corrupt.decode("utf-8", "backslashreplace")),
+        ]
+        reader.close()
+
+    run(test)
+
+
 def test_a_gelf_payload_with_whitespace_around_it_is_published_without() -> None:
     def test() -> None:
         reader = Reader()
@@ -481,12 +531,13 @@ def test_no_queued_event_starts_with_0x0a_unless_it_is_a_whole_body(
     )
     out: list[bytes] = []
     rejected: defaultdict[str, int] = defaultdict(int)
+    wake = WakeUp()
     for prefix, rest in datagrams:
         data = prefix + rest
         if data[:1] == b"{":
             decode_datagram(data, out, rejected)
         else:
-            dialects.decode(data, out, rejected)
+            dialects.decode(data, out, rejected, wake)
         for item in out:
             if item[:1] == b"\n":
                 assert type(orjson.loads(data_of(item))) is dict
@@ -509,7 +560,7 @@ def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf() -> None:
         wake_ups = []
         while True:
             before = reader.stats.datagrams_received[reader.label]
-            more = reader.source.drain()
+            more = reader.source.read()
             wake_ups.append(reader.stats.datagrams_received[reader.label] - before)
             if not more:
                 break
@@ -522,12 +573,12 @@ def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf() -> None:
     run(test)
 
 
-def drained_per_wake_up(reader: Reader) -> list[int]:
+def read_per_wake_up(reader: Reader) -> list[int]:
     """Datagrams each wake-up took, until the socket is empty."""
     wake_ups = []
     while True:
         before = reader.stats.datagrams_received[reader.label]
-        more = reader.source.drain()
+        more = reader.source.read()
         wake_ups.append(reader.stats.datagrams_received[reader.label] - before)
         if not more:
             return wake_ups
@@ -545,7 +596,7 @@ def test_one_wake_up_stops_at_its_bytes_budget_counting_what_statsd_writes() -> 
         assert len(datagram) < 2048
         for _ in range(12):
             reader.sender.send(datagram)
-        assert drained_per_wake_up(reader) == [4, 4, 4, 0]
+        assert read_per_wake_up(reader) == [4, 4, 4, 0]
         assert reader.balanced(12 * 300)
         reader.close()
 
@@ -562,7 +613,7 @@ def test_with_metadata_the_messages_of_many_json_lines_count_against_the_wake_up
         reader = Reader(builder=builder)
         for _ in range(30):
             reader.sender.send(b"{}\n" * 40)
-        assert drained_per_wake_up(reader) == [26, 4]
+        assert read_per_wake_up(reader) == [26, 4]
         items = [event for chunk in reader.queue.drain_all() for event in chunk.events]
         assert len(items) == 30 * 40
         reader.close()
@@ -600,13 +651,14 @@ def test_a_wrapped_syslog_text_is_bounded_too() -> None:
     out: list[Any] = []
     rejected: defaultdict[str, int] = defaultdict(int)
     fits = b"\x01" * ((MAX_DECODED_BYTES - 20) // 6)
-    assert dialects.decode(b"<13>" + fits, out, rejected) == 1
+    wake = WakeUp()
+    assert dialects.decode(b"<13>" + fits, out, rejected, wake) == 1
     [body] = out  # with the facts as attributes
     assert len(data_of(body)) <= MAX_DECODED_BYTES
-    assert dialects.decode(b"<13>" + fits * 2, out, rejected) == 1
+    assert dialects.decode(b"<13>" + fits * 2, out, rejected, wake) == 1
     assert len(out) == 1
     assert dict(rejected) == {Reject.DECODED_TOO_LARGE: 1}
-    assert dialects.built.bytes > 2 * MAX_DECODED_BYTES
+    assert wake.written > 2 * MAX_DECODED_BYTES
 
 
 def test_syslog_facts_of_hostile_length_are_not_kept() -> None:
@@ -622,14 +674,14 @@ def test_syslog_facts_of_hostile_length_are_not_kept() -> None:
         before, _ = tracemalloc.get_traced_memory()
         for i in range(2000):
             host = b"%05d" % i + b"h" * 60_000
-            dialects.decode(b"<13>1 - " + host + b" app - - - {}", [], rejected)
+            dialects.decode(b"<13>1 - " + host + b" app - - - {}", [], rejected, WakeUp())
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
     assert held < 4 << 20, held
     assert stats.attributes_skipped["value_too_long"] == 2000
     out: list[Any] = []
-    dialects.decode(b"<13>Nov 28 03:24:03 web1 app: {}", out, rejected)
+    dialects.decode(b"<13>Nov 28 03:24:03 web1 app: {}", out, rejected, WakeUp())
     assert published(out) == [
         (
             b"{}",

@@ -13,7 +13,7 @@ import orjson
 
 from ingest.config import Listener, Settings, build_settings
 from ingest.publish.pubsub import PubSubClient, create_channel
-from ingest.receive.sources import bind_listener
+from ingest.receive.sockets import bind_listener
 from ingest.stats import Stats
 from ingest.wiring import Pipeline
 from tests.helpers import PubSubNames
@@ -45,7 +45,7 @@ async def run_pipeline(settings: Settings, emulator: Emulator, datagrams: list[b
         for datagram in datagrams:
             sender.send(datagram)
     # Loopback UDP has delivered them all: read them now, as shutdown does.
-    reader.drain_until_empty()
+    reader.read_until_empty()
     assert stats.events_received[listener.label] == len(datagrams)
     reader.close()
     pipeline.queue.close()  # the publishers finish what is queued, then return

@@ -1,5 +1,5 @@
-"""The drain callback on real sockets, without a daemon: counting per wake-up,
-the wake-up budget, the queue's room checked before decoding, the final drain
+"""The read callback on real sockets, without a daemon: counting per wake-up,
+the wake-up budget, the queue's room checked before decoding, the final read
 at shutdown and its bound."""
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import socket
 
 from ingest.config import Listener
 from ingest.pipeline.queue import EventQueue
-from ingest.receive.sources import (
-    DRAIN_BATCH,
-    WAKEUP_MAX_BYTES,
-    WAKEUP_MAX_EVENTS,
-    DatagramSource,
-    bind_udp,
-)
+from ingest.receive.sockets import bind_udp
+from ingest.receive.sources import DatagramSource
+from ingest.receive.wakeup import WAKEUP_MAX_BYTES, WAKEUP_MAX_DATAGRAMS, WAKEUP_MAX_EVENTS
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
 
@@ -33,14 +29,14 @@ def udp_source(
     return source, sender, queue
 
 
-def test_final_drain_reads_everything_queued() -> None:
+def test_final_read_takes_everything_queued() -> None:
     async def main() -> None:
         stats = Stats()
         source, sender, queue = udp_source(stats)
         source.start(asyncio.get_running_loop())
         for i in range(1000):
             sender.send(b'{"i":%d}\n[1]' % i)
-        source.drain_until_empty()
+        source.read_until_empty()
         label = source.label
         assert stats.datagrams_received[label] == 1000
         assert stats.events_received[label] == 2000  # every line is an event
@@ -52,20 +48,20 @@ def test_final_drain_reads_everything_queued() -> None:
     asyncio.run(main())
 
 
-def test_final_drain_is_bounded_in_time() -> None:
+def test_final_read_is_bounded_in_time() -> None:
     """A sender flooding faster than we read must not hold shutdown hostage:
-    past the bound, the drain stops after the batch in hand."""
+    past the bound, the read stops after the batch in hand."""
 
     async def main() -> None:
         stats = Stats()
         source, sender, queue = udp_source(stats)
         source.start(asyncio.get_running_loop())
-        for i in range(3 * DRAIN_BATCH):
+        for i in range(3 * WAKEUP_MAX_DATAGRAMS):
             sender.send(b'{"i":%d}' % i)
-        source.drain_until_empty(max_s=0.0)
-        assert queue.events == DRAIN_BATCH  # one batch, then the deadline
-        source.drain_until_empty()
-        assert queue.events == 3 * DRAIN_BATCH
+        source.read_until_empty(max_s=0.0)
+        assert queue.events == WAKEUP_MAX_DATAGRAMS  # one batch, then the deadline
+        source.read_until_empty()
+        assert queue.events == 3 * WAKEUP_MAX_DATAGRAMS
         source.close()
         sender.close()
 
@@ -85,11 +81,11 @@ def test_one_wake_up_is_bounded_in_events() -> None:
         source.start(asyncio.get_running_loop())
         for _ in range(8):
             sender.send(AMPLIFIED)
-        assert source.drain() is True  # stopped by the budget: more is waiting
+        assert source.read() is True  # stopped by the budget: more is waiting
         per_datagram = AMPLIFIED.count(b"\n")
         taken = stats.events_received[source.label]
         assert WAKEUP_MAX_EVENTS <= taken < WAKEUP_MAX_EVENTS + per_datagram
-        source.drain_until_empty()
+        source.read_until_empty()
         assert stats.events_received[source.label] == 8 * per_datagram
         assert queue.events == 8 * per_datagram
         source.close()
@@ -106,10 +102,10 @@ def test_one_wake_up_is_bounded_in_bytes() -> None:
         big = b'{"pad":"' + b"x" * 60_000 + b'"}'
         for _ in range(40):
             sender.send(big)
-        assert source.drain() is True
+        assert source.read() is True
         read = stats.datagrams_received[source.label] * len(big)
         assert WAKEUP_MAX_BYTES <= read < WAKEUP_MAX_BYTES + len(big)
-        source.drain_until_empty()
+        source.read_until_empty()
         assert stats.datagrams_received[source.label] == 40
         source.close()
         sender.close()
@@ -129,7 +125,7 @@ def test_a_full_queue_is_checked_before_decoding() -> None:
         sender.send(b"{}\n" * 8)
         sender.send(b"{}\n" * 8)  # 2 fit, 6 do not (dropped by the queue's put)
         sender.send(b"{}\nnot json\n\n \n{}")  # no room left: not decoded
-        source.drain_until_empty()
+        source.read_until_empty()
         received = stats.events_received[source.label]
         assert received == 8 + 8 + 3
         assert queue.events == 10
@@ -157,14 +153,18 @@ def test_denied_senders_are_counted_and_bounded_per_wake_up() -> None:
         source.start(asyncio.get_running_loop())
         sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sender.connect(sock.getsockname())
-        for i in range(3 * DRAIN_BATCH):
+        for i in range(3 * WAKEUP_MAX_DATAGRAMS):
             sender.send(b'{"i":%d}' % i)
-        assert source.drain() is True  # one burst's worth, then the loop's turn
-        assert stats.rejected["source_denied"] == DRAIN_BATCH
-        source.drain_until_empty()
+        assert source.read() is True  # one burst's worth, then the loop's turn
+        assert stats.rejected["source_denied"] == WAKEUP_MAX_DATAGRAMS
+        source.read_until_empty()
         label = source.label
-        assert stats.rejected["source_denied"] == 3 * DRAIN_BATCH
-        assert stats.events_received[label] == stats.datagrams_received[label] == 3 * DRAIN_BATCH
+        assert stats.rejected["source_denied"] == 3 * WAKEUP_MAX_DATAGRAMS
+        assert (
+            stats.events_received[label]
+            == stats.datagrams_received[label]
+            == 3 * WAKEUP_MAX_DATAGRAMS
+        )
         assert queue.events == 0
         source.close()
         sender.close()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.receive.sources import AllowList
+from ingest.receive.receivers import AllowList
 from tests.helpers import PubSubNames, free_udp_port, ipv6_loopback_available, send_unix, serve_args
 from tools.testing.daemon import Daemons
 from tools.testing.emulator import Emulator, free_port

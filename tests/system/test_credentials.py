@@ -24,19 +24,17 @@ from pathlib import Path
 import pytest
 from google.pubsub_v1.types import pubsub as t
 
-from ingest.config import Listener
+from ingest.config import Listener, Settings
 from ingest.pipeline.lanes import LaneQueue
 from ingest.pipeline.message import MessageBuilder
 from ingest.publish.pubsub import encode_data
 from ingest.receive.codec import decode_messages
-from ingest.receive.sources import (
-    DRAIN_BATCH,
-    UCRED,
-    DatagramSource,
-    Senders,
-    bind_unix,
-)
+from ingest.receive.receivers import UCRED, Senders
+from ingest.receive.sockets import bind_unix
+from ingest.receive.sources import DatagramSource
+from ingest.receive.wakeup import WAKEUP_MAX_DATAGRAMS
 from ingest.stats import Stats
+from ingest.wiring import Pipeline
 
 STATIC = {"env": "test"}  # a configured attribute, next to the sender's
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # <asm-generic/socket.h>
@@ -120,14 +118,14 @@ def nobody() -> tuple[str, ...]:
 
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The loop a source reads the time from (drains are called directly)."""
+    """The loop a source reads the time from (reads are called directly)."""
     event_loop = asyncio.new_event_loop()
     yield event_loop
     event_loop.close()
 
 
 def builder_for(stats: Stats) -> MessageBuilder:
-    return MessageBuilder(tuple(STATIC.items()), (), stats.attributes_skipped).for_source()
+    return MessageBuilder(tuple(STATIC.items()), (), stats.attributes_skipped)
 
 
 def source_on(
@@ -141,7 +139,7 @@ def source_on(
     adopted: bool = False,
 ) -> tuple[DatagramSource, LaneQueue]:
     """A source with its builder as the daemon wires it: ``decode`` builds
-    with the same builder whose ``sender`` the source sets."""
+    with each datagram's sender, which the source learns."""
     builder = builder_for(stats)
     queue = LaneQueue(1_000_000, 1 << 30, stats)
     source = DatagramSource(
@@ -151,7 +149,7 @@ def source_on(
         stats,
         65_535,
         decode=functools.partial(decode_messages, build=builder.build),
-        credentials=builder if credentials else None,
+        credentials=credentials,
         allow_uids=allow_uids,
         adopted=adopted,
     )
@@ -175,14 +173,14 @@ def run_sender(
     source: DatagramSource, path: Path, *datagrams: str, prefix: Sequence[str] = (sys.executable,)
 ) -> int:
     """Run SENDER in a child process (``prefix``: how to start its Python),
-    draining meanwhile: net.unix.max_dgram_qlen may let the kernel hold as
+    reading meanwhile: net.unix.max_dgram_qlen may let the kernel hold as
     few as 11 datagrams. Returns the sending process's pid (setpriv execs
     the interpreter: same process)."""
     proc = subprocess.Popen([*prefix, "-I", "-S", "-c", SENDER, str(path), *datagrams])
     while proc.poll() is None:
-        source.drain()
+        source.read()
         time.sleep(0.001)
-    source.drain_until_empty()
+    source.read_until_empty()
     assert proc.returncode == 0
     return proc.pid
 
@@ -228,10 +226,79 @@ def test_messages_carry_the_senders_pid_uid_and_gid_from_the_kernel(
     source.close()
 
 
+class NoClient:
+    """The pipeline's client is only asked for its topic here: nothing is sent."""
+
+    topic_path = "projects/test/topics/events"
+
+
+def sent_by_a_child(path: Path, *datagrams: str) -> int:
+    """Run SENDER in a child process without reading meanwhile (its
+    datagrams wait in the socket); returns its pid."""
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", SENDER, str(path), *datagrams])
+    assert proc.wait(timeout=20) == 0
+    return proc.pid
+
+
+def test_readers_share_the_pipelines_builder_and_each_datagram_keeps_its_sender(
+    sockdir: Path, loop: asyncio.AbstractEventLoop
+) -> None:
+    """Two unix listeners with credentials, wired as the daemon wires them
+    (Pipeline.add_reader), build with the pipeline's one builder: the sender
+    comes with each datagram (its wake-up), not with the builder. Datagrams
+    of four processes, JSON, syslog and statsd, wait in both sockets and are
+    read in one wake-up each: every message carries its own sender's pid."""
+    paths = [sockdir / "a.sock", sockdir / "b.sock"]
+    listeners = tuple(Listener("unix", path=str(path)) for path in paths)
+    settings = Settings(
+        project="test",
+        topic="events",
+        listeners=listeners,
+        attributes=tuple(STATIC.items()),
+        unix_credentials=True,
+    )
+    stats = Stats()
+    pipeline = Pipeline(settings, stats, NoClient())  # type: ignore[arg-type]
+    a, b = (
+        pipeline.add_reader(listener, bind_unix(listener, 0o666, credentials=True))
+        for listener in listeners
+    )
+    assert pipeline.lanes is not None
+    assert a.dialects is not None and b.dialects is not None
+    assert a.dialects.builder is b.dialects.builder is pipeline.lanes.builder
+    for reader in (a, b):
+        reader.start(loop)
+    syslog = '<13>1 2026-01-01T00:00:00Z web1 app - - - {"n":2}'
+    first = sent_by_a_child(paths[0], '{"n":1}')
+    second = sent_by_a_child(paths[0], syslog)
+    third = sent_by_a_child(paths[1], "m:3|c")
+    fourth = sent_by_a_child(paths[0], '{"n":4}')
+    assert a.read() is False  # one wake-up took them all
+    assert b.read() is False
+    assert stats.datagrams_received[a.label] == 3
+    assert stats.datagrams_received[b.label] == 1
+    assert sum(stats.rejected.values()) == 0
+    got = messages(pipeline.lanes.queue)
+    assert [(m.data, m.attributes["sender_pid"]) for m in got] == [
+        (b'{"n":1}', str(first)),
+        (b'{"n":2}', str(second)),
+        (b'{"n":4}', str(fourth)),
+        (b'{"metric":"m","value":3,"type":"c"}', str(third)),
+    ]
+    assert len({first, second, third, fourth}) == 4
+    ids = (os.getuid(), os.getgid())
+    for m, pid in zip(got, (first, second, fourth, third), strict=True):
+        assert {k: v for k, v in m.attributes.items() if not k.startswith("syslog_")} == (
+            sender_of(pid, *ids)
+        )
+    for reader in (a, b):
+        reader.close()
+
+
 def test_a_plain_unix_source_asks_for_no_credentials(
     sockdir: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
-    """Without credentials the socket never has SO_PASSCRED (the drain reads
+    """Without credentials the socket never has SO_PASSCRED (the read loop reads
     with the plain recv) and messages carry only the configured attributes."""
     stats = Stats()
     path = sockdir / "in.sock"
@@ -261,7 +328,7 @@ def test_an_allow_list_rejects_other_uids_without_decoding_them(
     stats = Stats()
     path = shared_dir / "in.sock"
     source, queue = bound_source(path, stats, loop, allow_uids=(0,))
-    caplog.set_level(logging.WARNING, logger="ingest.receive.sources")
+    caplog.set_level(logging.WARNING, logger="ingest.receive.receivers")
     denied = ('{"n":1}', "not json", '{"a":1}\n{"b":2}')
     run_sender(source, path, *denied, prefix=as_nobody)
     forger = subprocess.run(
@@ -286,25 +353,25 @@ def test_an_allow_list_rejects_other_uids_without_decoding_them(
 def test_a_burst_of_denied_senders_ends_the_wake_up(
     tmp_path: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
-    """Like source_denied: DRAIN_BATCH denied datagrams end a wake-up. One
+    """Like source_denied: WAKEUP_MAX_DATAGRAMS denied datagrams end a wake-up. One
     end of a socketpair is not bound by net.unix.max_dgram_qlen, so a child
-    running as nobody can queue them all before the first drain."""
+    running as nobody can queue them all before the first read."""
     as_nobody = nobody()
     receiver, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.setblocking(False)
     sender.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20)  # root: past wmem_max
     stats = Stats()
     source, queue = source_on(receiver, tmp_path / "unbound", stats, loop, allow_uids=(0,))
-    count = 3 * DRAIN_BATCH
+    count = 3 * WAKEUP_MAX_DATAGRAMS
     subprocess.run(
         [*as_nobody, "-I", "-S", "-c", FD_SENDER, str(sender.fileno()), str(count)],
         pass_fds=(sender.fileno(),),
         timeout=20,
         check=True,
     )
-    assert source.drain() is True  # one burst's worth, then the loop's turn
-    assert stats.rejected["sender_denied"] == DRAIN_BATCH
-    source.drain_until_empty()
+    assert source.read() is True  # one burst's worth, then the loop's turn
+    assert stats.rejected["sender_denied"] == WAKEUP_MAX_DATAGRAMS
+    source.read_until_empty()
     label = source.label
     assert stats.rejected["sender_denied"] == count
     assert stats.events_received[label] == stats.datagrams_received[label] == count
@@ -333,7 +400,7 @@ def test_datagrams_queued_before_passcred_have_no_sender(
         source, queue = source_on(sock, path, stats, loop, allow_uids=uids, adopted=True)
         assert passcred(source.sock)
         sender.send(b'{"n":"after"}')
-    source.drain_until_empty()
+    source.read_until_empty()
     got = {m.data: dict(m.attributes) for m in messages(queue)}
     known = sender_of(os.getpid(), os.getuid(), os.getgid())
     if uids:
@@ -358,7 +425,7 @@ def test_attached_file_descriptors_are_closed_and_the_credentials_kept(
         fds = array.array("i", [read_end, write_end] * 8)
         sender.sendmsg([b'{"n":1}'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], 0, str(path))
         open_before = len(os.listdir("/proc/self/fd"))
-        source.drain_until_empty()
+        source.read_until_empty()
         assert len(os.listdir("/proc/self/fd")) == open_before
     os.close(read_end)
     os.close(write_end)
@@ -421,7 +488,7 @@ def claim(source: DatagramSource, path: Path, prefix: Sequence[str], *ids: str) 
         timeout=20,
         check=True,
     )
-    source.drain_until_empty()
+    source.read_until_empty()
     return result.stdout.decode().strip()
 
 

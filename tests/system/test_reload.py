@@ -33,7 +33,8 @@ from ingest.config import (
     check_attribute_keys,
 )
 from ingest.pipeline.queue import EventQueue
-from ingest.receive.sources import DatagramSource, bind_unix
+from ingest.receive.sockets import bind_unix
+from ingest.receive.sources import DatagramSource
 from ingest.reload import DEPENDENCIES, LIVE, METADATA, RESTART_ONLY, STARTUP_FIXED, plan
 from ingest.stats import Stats
 from tests.helpers import PubSubNames, UnixSender, wait_for

@@ -14,12 +14,12 @@ from ingest.config import MAX_DATAGRAM_CEILING
 from ingest.receive.codec import (
     MAX_DECODED_BYTES,
     REJECT_REASONS,
-    Built,
     count_events,
     decode_datagram,
     decode_messages,
     messages_decoder,
 )
+from ingest.receive.wakeup import WakeUp
 from ingest.vocabulary import Reject
 
 
@@ -294,22 +294,27 @@ def test_count_events_agrees_with_decoding(data: bytes) -> None:
 def test_decode_messages_counts_exactly_as_decode_datagram(data: bytes, bound: bool) -> None:
     """The attributes pipeline's decoder accepts, rejects and counts the same
     lines as the plain one, and hands each accepted line and its object to
-    the builder; ``messages_decoder``'s one-line shortcut (``bound``) too."""
+    the builder with the wake-up's sender; ``messages_decoder``'s one-line
+    shortcut (``bound``) too."""
     built: list[tuple[bytes, object]] = []
     out: list[tuple[tuple[int, bytes], bytes]] = []
     rejected: defaultdict[str, int] = defaultdict(int)
 
-    def build(line: bytes, obj: dict[str, object]) -> tuple[tuple[int, bytes], bytes]:
+    def build(
+        line: bytes, obj: dict[str, object], extra: bytes = b""
+    ) -> tuple[tuple[int, bytes], bytes]:
         built.append((line, obj))
-        return (0, b""), b"<" + line + b">"
+        return (0, b""), b"<" + line + extra + b">"
 
+    wake = WakeUp()
+    wake.sender = b"|sender"
     if bound:
-        count = messages_decoder(build)(data, out, rejected)
+        count = messages_decoder(build)(data, out, rejected, wake)
     else:
-        count = decode_messages(data, out, rejected, build)
+        count = decode_messages(data, out, rejected, wake, build)
     plain_count, plain_out, plain_rejected = decode(data)
     assert (count, dict(rejected)) == (plain_count, plain_rejected)
-    assert out == [((0, b""), b"<" + line + b">") for line in plain_out]
+    assert out == [((0, b""), b"<" + line + b"|sender>") for line in plain_out]
     assert [line for line, _ in built] == plain_out
     assert all(obj == json.loads(line) for line, obj in built)
 
@@ -323,8 +328,10 @@ def test_with_metadata_a_datagrams_messages_stop_at_the_bound() -> None:
     assert MAX_DECODED_BYTES >= MAX_DATAGRAM_CEILING
     pad = b"x" * 100
 
-    def build(line: bytes, obj: dict[str, object]) -> tuple[tuple[int, bytes], bytes]:
-        return (0, b""), line + pad
+    def build(
+        line: bytes, obj: dict[str, object], extra: bytes = b""
+    ) -> tuple[tuple[int, bytes], bytes]:
+        return (0, b""), line + extra + pad
 
     body = len(b"{}" + pad)
     kept = MAX_DECODED_BYTES // body
@@ -332,12 +339,12 @@ def test_with_metadata_a_datagrams_messages_stop_at_the_bound() -> None:
     for bound in (False, True):
         out: list[tuple[tuple[int, bytes], bytes]] = []
         rejected: defaultdict[str, int] = defaultdict(int)
-        built = Built()
+        wake = WakeUp()
         if bound:
-            count = messages_decoder(build, built)(data, out, rejected)
+            count = messages_decoder(build)(data, out, rejected, wake)
         else:
-            count = decode_messages(data, out, rejected, build, built)
+            count = decode_messages(data, out, rejected, wake, build)
         assert len(out) == kept
-        assert built.bytes == sum(len(b) for _, b in out) == kept * body <= MAX_DECODED_BYTES
+        assert wake.written == sum(len(b) for _, b in out) == kept * body <= MAX_DECODED_BYTES
         assert dict(rejected) == {Reject.NOT_OBJECT: 1, Reject.DECODED_TOO_LARGE: 21}
         assert count == kept + 1 + 20 + 1

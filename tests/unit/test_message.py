@@ -281,14 +281,18 @@ def test_routes_first_match_wins_by_the_attribute_rules() -> None:
         assert lane == (topic, b""), event
 
 
-def test_sender_attributes_belong_to_one_source() -> None:
-    build = MessageBuilder([("host", "web-1")], [], defaultdict(int))
-    source = build.for_source()
-    source.sender = encode_attribute(b"sender_uid", b"1000")
-    [(_, mine)] = parsed(RequestEncoder(TOPIC).encode([body(source, b"{}", {})]))
-    [(_, other)] = parsed(RequestEncoder(TOPIC).encode([body(build, b"{}", {})]))
-    assert mine == {"host": "web-1", "sender_uid": "1000"}
-    assert other == {"host": "web-1"}
+def test_sender_attributes_belong_to_one_build_call() -> None:
+    """The sender's entries come with the call (``extra``), so one builder
+    serves every reader: a message built with them has them, the next one
+    without does not, from the combination cache as from the slow path."""
+    build = MessageBuilder([("host", "web-1")], [("kind", "kind")], defaultdict(int))
+    sender = encode_attribute(b"sender_uid", b"1000")
+    for _ in range(2):  # the second round hits the combination cache
+        mine = build.build(b'{"kind":"a"}', {"kind": "a"}, sender)[1]
+        other = build.build(b'{"kind":"a"}', {"kind": "a"})[1]
+        [(_, with_sender), (_, without)] = parsed(RequestEncoder(TOPIC).encode([mine, other]))
+        assert with_sender == {"host": "web-1", "kind": "a", "sender_uid": "1000"}
+        assert without == {"host": "web-1", "kind": "a"}
 
 
 def test_a_spooled_event_that_is_not_an_object_is_still_published_as_data() -> None:

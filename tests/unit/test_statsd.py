@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 
 from ingest.pipeline.message import MessageBuilder
 from ingest.publish.pubsub import data_of
-from ingest.receive.codec import MAX_DECODED_BYTES, Build, Built
+from ingest.receive.codec import MAX_DECODED_BYTES, Build
 from ingest.receive.statsd import (
     REJECT_REASONS,
     decode_statsd,
     looks_like_statsd,
 )
+from ingest.receive.wakeup import WakeUp
 from ingest.vocabulary import Reject
 
 Event = dict[str, object]
@@ -612,17 +613,17 @@ def many_values(values: int, tags: int, kind: bytes = b"c") -> bytes:
 
 def decode_bytes(
     data: bytes, build: Build | None = None
-) -> tuple[int, list[bytes], dict[str, int], Built]:
+) -> tuple[int, list[bytes], dict[str, int], WakeUp]:
     """decode_statsd's events as bytes (with ``build``, the bodies), and its
     count kept: accepted plus rejected."""
     out: list[Any] = []
     rejected: defaultdict[str, int] = defaultdict(int)
-    built = Built()
-    count = decode_statsd(data, out, rejected, build, built)
+    wake = WakeUp()
+    count = decode_statsd(data, out, rejected, build, wake)
     assert count == len(out) + sum(rejected.values())
     items = [item if build is None else item[1] for item in out]
-    assert built.bytes == sum(map(len, items))
-    return count, items, dict(rejected), built
+    assert wake.written == sum(map(len, items))
+    return count, items, dict(rejected), wake
 
 
 @pytest.mark.parametrize(
@@ -669,10 +670,10 @@ def test_events_that_fill_the_bound_exactly_are_all_kept() -> None:
     # A sample of exactly 1 KiB, padded by a tag: 1,024 of them are the bound.
     empty = len(orjson.dumps(metric("m", 1, "c", tags={"p": ""})))
     line = b"m:" + b":".join([b"1"] * 1025) + b"|c|#p:" + b"x" * (1024 - empty)
-    count, items, rejected, built = decode_bytes(line)
+    count, items, rejected, wake = decode_bytes(line)
     assert {len(item) for item in items} == {1024}
     assert (count, len(items), rejected) == (1025, 1024, {Reject.DECODED_TOO_LARGE: 1})
-    assert built.bytes == MAX_DECODED_BYTES
+    assert wake.written == MAX_DECODED_BYTES
 
 
 def test_with_metadata_the_bound_counts_each_message_body() -> None:

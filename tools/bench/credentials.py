@@ -1,5 +1,5 @@
-"""Micro-benchmark of --unix-credentials on the unix drain hot path: µs per
-datagram for DatagramSource.drain, with and without credentials, over
+"""Micro-benchmark of --unix-credentials on the unix read loop, the hot path:
+µs per datagram for DatagramSource.read, with and without credentials, over
 datagrams already queued in the kernel (--datagrams per run, 4000 by default,
 x --runs: 200k datagrams a variant).
 
@@ -8,7 +8,7 @@ x --runs: 200k datagrams a variant).
 Every variant decodes into PubsubMessage bodies (message.MessageBuilder), so
 that the only difference is the receive: the plain recv, or recvmsg with room
 for SCM_CREDENTIALS, the record's verdict looked up in the cache and the
-builder's ``sender`` set. One sender process: after the first datagram every
+sender's attributes handed to the builder through the wake-up. One sender process: after the first datagram every
 lookup hits; the miss (a new pid, uid or gid) is timed on its own.
 
 The datagrams go through a socketpair: one end of it is not bound by
@@ -33,23 +33,24 @@ from ingest.config import Listener
 from ingest.pipeline.lanes import LaneQueue
 from ingest.pipeline.message import MessageBuilder
 from ingest.receive.codec import decode_messages
-from ingest.receive.sources import UCRED, DatagramSource, Senders
+from ingest.receive.receivers import UCRED, Senders
+from ingest.receive.sources import DatagramSource
 from ingest.stats import Stats
-from tools.bench.drain import DATAGRAMS, PAYLOAD
+from tools.bench.read import DATAGRAMS, PAYLOAD
 
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # <asm-generic/socket.h>
 LISTENER = Listener("unix", path="/nonexistent/bench.sock")  # a socketpair: no file
 
 
 def one_run(datagrams: int, credentials: bool, allow_uids: Sequence[int]) -> float:
-    """Seconds per datagram for draining the datagrams queued in one run."""
+    """Seconds per datagram for reading the datagrams queued in one run."""
     loop = asyncio.new_event_loop()
     rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     rx.setblocking(False)
     with contextlib.suppress(PermissionError):  # not root: wmem_max bounds the run
         tx.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 64 << 20)
     stats = Stats()
-    builder = MessageBuilder((("env", "bench"),), (), stats.attributes_skipped).for_source()
+    builder = MessageBuilder((("env", "bench"),), (), stats.attributes_skipped)
     source = DatagramSource(
         LISTENER,
         rx,
@@ -57,7 +58,7 @@ def one_run(datagrams: int, credentials: bool, allow_uids: Sequence[int]) -> flo
         stats,
         65535,
         decode=functools.partial(decode_messages, build=builder.build),
-        credentials=builder if credentials else None,
+        credentials=credentials,
         allow_uids=allow_uids,
     )
     source._loop = loop  # what start() sets, without registering a reader
@@ -67,7 +68,7 @@ def one_run(datagrams: int, credentials: bool, allow_uids: Sequence[int]) -> flo
             tx.send(PAYLOAD, socket.MSG_DONTWAIT)
             sent += 1
     start = time.perf_counter()
-    while source.drain():
+    while source.read():
         pass
     elapsed = time.perf_counter() - start
     assert stats.datagrams_received[LISTENER.label] == sent

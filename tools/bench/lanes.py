@@ -30,11 +30,12 @@ from ingest.pipeline.lanes import LaneBatcher, MessageLanes
 from ingest.publish.publisher import Batch
 from ingest.publish.pubsub import RequestEncoder
 from ingest.receive.codec import Decoder, decode_datagram, messages_decoder
+from ingest.receive.wakeup import WakeUp
 from ingest.stats import Stats
 from ingest.wiring import TOPIC_FIELD_OVERHEAD_BYTES, Pipeline
 from tools.testing.loadgen import datagram
 
-WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (sources.DRAIN_BATCH)
+WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (wakeup.WAKEUP_MAX_DATAGRAMS)
 STAGES = ("decode", "put", "fill", "encode")
 
 
@@ -102,8 +103,9 @@ async def one_run(
     wake_ups: list[list[Any]] = []
     for offset in range(0, len(datagrams), wake_up):
         out: list[Any] = []
+        wake = WakeUp()
         for data in datagrams[offset : offset + wake_up]:
-            decode(data, out, rejected)
+            decode(data, out, rejected, wake)
         wake_ups.append(out)
     decoded = clock()
     for out in wake_ups:

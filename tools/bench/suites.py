@@ -41,8 +41,8 @@ SUITES: dict[str, str] = {
     "gunicorn": "a gunicorn app's request latency with and without ingest",
     "spool": "the disk spool's append and replay throughput, and its open cost",
     "compression": "gzip on Publish: bytes on the link against CPU per event",
-    "credentials": "what reading unix senders' credentials costs the drain",
-    "drain": "the drain loop alone: µs per datagram by input format and allow-list",
+    "credentials": "what reading unix senders' credentials costs the read loop",
+    "read": "the read loop alone: µs per datagram by input format and allow-list",
     "lanes": "the metadata pipeline's own work per event, stage by stage",
     "publish_call": "what one Publish call costs: grpc.aio, grpcio futures, raw HTTP/2",
 }

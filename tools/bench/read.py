@@ -1,10 +1,10 @@
-"""Micro-benchmark of the UDP drain hot path: µs per event for DatagramSource.drain
-over 4000 datagrams already queued in the kernel, with and without --udp-allow,
+"""Micro-benchmark of the UDP read loop, the hot path: µs per event for
+DatagramSource.read over 4000 datagrams already queued in the kernel, with and without --udp-allow,
 and with the dialects every listener has by default (--input-formats): JSON
 datagrams through them (the price of recognition: one byte compare), and
 GELF (zlib), syslog and statsd datagrams.
 
-    .venv/bin/python -m tools.bench drain [--runs 31]
+    .venv/bin/python -m tools.bench read [--runs 31]
 
 Not a test (speed never is): it prints medians for a human to compare.
 """
@@ -47,7 +47,7 @@ PAYLOADS = {
 
 
 def one_run(allow: tuple[ipaddress.IPv4Network, ...] | None, fmt: str | None = None) -> float:
-    """Seconds per event for draining DATAGRAMS queued datagrams; ``fmt``:
+    """Seconds per event for reading DATAGRAMS queued datagrams; ``fmt``:
     with the default dialects attached, datagrams of that format."""
     loop = asyncio.new_event_loop()
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -77,7 +77,7 @@ def one_run(allow: tuple[ipaddress.IPv4Network, ...] | None, fmt: str | None = N
     for _ in range(DATAGRAMS):
         tx.send(payload)
     start = time.perf_counter()
-    while source.drain():
+    while source.read():
         pass
     total = stats.datagrams_received[listener.label]
     elapsed = time.perf_counter() - start
@@ -91,7 +91,7 @@ def one_run(allow: tuple[ipaddress.IPv4Network, ...] | None, fmt: str | None = N
 
 def run(argv: Sequence[str]) -> dict[str, Any]:
     parser = argparse.ArgumentParser(
-        prog="python -m tools.bench drain", description=__doc__.split("\n\n")[0]
+        prog="python -m tools.bench read", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--runs", type=int, default=31)
     args = parser.parse_args(argv)
