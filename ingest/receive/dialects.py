@@ -222,9 +222,9 @@ class Dialects:
     def _statsd(
         self, data: bytes, out: list[Any], rejected: MutableMapping[str, int], wake: WakeUp
     ) -> int:
-        build: Build | None = self._build
+        build = self._build
         if build is not None and wake.sender:  # each event gets its sender's attributes
-            build = _from_sender(self._build, wake.sender)
+            return statsd.decode_statsd(data, out, rejected, _from_sender(build, wake.sender), wake)
         return statsd.decode_statsd(data, out, rejected, build, wake)
 
     def _syslog(
@@ -351,9 +351,8 @@ class Dialects:
         return b"".join(parts)
 
 
-def _from_sender(build: BuildFrom | None, sender: bytes) -> Build:
+def _from_sender(build: BuildFrom, sender: bytes) -> Build:
     """``build`` giving every event ``sender``'s attribute entries."""
-    assert build is not None
 
     def build_from(data: bytes, event: dict[str, object]) -> tuple[Any, bytes]:
         return build(data, event, sender)

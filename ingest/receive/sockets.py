@@ -26,6 +26,7 @@ def bind_listener(
     *,
     unix_credentials: bool = False,
 ) -> socket.socket:
+    """Bind ``listener``'s socket: bind_udp or bind_unix, by its kind."""
     if listener.kind == "udp":
         return bind_udp(listener, rcvbuf_bytes)
     return bind_unix(listener, unix_mode, unix_gid, credentials=unix_credentials)

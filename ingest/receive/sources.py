@@ -287,9 +287,8 @@ class DatagramSource:
         by_format = stats.events_by_format
         if unknown:
             by_format[(self.label, UNKNOWN)] += unknown
-        if wake.counts:
-            for fmt, n in wake.counts.items():
-                by_format[(self.label, fmt)] += n
+        for fmt, n in wake.counts.items():  # the dialects'; JSON's are what remains
+            by_format[(self.label, fmt)] += n
         empty -= wake.absorbed  # chunks: part of a message, not empty
         stats.datagrams_received[self.label] += datagrams
         stats.events_received[self.label] += received
