@@ -9,8 +9,10 @@ rejects by reason, the accounting identity). Where the exact bytes a client
 sent matter, the same client is also pointed at a capturing socket (a
 second handler on the same logger: the same record, the same bytes).
 
-The versions are pinned in pyproject.toml's ``dev`` list; README's
-"Pointing your emitters at ingest" marks these clients with a check.
+The versions are pinned in pyproject.toml's ``dev`` list. The clients are
+built by the files under examples/emitters/, which the guides of docs/guides/
+show verbatim (tests/unit/test_docs_examples.py holds them identical), so
+what an operator copies is what runs here.
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import graypy  # type: ignore[import-untyped]
 import pytest
-import statsd  # type: ignore[import-untyped]
 from datadog.dogstatsd.base import DogStatsd  # datadog re-exports it implicitly
 
+from examples.emitters.gelf_logging import gelf_handler
+from examples.emitters.statsd_clients import (
+    dogstatsd_client,
+    dogstatsd_unix_client,
+    statsd_client,
+)
+from examples.emitters.syslog_logging import syslog_handler
 from tests.helpers import PubSubNames, free_udp_port, send_udp, wait_for
 from tests.scrape import scrape, start, total, unaccounted, value
 from tools.testing.daemon import DaemonProcess, Daemons
@@ -251,8 +258,8 @@ def test_graypy_udp_handler_publishes_the_gelf_object_it_sent(
     ingest = serve(daemons, pubsub, sockdir)
     with Capture() as capture:
         handlers = (
-            graypy.GELFUDPHandler("127.0.0.1", ingest.port),
-            graypy.GELFUDPHandler("127.0.0.1", capture.port),
+            gelf_handler("127.0.0.1", ingest.port),
+            gelf_handler("127.0.0.1", capture.port),
         )
         with python_logger(*handlers) as log:
             log.warning("user %s signed up", "ann", extra={"user_id": 7, "plan": "pró"})
@@ -283,8 +290,8 @@ def test_graypy_chunked_record_is_published_once_intact(
     blob = base64.b64encode(os.urandom(15_000)).decode()  # 20 KB, barely compressible
     with Capture() as capture:
         handlers = (
-            graypy.GELFUDPHandler("127.0.0.1", ingest.port),
-            graypy.GELFUDPHandler("127.0.0.1", capture.port),
+            gelf_handler("127.0.0.1", ingest.port),
+            gelf_handler("127.0.0.1", capture.port),
         )
         with python_logger(*handlers) as log:
             log.error("a big one", extra={"blob": blob})
@@ -306,35 +313,18 @@ def test_graypy_chunked_record_is_published_once_intact(
 # ------------------------------------------------------------------- syslog
 
 
-class JsonFormatter(logging.Formatter):
-    """The usual structured-logging formatter: one JSON object a record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {"level": record.levelname, "msg": record.getMessage(), **getattr(record, "ctx", {})},
-            ensure_ascii=False,
-        )
-
-
 def test_python_syslog_handler_with_a_json_formatter_over_udp_and_unix(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     """SysLogHandler sends ``<PRI>[ident]MSG\\0``: the data is the JSON the
     formatter wrote, byte for byte; PRI and ident are attributes."""
     ingest = serve(daemons, pubsub, sockdir)
-    over_udp = logging.handlers.SysLogHandler(address=ingest.addr)
+    over_udp = syslog_handler(ingest.addr)
     over_udp.ident = "app: "
-    over_unix = logging.handlers.SysLogHandler(
-        address=str(ingest.sock),
-        facility=logging.handlers.SysLogHandler.LOG_LOCAL3,
-        socktype=socket.SOCK_DGRAM,
-    )
-    for handler in (over_udp, over_unix):
-        handler.setFormatter(JsonFormatter())
+    over_unix = syslog_handler(str(ingest.sock), facility=logging.handlers.SysLogHandler.LOG_LOCAL3)
     with Capture() as capture:
-        tee = logging.handlers.SysLogHandler(address=("127.0.0.1", capture.port))
+        tee = syslog_handler(("127.0.0.1", capture.port))
         tee.ident = over_udp.ident
-        tee.setFormatter(JsonFormatter())
         with python_logger(over_udp, tee) as log:
             log.warning("disk full", extra={"ctx": {"where": "udp", "city": "Zürich"}})
         with python_logger(over_unix) as log:
@@ -441,7 +431,7 @@ def test_pystatsd_every_sample_is_one_event(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     ingest = serve(daemons, pubsub, sockdir)
-    client = statsd.StatsClient("127.0.0.1", ingest.port)
+    client = statsd_client("127.0.0.1", ingest.port)
     try:
         client.incr("a.hits")  # a.hits:1|c
         client.incr("a.hits", 3)
@@ -579,8 +569,8 @@ def test_dogstatsd_metrics_events_and_service_checks_over_udp_and_unix(
 ) -> None:
     ingest = serve(daemons, pubsub, sockdir)
     tags = ["env:prod", "role:web", "role:db", "canary"]
-    over_udp = DogStatsd(host="127.0.0.1", port=ingest.port, disable_telemetry=True)
-    over_unix = DogStatsd(socket_path=str(ingest.sock), disable_telemetry=True)
+    over_udp = dogstatsd_client("127.0.0.1", ingest.port)
+    over_unix = dogstatsd_unix_client(str(ingest.sock))
     origin: dict[str, str] = {}
     for client in (over_udp, over_unix):
         try:
@@ -639,14 +629,13 @@ def test_with_only_json_the_dialect_clients_are_format_disabled(
     format_disabled and counted under its format, nothing published; JSON
     still goes through."""
     ingest = serve(daemons, pubsub, sockdir, "--input-formats", "json")
-    gelf = graypy.GELFUDPHandler("127.0.0.1", ingest.port)
-    syslog = logging.handlers.SysLogHandler(address=ingest.addr)
-    syslog.setFormatter(JsonFormatter())
+    gelf = gelf_handler("127.0.0.1", ingest.port)
+    syslog = syslog_handler(ingest.addr)
     with python_logger(gelf) as log:
         log.warning("user %s signed up", "ann", extra={"user_id": 7})
     with python_logger(syslog) as log:
         log.warning("disk full")
-    client = statsd.StatsClient("127.0.0.1", ingest.port)
+    client = statsd_client("127.0.0.1", ingest.port)
     try:
         with client.pipeline() as pipe:  # one datagram, two lines: two events
             pipe.incr("a.hits")
