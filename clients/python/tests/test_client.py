@@ -70,7 +70,7 @@ EVENTS_PER_CHILD = 10_000
 NETNS_ENV = "INGEST_TEST_CLIENT_NETNS"  # set only by the outer loss-free test
 NETNS_QLEN = 2048
 # Per child, so 20k events/s in all: within what the daemon drains with the
-# emulator on the same 2 cores. Measured (README, kernel settings): with qlen 512 no send failed at
+# emulator on the same 2 cores. Measured (docs/guides/kernel.md): with qlen 512 no send failed at
 # 150k/s (one sender); with the default 10, 83 % failed at 50k/s. Unpaced,
 # four children outrun any receiver and a finite queue must overflow.
 NETNS_RATE = 2_500.0
