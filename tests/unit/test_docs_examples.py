@@ -3,9 +3,9 @@
 A page shows a file by a marker line, ``<!-- example: PATH -->``, right above
 a fenced block: the block must be PATH's text, byte for byte, so what an
 operator copies from the page is what the tests run. Each file shown must be
-run somewhere: the emitter clients by tests/system/test_emitters.py, the
-units and the sysctl file by tests/system/test_systemd.py, the TOML files
-here, through the same validation as ``ingest check-config``.
+run somewhere: the emitter clients and nginx's and HAProxy's configurations
+by tests/system/test_emitters.py, the units and the sysctl file by
+tests/system/test_systemd.py, the TOML files here, through the same validation as ``ingest check-config``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ LOOSE_MARKER = re.compile(r"<!-- example: ")
 # below). A file in none of these, and no TOML, fails the test.
 RUNNERS = {
     "examples/emitters/": REPO / "tests/system/test_emitters.py",
+    "examples/nginx/": REPO / "tests/system/test_emitters.py",
+    "examples/haproxy/": REPO / "tests/system/test_emitters.py",
     "systemd/": REPO / "tests/system/test_systemd.py",
 }
 # Shown, but run by no test: systemd drop-ins (the unit tier runs no
@@ -54,6 +56,8 @@ def test_the_guides_show_examples() -> None:
         "examples/emitters/gelf_logging.py",
         "examples/emitters/syslog_logging.py",
         "examples/emitters/statsd_clients.py",
+        "examples/nginx/ingest.conf",
+        "examples/haproxy/haproxy.cfg",
         "systemd/ingest.socket",
         "systemd/ingest.service",
         "systemd/99-ingest.conf",
