@@ -1,7 +1,8 @@
 """Real, unmodified emitters against a real daemon and the real Pub/Sub
 emulator: graypy (GELF, zlib and chunked), Python's SysLogHandler,
-util-linux ``logger`` (RFC 3164 and RFC 5424), pystatsd and DogStatsD, and
-the access logs of nginx and HAProxy (skipped where they are not installed).
+util-linux ``logger`` (RFC 3164 and RFC 5424), pystatsd and DogStatsD, the
+access logs of nginx and HAProxy, and rsyslog forwarding (those three skipped
+where they are not installed).
 
 Each client is configured as its own documentation says, with only its
 address pointing at ingest; what it sent is checked by what the emulator's
@@ -12,7 +13,7 @@ second handler on the same logger: the same record, the same bytes).
 
 The Python clients' versions are pinned in pyproject.toml's ``dev`` list.
 The clients are built, and nginx and HAProxy configured, by the files under
-examples/ (emitters/, nginx/, haproxy/), which the guides of docs/guides/
+examples/ (emitters/, nginx/, haproxy/, rsyslog/), which the guides of docs/guides/
 show verbatim (tests/unit/test_docs_examples.py holds them identical), so
 what an operator copies is what runs here.
 """
@@ -819,3 +820,50 @@ def test_haproxy_access_log_is_published_as_json_through_syslog(
     }
     samples = settled(ingest, published=1)
     assert by_format(samples, ingest.udp) == only("syslog", 1)
+
+
+# ---------------------------------------------------------------- relays
+
+
+def test_rsyslog_forwards_json_and_plain_text_with_its_header(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path, tmp_path: Path
+) -> None:
+    """examples/rsyslog/60-ingest.conf in an rsyslogd that takes messages on a
+    unix socket of its own (as it takes /dev/log): a JSON message is
+    published byte for byte, a text one wrapped (--syslog-wrap-text), both
+    with the RFC 3164 header rsyslog forwards, its host name included."""
+    rsyslogd = server_command("rsyslogd")
+    ingest = serve(daemons, pubsub, sockdir, "--syslog-wrap-text")
+    forward = (REPO / "examples/rsyslog/60-ingest.conf").read_text()
+    assert 'port="5140"' in forward
+    log_socket = sockdir / "relay.sock"
+    (tmp_path / "rsyslog.conf").write_text(
+        f'global(workDirectory="{tmp_path}")\n'
+        'module(load="imuxsock" SysSock.Use="off")\n'
+        f'input(type="imuxsock" Socket="{log_socket}")\n'
+        + forward.replace('port="5140"', f'port="{ingest.port}"')
+    )
+    command = [rsyslogd, "-n", "-i", str(tmp_path / "pid"), "-f", str(tmp_path / "rsyslog.conf")]
+    with open(tmp_path / "rsyslogd.out", "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(log_socket.exists, PROCESS_TIMEOUT_S, "rsyslogd to create its socket")
+        run_logger("-u", str(log_socket), "--socket-errors=on", "-t", "app", '{"k":1}')
+        pid = run_logger("-u", str(log_socket), "--socket-errors=on", "-t", "cron", "-i", "done")
+        got = {m.data: attributes(m) for m in pull(emulator, pubsub, 2)}
+    finally:
+        proc.terminate()
+        proc.wait(PROCESS_TIMEOUT_S)
+    assert set(got) == {b'{"k":1}', b'{"message":"done"}'}
+    host = socket.gethostname().split(".")[0]
+    for facts in got.values():
+        assert_recent_rfc3164(facts.pop("syslog_timestamp"))
+        assert facts.pop("syslog_host") == host
+        assert facts.pop("syslog_severity") == "notice"
+        assert facts.pop("syslog_facility") == "user"
+    assert got == {
+        b'{"k":1}': {"syslog_app": "app"},
+        b'{"message":"done"}': {"syslog_app": "cron", "syslog_pid": str(pid)},
+    }
+    samples = settled(ingest, published=2)
+    assert by_format(samples, ingest.udp) == only("syslog", 2)

@@ -3,8 +3,8 @@
 A page shows a file by a marker line, ``<!-- example: PATH -->``, right above
 a fenced block: the block must be PATH's text, byte for byte, so what an
 operator copies from the page is what the tests run. Each file shown must be
-run somewhere: the emitter clients and nginx's and HAProxy's configurations
-by tests/system/test_emitters.py, the units and the sysctl file by
+run somewhere: the emitter clients and the nginx, HAProxy and rsyslog
+configurations by tests/system/test_emitters.py, the units and the sysctl file by
 tests/system/test_systemd.py, the TOML files here, through the same validation as ``ingest check-config``.
 """
 
@@ -27,6 +27,7 @@ RUNNERS = {
     "examples/emitters/": REPO / "tests/system/test_emitters.py",
     "examples/nginx/": REPO / "tests/system/test_emitters.py",
     "examples/haproxy/": REPO / "tests/system/test_emitters.py",
+    "examples/rsyslog/": REPO / "tests/system/test_emitters.py",
     "systemd/": REPO / "tests/system/test_systemd.py",
 }
 # Shown, but run by no test: systemd drop-ins (the unit tier runs no
@@ -58,6 +59,7 @@ def test_the_guides_show_examples() -> None:
         "examples/emitters/statsd_clients.py",
         "examples/nginx/ingest.conf",
         "examples/haproxy/haproxy.cfg",
+        "examples/rsyslog/60-ingest.conf",
         "systemd/ingest.socket",
         "systemd/ingest.service",
         "systemd/99-ingest.conf",
