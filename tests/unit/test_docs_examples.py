@@ -5,7 +5,8 @@ a fenced block: the block must be PATH's text, byte for byte, so what an
 operator copies from the page is what the tests run. Each file shown must be
 run somewhere: the emitter clients and the nginx, HAProxy and rsyslog
 configurations by tests/system/test_emitters.py, the units and the sysctl file by
-tests/system/test_systemd.py, the TOML files here, through the same validation as ``ingest check-config``.
+tests/system/test_systemd.py (systemd-analyze verify, the drop-ins too), the
+TOML files here, through the same validation as ``ingest check-config``.
 """
 
 from __future__ import annotations
@@ -29,12 +30,8 @@ RUNNERS = {
     "examples/haproxy/": REPO / "tests/system/test_emitters.py",
     "examples/rsyslog/": REPO / "tests/system/test_emitters.py",
     "systemd/": REPO / "tests/system/test_systemd.py",
-}
-# Shown, but run by no test: systemd drop-ins (the unit tier runs no
-# systemd-analyze; the pages say how they were checked).
-NOT_RUN = {
-    "examples/lan/ingest.socket.d-lan.conf",
-    "examples/real-pubsub/ingest.service.d-credentials.conf",
+    "examples/lan/ingest.socket.d-": REPO / "tests/system/test_systemd.py",
+    "examples/real-pubsub/ingest.service.d-": REPO / "tests/system/test_systemd.py",
 }
 
 
@@ -65,6 +62,8 @@ def test_the_guides_show_examples() -> None:
         "systemd/99-ingest.conf",
         "examples/lan/ingest.toml",
         "examples/real-pubsub/ingest.toml",
+        "examples/lan/ingest.socket.d-lan.conf",
+        "examples/real-pubsub/ingest.service.d-credentials.conf",
     } <= files
 
 
@@ -84,8 +83,8 @@ def test_a_shown_file_is_byte_identical_to_the_file(page: Path, path: str, block
 
 @pytest.mark.parametrize("path", sorted({p for _, p, _ in shown()}))
 def test_a_shown_file_is_run_by_the_test_suite(path: str) -> None:
-    if path.endswith(".toml") or path in NOT_RUN:
-        return  # validated below, or named as not run
+    if path.endswith(".toml"):
+        return  # validated below
     runner = next((r for prefix, r in RUNNERS.items() if path.startswith(prefix)), None)
     assert runner is not None, f"nothing runs {path}"
     source = runner.read_text()
