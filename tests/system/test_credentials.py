@@ -492,13 +492,14 @@ def claim(source: DatagramSource, path: Path, prefix: Sequence[str], *ids: str) 
     return result.stdout.decode().strip()
 
 
-def test_who_can_claim_another_identity_is_what_the_readme_says(
+def test_who_can_claim_another_identity_is_what_the_docs_say(
     shared_dir: Path, loop: asyncio.AbstractEventLoop
 ) -> None:
-    """The README's rules, as the kernel applies them: an unprivileged sender
-    can claim neither another uid nor another pid; root (CAP_SETUID,
-    CAP_SYS_ADMIN) can claim any, and so passes an allow-list it is not on.
-    The test is what keeps "who can forge" in the README true."""
+    """The rules docs/concepts/metadata.md states, as the kernel applies
+    them: an unprivileged sender can claim neither another uid nor another
+    pid; root (CAP_SETUID, CAP_SYS_ADMIN) can claim any, and so passes an
+    allow-list it is not on.
+    The test is what keeps "who can forge" in the docs true."""
     as_nobody = nobody()
     stats = Stats()
     path = shared_dir / "in.sock"

@@ -1,6 +1,8 @@
 """Real, unmodified emitters against a real daemon and the real Pub/Sub
 emulator: graypy (GELF, zlib and chunked), Python's SysLogHandler,
-util-linux ``logger`` (RFC 3164 and RFC 5424), pystatsd and DogStatsD.
+util-linux ``logger`` (RFC 3164 and RFC 5424), pystatsd and DogStatsD, the
+access logs of nginx and HAProxy, and rsyslog forwarding (those three skipped
+where they are not installed).
 
 Each client is configured as its own documentation says, with only its
 address pointing at ingest; what it sent is checked by what the emulator's
@@ -9,14 +11,18 @@ rejects by reason, the accounting identity). Where the exact bytes a client
 sent matter, the same client is also pointed at a capturing socket (a
 second handler on the same logger: the same record, the same bytes).
 
-The versions are pinned in pyproject.toml's ``dev`` list; README's
-"Pointing your emitters at ingest" marks these clients with a check.
+The Python clients' versions are pinned in pyproject.toml's ``dev`` list.
+The clients are built, and nginx and HAProxy configured, by the files under
+examples/ (emitters/, nginx/, haproxy/, rsyslog/), which the guides of docs/guides/
+show verbatim (tests/unit/test_docs_examples.py holds them identical), so
+what an operator copies is what runs here.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import itertools
 import json
 import logging
@@ -27,7 +33,9 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import urllib.request
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,15 +43,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import graypy  # type: ignore[import-untyped]
 import pytest
-import statsd  # type: ignore[import-untyped]
 from datadog.dogstatsd.base import DogStatsd  # datadog re-exports it implicitly
 
-from tests.helpers import PubSubNames, free_udp_port, send_udp, wait_for
+from examples.emitters.gelf_logging import gelf_handler
+from examples.emitters.statsd_clients import (
+    dogstatsd_client,
+    dogstatsd_unix_client,
+    statsd_client,
+)
+from examples.emitters.syslog_logging import syslog_handler
+from tests.helpers import REPO, PubSubNames, free_udp_port, send_udp, wait_for
 from tests.scrape import scrape, start, total, unaccounted, value
 from tools.testing.daemon import DaemonProcess, Daemons
-from tools.testing.emulator import Emulator
+from tools.testing.emulator import Emulator, free_port
 
 FORMATS = ("json", "gelf", "syslog", "statsd", "unknown")
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -251,8 +264,8 @@ def test_graypy_udp_handler_publishes_the_gelf_object_it_sent(
     ingest = serve(daemons, pubsub, sockdir)
     with Capture() as capture:
         handlers = (
-            graypy.GELFUDPHandler("127.0.0.1", ingest.port),
-            graypy.GELFUDPHandler("127.0.0.1", capture.port),
+            gelf_handler("127.0.0.1", ingest.port),
+            gelf_handler("127.0.0.1", capture.port),
         )
         with python_logger(*handlers) as log:
             log.warning("user %s signed up", "ann", extra={"user_id": 7, "plan": "pró"})
@@ -283,8 +296,8 @@ def test_graypy_chunked_record_is_published_once_intact(
     blob = base64.b64encode(os.urandom(15_000)).decode()  # 20 KB, barely compressible
     with Capture() as capture:
         handlers = (
-            graypy.GELFUDPHandler("127.0.0.1", ingest.port),
-            graypy.GELFUDPHandler("127.0.0.1", capture.port),
+            gelf_handler("127.0.0.1", ingest.port),
+            gelf_handler("127.0.0.1", capture.port),
         )
         with python_logger(*handlers) as log:
             log.error("a big one", extra={"blob": blob})
@@ -306,35 +319,18 @@ def test_graypy_chunked_record_is_published_once_intact(
 # ------------------------------------------------------------------- syslog
 
 
-class JsonFormatter(logging.Formatter):
-    """The usual structured-logging formatter: one JSON object a record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(
-            {"level": record.levelname, "msg": record.getMessage(), **getattr(record, "ctx", {})},
-            ensure_ascii=False,
-        )
-
-
 def test_python_syslog_handler_with_a_json_formatter_over_udp_and_unix(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     """SysLogHandler sends ``<PRI>[ident]MSG\\0``: the data is the JSON the
     formatter wrote, byte for byte; PRI and ident are attributes."""
     ingest = serve(daemons, pubsub, sockdir)
-    over_udp = logging.handlers.SysLogHandler(address=ingest.addr)
+    over_udp = syslog_handler(ingest.addr)
     over_udp.ident = "app: "
-    over_unix = logging.handlers.SysLogHandler(
-        address=str(ingest.sock),
-        facility=logging.handlers.SysLogHandler.LOG_LOCAL3,
-        socktype=socket.SOCK_DGRAM,
-    )
-    for handler in (over_udp, over_unix):
-        handler.setFormatter(JsonFormatter())
+    over_unix = syslog_handler(str(ingest.sock), facility=logging.handlers.SysLogHandler.LOG_LOCAL3)
     with Capture() as capture:
-        tee = logging.handlers.SysLogHandler(address=("127.0.0.1", capture.port))
+        tee = syslog_handler(("127.0.0.1", capture.port))
         tee.ident = over_udp.ident
-        tee.setFormatter(JsonFormatter())
         with python_logger(over_udp, tee) as log:
             log.warning("disk full", extra={"ctx": {"where": "udp", "city": "Zürich"}})
         with python_logger(over_unix) as log:
@@ -441,7 +437,7 @@ def test_pystatsd_every_sample_is_one_event(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     ingest = serve(daemons, pubsub, sockdir)
-    client = statsd.StatsClient("127.0.0.1", ingest.port)
+    client = statsd_client("127.0.0.1", ingest.port)
     try:
         client.incr("a.hits")  # a.hits:1|c
         client.incr("a.hits", 3)
@@ -579,8 +575,8 @@ def test_dogstatsd_metrics_events_and_service_checks_over_udp_and_unix(
 ) -> None:
     ingest = serve(daemons, pubsub, sockdir)
     tags = ["env:prod", "role:web", "role:db", "canary"]
-    over_udp = DogStatsd(host="127.0.0.1", port=ingest.port, disable_telemetry=True)
-    over_unix = DogStatsd(socket_path=str(ingest.sock), disable_telemetry=True)
+    over_udp = dogstatsd_client("127.0.0.1", ingest.port)
+    over_unix = dogstatsd_unix_client(str(ingest.sock))
     origin: dict[str, str] = {}
     for client in (over_udp, over_unix):
         try:
@@ -639,14 +635,13 @@ def test_with_only_json_the_dialect_clients_are_format_disabled(
     format_disabled and counted under its format, nothing published; JSON
     still goes through."""
     ingest = serve(daemons, pubsub, sockdir, "--input-formats", "json")
-    gelf = graypy.GELFUDPHandler("127.0.0.1", ingest.port)
-    syslog = logging.handlers.SysLogHandler(address=ingest.addr)
-    syslog.setFormatter(JsonFormatter())
+    gelf = gelf_handler("127.0.0.1", ingest.port)
+    syslog = syslog_handler(ingest.addr)
     with python_logger(gelf) as log:
         log.warning("user %s signed up", "ann", extra={"user_id": 7})
     with python_logger(syslog) as log:
         log.warning("disk full")
-    client = statsd.StatsClient("127.0.0.1", ingest.port)
+    client = statsd_client("127.0.0.1", ingest.port)
     try:
         with client.pipeline() as pipe:  # one datagram, two lines: two events
             pipe.incr("a.hits")
@@ -667,3 +662,208 @@ def test_with_only_json_the_dialect_clients_are_format_disabled(
         "statsd": 2,
         "unknown": 0,
     }
+
+
+# ------------------------------------------------------------ access logs
+
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+PROCESS_TIMEOUT_S = 10
+
+
+def server_command(name: str) -> str:
+    path = shutil.which(name, path=SBIN_PATH)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def accepts_connections(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@contextlib.contextmanager
+def running(command: list[str], port: int, log: Path) -> Iterator[None]:
+    """``command`` in the foreground until it listens on ``port``; stopped
+    (SIGTERM, then SIGKILL) afterwards."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        def ready() -> bool:
+            assert proc.poll() is None, log.read_text(errors="replace")
+            return accepts_connections(port)
+
+        wait_for(ready, PROCESS_TIMEOUT_S, f"{command[0]} to listen on {port}")
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(PROCESS_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(PROCESS_TIMEOUT_S)
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> bytes:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    with urllib.request.urlopen(request, timeout=PROCESS_TIMEOUT_S) as answer:
+        return bytes(answer.read())
+
+
+def test_nginx_access_log_is_published_as_json_through_syslog(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path, tmp_path: Path
+) -> None:
+    """examples/nginx/ingest.conf inside a minimal nginx: each request is one
+    event, its JSON as nginx wrote it (escape=json keeps quotes in a header
+    valid), the syslog header as attributes."""
+    nginx = server_command("nginx")
+    ingest = serve(daemons, pubsub, sockdir)
+    snippet = (REPO / "examples/nginx/ingest.conf").read_text()
+    assert "127.0.0.1:5140" in snippet
+    (tmp_path / "ingest.conf").write_text(
+        snippet.replace("127.0.0.1:5140", f"127.0.0.1:{ingest.port}")
+    )
+    port = free_port()
+    temp = "".join(
+        f"{kind}_temp_path tmp; " for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "nginx.conf").write_text(
+        "daemon off; master_process off; pid nginx.pid; error_log error.log;\n"
+        "events {}\n"
+        f"http {{ {temp}include ingest.conf;\n"
+        f'  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok"; }} }} }}\n'
+    )
+    command = [nginx, "-e", str(tmp_path / "error.log"), "-p", str(tmp_path), "-c", "nginx.conf"]
+    agent = 'probe "quoted" \\ agent'
+    with running(command, port, tmp_path / "nginx.out"):
+        assert http_get(port, "/orders/1?x=1", {"User-Agent": agent}) == b"ok"
+        (message,) = pull(emulator, pubsub, 1)
+    event = json.loads(message.data)
+    assert {k: event[k] for k in ("method", "uri", "status", "bytes", "user_agent")} == {
+        "method": "GET",
+        "uri": "/orders/1?x=1",
+        "status": 200,
+        "bytes": 2,
+        "user_agent": agent,
+    }
+    assert_recent_rfc3339(event["time"])
+    facts = attributes(message)
+    assert_recent_rfc3164(facts.pop("syslog_timestamp"))
+    assert facts == {
+        "syslog_severity": "info",
+        "syslog_facility": "local7",
+        "syslog_app": "nginx",
+        "syslog_host": socket.gethostname().split(".")[0],
+    }
+    samples = settled(ingest, published=1)
+    assert by_format(samples, ingest.udp) == only("syslog", 1)
+
+
+class Answer200(http.server.BaseHTTPRequestHandler):
+    """The proxied application: 200 and two bytes."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: the test reads HAProxy's log, not this one's."""
+
+
+def test_haproxy_access_log_is_published_as_json_through_syslog(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path, tmp_path: Path
+) -> None:
+    """examples/haproxy/haproxy.cfg proxying to a local app: each request is
+    one event, the log-format's JSON, HAProxy's syslog header as attributes."""
+    haproxy = server_command("haproxy")
+    ingest = serve(daemons, pubsub, sockdir)
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer200)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    port = free_port()
+    config = (REPO / "examples/haproxy/haproxy.cfg").read_text()
+    for shipped in ("127.0.0.1:5140", "127.0.0.1:8080", "127.0.0.1:8000"):
+        assert shipped in config
+    config = (
+        config.replace("127.0.0.1:5140", f"127.0.0.1:{ingest.port}")
+        .replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{app.server_address[1]}")
+    )
+    (tmp_path / "haproxy.cfg").write_text(config)
+    try:
+        with running([haproxy, "-db", "-f", str(tmp_path / "haproxy.cfg")], port, tmp_path / "out"):
+            assert http_get(port, "/orders/1") == b"ok"
+            (message,) = pull(emulator, pubsub, 1)
+    finally:
+        app.shutdown()
+        app.server_close()
+    event = json.loads(message.data)
+    assert {k: v for k, v in event.items() if k not in ("time", "bytes", "ms_total")} == {
+        "client": "127.0.0.1",
+        "frontend": "web",
+        "backend": "app",
+        "server": "app1",
+        "method": "GET",
+        "status": 200,
+    }
+    assert isinstance(event["bytes"], int) and isinstance(event["ms_total"], int)
+    facts = attributes(message)
+    assert_recent_rfc3164(facts.pop("syslog_timestamp"))
+    assert facts.pop("syslog_pid").isdigit()
+    assert facts == {
+        "syslog_severity": "info",
+        "syslog_facility": "local0",
+        "syslog_app": "haproxy",
+    }
+    samples = settled(ingest, published=1)
+    assert by_format(samples, ingest.udp) == only("syslog", 1)
+
+
+# ---------------------------------------------------------------- relays
+
+
+def test_rsyslog_forwards_json_and_plain_text_with_its_header(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path, tmp_path: Path
+) -> None:
+    """examples/rsyslog/60-ingest.conf in an rsyslogd that takes messages on a
+    unix socket of its own (as it takes /dev/log): a JSON message is
+    published byte for byte, a text one wrapped (--syslog-wrap-text), both
+    with the RFC 3164 header rsyslog forwards, its host name included."""
+    rsyslogd = server_command("rsyslogd")
+    ingest = serve(daemons, pubsub, sockdir, "--syslog-wrap-text")
+    forward = (REPO / "examples/rsyslog/60-ingest.conf").read_text()
+    assert 'port="5140"' in forward
+    log_socket = sockdir / "relay.sock"
+    (tmp_path / "rsyslog.conf").write_text(
+        f'global(workDirectory="{tmp_path}")\n'
+        'module(load="imuxsock" SysSock.Use="off")\n'
+        f'input(type="imuxsock" Socket="{log_socket}")\n'
+        + forward.replace('port="5140"', f'port="{ingest.port}"')
+    )
+    command = [rsyslogd, "-n", "-i", str(tmp_path / "pid"), "-f", str(tmp_path / "rsyslog.conf")]
+    with open(tmp_path / "rsyslogd.out", "wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(log_socket.exists, PROCESS_TIMEOUT_S, "rsyslogd to create its socket")
+        run_logger("-u", str(log_socket), "--socket-errors=on", "-t", "app", '{"k":1}')
+        pid = run_logger("-u", str(log_socket), "--socket-errors=on", "-t", "cron", "-i", "done")
+        got = {m.data: attributes(m) for m in pull(emulator, pubsub, 2)}
+    finally:
+        proc.terminate()
+        proc.wait(PROCESS_TIMEOUT_S)
+    assert set(got) == {b'{"k":1}', b'{"message":"done"}'}
+    host = socket.gethostname().split(".")[0]
+    for facts in got.values():
+        assert_recent_rfc3164(facts.pop("syslog_timestamp"))
+        assert facts.pop("syslog_host") == host
+        assert facts.pop("syslog_severity") == "notice"
+        assert facts.pop("syslog_facility") == "user"
+    assert got == {
+        b'{"k":1}': {"syslog_app": "app"},
+        b'{"message":"done"}': {"syslog_app": "cron", "syslog_pid": str(pid)},
+    }
+    samples = settled(ingest, published=2)
+    assert by_format(samples, ingest.udp) == only("syslog", 2)

@@ -437,7 +437,7 @@ def test_stop_in_a_frozen_outage_then_restarts_lose_nothing(
     """Issue 8's report: Pub/Sub frozen, a stop, then restarts. Requests sent
     to the frozen emulator are processed when it thaws though their answers
     were lost: duplicates, at most the events in flight at that one stop (the
-    README's bound). Nothing is lost, and the stops during replay add none."""
+    bound docs/concepts/delivery.md states). Nothing is lost, and the stops during replay add none."""
     sock, spool_dir = sockdir / "in.sock", tmp_path / "spool"
     sent = 5000
     first, base = start(

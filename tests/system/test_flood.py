@@ -35,7 +35,7 @@ STATSD_FLOOD_DATAGRAM = (
 )
 QUEUE_MAX_EVENTS = 100_000
 QUEUE_MAX_BYTES = 8 << 20
-# The README's bound: startup RSS + the queue's bytes + 64 B of object
+# The memory bound (docs/concepts/memory.md): startup RSS + the queue's bytes + 64 B of object
 # overhead per queued event + one wake-up's worth + slack for the allocator.
 FIXED_OVERHEAD_MIB = 48
 PUBLISHERS = 4  # the default
@@ -188,11 +188,11 @@ def test_a_statsd_flood_writes_at_most_its_bound_a_datagram(
 ) -> None:
     """The issue's datagrams, looped on for 3 s: what each writes stops at
     the bound (its further samples rejected decoded_too_large) and counts
-    against the wake-up's budget, so memory stays within the README's bound
+    against the wake-up's budget, so memory stays within the documented bound
     and /healthz answers, as for the JSON flood. With metadata every sample
     gets the attributes (and over unix the sender's credentials too)."""
     # Requests of 1 MiB: this flood's events are 48 KB, and the publishers'
-    # requests (a term of the README's bound) would be 10 MB each otherwise.
+    # requests (a term of the memory bound) would be 10 MB each otherwise.
     extra = ["--batch-max-bytes", str(STATSD_BATCH_MAX_BYTES)]
     if metadata:
         extra += ["--attribute", "env=prod", "--attribute-field", "metric=metric"]

@@ -105,6 +105,40 @@ def test_systemd_analyze_verify_passes_on_the_units(tmp_path: Path) -> None:
     assert result.stdout + result.stderr == ""
 
 
+# The drop-ins the guides show (docs/guides/udp-lan.md, real-pubsub.md), each
+# as the unit's NAME.d/ file it is installed as.
+DROP_INS = {
+    "ingest.socket.d/lan.conf": REPO / "examples/lan/ingest.socket.d-lan.conf",
+    "ingest.service.d/credentials.conf": REPO
+    / "examples/real-pubsub/ingest.service.d-credentials.conf",
+}
+
+
+def test_systemd_analyze_verify_passes_on_the_units_with_the_documented_drop_ins(
+    tmp_path: Path,
+) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (package systemd)")
+    for name in ("ingest.service", "ingest.socket"):
+        text = (UNITS / name).read_text()
+        (tmp_path / name).write_text(text.replace("/usr/local/bin/ingest", INGEST))
+    for installed, example in DROP_INS.items():
+        (tmp_path / installed).parent.mkdir(exist_ok=True)
+        (tmp_path / installed).write_text(example.read_text())
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / "ingest.socket"), str(tmp_path / "ingest.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # The drop-ins are read from NAME.d/ beside the units; a bad key in one
+    # is a warning naming it.
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout + result.stderr == ""
+
+
 def test_units_say_what_the_brief_requires() -> None:
     service = (UNITS / "ingest.service").read_text()
     for line in (

@@ -70,7 +70,7 @@ EVENTS_PER_CHILD = 10_000
 NETNS_ENV = "INGEST_TEST_CLIENT_NETNS"  # set only by the outer loss-free test
 NETNS_QLEN = 2048
 # Per child, so 20k events/s in all: within what the daemon drains with the
-# emulator on the same 2 cores. Measured (README, kernel settings): with qlen 512 no send failed at
+# emulator on the same 2 cores. Measured (docs/guides/kernel.md): with qlen 512 no send failed at
 # 150k/s (one sender); with the default 10, 83 % failed at 50k/s. Unpaced,
 # four children outrun any receiver and a finite queue must overflow.
 NETNS_RATE = 2_500.0
@@ -144,7 +144,8 @@ def test_udp_with_no_listener_never_raises() -> None:
 
 
 # Every reason stats() may report; a new one must be added here (and to the
-# README) before a test that meets it can pass.
+# web-workers guide, docs/guides/web-workers.md) before a test that meets it
+# can pass.
 DROP_REASONS = {
     QUEUE_FULL, NO_SOCKET, REFUSED, NOT_CONNECTED, PERMISSION_DENIED, TOO_LARGE,
     UNSERIALIZABLE, NOT_OBJECT, BAD_ADDRESS, CLOSED, DISCONNECTED, OTHER, REENTRANT,
@@ -152,9 +153,9 @@ DROP_REASONS = {
 LONG_NAME = ".".join(["a" * 63] * 4)  # 255 bytes: every label legal, the name too long
 
 
-@pytest.mark.parametrize("readme", ["README.md", "clients/python/README.md"])
-def test_the_readmes_list_every_drop_reason(readme: str) -> None:
-    text = (REPO / readme).read_text()
+@pytest.mark.parametrize("page", ["docs/guides/web-workers.md", "clients/python/README.md"])
+def test_the_docs_list_every_drop_reason(page: str) -> None:
+    text = (REPO / page).read_text()
     assert {reason for reason in DROP_REASONS if f"`{reason}`" not in text} == set()
 
 
