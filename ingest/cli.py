@@ -35,7 +35,7 @@ from ingest.vocabulary import DescribedCode, Exit, SendExit, TapExit
 log = logging.getLogger("ingest")
 
 
-_SETTINGS_HELP = (
+SETTINGS_HELP = (
     "Every flag has an INGEST_* environment twin (--queue-max-events: "
     "INGEST_QUEUE_MAX_EVENTS; lists comma-separated) and a key of the same name in "
     "the --config TOML file. Precedence: flags > environment > file > defaults."
@@ -51,7 +51,7 @@ def _serve_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "serve",
         help="receive datagrams and publish them to Pub/Sub (foreground)",
-        description=_SETTINGS_HELP,
+        description=SETTINGS_HELP,
         epilog=exit_codes(Exit),
     )
     _add_settings_options(parser)
@@ -63,7 +63,7 @@ def _check_config_parser(sub: Any) -> None:
         help="validate serve's settings (flags, INGEST_* env, --config) and exit",
         description="Takes exactly serve's settings, validates them and prints a one-line "
         "summary (exit 0), or the one-line error naming the flag (exit 2). Binds nothing "
-        "and contacts nothing: for ExecStartPre= and before a restart. " + _SETTINGS_HELP,
+        "and contacts nothing: for ExecStartPre= and before a restart. " + SETTINGS_HELP,
         epilog=exit_codes(Exit),
     )
     _add_settings_options(parser)
