@@ -63,7 +63,8 @@ def page(title: str, source: str, body: Iterable[str]) -> str:
 def reload_text(option: Option) -> str:
     """The reload column: live, restart, or live with what it depends on."""
     if option.reload is Reload.DEPENDS:
-        return "; ".join(reload.conditions(option.fills))
+        needs = [c.removeprefix("depends on ") for c in reload.conditions(option.fills)]
+        return "depends on " + "; ".join(needs)
     return str(option.reload)
 
 
@@ -391,7 +392,8 @@ def commands_page() -> str:
                     for action in group._group_actions
                     if action.dest != "help" and action.help != argparse.SUPPRESS
                 ]
-                body += [*table(("flag", "what it does"), rows), ""]
+                header = "argument" if title == "positional arguments" else "flag"
+                body += [*table((header, "what it does"), rows), ""]
         if sub.epilog:
             body += [sub.epilog.replace("Exit codes:", "[Exit codes](exit-codes.md):", 1), ""]
     return page("Commands", "ingest/cli.py's argument parser", body)
