@@ -155,10 +155,22 @@ class Reload(Described):
 class Exit(DescribedCode):
     """Exit codes of ``ingest serve`` and ``ingest check-config``."""
 
-    OK = 0, "stopped cleanly; everything accepted was published (check-config: valid)"
+    OK = (
+        0,
+        "stopped cleanly: what it held at shutdown was published or spooled "
+        "(check-config: the settings are valid)",
+    )
     FAILURE = 1, "a task crashed at runtime (a bug: the traceback is logged)"
-    CONFIG = 2, "a bad setting, an address in use, a missing topic, ... (one line names the flag)"
-    DRAIN_INCOMPLETE = 3, "stopped, but events were dropped or left unconfirmed"
+    CONFIG = (
+        2,
+        "a bad setting or a startup error: an address in use, a missing topic, no "
+        "credentials, ... (one line names the flag that fixes it)",
+    )
+    DRAIN_INCOMPLETE = (
+        3,
+        "stopped, but events were dropped at shutdown or left unconfirmed (maybe "
+        "published, maybe not)",
+    )
     FORCED = 130, "a second SIGINT: stopped at once"
 
 
