@@ -641,6 +641,10 @@ def _show_formats(value: frozenset[str]) -> str:
 
 _UNLESS_LISTENERS = "when neither --udp nor --unix is given"
 
+# A new setting: its Settings field with the default, then a row here with its
+# section and reload policy (a DEPENDS one also needs its reload.DEPENDENCIES
+# entry; tests/system/test_reload.py says so); `make reference` then rewrites
+# the generated pages (docs/reference/, docs/ingest.1), which tests compare.
 SERVE_OPTIONS: tuple[Option, ...] = (
     Option(
         "project",

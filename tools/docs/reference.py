@@ -77,7 +77,7 @@ def flags_page() -> str:
         "`INGEST_CONFIG`) names the TOML file. `ingest check-config` validates all of them "
         "without starting anything.",
         "",
-        "The *reload* row says what `systemctl reload ingest` (SIGHUP) does with a changed value:",
+        "The *reload* column says what `systemctl reload ingest` (SIGHUP) does with a changed value:",
         "",
     ]
     body += [f"- **{policy}**: {policy.description}." for policy in Reload]
