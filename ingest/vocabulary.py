@@ -194,6 +194,14 @@ class SendExit(DescribedCode):
 class TapExit(DescribedCode):
     """Exit codes of ``ingest tap``."""
 
-    OK = 0, "--limit lines printed, or Ctrl-C"
-    FAILURE = 1, "the daemon cannot be reached, is full of taps, or closed the stream"
-    USAGE = 2, "the daemon refused the request (a bad filter), or --url is not a tap"
+    OK = 0, "--limit lines printed, Ctrl-C, or stdout closed (a pipe to head)"
+    FAILURE = (
+        1,
+        "nothing answers, the connection broke, the daemon closed the stream (it stops) "
+        "or refused a tap for now (5xx: full of taps), or it went silent, not even a heartbeat",
+    )
+    USAGE = (
+        2,
+        "the daemon refused the request (4xx: a bad filter, or a daemon without /tap), or "
+        "the URL is not an ingest tap",
+    )

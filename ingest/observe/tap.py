@@ -378,11 +378,8 @@ def run_tap(
     """Print the daemon's tap to stdout, a line at a time (flushed, so
     ``| jq`` works live), and ``{"skipped": N}`` as a note on stderr.
 
-    Exit 0: the limit was reached, Ctrl-C, or stdout closed (``| head``).
-    1: nothing answers, the connection broke, the daemon closed the stream
-    (shutdown), refused a tap for now (5xx), or sent nothing, not even its
-    heartbeat, for silent_s. 2: the daemon refused the request (4xx: a bad
-    filter, or a daemon without /tap), or the URL is not an ingest tap.
+    Returns a TapExit (its members say when each is returned); silent
+    means nothing, not even a heartbeat, for silent_s.
     Connecting and the answer's head are bounded by CONNECT_TIMEOUT_S; the
     stream may carry no record for as long as nothing matches, so only its
     heartbeats bound the wait.

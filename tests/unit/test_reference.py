@@ -83,7 +83,7 @@ def test_every_reason_is_in_the_reasons_page_with_its_description() -> None:
     page = read("docs/reference/reasons.md")
     for enum in (Reject, Ignore, Drop, Skip):
         for member in enum:
-            assert f"| `{member}` | {member.description} |" in page
+            assert f"| `{member}` | {reference.cell(member.description)} |" in page
         assert f"## {reference.reason_family(enum)}\n" in page
 
 
@@ -108,7 +108,7 @@ def test_every_exit_code_is_in_the_exit_codes_page_and_in_the_commands_help() ->
     page = read("docs/reference/exit-codes.md")
     for enum in reference.code_enums():
         for member in enum:
-            assert f"| {member.value} | {member.description} |" in page
+            assert f"| {member.value} | {reference.cell(member.description)} |" in page
     # cli prints vocabulary's words: exit 3 names unconfirmed events too.
     flat = " ".join(serve_help().split())
     assert f"{Exit.DRAIN_INCOMPLETE.value}: {Exit.DRAIN_INCOMPLETE.description}." in flat
