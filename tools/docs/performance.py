@@ -28,8 +28,12 @@ def number(value: Any) -> str:
     return f"{value:.3g}"
 
 
+UNITS = {"us": "µs", "ms": "ms", "mib": "MiB", "kib": "KiB", "cpu": "CPU", "rss": "RSS"}
+
+
 def _words(key: str) -> str:
-    return " ".join("µs" if word == "us" else word for word in key.split("_"))
+    """A figure's key as words: its underscores spaces, its units spelt as units."""
+    return " ".join(UNITS.get(word, word) for word in key.split("_"))
 
 
 def _scalar(value: Any) -> bool:
