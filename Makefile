@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install lint typecheck test test-fast run bench clean faults soak
+.PHONY: all install lint typecheck test test-fast run bench clean faults soak docs reference
 
 all: install
 
@@ -24,9 +24,23 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Every tier: tests/unit, tests/integration, tests/system and the light
-# client's clients/python/tests (pyproject's testpaths; tests/tiers.py).
-test: lint typecheck
+# client's clients/python/tests (pyproject's testpaths; tests/tiers.py);
+# and the docs site, so a broken link fails CI.
+test: lint typecheck docs
 	$(BIN)/pytest -q
+
+# The docs site in site/: MkDocs with --strict (mkdocs.yml), so a broken link
+# or a page missing from the navigation fails; first a check that the
+# generated pages (docs/reference/, docs/performance.md, docs/ingest.1) are
+# what `make reference` writes.
+docs: $(STAMP)
+	$(BIN)/python -m tools.docs --check
+	$(BIN)/mkdocs build --strict --quiet
+
+# Rewrite the generated pages from the code (the Option table, the metrics
+# collector, the vocabulary, the argument parser) and docs/bench.json.
+reference: $(STAMP)
+	$(BIN)/python -m tools.docs
 
 # The unit tier alone, in well under a minute: no sockets, no processes, no
 # emulator. The loop to run while changing a parser, a codec, the config.
@@ -56,7 +70,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tools.bench all --json bench.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build site *.egg-info
 
 # ---------------------------------------------------------------------------
 # System install (operators; never run by tests or CI). `install` above is the

@@ -1,13 +1,9 @@
 """Command line: ``ingest serve``, ``check-config``, ``send``, ``top`` and ``tap``; flags, INGEST_* env, exit codes.
 
-Exit codes: 0 ok; 1 runtime failure (serve: a crashed task; send: nothing
-takes the datagrams now: no socket, nothing listens, nobody reads; tap: the
-daemon cannot be reached, is full of taps, or closed the stream); 2 bad
-configuration or startup error (one line naming the flag; send: an invalid or
-too large event, or a target that is not a datagram socket; tap: the daemon
-refused the request); 3 serve stopped but dropped events at the drain
-deadline; 4 send: permission denied; 130 serve stopped at once by a second
-SIGINT.
+The serve flags come from the Option table (config.SERVE_OPTIONS), grouped
+by its sections, each help line ending in the default the table reads from
+Settings. Exit codes are vocabulary's (Exit, SendExit, TapExit), printed in
+each command's help from their descriptions.
 """
 
 from __future__ import annotations
@@ -28,27 +24,35 @@ from ingest.config import (
     INPUT_FORMATS,
     SERVE_OPTIONS,
     ConfigError,
+    Option,
+    Section,
     Settings,
     build_settings,
     load_file,
 )
-from ingest.vocabulary import Exit
+from ingest.vocabulary import DescribedCode, Exit, SendExit, TapExit
 
 log = logging.getLogger("ingest")
 
 
-_SETTINGS_HELP = (
+SETTINGS_HELP = (
     "Every flag has an INGEST_* environment twin (--queue-max-events: "
     "INGEST_QUEUE_MAX_EVENTS; lists comma-separated) and a key of the same name in "
     "the --config TOML file. Precedence: flags > environment > file > defaults."
 )
 
 
+def exit_codes(codes: type[DescribedCode]) -> str:
+    """One line of every exit code and what it means, for a command's help."""
+    return "Exit codes: " + " ".join(f"{code.value}: {code.description}." for code in codes)
+
+
 def _serve_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "serve",
         help="receive datagrams and publish them to Pub/Sub (foreground)",
-        description=_SETTINGS_HELP,
+        description=SETTINGS_HELP,
+        epilog=exit_codes(Exit),
     )
     _add_settings_options(parser)
 
@@ -59,32 +63,47 @@ def _check_config_parser(sub: Any) -> None:
         help="validate serve's settings (flags, INGEST_* env, --config) and exit",
         description="Takes exactly serve's settings, validates them and prints a one-line "
         "summary (exit 0), or the one-line error naming the flag (exit 2). Binds nothing "
-        "and contacts nothing: for ExecStartPre= and before a restart. " + _SETTINGS_HELP,
+        "and contacts nothing: for ExecStartPre= and before a restart. " + SETTINGS_HELP,
+        epilog=exit_codes(Exit),
     )
     _add_settings_options(parser)
 
 
 def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML file with the same keys")
+    groups = {
+        section: parser.add_argument_group(f"{section} ({section.description})")
+        for section in Section
+    }
     for option in SERVE_OPTIONS:
+        group = groups[option.section]
         if option.is_flag:
-            parser.add_argument(
+            group.add_argument(
                 option.flag,
                 dest=option.key,
                 action="store_true",
                 default=argparse.SUPPRESS,
-                help=option.help,
+                help=option_help(option),
             )
         else:
-            parser.add_argument(
+            group.add_argument(
                 option.flag,
                 dest=option.key,
                 action="append" if option.repeat else "store",
                 default=argparse.SUPPRESS,
-                metavar=option.metavar
-                or (option.key.split("_")[-1].upper() if not option.repeat else "ADDR"),
-                help=option.help,
+                metavar=option.metavar_text,
+                help=option_help(option),
             )
+
+
+def option_help(option: Option) -> str:
+    """The table's help, then "required" or the default (a flag's is off)."""
+    if option.required:
+        return f"{option.help} (required)"
+    if option.is_flag:
+        return option.help
+    # argparse expands %-specifiers in help text: a literal % must be doubled.
+    return f"{option.help} [default: {option.default_text}]".replace("%", "%%")
 
 
 def _send_parser(sub: Any) -> None:
@@ -92,9 +111,8 @@ def _send_parser(sub: Any) -> None:
         "send",
         help="send JSON events as datagrams (for scripts and trying it by hand)",
         description="Sends each EVENT, or each line of stdin when none is given, as one "
-        "datagram. Exit 1 when nothing takes them (no socket, nothing listens, nobody "
-        "reads: try again later); 2 for invalid JSON (refused locally), an event too "
-        "large for a datagram, or a target that cannot be one; 4 when permission is denied.",
+        "datagram; invalid JSON is refused locally.",
+        epilog=exit_codes(SendExit),
     )
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--unix", metavar="PATH", help=f"unix socket (default {DEFAULT_UNIX_PATH})")
@@ -128,9 +146,8 @@ def _tap_parser(sub: Any) -> None:
         description="Prints one JSON line per datagram (listener, sender, format, outcome, "
         "reason, counts, text) from the daemon's /tap, flushed per line so `| jq` works live. "
         "The daemon samples: at most ~100 lines a second, with bursts of 200; what it leaves "
-        "out is counted on stderr. Without an outcome flag, every outcome is shown. Exit 0 "
-        "after --limit lines or on Ctrl-C; 1 when the daemon cannot be reached or goes away; "
-        "2 when it refuses the request (a bad filter).",
+        "out is counted on stderr. Without an outcome flag, every outcome is shown.",
+        epilog=exit_codes(TapExit),
     )
     _add_url_option(parser)
     for outcome, what in (
@@ -249,7 +266,7 @@ def check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     print(f"ingest: configuration ok: {summary(settings)}")
-    return 0
+    return Exit.OK
 
 
 def summary(settings: Settings) -> str:

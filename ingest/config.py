@@ -7,6 +7,7 @@ validated here, once, and every error names the flag that fixes it.
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import ipaddress
 import logging
@@ -19,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.vocabulary import Fsync
+from ingest.vocabulary import Described, Fsync, Reload
 
 # The address rules and the default socket path are the light client's, so
 # the Emitter and the daemon agree on them (one implementation, in the
@@ -114,7 +115,7 @@ class Settings:
     publish_timeout_s: float = 10.0
     publish_compression: str = "none"
     pubsub_endpoint: str = DEFAULT_ENDPOINT
-    metrics: tuple[str, int] | None = ("127.0.0.1", 9464)  # None: disabled
+    metrics: tuple[str, int] | None = parse_host_port(DEFAULT_METRICS)  # None: disabled
     log_level: str = "info"
     dashboard: bool = False
     spool_dir: str | None = None  # None: no disk spool
@@ -331,10 +332,11 @@ def _optional_dir(raw: Any) -> str | None:
 
 
 def _fsync_policy(raw: Any) -> Fsync:
+    policies = {str(policy): policy for policy in Fsync}
     value = str(raw).strip().lower()
-    if value not in tuple(Fsync):
+    if value not in policies:
         raise ValueError(f"must be one of {', '.join(Fsync)} (got {raw!r})")
-    return Fsync(value)
+    return policies[value]
 
 
 def _compression(raw: Any) -> str:
@@ -502,9 +504,29 @@ def _uids(raw: Any) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+class Section(Described):
+    """Where an option is listed: ``--help``'s groups and the reference's sections."""
+
+    PUBLISHING = "publishing", "where events go, and how publish requests are made"
+    LISTENERS = "listeners", "the sockets datagrams arrive on"
+    ACCESS = "access", "who may send: the senders each listener admits"
+    VALIDATION = "validation", "what a datagram may hold, and in which formats"
+    QUEUE = "queue", "the memory queue between the listeners and the publishers"
+    BATCHING = "batching", "how events are grouped into publish requests"
+    SPOOL = "spool", "the disk spool for what the memory queue cannot hold"
+    METADATA = "metadata", "what a message carries besides its data"
+    OBSERVABILITY = "observability", "metrics, health, logs and the dashboard"
+
+
 @dataclass(frozen=True)
 class Option:
-    """One setting: Settings field ``key``; flag ``--name``; env ``INGEST_NAME``; TOML ``name``."""
+    """One setting: Settings field ``key``; flag ``--name``; env ``INGEST_NAME``; TOML ``name``.
+
+    The default is the Settings field's (``default_value``); ``unset`` says
+    what a default of nothing (None, empty, off) means, ``show`` how to write
+    the default as one would type it, and ``default`` replaces both for an
+    option whose Settings field is filled some other way (the listeners).
+    """
 
     key: str
     parse: Callable[[Any], Any]
@@ -514,6 +536,12 @@ class Option:
     name: str = ""  # flag name when it differs from key (units read better unsaid)
     metavar: str = ""  # in --help, when the default (from the name) reads wrong
     flag_lists: bool = True  # a repeat flag's value may be a comma-separated list
+    section: Section = dataclasses.field(kw_only=True)
+    reload: Reload = dataclasses.field(kw_only=True)  # what a SIGHUP does with a change (reload.py)
+    unset: str = dataclasses.field(default="", kw_only=True)
+    show: Callable[[Any], str] | None = dataclasses.field(default=None, kw_only=True)
+    default: str = dataclasses.field(default="", kw_only=True)
+    settings_field: str = dataclasses.field(default="", kw_only=True)  # when it is not ``key``
 
     @property
     def file_key(self) -> str:
@@ -527,100 +555,298 @@ class Option:
     def env(self) -> str:
         return ENV_PREFIX + self.file_key.upper()
 
+    @property
+    def fills(self) -> str:
+        """The Settings field this option's value goes to."""
+        return self.settings_field or self.key
 
+    @property
+    def required(self) -> bool:
+        return not self.default and _settings_default(self.key) is _NO_DEFAULT
+
+    @property
+    def default_value(self) -> Any:
+        """Settings' default for ``key``, or ``_NO_DEFAULT``."""
+        return _settings_default(self.key)
+
+    @property
+    def default_text(self) -> str:
+        """The default as the reference and ``--help`` write it ("" when required)."""
+        if self.default or self.required:
+            return self.default
+        value = self.default_value
+        if value == ():
+            return self.unset or "none"
+        if value is None or value is False:
+            return self.unset or "off"
+        if self.show is not None:
+            return self.show(value)
+        return show_value(value)
+
+    @property
+    def metavar_text(self) -> str:
+        """The value's placeholder in ``--help`` and the reference."""
+        if self.metavar:
+            return self.metavar
+        return self.key.split("_")[-1].upper() if not self.repeat else "ADDR"
+
+    @property
+    def value_type(self) -> str:
+        """The kind of value in a TOML file, for the reference."""
+        if self.is_flag:
+            return "boolean"
+        if self.repeat:
+            return "list"
+        value = self.default_value
+        if self.show is None and isinstance(value, int | float) and not isinstance(value, bool):
+            return "integer" if isinstance(value, int) else "number"
+        return "string"
+
+
+_NO_DEFAULT = object()
+
+
+def _settings_default(key: str) -> Any:
+    for item in dataclasses.fields(Settings):
+        if item.name == key:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+    return _NO_DEFAULT
+
+
+def show_value(value: Any) -> str:
+    """A default as one would type it: sizes of whole MiB or GiB say so too."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        for shift, unit in ((30, "GiB"), (20, "MiB")):
+            if value >= 1 << shift and value % (1 << shift) == 0:
+                return f"{value} ({value >> shift} {unit})"
+        return str(value)
+    return str(value)
+
+
+def _show_address(value: tuple[str, int]) -> str:
+    host, port = value
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _show_formats(value: frozenset[str]) -> str:
+    return ",".join(name for name in INPUT_FORMATS if name in value)
+
+
+_UNLESS_LISTENERS = "when neither --udp nor --unix is given"
+
+# A new setting: its Settings field with the default, then a row here with its
+# section and reload policy (a DEPENDS one also needs its reload.DEPENDENCIES
+# entry; tests/system/test_reload.py says so); `make reference` then rewrites
+# the generated pages (docs/reference/, docs/ingest.1), which tests compare.
 SERVE_OPTIONS: tuple[Option, ...] = (
-    Option("project", _name("project ID"), "Google Cloud project ID (required)"),
-    Option("topic", _topic_id, "Pub/Sub topic ID (required)"),
     Option(
-        "udp", _udp_listeners, f"UDP listen HOST:PORT, repeatable (default {DEFAULT_UDP})", True
+        "project",
+        _name("project ID"),
+        "Google Cloud project ID",
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
+    ),
+    Option(
+        "topic",
+        _topic_id,
+        "Pub/Sub topic ID",
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
+    ),
+    Option(
+        "udp",
+        _udp_listeners,
+        "UDP listen HOST:PORT, repeatable",
+        True,
+        metavar="HOST:PORT",
+        section=Section.LISTENERS,
+        reload=Reload.DEPENDS,
+        default=f"{DEFAULT_UDP}, {_UNLESS_LISTENERS}",
+        settings_field="listeners",
     ),
     Option(
         "unix",
         _unix_listeners,
-        f"unix datagram socket path, repeatable (default {DEFAULT_UNIX_PATH})",
+        "unix datagram socket path, repeatable",
         True,
+        metavar="PATH",
+        section=Section.LISTENERS,
+        reload=Reload.DEPENDS,
+        default=f"{DEFAULT_UNIX_PATH}, {_UNLESS_LISTENERS}",
+        settings_field="listeners",
     ),
-    Option("create_topic", _bool, "create the topic if it does not exist", is_flag=True),
-    Option("queue_max_events", _int_range(1, 100_000_000), "memory queue bound in events (100000)"),
-    Option("queue_max_bytes", _int_range(1024, 1 << 40), "memory queue bound in bytes (64 MiB)"),
-    Option("publishers", _int_range(1, 256), "publisher coroutines (4)"),
+    Option(
+        "create_topic",
+        _bool,
+        "create the topic if it does not exist",
+        is_flag=True,
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
+    ),
+    Option(
+        "queue_max_events",
+        _int_range(1, 100_000_000),
+        "memory queue bound in events",
+        section=Section.QUEUE,
+        reload=Reload.LIVE,
+    ),
+    Option(
+        "queue_max_bytes",
+        _int_range(1024, 1 << 40),
+        "memory queue bound in bytes",
+        section=Section.QUEUE,
+        reload=Reload.LIVE,
+    ),
+    Option(
+        "publishers",
+        _int_range(1, 256),
+        "publisher coroutines",
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
+    ),
     Option(
         "batch_max_messages",
         _int_range(1, PUBSUB_MAX_REQUEST_MESSAGES),
-        "messages per publish request (1000, the Pub/Sub maximum)",
+        "messages per publish request; the default is the Pub/Sub maximum",
+        section=Section.BATCHING,
+        reload=Reload.LIVE,
     ),
     Option(
         "batch_max_bytes",
         _int_range(MAX_DATAGRAM_CEILING + 1024, PUBSUB_MAX_REQUEST_BYTES),
-        "encoded bytes per publish request (10000000, the Pub/Sub maximum)",
+        "encoded bytes per publish request; the default is the Pub/Sub maximum",
+        section=Section.BATCHING,
+        reload=Reload.LIVE,
     ),
     Option(
         "batch_linger_ms",
         _float_range(0, 10_000),
-        "how long a partial batch waits (5 ms; per lane with metadata)",
+        "how long a partial batch waits, in milliseconds (per lane with metadata)",
+        section=Section.BATCHING,
+        reload=Reload.LIVE,
     ),
     Option(
         "max_datagram_bytes",
         _int_range(16, MAX_DATAGRAM_CEILING),
-        "largest datagram accepted; larger ones are rejected whole (65535)",
+        "largest datagram accepted; larger ones are rejected whole",
+        section=Section.VALIDATION,
+        reload=Reload.LIVE,
     ),
-    Option("udp_rcvbuf_bytes", _int_range(4096, 1 << 30), "UDP SO_RCVBUF to request (32 MiB)"),
-    Option("unix_mode", _octal_mode, "file mode of unix sockets, octal (0660)"),
+    Option(
+        "udp_rcvbuf_bytes",
+        _int_range(4096, 1 << 30),
+        "UDP SO_RCVBUF to request",
+        section=Section.LISTENERS,
+        reload=Reload.LIVE,
+    ),
+    Option(
+        "unix_mode",
+        _octal_mode,
+        "file mode of unix sockets, octal",
+        section=Section.LISTENERS,
+        reload=Reload.LIVE,
+        show=lambda mode: f"{mode:04o}",
+    ),
     Option(
         "unix_gid",
         _group,
-        "group of the unix socket files (who may send, with --unix-mode); "
-        "default the daemon's group",
+        "group of the unix socket files (who may send, with --unix-mode)",
         name="unix_group",
         metavar="GROUP",
+        section=Section.LISTENERS,
+        reload=Reload.LIVE,
+        unset="the daemon's group",
     ),
     Option(
         "udp_allow",
         _networks,
         "accept UDP only from this CIDR, repeatable; others are rejected and counted "
-        "(source_denied). Default: every sender",
+        "(source_denied)",
         True,
         metavar="CIDR",
+        section=Section.ACCESS,
+        reload=Reload.LIVE,
+        unset="every sender",
     ),
     Option(
         "drain_timeout_s",
         _float_range(0, 3600),
-        "seconds to publish what is queued at shutdown (10)",
+        "seconds to publish what is queued at shutdown",
         name="drain_timeout",
+        metavar="SECONDS",
+        section=Section.QUEUE,
+        reload=Reload.LIVE,
     ),
     Option(
         "publish_timeout_s",
         _float_range(0.1, 600),
-        "deadline of one publish request in seconds (10)",
+        "deadline of one publish request in seconds",
         name="publish_timeout",
+        metavar="SECONDS",
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
     ),
     Option(
         "publish_compression",
         _compression,
-        "gRPC compression of publish requests: none or gzip (none)",
+        "gRPC compression of publish requests: none or gzip",
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
     ),
-    Option("pubsub_endpoint", _endpoint, f"Pub/Sub gRPC endpoint ({DEFAULT_ENDPOINT})"),
+    Option(
+        "pubsub_endpoint",
+        _endpoint,
+        "Pub/Sub gRPC endpoint",
+        metavar="HOST:PORT",
+        section=Section.PUBLISHING,
+        reload=Reload.RESTART,
+    ),
     Option(
         "metrics",
         _optional_address,
-        f"serve /metrics and /healthz on HOST:PORT; empty disables ({DEFAULT_METRICS})",
+        "serve /metrics, /healthz and /tap on HOST:PORT; empty disables",
+        metavar="HOST:PORT",
+        section=Section.OBSERVABILITY,
+        reload=Reload.RESTART,
+        show=_show_address,
     ),
-    Option("log_level", _log_level, "debug, info, warning or error (info)"),
+    Option(
+        "log_level",
+        _log_level,
+        "debug, info, warning or error",
+        section=Section.OBSERVABILITY,
+        reload=Reload.LIVE,
+    ),
     Option(
         "spool_dir",
         _optional_dir,
         "disk spool directory: events the memory queue cannot hold, and what is "
-        "unpublished at shutdown, go there (off when unset)",
+        "unpublished at shutdown, go there",
+        section=Section.SPOOL,
+        reload=Reload.RESTART,
+        unset="off",
     ),
     Option(
         "spool_max_bytes",
         _int_range(1 << 20, 1 << 50),
-        "disk spool bound in bytes; beyond it events are dropped (1 GiB)",
+        "disk spool bound in bytes; beyond it events are dropped (spool_full)",
+        section=Section.SPOOL,
+        reload=Reload.RESTART,
     ),
     Option(
         "spool_fsync",
         _fsync_policy,
-        "when the spool fsyncs: roll (each segment roll and shutdown), always, never (roll)",
+        "when the spool fsyncs: "
+        + ", ".join(f"{policy} ({policy.description})" for policy in Fsync),
+        section=Section.SPOOL,
+        reload=Reload.RESTART,
     ),
     Option(
         "attributes",
@@ -630,6 +856,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         name="attribute",
         flag_lists=False,
         metavar="KEY=VALUE",
+        section=Section.METADATA,
+        reload=Reload.DEPENDS,
     ),
     Option(
         "attribute_fields",
@@ -640,12 +868,16 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         name="attribute_field",
         flag_lists=False,
         metavar="KEY=FIELD",
+        section=Section.METADATA,
+        reload=Reload.DEPENDS,
     ),
     Option(
         "ordering_key_field",
         _optional_field,
-        "take each message's ordering key from this field (off when unset)",
+        "take each message's ordering key from this field",
         metavar="FIELD",
+        section=Section.METADATA,
+        reload=Reload.DEPENDS,
     ),
     Option(
         "routes",
@@ -656,6 +888,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         name="route",
         flag_lists=False,
         metavar="TOPIC:FIELD=VALUE",
+        section=Section.METADATA,
+        reload=Reload.DEPENDS,
     ),
     Option(
         "unix_credentials",
@@ -663,6 +897,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "give each unix socket event the sender's pid, uid and gid as attributes "
         "(sender_pid, sender_uid, sender_gid), from the kernel",
         is_flag=True,
+        section=Section.METADATA,
+        reload=Reload.RESTART,
     ),
     Option(
         "unix_allow_uids",
@@ -672,20 +908,29 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         True,
         name="unix_allow_uid",
         metavar="UID",
+        section=Section.ACCESS,
+        reload=Reload.DEPENDS,
+        unset="every sender",
     ),
     Option(
         "input_formats",
         _formats,
-        "the formats every listener accepts, comma-separated: json, gelf, syslog, "
-        "statsd (all four); a datagram of another is rejected (format_disabled)",
+        "the formats every listener accepts, comma-separated: "
+        + ", ".join(INPUT_FORMATS)
+        + "; a datagram of another is rejected (format_disabled)",
         True,
         metavar="FORMATS",
+        section=Section.VALIDATION,
+        reload=Reload.DEPENDS,
+        show=_show_formats,
     ),
     Option(
         "max_event_bytes",
         _int_range(16, MAX_DATAGRAM_CEILING),
         "largest event a GELF message may inflate or reassemble to; larger ones "
-        "are rejected (too_large) having inflated no more (1048576)",
+        "are rejected (too_large) having inflated no more",
+        section=Section.VALIDATION,
+        reload=Reload.LIVE,
     ),
     Option(
         "syslog_wrap_text",
@@ -693,12 +938,16 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         'publish a syslog message that is not a JSON object as {"message": TEXT} '
         "instead of rejecting it",
         is_flag=True,
+        section=Section.VALIDATION,
+        reload=Reload.LIVE,
     ),
     Option(
         "dashboard",
         _bool,
         "show the live dashboard below the log when stdout is a terminal",
         is_flag=True,
+        section=Section.OBSERVABILITY,
+        reload=Reload.RESTART,
     ),
 )
 
@@ -802,8 +1051,8 @@ def build_settings(
             values[option.key] = option.parse(raw)
         except ValueError as exc:
             raise ConfigError(where, str(exc)) from None
-    for option in SERVE_OPTIONS[:2]:  # project, topic
-        if option.key not in values:
+    for option in SERVE_OPTIONS:
+        if option.required and option.key not in values:
             raise ConfigError(option.flag, f"is required (or set {option.env})")
     listeners = values.pop("udp", ()) + values.pop("unix", ())
     values["default_listeners"] = not listeners

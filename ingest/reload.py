@@ -5,15 +5,17 @@ A reload re-reads the configuration file and the environment over the
 command line's flags (cli.settings_from, the validation ``check-config``
 runs), then the daemon applies what ``plan`` returns (reloader.Reloader).
 
-Every setting is in exactly one of three places here (tests/system/test_reload.py
-checks it):
+Every option's ``reload`` in the Option table (config.SERVE_OPTIONS) says
+which of three it is (tests/system/test_reload.py checks that each Settings
+field is exactly one):
 
-- RESTART_ONLY: a running daemon cannot take it over; it keeps its old value
-  until a restart;
-- DEPENDENCIES: applied live, but only when a restart-only setting (or a
-  fact fixed at startup: STARTUP_FIXED) allows it; otherwise it keeps its old
-  value too, and the log names both settings and why;
-- LIVE: applied live, whatever else is configured.
+- Reload.RESTART (RESTART_ONLY here): a running daemon cannot take it over;
+  it keeps its old value until a restart;
+- Reload.DEPENDS (the settings of DEPENDENCIES): applied live, but only when a
+  restart-only setting (or a fact fixed at startup: STARTUP_FIXED) allows it;
+  otherwise it keeps its old value too, and the log names both settings and
+  why;
+- Reload.LIVE (LIVE here): applied live, whatever else is configured.
 
 What "applied live" means for each: ``log_level``; ``udp_allow`` and
 ``unix_allow_uids``, ``max_datagram_bytes``, the input formats,
@@ -42,25 +44,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingest.config import SERVE_OPTIONS, ConfigError, Settings, check_attribute_keys
+from ingest.vocabulary import Reload
+
+
+def _fields(policy: Reload) -> tuple[str, ...]:
+    """The Settings fields of the options with this reload policy, in table order."""
+    return tuple(dict.fromkeys(option.fills for option in SERVE_OPTIONS if option.reload is policy))
+
 
 # Settings a running daemon cannot take over: its identity, its connection,
 # its spool and its HTTP endpoint, the number of publishers, and whether
 # readers ask the kernel for credentials (sockets are bound accordingly).
-RESTART_ONLY = (
-    "project",
-    "topic",
-    "pubsub_endpoint",
-    "create_topic",
-    "publish_compression",
-    "publish_timeout_s",
-    "publishers",
-    "spool_dir",
-    "spool_max_bytes",
-    "spool_fsync",
-    "metrics",
-    "dashboard",
-    "unix_credentials",
-)
+RESTART_ONLY = _fields(Reload.RESTART)
 # What a message carries: applied together, or not at all.
 METADATA = ("attributes", "attribute_fields", "ordering_key_field", "routes")
 
@@ -152,22 +147,14 @@ DEPENDENCIES: tuple[Dependency, ...] = (
 # rebuilt readers (udp_allow on UDP sockets, adopted ones too); the socket
 # options are set on the sockets the daemon bound; drain_timeout_s and
 # log_level are read when used.
-LIVE = (
-    "queue_max_events",
-    "queue_max_bytes",
-    "batch_max_messages",
-    "batch_max_bytes",
-    "batch_linger_ms",
-    "max_datagram_bytes",
-    "udp_rcvbuf_bytes",
-    "unix_mode",
-    "unix_gid",
-    "udp_allow",
-    "drain_timeout_s",
-    "log_level",
-    "max_event_bytes",
-    "syslog_wrap_text",
-)
+LIVE = _fields(Reload.LIVE)
+
+
+def conditions(name: str) -> list[str]:
+    """What a reload of Settings field ``name`` depends on, one phrase per
+    DEPENDENCIES entry naming it ("depends on --unix-credentials"); empty
+    for a live or restart-only setting. For the reference's reload column."""
+    return list(dict.fromkeys(_needs(dep.needs) for dep in DEPENDENCIES if name in dep.settings))
 
 
 @dataclass

@@ -62,6 +62,7 @@ from ingest.config import INPUT_FORMATS
 from ingest.observe.daemon_url import base_url, why
 from ingest.ratelimit import LogLimiter
 from ingest.receive.tapped import OUTCOMES
+from ingest.vocabulary import TapExit
 
 if TYPE_CHECKING:
     from http.client import HTTPResponse
@@ -345,7 +346,6 @@ async def _client_gone(reader: asyncio.StreamReader) -> None:
 
 CONNECT_TIMEOUT_S = 5.0
 SILENT_S = 5 * HEARTBEAT_S  # no heartbeat for that long: the daemon froze, or its host vanished
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def tap_path(
@@ -378,11 +378,8 @@ def run_tap(
     """Print the daemon's tap to stdout, a line at a time (flushed, so
     ``| jq`` works live), and ``{"skipped": N}`` as a note on stderr.
 
-    Exit 0: the limit was reached, Ctrl-C, or stdout closed (``| head``).
-    1: nothing answers, the connection broke, the daemon closed the stream
-    (shutdown), refused a tap for now (5xx), or sent nothing, not even its
-    heartbeat, for silent_s. 2: the daemon refused the request (4xx: a bad
-    filter, or a daemon without /tap), or the URL is not an ingest tap.
+    Returns a TapExit (its members say when each is returned); silent
+    means nothing, not even a heartbeat, for silent_s.
     Connecting and the answer's head are bounded by CONNECT_TIMEOUT_S; the
     stream may carry no record for as long as nothing matches, so only its
     heartbeats bound the wait.
@@ -394,10 +391,10 @@ def run_tap(
     try:
         parts = urlsplit(base)
         if parts.scheme != "http" or not parts.hostname:
-            return _say(f"{where}: not an http:// URL", EXIT_USAGE)
+            return _say(f"{where}: not an http:// URL", TapExit.USAGE)
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=CONNECT_TIMEOUT_S)
     except ValueError as exc:  # a port that is not a number, a broken [IPv6]
-        return _say(f"{where}: {exc}", EXIT_USAGE)
+        return _say(f"{where}: {exc}", TapExit.USAGE)
     path = parts.path + tap_path(outcomes, listeners, formats, limit)
     try:
         try:
@@ -407,20 +404,22 @@ def run_tap(
             sock = conn.sock
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
-            return _say(f"cannot reach {where}: {why(exc)}", EXIT_FAILURE)
+            return _say(f"cannot reach {where}: {why(exc)}", TapExit.FAILURE)
         if response.status != 200:
             body = response.read(1024).decode(errors="replace").strip()
             line = body.splitlines()[0] if body else response.reason
-            code = EXIT_USAGE if 400 <= response.status < 500 else EXIT_FAILURE
+            code = TapExit.USAGE if 400 <= response.status < 500 else TapExit.FAILURE
             return _say(f"{where}: {line} ({response.status})", code)
         content_type = response.getheader("Content-Type", "")
         if not content_type.startswith("application/x-ndjson"):
-            return _say(f"{where}: not an ingest tap (Content-Type {content_type!r})", EXIT_USAGE)
+            return _say(
+                f"{where}: not an ingest tap (Content-Type {content_type!r})", TapExit.USAGE
+            )
         if sock is not None:
             sock.settimeout(silent_s)  # a record or a heartbeat comes sooner
         return _copy(response, where, limit, silent_s)
     except KeyboardInterrupt:
-        return EXIT_OK
+        return TapExit.OK
     finally:
         conn.close()
 
@@ -436,23 +435,23 @@ def _copy(response: HTTPResponse, where: str, limit: int | None, silent_s: float
                 continue
             skipped = _skipped(line)
             if skipped is not None:
-                _say(f"{skipped} datagrams not shown (tap rate limit)", EXIT_OK)
+                _say(f"{skipped} datagrams not shown (tap rate limit)", TapExit.OK)
                 continue
             try:
                 sys.stdout.buffer.write(line)
                 sys.stdout.buffer.flush()
             except BrokenPipeError:  # `| head` has what it wanted
                 _quiet_stdout()
-                return EXIT_OK
+                return TapExit.OK
             shown += 1
     except TimeoutError:
         message = f"the daemon sent nothing for {silent_s:g} s (frozen, or unreachable?)"
-        return _say(f"{where}: {message}", EXIT_FAILURE)
+        return _say(f"{where}: {message}", TapExit.FAILURE)
     except (OSError, HTTPException) as exc:
-        return _say(f"{where}: connection lost: {why(exc)}", EXIT_FAILURE)
+        return _say(f"{where}: connection lost: {why(exc)}", TapExit.FAILURE)
     if limit is not None and shown >= limit:
-        return EXIT_OK
-    return _say(f"{where}: the daemon closed the tap (stopped?)", EXIT_FAILURE)
+        return TapExit.OK
+    return _say(f"{where}: the daemon closed the tap (stopped?)", TapExit.FAILURE)
 
 
 def _skipped(line: bytes) -> int | None:
