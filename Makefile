@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install lint typecheck test test-fast run bench clean faults soak docs reference
+.PHONY: all install lint typecheck test test-fast run bench clean faults soak docs reference system-packages docs reference
 
 all: install
 
@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 # Every tier: tests/unit, tests/integration, tests/system and the light
 # client's clients/python/tests (pyproject's testpaths; tests/tiers.py);
 # and the docs site, so a broken link fails CI.
-test: lint typecheck docs
+test: lint typecheck docs system-packages
 	$(BIN)/pytest -q
 
 # The docs site in site/: MkDocs with --strict (mkdocs.yml), so a broken link
@@ -41,6 +41,21 @@ docs: $(STAMP)
 # collector, the vocabulary, the argument parser) and docs/bench.json.
 reference: $(STAMP)
 	$(BIN)/python -m tools.docs
+
+# Servers the system tier runs unmodified (tests/system/test_emitters.py runs
+# the guides' nginx, HAProxy and rsyslog files): Debian's packages, pinned to
+# the release series the tests were written against, installed when missing
+# and this user may (root, apt-get). Elsewhere those tests skip, saying which
+# program is missing.
+SYSTEM_PACKAGES := nginx=1.22.* haproxy=2.6.* rsyslog=8.2302.*
+system-packages:
+	@if [ -x /usr/sbin/nginx ] && [ -x /usr/sbin/haproxy ] && [ -x /usr/sbin/rsyslogd ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null 2>&1 \
+	  || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; } \
+	  || echo "warning: could not install $(SYSTEM_PACKAGES); their tests will skip"; \
+	else echo "note: nginx, haproxy or rsyslog missing; their tests will skip"; fi
 
 # The unit tier alone, in well under a minute: no sockets, no processes, no
 # emulator. The loop to run while changing a parser, a codec, the config.
