@@ -106,6 +106,7 @@ SYS_BINDIR := $(PREFIX)/bin
 UNITDIR ?= /etc/systemd/system
 SYSCTLDIR ?= /etc/sysctl.d
 CONFDIR ?= /etc/ingest
+MANDIR ?= $(PREFIX)/share/man
 
 .PHONY: install-system uninstall-system
 
@@ -117,6 +118,7 @@ install-system:
 	  grep -rlI -- "$(DESTDIR)$(SYS_LIBDIR)" $(DESTDIR)$(SYS_LIBDIR)/bin $(DESTDIR)$(SYS_LIBDIR)/pyvenv.cfg \
 	    | xargs -r sed -i "s|$(DESTDIR)$(SYS_LIBDIR)|$(SYS_LIBDIR)|g"; fi
 	install -m 0644 README.md $(DESTDIR)$(SYS_LIBDIR)/README.md
+	install -D -m 0644 docs/ingest.1 $(DESTDIR)$(MANDIR)/man1/ingest.1
 	install -d $(DESTDIR)$(SYS_BINDIR)
 	ln -sfn $(SYS_LIBDIR)/bin/ingest $(DESTDIR)$(SYS_BINDIR)/ingest
 	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCTLDIR) $(DESTDIR)$(CONFDIR)
@@ -133,4 +135,5 @@ uninstall-system:
 	rm -f $(DESTDIR)$(UNITDIR)/ingest.service $(DESTDIR)$(UNITDIR)/ingest.socket
 	rm -f $(DESTDIR)$(SYSCTLDIR)/99-ingest.conf $(DESTDIR)$(SYS_BINDIR)/ingest
 	rm -rf $(DESTDIR)$(SYS_LIBDIR)
+	rm -f $(DESTDIR)$(MANDIR)/man1/ingest.1
 	@echo "kept $(CONFDIR)/ingest.toml"

@@ -85,7 +85,12 @@ class NotifyListener:
 # ---------------------------------------------------------------- unit files
 
 
-def test_systemd_analyze_verify_passes_on_the_units(tmp_path: Path) -> None:
+def analyze_verify(tmp_path: Path, drop_ins: dict[str, Path]) -> None:
+    """systemd-analyze verify on the units as installed (the checkout's ingest
+    for /usr/local/bin/ingest, ``drop_ins`` in NAME.d/ beside them, the man
+    page where install-system puts it: verify runs ``man`` for each
+    Documentation= entry). Unknown keys or bad values are only warnings
+    (exit 0): it must be silent."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (package systemd)")
@@ -93,16 +98,26 @@ def test_systemd_analyze_verify_passes_on_the_units(tmp_path: Path) -> None:
         text = (UNITS / name).read_text()
         # verify checks that ExecStart's program exists: use the checkout's.
         (tmp_path / name).write_text(text.replace("/usr/local/bin/ingest", INGEST))
+    for installed, example in drop_ins.items():
+        (tmp_path / installed).parent.mkdir(exist_ok=True)
+        (tmp_path / installed).write_text(example.read_text())
+    man = tmp_path / "man" / "man1"
+    man.mkdir(parents=True)
+    shutil.copy(REPO / "docs/ingest.1", man / "ingest.1")
     result = subprocess.run(
         [analyze, "verify", str(tmp_path / "ingest.socket"), str(tmp_path / "ingest.service")],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, "MANPATH": f"{tmp_path / 'man'}:"},
     )
-    # Unknown keys or bad values are only warnings (exit 0): require silence.
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == ""
+
+
+def test_systemd_analyze_verify_passes_on_the_units(tmp_path: Path) -> None:
+    analyze_verify(tmp_path, {})
 
 
 # The drop-ins the guides show (docs/guides/udp-lan.md, real-pubsub.md), each
@@ -117,26 +132,7 @@ DROP_INS = {
 def test_systemd_analyze_verify_passes_on_the_units_with_the_documented_drop_ins(
     tmp_path: Path,
 ) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (package systemd)")
-    for name in ("ingest.service", "ingest.socket"):
-        text = (UNITS / name).read_text()
-        (tmp_path / name).write_text(text.replace("/usr/local/bin/ingest", INGEST))
-    for installed, example in DROP_INS.items():
-        (tmp_path / installed).parent.mkdir(exist_ok=True)
-        (tmp_path / installed).write_text(example.read_text())
-    result = subprocess.run(
-        [analyze, "verify", str(tmp_path / "ingest.socket"), str(tmp_path / "ingest.service")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    # The drop-ins are read from NAME.d/ beside the units; a bad key in one
-    # is a warning naming it.
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout + result.stderr == ""
+    analyze_verify(tmp_path, DROP_INS)
 
 
 def test_units_say_what_the_brief_requires() -> None:

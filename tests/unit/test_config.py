@@ -6,11 +6,14 @@ import datetime
 import grp
 import ipaddress
 import logging
+import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ingest import config
 from ingest.cli import build_parser, settings_from
 from ingest.config import (
     CONFIG_MAX_BYTES,
@@ -32,6 +35,7 @@ from ingest.config import (
     topic_id_of,
     topic_path,
 )
+from tests.helpers import REPO
 
 REQUIRED = {"project": "proj", "topic": "events"}
 OPTIONS = {option.key: option for option in SERVE_OPTIONS}
@@ -824,3 +828,22 @@ def test_the_most_attributes_pubsub_allows_are_accepted() -> None:
     assert len(build({"attributes": [f"k{i}=v" for i in range(94)]}).attributes) == 94
     # without syslog, its keys are free to use
     assert build({"attributes": "syslog_app=x", "input_formats": "json"}).attributes
+
+
+def test_the_sample_config_file_shows_the_real_defaults() -> None:
+    """systemd/ingest.toml, which operators copy, comments out one line per
+    setting: each must be valid, and where the setting has a default it must
+    be that default (a value shown for an option that is off by default is an
+    example), so the sample cannot drift from Settings."""
+    options = {option.file_key: option for option in config.SERVE_OPTIONS}
+    shown = 0
+    for line in (REPO / "systemd/ingest.toml").read_text().splitlines():
+        match = re.match(r"^#\s?([a-z_]+) = (.+?)(\s+#.*)?$", line)
+        if match is None:
+            continue
+        option = options[match.group(1)]
+        value = option.parse(tomllib.loads(f"v = {match.group(2)}")["v"])
+        if option.default_value not in (None, ()):
+            assert value == option.default_value, line
+            shown += 1
+    assert shown >= 20  # the file still lists the settings
