@@ -51,8 +51,6 @@ from ingest.wiring import Pipeline
 
 log = logging.getLogger(__name__)
 
-# Exit codes (documented in the README).
-
 HOUSEKEEPING_INTERVAL_S = 1.0
 
 

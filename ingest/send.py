@@ -3,7 +3,7 @@
 Arguments are all validated before anything is sent; stdin is validated and
 sent line by line (a pipe may never end), stopping at the first bad line.
 Every failure is one line on stderr saying what happened, and an exit code
-that tells a script whether trying again can help (README, "Exit codes").
+that tells a script whether trying again can help (docs/reference/exit-codes.md).
 """
 
 from __future__ import annotations

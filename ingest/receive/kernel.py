@@ -10,7 +10,7 @@ import contextlib
 
 UNIX_QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
 # Below this, non-blocking same-host senders lose events to EAGAIN at load.
-# Measured at 150k events/s from 4 senders (README, Performance): 43-60 % of
+# Measured at 150k events/s from 4 senders (docs/guides/kernel.md): 43-60 % of
 # sends failed with the default 10, up to 0.04 % with 512, none with 1024.
 UNIX_QLEN_RECOMMENDED = 1024
 

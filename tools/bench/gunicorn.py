@@ -17,7 +17,7 @@ worker closes it anyway) — and reports requests/s and request latency:
 Delivery is verified for every mode by pulling the subscription (events
 counted distinct by request id); ``dropped`` counts the events the Emitter
 dropped (the app's X-Ingest-Sent header). Like a production host should (see
-README, kernel settings), the run raises net.unix.max_dgram_qlen to 512 —
+docs/guides/kernel.md), the run raises net.unix.max_dgram_qlen to 512 —
 inside a private network namespace (``unshare --net``, with its own loopback,
 emulator and all), never on the host; ``--host-namespace`` runs with the
 host's setting instead (default 10: bursts then overflow and are dropped). The load generator shares the 2 cores with

@@ -12,7 +12,7 @@ encoded once (ingest.publish.pubsub.RequestEncoder); ``--concurrency`` callers s
 one channel, as the publisher pool does. CPU is this process's user + system
 time over the calls, grpc's own threads included. With ordering keys a
 request holds one key's messages, so this per-call cost, times the requests
-a second, is what many keys cost (README, "Ordering keys").
+a second, is what many keys cost (docs/concepts/metadata.md).
 
 Not a test (speed never is): it prints numbers for a human to compare.
 """
