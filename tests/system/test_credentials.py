@@ -190,7 +190,7 @@ def run_sender(
 def messages(queue: LaneQueue) -> list[t.PubsubMessage]:
     return [
         t.PubsubMessage.pb().FromString(body)
-        for _, chunk in queue.drain_all()
+        for _, chunk in queue.take_all()
         for body in chunk.events
     ]
 
