@@ -172,7 +172,7 @@ class PublisherPool:
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}
         self.health = health or PubSubHealth()
-        # Where a cancelled batch's unresolved events go (spool.Spool.append);
+        # Where a cancelled batch's unresolved events go (the flow's spill, flows.Flow);
         # without one they are dropped as ``shutdown``.
         self._spill = spill
         # Parked topics, by number.

@@ -467,8 +467,20 @@ prefixes = st.sampled_from(
 )
 
 
+# What follows a prefix: any bytes, or a JSON object, with whitespace before it or not.
+objects = st.builds(
+    lambda space, value: space + orjson.dumps(value),
+    st.sampled_from([b"", b"\n", b" ", b"\r\n"]),
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**53), 2**53), max_size=3),
+)
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(prefixes, st.binary(max_size=60)), min_size=1, max_size=8))
+@given(
+    st.lists(
+        st.tuples(prefixes, st.one_of(st.binary(max_size=60), objects)), min_size=1, max_size=8
+    )
+)
 def test_every_queued_item_is_a_typed_body_or_an_event_that_is_an_object(
     datagrams: list[tuple[bytes, bytes]],
 ) -> None:
