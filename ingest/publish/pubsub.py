@@ -163,6 +163,12 @@ def encode_topic_field(topic_path: str) -> bytes:
     return b"\x0a" + varint(len(raw)) + raw
 
 
+# Data's tag and length for every length below this, built once (~90 KB):
+# varint() per event cost ~0.1 µs, a third of making a Body.
+DATA_HEADERS_TABLED = 2048
+_DATA_HEADERS = tuple(b"\x0a" + varint(size) for size in range(DATA_HEADERS_TABLED))
+
+
 class Body(bytes):
     """A whole PubsubMessage body, built before the publisher, which frames it
     as it is: on the plain path a syslog event's, its facts as attributes
@@ -176,8 +182,12 @@ class Body(bytes):
 
 
 def body_of(data: bytes, attributes: bytes = b"") -> Body:
-    """The Body holding ``data`` and ``attributes`` (encoded entries)."""
-    return Body(b"".join((b"\x0a", varint(len(data)), data, attributes)))
+    """The Body holding ``data`` and ``attributes`` (encoded entries): per
+    syslog event on the plain path, where a Body costs a copy more than
+    plain bytes; the header comes from a table, which pays for it."""
+    size = len(data)
+    header = _DATA_HEADERS[size] if size < DATA_HEADERS_TABLED else b"\x0a" + varint(size)
+    return Body(b"".join((header, data, attributes)))
 
 
 class BodyEncoder:

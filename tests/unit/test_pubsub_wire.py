@@ -189,3 +189,12 @@ def test_the_body_encoder_frames_every_message_as_a_body() -> None:
     assert [(m.data, dict(m.attributes)) for m in parsed.messages] == [
         (b'{"n":%d}' % n, {"k": str(n)}) for n in range(3)
     ]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 2047, 2048, 16383, 16384, 70_000])
+def test_a_body_is_its_data_field_then_its_attributes(size: int) -> None:
+    data = b"x" * size
+    attributes = encode_attribute(b"k", b"v")
+    made = body_of(data, attributes)
+    assert type(made) is Body
+    assert made == encode_data(data) + attributes
