@@ -22,6 +22,7 @@ from ingest.pipeline.batch import Batcher
 from ingest.pipeline.lanes import LaneBatcher, LaneQueue
 from ingest.pipeline.queue import EventQueue
 from ingest.pipeline.replay import replay_step
+from ingest.publish.health import PubSubHealth
 from ingest.publish.pubsub import Body, BodyEncoder, RequestEncoder, body_of, encode_attribute
 from ingest.receive.codec import decode_datagram
 from ingest.receive.dialects import Dialects
@@ -111,6 +112,32 @@ def test_the_pipeline_chooses_its_flow_once_and_keeps_it(monkeypatch: pytest.Mon
     pipeline.put_back()
     assert made == [pipeline.flow]
     assert pipeline.queue is pipeline.flow.queue
+
+
+def failing(*topics: str) -> PubSubHealth:
+    health = PubSubHealth()
+    for topic in topics:
+        health.finished(health.started(0.0), 0.0, "NOT_FOUND", topic)
+    return health
+
+
+def test_plain_replay_waits_whenever_pub_sub_fails() -> None:
+    for health, paused in ((PubSubHealth(), False), (failing("events"), True)):
+        pipeline = wiring.Pipeline(PLAIN, Stats(), NoClient(), health=health)  # type: ignore[arg-type]
+        assert pipeline.replay_paused() is paused
+
+
+def test_with_lanes_replay_waits_only_while_failing_topics_are_not_parked_beside_others() -> None:
+    settings = with_(**METADATA["routes"])
+    health = failing("events-routed")
+    pipeline = wiring.Pipeline(settings, Stats(), NoClient(), health=health)  # type: ignore[arg-type]
+    queue = pipeline.queue
+    assert isinstance(queue, LaneQueue)
+    assert pipeline.replay_paused()  # failing, not yet parked
+    queue.park(1, 0.0)
+    assert not pipeline.replay_paused()  # parked while --topic publishes
+    health.finished(health.started(0.0), 0.0, "NOT_FOUND", "events")
+    assert pipeline.replay_paused()  # every topic failing
 
 
 # ---------------------------------------------------------- the readers
