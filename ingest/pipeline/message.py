@@ -3,14 +3,14 @@
 Without metadata configured, an event travels the pipeline as its own bytes
 and the publisher wraps each in a PubsubMessage holding only ``data``
 (pubsub.RequestEncoder): the plain path, untouched but for a syslog event,
-which travels as a pubsub.Body with its facts (receive/dialects.py). With metadata, the reader
-builds each event's PubsubMessage *body* once, as it decodes it
-(``MessageBuilder.build``): the event's bytes as ``data``, byte for byte, the
-attributes, the ordering key; and its *lane*, (topic number, ordering key),
-which lanes.py batches by. From there the body is what the queue bounds, the
-batcher counts against the request's byte bound (attributes included), the
-spool keeps (so metadata survives a restart), and pubsub.BodyEncoder
-frames as they are.
+which travels as a pubsub.Body with its facts (receive/dialects.py). With
+metadata, the reader builds each event's PubsubMessage *body* once, as it
+decodes it (``MessageBuilder.build``): the event's bytes as ``data``, byte
+for byte, the attributes, the ordering key; and its *lane*, (topic number,
+ordering key), which lanes.py batches by. From there the body is what the
+queue bounds, the batcher counts against the request's byte bound
+(attributes included), the spool keeps (so metadata survives a restart), and
+pubsub.BodyEncoder frames as they are.
 
 The wire format and its encoders are publish/pubsub.py's; the builder frames
 with them, keeping the tags and lengths it repeats cached.
