@@ -198,7 +198,7 @@ class Daemon:
                 self.spool,
                 pipeline.queue,
                 pipeline.replay_paused,
-                pipeline.lanes.admit if pipeline.lanes else None,
+                pipeline.flow.admit,
             )
             self._background.append(asyncio.create_task(replay, name="spool-replay"))
         if self.notifier.watchdog_interval_s:  # WATCHDOG=1 from the loop: a stall stops it

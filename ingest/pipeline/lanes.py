@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 from ingest.config import Settings
 from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, BatchRule
-from ingest.pipeline.message import Lane, MessageBuilder, Route
+from ingest.pipeline.message import Lane, MessageBuilder, Route, from_data_record
 from ingest.pipeline.queue import Bounded, Chunk
 from ingest.publish.publisher import Batch
 from ingest.publish.pubsub import ordering_key_of
@@ -724,7 +724,7 @@ class LaneQueue(Bounded):
         self._changed.clear()
         await self._changed.wait()
 
-    def drain_all(self) -> list[tuple[Lane, Chunk]]:
+    def take_all(self) -> list[tuple[Lane, Chunk]]:
         """Remove and return everything queued (shutdown), lane by lane."""
         out = [
             (lane, Chunk(fifo.bodies[fifo.head :], fifo.nbytes, fifo.stamps[0][1]))
@@ -953,7 +953,7 @@ class MessageLanes:
         earlier run spooled get this configuration's metadata; bodies keep
         theirs, and their topic unless it is no longer configured."""
         if kind == KIND_DATA:
-            items = self.builder.adopt_data(events)
+            items = self.builder.adopt_data(from_data_record(events))
         else:
             index = self._topic_number(topic)
             items = [((index, ordering_key_of(body)), body) for body in events]

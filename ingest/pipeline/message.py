@@ -2,14 +2,15 @@
 
 Without metadata configured, an event travels the pipeline as its own bytes
 and the publisher wraps each in a PubsubMessage holding only ``data``
-(pubsub.RequestEncoder): the plain path, untouched. With metadata, the reader
-builds each event's PubsubMessage *body* once, as it decodes it
-(``MessageBuilder.build``): the event's bytes as ``data``, byte for byte, the
-attributes, the ordering key; and its *lane*, (topic number, ordering key),
-which lanes.py batches by. From there the body is what the queue bounds, the
-batcher counts against the request's byte bound (attributes included), the
-spool keeps (so metadata survives a restart), and pubsub.RequestEncoder
-frames as they are.
+(pubsub.RequestEncoder): the plain path, untouched but for a syslog event,
+which travels as a pubsub.Body with its facts (receive/dialects.py). With
+metadata, the reader builds each event's PubsubMessage *body* once, as it
+decodes it (``MessageBuilder.build``): the event's bytes as ``data``, byte
+for byte, the attributes, the ordering key; and its *lane*, (topic number,
+ordering key), which lanes.py batches by. From there the body is what the
+queue bounds, the batcher counts against the request's byte bound
+(attributes included), the spool keeps (so metadata survives a restart), and
+pubsub.BodyEncoder frames as they are.
 
 The wire format and its encoders are publish/pubsub.py's; the builder frames
 with them, keeping the tags and lengths it repeats cached.
@@ -29,7 +30,15 @@ from collections.abc import MutableMapping, Sequence
 from orjson import JSONDecodeError, dumps, loads
 
 from ingest.config import PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES, PUBSUB_MAX_ORDERING_KEY_BYTES
-from ingest.publish.pubsub import data_header, data_of, encode_attribute, encode_data, varint
+from ingest.publish.pubsub import (
+    Body,
+    body_of,
+    data_header,
+    data_of,
+    encode_attribute,
+    encode_data,
+    varint,
+)
 from ingest.spool.records import KIND_DATA
 from ingest.vocabulary import Skip
 
@@ -326,15 +335,15 @@ class MessageBuilder:
     def adopt_data(self, events: list[bytes]) -> list[tuple[Lane, bytes]]:
         """Events an earlier run spooled as plain data, given this
         configuration's metadata now. An item of the plain pipeline is an
-        event's bytes, or a body (a syslog event with its attributes,
-        receive/dialects.py): its data is built on, its attributes kept. They were
-        JSON objects when accepted and the spool checksums them; one that
-        somehow is not is still published, as bare data, rather than
-        stopping the replay."""
+        event's bytes, or a Body (a syslog event with its attributes,
+        receive/dialects.py; ``from_data_record`` typed it): its data is
+        built on, its attributes kept. They were JSON objects when accepted
+        and the spool checksums them; one that somehow is not is still
+        published, as bare data, rather than stopping the replay."""
         out = []
         for event in events:
             data, extra = event, b""
-            if event[:1] == b"\x0a":  # a body: data first, then attributes
+            if type(event) is Body:  # data first, then attributes
                 data = data_of(event)
                 extra = event[len(data_header(event)) + len(data) :]
             try:
@@ -362,9 +371,32 @@ def _keepable(values: tuple[object, ...]) -> bool:
     return chars <= COMBO_MAX_CHARS
 
 
+def to_data_record(items: list[bytes]) -> list[bytes]:
+    """The plain path's items as a KIND_DATA record holds them: on disk a
+    body is told from an event by its first byte, 0x0a, data's tag
+    (spool/records.py), so an event that starts with that byte is written as
+    a body holding only its data, which publishes the same. The usual list,
+    with no such event, is returned as it is."""
+    for item in items:
+        if item[:1] == b"\x0a" and type(item) is not Body:
+            return [
+                body_of(item) if item[:1] == b"\x0a" and type(item) is not Body else item
+                for item in items
+            ]
+    return items
+
+
+def from_data_record(items: list[bytes]) -> list[bytes]:
+    """A KIND_DATA record's items as the plain path carries them: a body
+    (its first byte is 0x0a: spool/records.py) as a Body, an event as it is.
+    Records that earlier releases wrote read the same way."""
+    return [Body(item) if item[:1] == b"\x0a" else item for item in items]
+
+
 def plain(kind: int, events: list[bytes]) -> list[bytes]:
-    """Spooled events for the plain pipeline: bodies give back their data
-    (the metadata an earlier configuration added is not published)."""
+    """Spooled events for the plain pipeline: a KIND_DATA record's as the
+    plain path carries them; KIND_MESSAGES bodies give back their data (the
+    metadata an earlier configuration added is not published)."""
     if kind == KIND_DATA:
-        return events
+        return from_data_record(events)
     return [data_of(body) for body in events]

@@ -180,7 +180,7 @@ class EventQueue(Bounded):
         self.count_in(chunk)
         self._nonempty.set()
 
-    def drain_all(self) -> list[Chunk]:
+    def take_all(self) -> list[Chunk]:
         """Remove and return everything queued (shutdown)."""
         chunks = list(self._chunks)
         self._chunks.clear()

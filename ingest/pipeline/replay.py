@@ -16,10 +16,10 @@ messages on disk sends its live ones there too until replay has caught up
 (lanes.SpooledLanes), and what replay moves of messages goes to memory whole
 (README, "Ordering keys").
 
-What comes back depends on the pipeline (``admit``): the plain one takes
-the events as they are, and the data of messages an earlier run spooled with
-metadata; lanes.MessageLanes.admit takes messages with their metadata, and
-gives plain events this run's.
+What comes back depends on the pipeline's flow (``admit``, flows.Flow.admit):
+the plain one takes the events (and syslog bodies) as they are, and the data
+of messages an earlier run spooled with metadata; lanes.MessageLanes.admit
+takes messages with their metadata, and gives plain events this run's.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ingest.pipeline.message import plain
-from ingest.pipeline.queue import Bounded, EventQueue
+from ingest.pipeline.queue import Bounded
 from ingest.spool.store import Spool
 
 # Puts one spooled record's events (of its kind, for its topic) in the queue.
@@ -42,21 +41,12 @@ def has_room(queue: Bounded) -> bool:
     return queue.events * 2 < queue.max_events and queue.bytes * 2 < queue.max_bytes
 
 
-def plain_admit(queue: EventQueue) -> Admit:
-    def admit(events: list[bytes], kind: int, topic: str, now: float) -> None:
-        queue.put(plain(kind, events), now)
-
-    return admit
-
-
-def replay_step(spool: Spool, queue: Bounded, now: float, admit: Admit | None = None) -> int:
+def replay_step(spool: Spool, queue: Bounded, now: float, admit: Admit) -> int:
     """Move records (or, when one is larger than the queue's room, the prefix
     of it that fits) from the spool to the queue while the pacing rule allows;
     returns the number of events moved. The spool's cursor records a prefix
-    too, so a stop between two parts of a record repeats neither."""
-    if admit is None:
-        assert isinstance(queue, EventQueue)
-        admit = plain_admit(queue)
+    too, so a stop between two parts of a record repeats neither. ``admit``
+    puts the events in ``queue``, as its pipeline carries them."""
     moved = 0
     while moved < REPLAY_EVENTS_PER_STEP and has_room(queue):
         record = spool.peek_record()
@@ -75,7 +65,7 @@ def replay_step(spool: Spool, queue: Bounded, now: float, admit: Admit | None = 
 
 
 async def run_replay(
-    spool: Spool, queue: Bounded, paused: Callable[[], bool], admit: Admit | None = None
+    spool: Spool, queue: Bounded, paused: Callable[[], bool], admit: Admit
 ) -> None:
     loop = asyncio.get_running_loop()
     while True:

@@ -172,7 +172,7 @@ class PublisherPool:
         self._limiter = LogLimiter()
         self._active: dict[int, Batch] = {}
         self.health = health or PubSubHealth()
-        # Where a cancelled batch's unresolved events go (spool.Spool.append);
+        # Where a cancelled batch's unresolved events go (the flow's spill, flows.Flow);
         # without one they are dropped as ``shutdown``.
         self._spill = spill
         # Parked topics, by number.
@@ -207,13 +207,13 @@ class PublisherPool:
             except BaseException as exc:
                 # Cancelled at the drain deadline, or a bug: either way what
                 # this worker held is spooled or counted, never just gone.
-                self._settle_abandoned(batch, cancelled=isinstance(exc, asyncio.CancelledError))
+                self._spill_or_count_held(batch, cancelled=isinstance(exc, asyncio.CancelledError))
                 raise
             finally:
                 del self._active[index]
                 self._batcher.done(batch)
 
-    def _settle_abandoned(self, batch: Batch, *, cancelled: bool) -> None:
+    def _spill_or_count_held(self, batch: Batch, *, cancelled: bool) -> None:
         """What a worker held when it was cancelled or failed. Spooled, it is
         published by a later run: if the request then on the wire did reach
         Pub/Sub, that is a duplicate (a lost acknowledgement). Without a

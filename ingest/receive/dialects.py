@@ -38,12 +38,10 @@ Attributes on the plain path
 Without --attribute and the like, the pipeline carries each event as its own
 bytes, and the publisher wraps each in a PubsubMessage holding only ``data``.
 A syslog event carries attributes, so it travels as a whole PubsubMessage
-*body* (pipeline/message.py) in the same queue: the publisher tells the two apart by
-the first byte (pubsub.RequestEncoder). A body starts with 0x0a, data's
-field tag; an event's bytes never do, because the JSON decoder splits lines
-at 0x0a, and a GELF or syslog event that would start with one goes as a body
-here. With metadata configured, every event is a body anyway (pipeline/lanes.py) and
-the facts join the configured attributes.
+body in the same queue, typed as one (pubsub.Body), which the publisher
+frames as it is (pubsub.RequestEncoder): its type tells the two apart, never
+its bytes. With metadata configured, every event is a body anyway
+(pipeline/lanes.py) and the facts join the configured attributes.
 """
 
 from __future__ import annotations
@@ -56,7 +54,7 @@ from orjson import JSONDecodeError, loads
 
 from ingest.config import INPUT_FORMATS, PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES
 from ingest.pipeline.message import MessageBuilder
-from ingest.publish.pubsub import encode_attribute, encode_data
+from ingest.publish.pubsub import body_of, encode_attribute
 from ingest.receive import gelf, statsd, syslog
 from ingest.receive.codec import (
     MAX_DECODED_BYTES,
@@ -322,8 +320,8 @@ class Dialects:
             wake.written += len(item[1])
             out.append(item)
             return
-        if facts or data[0] == 0x0A:  # a body: see "Attributes on the plain path"
-            data = encode_data(data) + facts
+        if facts:  # a body: see "Attributes on the plain path"
+            data = body_of(data, facts)
         wake.written += len(data)
         out.append(data)
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, Protocol
 
-from ingest.publish.pubsub import data_of
+from ingest.publish.pubsub import Body, data_of
 from ingest.receive.codec import Decoder
 from ingest.receive.dialects import GELF, JSON, UNKNOWN
 from ingest.receive.wakeup import WakeUp
@@ -151,7 +151,7 @@ class TappedWakeUp:
         if published:
             first = published[0]
             event = data_of(first[1]) if isinstance(first, tuple) else first
-            if event[:1] == b"\x0a":  # a body on the plain path (dialects.py)
+            if type(event) is Body:  # a body on the plain path (dialects.py)
                 event = data_of(event)
             if event != shown:
                 record["event"] = event[:TEXT_BYTES].decode("utf-8", "backslashreplace")

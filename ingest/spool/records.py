@@ -18,9 +18,16 @@ re-synchronises on the next magic whose record checks out. PubsubMessage
 bodies (KIND_MESSAGES, below) are not UTF-8, as their varint lengths can hold
 0xFF, so a magic may turn up inside one: a false start the crc rejects.
 
-All of a record's events are of one ``kind`` (KIND_DATA: events as received;
-KIND_MESSAGES: PubsubMessage bodies) and go to one ``topic``: a Pub/Sub topic
-ID (ASCII, at most MAX_TOPIC_BYTES), "" meaning whatever --topic is at replay.
+All of a record's events are of one ``kind`` (KIND_DATA: the plain path's
+items; KIND_MESSAGES: PubsubMessage bodies) and go to one ``topic``: a Pub/Sub
+topic ID (ASCII, at most MAX_TOPIC_BYTES), "" meaning whatever --topic is at
+replay. The plain path's items are events as received and whole bodies (a
+syslog event with its facts as attributes, pubsub.Body, typed in memory); in
+a KIND_DATA record a body is the item whose first byte is 0x0a, data's field
+tag. An event that starts with that byte is written as a body holding only
+its data, which publishes the same (pipeline/message.py, ``to_data_record``;
+``from_data_record`` types the bodies again at replay). Records of earlier
+releases follow the same rule, as no event they hold starts with 0x0a.
 The messages of one record share their ordering key too, since pipeline/lanes.py
 spools them lane by lane: startup counts each key's spooled messages
 (lanes.SpooledLanes.seen) by the first message of each record.

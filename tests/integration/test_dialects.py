@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from ingest.config import INPUT_FORMATS, Listener
 from ingest.pipeline.message import MessageBuilder
 from ingest.pipeline.queue import EventQueue
-from ingest.publish.pubsub import RequestEncoder, data_of
+from ingest.publish.pubsub import Body, BodyEncoder, RequestEncoder, data_of
 from ingest.receive.codec import MAX_DECODED_BYTES, decode_datagram
 from ingest.receive.dialects import GELF, JSON, STATSD, SYSLOG, UNKNOWN, Dialects, recognise
 from ingest.receive.gelf import Reassembler
@@ -103,7 +103,7 @@ class Reader:
         for datagram in datagrams:
             self.sender.send(datagram)
         self.source.read_until_empty()
-        return [event for chunk in self.queue.drain_all() for event in chunk.events]
+        return [event for chunk in self.queue.take_all() for event in chunk.events]
 
     def by_format(self) -> dict[str, int]:
         formats = {fmt: n for (_, fmt), n in self.stats.events_by_format.items() if n}
@@ -142,6 +142,12 @@ def run(test: Any) -> None:
 def published(items: list[bytes]) -> list[tuple[bytes, dict[str, str]]]:
     """What Pub/Sub would get for queued items of the plain pipeline."""
     request = PublishRequest.FromString(RequestEncoder(TOPIC).encode(items))
+    return [(m.data, dict(m.attributes)) for m in request.messages]
+
+
+def published_messages(items: list[tuple[Any, bytes]]) -> list[tuple[bytes, dict[str, str]]]:
+    """What Pub/Sub would get for queued (lane, body) items of the metadata pipeline."""
+    request = PublishRequest.FromString(BodyEncoder(TOPIC).encode([body for _, body in items]))
     return [(m.data, dict(m.attributes)) for m in request.messages]
 
 
@@ -437,8 +443,7 @@ def test_with_metadata_syslog_facts_join_the_configured_attributes() -> None:
         builder = MessageBuilder([("env", "prod")], [("kind", "kind")], skipped)
         reader = Reader(builder=builder)
         items = reader.feed(b'<12>{"kind":"a"}\x00', b"a:1|c", zlib.compress(b'{"kind":"g"}'))
-        bodies = [body for _, body in items]
-        got = published(bodies)
+        got = published_messages(items)
         assert got == [
             (
                 b'{"kind":"a"}',
@@ -512,14 +517,26 @@ prefixes = st.sampled_from(
 )
 
 
+# What follows a prefix: any bytes, or a JSON object, with whitespace before it or not.
+objects = st.builds(
+    lambda space, value: space + orjson.dumps(value),
+    st.sampled_from([b"", b"\n", b" ", b"\r\n"]),
+    st.dictionaries(st.text(max_size=5), st.integers(-(2**53), 2**53), max_size=3),
+)
+
+
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.tuples(prefixes, st.binary(max_size=60)), min_size=1, max_size=8))
-def test_no_queued_event_starts_with_0x0a_unless_it_is_a_whole_body(
+@given(
+    st.lists(
+        st.tuples(prefixes, st.one_of(st.binary(max_size=60), objects)), min_size=1, max_size=8
+    )
+)
+def test_every_queued_item_is_a_typed_body_or_an_event_that_is_an_object(
     datagrams: list[tuple[bytes, bytes]],
 ) -> None:
-    """Whatever arrives, a queued item is an event that does not start with
-    0x0a, or a PubsubMessage body whose data is a JSON object: the encoder
-    tells them apart by that byte (pubsub.RequestEncoder)."""
+    """Whatever arrives, a queued item of the plain path is a JSON object's
+    bytes, or a Body (typed so: the encoder goes by the type) whose data
+    is one: never a body untyped."""
     stats = Stats()
     dialects = Dialects(
         "test",
@@ -539,12 +556,30 @@ def test_no_queued_event_starts_with_0x0a_unless_it_is_a_whole_body(
         else:
             dialects.decode(data, out, rejected, wake)
         for item in out:
-            if item[:1] == b"\n":
+            if type(item) is Body:
                 assert type(orjson.loads(data_of(item))) is dict
             else:
+                assert type(item) is bytes
                 assert type(orjson.loads(item)) is dict
     for data, _ in published(out):
         assert type(orjson.loads(data)) is dict
+
+
+def test_a_syslog_message_that_starts_with_a_newline_is_published_as_it_came() -> None:
+    """JSON may start with whitespace: a syslog message whose text starts
+    with a newline (0x0a, the byte a body starts with) is published byte
+    for byte, with its facts."""
+
+    def test() -> None:
+        reader = Reader()
+        items = reader.feed(b'<12>\n{"a":1}')
+        assert [type(item) for item in items] == [Body]
+        assert published(items) == [
+            (b'\n{"a":1}', {"syslog_severity": "warning", "syslog_facility": "user"})
+        ]
+        reader.close()
+
+    run(test)
 
 
 def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf() -> None:
@@ -614,7 +649,7 @@ def test_with_metadata_the_messages_of_many_json_lines_count_against_the_wake_up
         for _ in range(30):
             reader.sender.send(b"{}\n" * 40)
         assert read_per_wake_up(reader) == [26, 4]
-        items = [event for chunk in reader.queue.drain_all() for event in chunk.events]
+        items = [event for chunk in reader.queue.take_all() for event in chunk.events]
         assert len(items) == 30 * 40
         reader.close()
 
@@ -633,7 +668,7 @@ def test_a_datagram_of_statsd_with_metadata_is_bounded_in_bodies_and_accounted()
         assert reader.stats.rejected[Reject.DECODED_TOO_LARGE] == 16000 - len(items)
         assert reader.stats.events_received[reader.label] == 16000
         assert reader.balanced(len(items))
-        assert published([body for _, body in items])[0][1] == {"env": "prod", "metric": "m"}
+        assert published_messages(items)[0][1] == {"env": "prod", "metric": "m"}
         reader.close()
 
     run(test)

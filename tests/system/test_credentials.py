@@ -25,6 +25,7 @@ import pytest
 from google.pubsub_v1.types import pubsub as t
 
 from ingest.config import Listener, Settings
+from ingest.flows import MessageFlow
 from ingest.pipeline.lanes import LaneQueue
 from ingest.pipeline.message import MessageBuilder
 from ingest.publish.pubsub import encode_data
@@ -188,7 +189,7 @@ def run_sender(
 def messages(queue: LaneQueue) -> list[t.PubsubMessage]:
     return [
         t.PubsubMessage.pb().FromString(body)
-        for _, chunk in queue.drain_all()
+        for _, chunk in queue.take_all()
         for body in chunk.events
     ]
 
@@ -263,9 +264,10 @@ def test_readers_share_the_pipelines_builder_and_each_datagram_keeps_its_sender(
         pipeline.add_reader(listener, bind_unix(listener, 0o666, credentials=True))
         for listener in listeners
     )
-    assert pipeline.lanes is not None
+    flow = pipeline.flow
+    assert isinstance(flow, MessageFlow)
     assert a.dialects is not None and b.dialects is not None
-    assert a.dialects.builder is b.dialects.builder is pipeline.lanes.builder
+    assert a.dialects.builder is b.dialects.builder is flow.lanes.builder
     for reader in (a, b):
         reader.start(loop)
     syslog = '<13>1 2026-01-01T00:00:00Z web1 app - - - {"n":2}'
@@ -278,7 +280,7 @@ def test_readers_share_the_pipelines_builder_and_each_datagram_keeps_its_sender(
     assert stats.datagrams_received[a.label] == 3
     assert stats.datagrams_received[b.label] == 1
     assert sum(stats.rejected.values()) == 0
-    got = messages(pipeline.lanes.queue)
+    got = messages(flow.queue)
     assert [(m.data, m.attributes["sender_pid"]) for m in got] == [
         (b'{"n":1}', str(first)),
         (b'{"n":2}', str(second)),

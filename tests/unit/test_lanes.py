@@ -16,7 +16,7 @@ from ingest.config import PUBSUB_MAX_REQUEST_BYTES
 from ingest.pipeline.lanes import LANE_BYTES, LaneBatcher, LaneQueue
 from ingest.pipeline.message import Lane, MessageBuilder
 from ingest.publish.publisher import Batch
-from ingest.publish.pubsub import RequestEncoder
+from ingest.publish.pubsub import BodyEncoder
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
 
@@ -54,7 +54,7 @@ def test_put_keeps_each_lanes_order_and_the_shared_bounds() -> None:
     # still fits, group by group.
     assert queue.events == 5
     assert stats.dropped[Drop.QUEUE_FULL] == 2
-    by_lane = {lane: chunk.events for lane, chunk in queue.drain_all()}
+    by_lane = {lane: chunk.events for lane, chunk in queue.take_all()}
     assert by_lane == {USER_A: [b"a0", b"a1", b"late0", b"late1", b"late2"]}
 
 
@@ -338,7 +338,7 @@ def test_a_full_batch_encodes_within_the_request_byte_bound(
         lanes = LaneBatcher(queue, 1000, max_request, len(topic) + 8, 0.0)
         queue.put([build.build(b"x" * size, {"k": key}) for size in sizes], 1.0)
         queue.close()
-        encoder = RequestEncoder(topic)
+        encoder = BodyEncoder(topic)
         while True:
             batch = Batch()
             if not await lanes.fill(batch):

@@ -19,10 +19,11 @@ from ingest.pipeline.message import (
     DATA_HEADERS_CACHED,
     MessageBuilder,
     Route,
+    from_data_record,
     plain,
 )
 from ingest.publish.pubsub import (
-    RequestEncoder,
+    BodyEncoder,
     data_of,
     encode_attribute,
     encode_data,
@@ -68,7 +69,7 @@ def test_static_attributes_parse_back_to_protobufs_own_message(
     events: list[bytes], static: dict[str, str]
 ) -> None:
     build, _ = builder(sorted(static.items()))
-    request = RequestEncoder(TOPIC).encode([body(build, e, {}) for e in events])
+    request = BodyEncoder(TOPIC).encode([body(build, e, {}) for e in events])
     reference = PublishRequest(
         topic=TOPIC, messages=[PubsubMessage(data=e, attributes=static) for e in events]
     )
@@ -85,7 +86,7 @@ def test_one_attribute_is_byte_identical_to_protobuf(data: bytes, key: str, valu
     reference = PublishRequest(
         topic=TOPIC, messages=[PubsubMessage(data=data, attributes={key: value})]
     )
-    encoded = RequestEncoder(TOPIC).encode([body(build, data, {})])
+    encoded = BodyEncoder(TOPIC).encode([body(build, data, {})])
     assert encoded == reference.SerializeToString(deterministic=True)
 
 
@@ -110,7 +111,7 @@ def test_field_attributes_parse_back_as_protobuf_reads_them(
     fields = [(f"a-{key}", key) for key in event]
     build, skipped = builder(sorted(static.items()), fields)
     data = orjson.dumps(event)
-    [(got_data, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, data, event)]))
+    [(got_data, got)] = parsed(BodyEncoder(TOPIC).encode([body(build, data, event)]))
     assert got_data == data  # byte for byte
     expected = dict(static)
     for key, value in event.items():
@@ -136,7 +137,7 @@ def test_field_attributes_parse_back_as_protobuf_reads_them(
 def test_scalars_become_strings(value: object, attribute: str) -> None:
     build, skipped = builder(fields=[("kind", "kind")])
     event = {"kind": value}
-    [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
+    [(_, got)] = parsed(BodyEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
     assert got == {"kind": attribute}
     assert not skipped
 
@@ -144,7 +145,7 @@ def test_scalars_become_strings(value: object, attribute: str) -> None:
 def test_dotted_paths_reach_into_nested_objects() -> None:
     build, _ = builder(fields=[("user", "user.id"), ("deep", "a.b.c"), ("miss", "user.name.x")])
     event = {"user": {"id": 7, "name": "ann"}, "a": {"b": {"c": "x"}}}
-    [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
+    [(_, got)] = parsed(BodyEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
     assert got == {"user": "7", "deep": "x"}  # through a string: absent, not an error
 
 
@@ -167,7 +168,7 @@ def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
     build, skipped = builder([("host", "web-1")], [("bad", "v"), ("ok", "ok")])
     event = {"v": value, "ok": "yes"}
     data = orjson.dumps(event)
-    [(got_data, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, data, event)]))
+    [(got_data, got)] = parsed(BodyEncoder(TOPIC).encode([body(build, data, event)]))
     assert got_data == data
     assert got == {"host": "web-1", "ok": "yes"}
     assert dict(skipped) == {reason: 1}
@@ -176,7 +177,7 @@ def test_a_field_that_cannot_be_an_attribute_is_skipped_and_counted(
 def test_the_longest_value_is_kept() -> None:
     build, skipped = builder(fields=[("v", "v")])
     event = {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
-    [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
+    [(_, got)] = parsed(BodyEncoder(TOPIC).encode([body(build, orjson.dumps(event), event)]))
     assert got == {"v": "x" * PUBSUB_MAX_ATTRIBUTE_VALUE_BYTES}
     assert not skipped
 
@@ -195,7 +196,7 @@ def test_spooled_events_follow_the_pipeline_they_return_to() -> None:
     event = b'{"kind":"signup"}'
     [(lane, made)] = build.adopt_data([event])
     assert lane == (0, b"")
-    assert parsed(RequestEncoder(TOPIC).encode([made])) == [
+    assert parsed(BodyEncoder(TOPIC).encode([made])) == [
         (event, {"host": "web-1", "kind": "signup"})
     ]
     assert plain(KIND_MESSAGES, [made]) == [event]
@@ -217,7 +218,7 @@ def test_ordering_key_parses_back_and_is_the_lane(
     event: dict[str, object] = {"user": {"id": key}}
     lane, made = build.build(data, event)
     assert lane == (0, key.encode())
-    [message] = PublishRequest.FromString(RequestEncoder(TOPIC).encode([made])).messages
+    [message] = PublishRequest.FromString(BodyEncoder(TOPIC).encode([made])).messages
     assert message.data == data
     assert message.ordering_key == key
     assert dict(message.attributes) == static
@@ -232,7 +233,7 @@ def test_one_ordering_key_is_byte_identical_to_protobuf() -> None:
         topic=TOPIC,
         messages=[PubsubMessage(data=b"{}", attributes={"k": "v"}, ordering_key="user-7")],
     )
-    assert RequestEncoder(TOPIC).encode([made]) == reference.SerializeToString()
+    assert BodyEncoder(TOPIC).encode([made]) == reference.SerializeToString()
 
 
 @pytest.mark.parametrize(
@@ -290,7 +291,7 @@ def test_sender_attributes_belong_to_one_build_call() -> None:
     for _ in range(2):  # the second round hits the combination cache
         mine = build.build(b'{"kind":"a"}', {"kind": "a"}, sender)[1]
         other = build.build(b'{"kind":"a"}', {"kind": "a"})[1]
-        [(_, with_sender), (_, without)] = parsed(RequestEncoder(TOPIC).encode([mine, other]))
+        [(_, with_sender), (_, without)] = parsed(BodyEncoder(TOPIC).encode([mine, other]))
         assert with_sender == {"host": "web-1", "kind": "a", "sender_uid": "1000"}
         assert without == {"host": "web-1", "kind": "a"}
 
@@ -299,7 +300,7 @@ def test_a_spooled_event_that_is_not_an_object_is_still_published_as_data() -> N
     build = MessageBuilder([("host", "web-1")], [], defaultdict(int))
     adopted = build.adopt_data([b"[1]", b"\xff", b'{"ok":1}'])
     assert [data_of(made) for _, made in adopted] == [b"[1]", b"\xff", b'{"ok":1}']
-    assert parsed(RequestEncoder(TOPIC).encode([made for _, made in adopted]))[2] == (
+    assert parsed(BodyEncoder(TOPIC).encode([made for _, made in adopted]))[2] == (
         b'{"ok":1}',
         {"host": "web-1"},
     )
@@ -313,7 +314,7 @@ def test_cached_encodings_keep_types_apart_and_count_every_skip() -> None:
     for _ in range(2):
         for value, text in ((True, "true"), (1, "1"), (1.0, "1.0"), ("1", "1")):
             event = {"v": value, "o": value}
-            [(_, got)] = parsed(RequestEncoder(TOPIC).encode([body(build, b"{}", event)]))
+            [(_, got)] = parsed(BodyEncoder(TOPIC).encode([body(build, b"{}", event)]))
             assert got == {"v": text}
             assert build.build(b"{}", event)[0] == (0, text.encode())
         build.build(b"{}", {"v": [1], "o": "k" * (PUBSUB_MAX_ORDERING_KEY_BYTES + 1)})
@@ -327,7 +328,7 @@ def test_negative_zero_is_not_read_as_zero() -> None:
         build = MessageBuilder([], fields, defaultdict(int), ordering_field=ordering)
         for value, text in ((0.0, b"0.0"), (-0.0, b"-0.0"), (0.0, b"0.0"), (-0.0, b"-0.0")):
             event = {"v": value, "o": value}
-            [(_, attributes)] = parsed(RequestEncoder(TOPIC).encode([body(build, b"{}", event)]))
+            [(_, attributes)] = parsed(BodyEncoder(TOPIC).encode([body(build, b"{}", event)]))
             assert attributes == {"v": text.decode()}
             if ordering:
                 assert build.build(b"{}", event)[0] == (0, text)
@@ -335,12 +336,13 @@ def test_negative_zero_is_not_read_as_zero() -> None:
 
 def test_a_spooled_body_of_the_plain_path_keeps_its_attributes_when_adopted() -> None:
     """A syslog event on the plain path is spooled as a body with its syslog
-    attributes; a later run with metadata builds on its data and keeps them."""
+    attributes; a later run with metadata builds on its data and keeps them
+    (the record's items typed as replay reads them)."""
     build = MessageBuilder([("host", "web-1")], [("kind", "kind")], defaultdict(int))
     spooled = encode_data(b'{"kind":"a"}') + encode_attribute(b"syslog_app", b"app")
-    [(lane, made)] = build.adopt_data([spooled])
+    [(lane, made)] = build.adopt_data(from_data_record([spooled]))
     assert lane == (0, b"")
-    assert parsed(RequestEncoder(TOPIC).encode([made])) == [
+    assert parsed(BodyEncoder(TOPIC).encode([made])) == [
         (b'{"kind":"a"}', {"host": "web-1", "kind": "a", "syslog_app": "app"})
     ]
 

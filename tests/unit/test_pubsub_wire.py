@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES
-from ingest.publish.pubsub import RequestEncoder, encode_attribute, encode_data, encode_topic_field
+from ingest.publish.pubsub import (
+    Body,
+    BodyEncoder,
+    RequestEncoder,
+    body_of,
+    encode_attribute,
+    encode_data,
+    encode_topic_field,
+)
 
 PublishRequest = pubsub_types.PublishRequest.pb()
 PubsubMessage = pubsub_types.PubsubMessage.pb()
@@ -29,9 +37,10 @@ def parse(request: bytes) -> tuple[str, list[bytes]]:
 
 
 topics = st.text(min_size=1, max_size=300).map(lambda t: f"projects/p/topics/{t}")
-# An event never starts with 0x0a: a message that does is a whole PubsubMessage
-# body (test_bodies_are_framed_as_they_are).
-events = st.binary(max_size=300).filter(lambda m: m[:1] != b"\n")
+# Any bytes: an event may start with 0x0a (data's tag) and still be an event,
+# since a whole body is told apart by its type, Body
+# (test_bodies_are_framed_as_they_are).
+events = st.binary(max_size=300)
 
 
 @settings(max_examples=300, deadline=None)
@@ -136,12 +145,12 @@ def test_bodies_are_framed_as_they_are(
     plain: list[bytes],
     rng: random.Random,
 ) -> None:
-    """A message starting with 0x0a is a prebuilt PubsubMessage (data first,
-    then attributes; message.py): framed as it is, mixed in one request with
-    raw events."""
-    messages = [
-        encode_data(data)
-        + b"".join(encode_attribute(k.encode(), v.encode()) for k, v in attrs.items())
+    """A Body is a prebuilt PubsubMessage (data first, then attributes;
+    receive/dialects.py): framed as it is, mixed in one request with raw
+    events, which may start with any byte; a body's bytes alone, untyped,
+    are an event like any other."""
+    messages: list[bytes] = [
+        body_of(data, b"".join(encode_attribute(k.encode(), v.encode()) for k, v in attrs.items()))
         for data, attrs in bodies
     ] + plain
     rng.shuffle(messages)
@@ -152,3 +161,40 @@ def test_bodies_are_framed_as_they_are(
         [(data, sorted(attrs.items())) for data, attrs in bodies] + [(p, []) for p in plain]
     )
     assert got == expected
+
+
+def test_an_event_is_never_taken_for_a_body_whatever_its_first_byte() -> None:
+    """JSON text may start with whitespace, a newline included (0x0a, the
+    tag a body starts with): an event so made is still wrapped as data, and
+    the very bytes of a body are a body only when typed as one."""
+    topic = "projects/p/topics/t"
+    event = b'\n{"a":1}'
+    body = encode_data(b'{"b":2}') + encode_attribute(b"k", b"v")
+    parsed = PublishRequest.FromString(RequestEncoder(topic).encode([event, body, Body(body)]))
+    assert [(m.data, dict(m.attributes)) for m in parsed.messages] == [
+        (event, {}),
+        (body, {}),
+        (b'{"b":2}', {"k": "v"}),
+    ]
+
+
+def test_the_body_encoder_frames_every_message_as_a_body() -> None:
+    """The metadata path's messages are all bodies, untyped: the same
+    request as the plain encoder makes of them typed."""
+    topic = "projects/p/topics/t"
+    bodies = [encode_data(b'{"n":%d}' % n) + encode_attribute(b"k", b"%d" % n) for n in range(3)]
+    request = BodyEncoder(topic).encode(bodies)
+    assert request == RequestEncoder(topic).encode([Body(b) for b in bodies])
+    parsed = PublishRequest.FromString(request)
+    assert [(m.data, dict(m.attributes)) for m in parsed.messages] == [
+        (b'{"n":%d}' % n, {"k": str(n)}) for n in range(3)
+    ]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 2047, 2048, 16383, 16384, 70_000])
+def test_a_body_is_its_data_field_then_its_attributes(size: int) -> None:
+    data = b"x" * size
+    attributes = encode_attribute(b"k", b"v")
+    made = body_of(data, attributes)
+    assert type(made) is Body
+    assert made == encode_data(data) + attributes

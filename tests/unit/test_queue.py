@@ -15,7 +15,7 @@ def make(max_events: int = 100, max_bytes: int = 10_000) -> tuple[EventQueue, St
 
 
 def queued(queue: EventQueue) -> list[bytes]:
-    return [event for chunk in queue.drain_all() for event in chunk.events]
+    return [event for chunk in queue.take_all() for event in chunk.events]
 
 
 def test_put_accounts_events_and_bytes_not_items() -> None:
@@ -185,26 +185,26 @@ def test_close_wakes_waiters_and_stays_set() -> None:
         assert queue.take(10, 1000, 0) is not None
         async with asyncio.timeout(5):
             await queue.wait_nonempty()
-        queue.drain_all()
+        queue.take_all()
         async with asyncio.timeout(5):
             await queue.wait_nonempty()
 
     asyncio.run(main())
 
 
-def test_drain_all_returns_everything_in_order_and_resets() -> None:
+def test_take_all_returns_everything_in_order_and_resets() -> None:
     async def main() -> None:
         queue, _ = make()
         queue.put([b"a", b"b"], 1.0)
         queue.put([b"c"], 2.0)
         assert queue.take(1, 1000, 0) is not None  # leaves a partial head chunk
-        chunks = queue.drain_all()
+        chunks = queue.take_all()
         assert [(c.events, c.nbytes, c.received_at) for c in chunks] == [
             ([b"b"], 1, 1.0),
             ([b"c"], 1, 2.0),
         ]
         assert (queue.events, queue.bytes) == (0, 0)
-        assert queue.drain_all() == []
+        assert queue.take_all() == []
         assert queue.take(10, 1000, 0) is None
         waiter = asyncio.create_task(queue.wait_nonempty())
         assert await _not_done_after_yields(waiter)

@@ -94,7 +94,7 @@ class Rig:
 
     def publish(self, into: dict[str, list[int]]) -> None:
         """Take everything queued, each lane in its order."""
-        for _, chunk in self.queue.drain_all():
+        for _, chunk in self.queue.take_all():
             for body in chunk.events:
                 event = json.loads(data_of(body))
                 into.setdefault(event.get("user", ""), []).append(event["n"])
@@ -114,7 +114,7 @@ class Rig:
         """A graceful stop with Pub/Sub away: everything still in memory is
         left (a publisher's batch of each lane first, then the queue), put
         back, and the spool closed."""
-        for lane, chunk in self.queue.drain_all():
+        for lane, chunk in self.queue.take_all():
             half = len(chunk.events) // 2  # the first half "in flight"
             if half:
                 self.lanes.leave(chunk.events[:half], lane)
@@ -157,7 +157,7 @@ def test_a_key_without_spooled_messages_is_not_diverted(tmp_path: Path) -> None:
     rig.publish({})
     rig.put_mixed([("c", 200), ("d", 0), ("a", 1)])
     assert rig.diverted("c") and not rig.diverted("d") and not rig.diverted("a")
-    queued = [(lane[1], len(chunk.events)) for lane, chunk in rig.queue.drain_all()]
+    queued = [(lane[1], len(chunk.events)) for lane, chunk in rig.queue.take_all()]
     assert queued == [(b"d", 1), (b"a", 1)]
     assert rig.spool.events == 1 + 103 + 1
 

@@ -25,14 +25,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ingest.config import RouteRule, Settings
+from ingest.config import Listener, RouteRule, Settings
+from ingest.flows import TOPIC_FIELD_OVERHEAD_BYTES
 from ingest.pipeline.lanes import LaneBatcher, MessageLanes
 from ingest.publish.publisher import Batch
-from ingest.publish.pubsub import RequestEncoder
-from ingest.receive.codec import Decoder, decode_datagram, messages_decoder
+from ingest.publish.pubsub import BodyEncoder
+from ingest.receive.codec import Decoder, messages_decoder
 from ingest.receive.wakeup import WakeUp
 from ingest.stats import Stats
-from ingest.wiring import TOPIC_FIELD_OVERHEAD_BYTES, Pipeline
+from ingest.wiring import Pipeline
 from tools.testing.loadgen import datagram
 
 WAKE_UP = 256  # datagrams a reader's wake-up puts at once, at most (wakeup.WAKEUP_MAX_DATAGRAMS)
@@ -64,7 +65,7 @@ def settings(metadata: bool, unique: bool = False) -> Settings:
     )
 
 
-def one_lane(stats: Stats) -> tuple[Decoder, Any, Any, list[RequestEncoder]]:
+def one_lane(stats: Stats) -> tuple[Decoder, Any, Any, list[BodyEncoder]]:
     """The plain configuration carried as messages in one lane: the lane
     queue, batcher and message decoder with no metadata at all, as one
     pipeline for both would carry plain events."""
@@ -79,7 +80,7 @@ def one_lane(stats: Stats) -> tuple[Decoder, Any, Any, list[RequestEncoder]]:
         config.batch_linger_ms / 1000,
     )
     decode = messages_decoder(lanes.builder.build)
-    return decode, lanes.queue, batcher, [RequestEncoder(NoClient.topic_path)]
+    return decode, lanes.queue, batcher, [BodyEncoder(NoClient.topic_path)]
 
 
 async def one_run(
@@ -94,9 +95,8 @@ async def one_run(
     else:
         config = settings(variant == "metadata", unique)
         pipeline = Pipeline(config, stats, NoClient())  # type: ignore[arg-type]
-        lanes = pipeline.lanes
-        decode = messages_decoder(lanes.builder.build) if lanes else decode_datagram
-        queue, batcher, encoders = pipeline.queue, pipeline.batcher, pipeline.pool._encoders
+        decode = pipeline.flow.decoding(Listener("udp", host="127.0.0.1", port=0), config).decode
+        queue, batcher, encoders = pipeline.queue, pipeline.flow.batcher, pipeline.flow.encoders
     rejected = stats.rejected
     clock: Callable[[], float] = time.perf_counter
     started = clock()
