@@ -30,10 +30,10 @@ from google.auth.exceptions import DefaultCredentialsError
 
 from ingest import systemd
 from ingest.config import ConfigError, Settings
+from ingest.flows import spool_reading
 from ingest.observe.httpd import HttpServer
 from ingest.observe.metrics import build_registry
 from ingest.observe.tap import TapHub
-from ingest.pipeline.lanes import SpooledLanes
 from ingest.pipeline.replay import run_replay
 from ingest.publish.health import PubSubHealth
 from ingest.publish.pubsub import PubSubClient, create_channel, emulator_host
@@ -134,8 +134,7 @@ class Daemon:
             await watch.check_at_startup()
         spooled = None
         if settings.spool_dir is not None:  # before binding: a locked spool is exit 2
-            # With metadata, which ordering keys the spool holds, as it is read.
-            spooled = SpooledLanes(settings.topics) if settings.metadata else None
+            spooled = spool_reading(settings)
             self.spool = Spool.open(
                 settings.spool_dir,
                 settings.spool_max_bytes,

@@ -106,6 +106,14 @@ class Flow(Protocol):
         ...
 
 
+def spool_reading(settings: Settings) -> SpooledLanes | None:
+    """What the flow ``settings`` ask for learns while the spool is opened
+    and read, before the flow exists (flow_for's ``spooled``): the keyed
+    lanes an earlier run spooled, for MessageFlow; nothing for PlainFlow,
+    whose events have no order to keep across the spool."""
+    return SpooledLanes(settings.topics) if settings.metadata else None
+
+
 def flow_for(
     settings: Settings,
     stats: Stats,
