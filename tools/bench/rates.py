@@ -163,7 +163,6 @@ def peer(argv: Sequence[str]) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--first-seq", type=int, required=True)
     parser.add_argument("--keys", type=int, default=0)
-    parser.add_argument("--start-at", type=float, required=True)
     args = parser.parse_args(argv)
     ordered = args.keys > 0
     options = pubsub_v1.types.PublisherOptions(enable_message_ordering=ordered)
@@ -174,7 +173,7 @@ def peer(argv: Sequence[str]) -> int:
     attributes = dict(harness.METADATA_ATTRIBUTES) if ordered else {}
     sender = PublishingSender(client, args.topic, args.first_seq, args.keys, attributes)
     pid = os.getpid()
-    cpu0, t0 = process_cpu_s(pid), time.monotonic()
+    cpu0, t0 = process_cpu_s(pid), time.monotonic()  # the schedule starts now
     sent = loadgen.run(
         sender,
         rate=args.rate,
@@ -182,7 +181,7 @@ def peer(argv: Sequence[str]) -> int:
         first=args.first_seq,
         step=1,
         slot_s=0.001,
-        start_at=max(args.start_at, t0),
+        start_at=t0,
         give_up_s=args.seconds * BEHIND_FACTOR + 0.5,
         keys=args.keys,
     )
@@ -192,7 +191,7 @@ def peer(argv: Sequence[str]) -> int:
     )
     failed = sum(1 for f in done if f.exception() is not None)
     answered_s = time.monotonic() - sent_at
-    cpu_s, wall_s = process_cpu_s(pid) - cpu0, time.monotonic() - max(args.start_at, t0)
+    cpu_s, wall_s = process_cpu_s(pid) - cpu0, time.monotonic() - t0
     client.stop()
     json.dump(
         {
@@ -290,10 +289,9 @@ def peer_step(
     with session as (topics, check):
         topic = f"projects/{harness.PROJECT}/topics/{topics[0]}"
         harness.wait_for_quiet(args.quiet_wait_s)
-        start_at = time.monotonic() + 3.0  # once it has imported and warmed up
         command = [sys.executable, "-m", "tools.bench.rates", "peer", topic]
         command += ["--rate", str(rate), "--seconds", str(seconds), "--first-seq", str(first_seq)]
-        command += ["--keys", str(keys if mode == "keys" else 0), "--start-at", repr(start_at)]
+        command += ["--keys", str(keys if mode == "keys" else 0)]
         proc = bench.spawn(command, env=bench.env())
         out, _ = proc.communicate(timeout=seconds * 3 + FUTURES_GRACE_S + 120)
         if proc.returncode:
