@@ -39,7 +39,13 @@
  * with tools.loadgen --format): each message is checked as the event ingest
  * publishes for that format instead, the inflated GELF object (seq from
  * "_seq", the send time from "timestamp") or the JSON event ingest writes for
- * a statsd line (seq from "value"; no send time, so no latency). */
+ * a statsd line (seq from "value"; no send time, so no latency).
+ *
+ * --answer-delay-ms=N holds every Publish answer N ms after its request
+ * arrived (a nearby region's round trip), the connection still reading and
+ * answering everything else meanwhile: a per-connection answerer thread
+ * sends the held answers in arrival order (one delay for all, so the queue
+ * is in due order). Without it each answer is written at once. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -75,6 +81,7 @@
 #define STATSD_TAIL ",\"type\":\"c\",\"tags\":{\"env\":\"prod\",\"route\":\"/api\"}}"
 enum { FORMAT_JSON, FORMAT_GELF, FORMAT_STATSD };
 #define MAX_ATTRS 16
+static long long answer_delay_us;  /* --answer-delay-ms, in us; 0: answer at once */
 #define NAME_MAX_LEN 256
 
 /* ------------------------------------------------------------ the ledger */
@@ -314,8 +321,17 @@ static int to_route(const unsigned char *p, const unsigned char *end) {
 /* ------------------------------------------------------------ HTTP/2 */
 struct stream { uint32_t id; unsigned char *buf; size_t len, cap; struct stream *next; };
 struct pending { uint32_t id; unsigned char *body; size_t len; struct pending *next; };
+/* An answer held until due (--answer-delay-ms). */
+struct held { long long due; uint32_t id; unsigned char *body; size_t len; struct held *next; };
 struct conn {
     int fd;
+    /* With --answer-delay-ms two threads write: wmu orders every write and
+     * guards the held queue, the send window and the pending replies. */
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    struct held *held, **held_tail;
+    int closing, has_answerer;
+    pthread_t answerer;
     unsigned char *in;
     size_t in_len, in_cap;
     long long send_window, consumed;
@@ -408,6 +424,40 @@ static int flush_pending(struct conn *c) {
         if (r) return -1;
     }
     return 0;
+}
+
+/* Hold a Publish answer until arrival + answer_delay_us (caller holds wmu). */
+static int hold(struct conn *c, uint32_t id, unsigned char *msg, size_t n, long long arrived) {
+    struct held *h = calloc(1, sizeof *h);
+    if (!h) { free(msg); return -1; }
+    h->due = arrived + answer_delay_us; h->id = id; h->body = msg; h->len = n;
+    *c->held_tail = h;
+    c->held_tail = &h->next;
+    pthread_cond_signal(&c->wcv);
+    return 0;
+}
+
+/* The answerer: sends each held answer when it is due, until the connection closes. */
+static void *answer_held(void *arg) {
+    struct conn *c = arg;
+    pthread_mutex_lock(&c->wmu);
+    while (!c->closing) {
+        if (!c->held) { pthread_cond_wait(&c->wcv, &c->wmu); continue; }
+        long long due = c->held->due;
+        if (now_us() < due) {
+            struct timespec ts = {due / 1000000, (due % 1000000) * 1000};
+            pthread_cond_timedwait(&c->wcv, &c->wmu, &ts);
+            continue;
+        }
+        struct held *h = c->held;
+        c->held = h->next;
+        if (!c->held) c->held_tail = &c->held;
+        int r = answer(c, h->id, h->body, h->len);
+        free(h);
+        if (r) { shutdown(c->fd, SHUT_RDWR); break; }  /* the reader sees the close */
+    }
+    pthread_mutex_unlock(&c->wmu);
+    return NULL;
 }
 
 /* PublishResponse.message_ids (field 1) "0".."n-1": a prefix of one list
@@ -534,6 +584,7 @@ static int handle(struct conn *c, uint32_t id, const unsigned char *b, size_t n)
             pthread_mutex_unlock(&mu);
             if (pub.bad) return reply_error(c, id, 3);
             out = ids_for(count, &len);
+            if (out && answer_delay_us) return hold(c, id, out, len, arrived);
         }
     }
     return out ? answer(c, id, out, len) : -1;
@@ -610,6 +661,10 @@ static int frame(struct conn *c, int type, int flags, uint32_t id, unsigned char
 static void *serve_conn(void *arg) {
     struct conn *c = arg;
     c->pending_tail = &c->pending;
+    c->held_tail = &c->held;
+    pthread_mutex_init(&c->wmu, NULL);
+    pthread_cond_init(&c->wcv, NULL);
+    if (answer_delay_us && !pthread_create(&c->answerer, NULL, answer_held, c)) c->has_answerer = 1;
     c->send_window = 65535;
     c->peer_max_frame = 16384;
     c->in_cap = OUR_MAX_FRAME + 9 + (1 << 16);
@@ -635,24 +690,36 @@ static void *serve_conn(void *arg) {
             preface_seen = 1;
             at = 24;
         }
+        int failed = 0;
+        pthread_mutex_lock(&c->wmu);
         while (c->in_len - at >= 9) {
             unsigned char *h = c->in + at;
             size_t len = (size_t)h[0] << 16 | h[1] << 8 | h[2];
-            if (len > OUR_MAX_FRAME) goto done;
+            if (len > OUR_MAX_FRAME) { failed = 1; break; }
             if (c->in_len - at < 9 + len) break;
             uint32_t id = ((uint32_t)h[5] << 24 | h[6] << 16 | h[7] << 8 | h[8]) & 0x7fffffff;
-            if (frame(c, h[3], h[4], id, h + 9, len)) goto done;
+            if (frame(c, h[3], h[4], id, h + 9, len)) { failed = 1; break; }
             at += 9 + len;
         }
-        memmove(c->in, c->in + at, c->in_len - at);
-        c->in_len -= at;
-        if (c->consumed >= OUR_WINDOW / 4) {  /* hand the credit back in large steps */
+        if (!failed && c->consumed >= OUR_WINDOW / 4) {  /* hand the credit back in large steps */
             unsigned char inc[4] = {c->consumed >> 24, c->consumed >> 16, c->consumed >> 8, c->consumed};
-            if (send_frame(c, 8, 0, 0, inc, 4)) break;  /* streams: 1 GiB each, never short */
+            failed = send_frame(c, 8, 0, 0, inc, 4) != 0;  /* streams: 1 GiB each, never short */
             c->consumed = 0;
         }
+        pthread_mutex_unlock(&c->wmu);
+        if (failed) break;
+        memmove(c->in, c->in + at, c->in_len - at);
+        c->in_len -= at;
     }
 done:
+    pthread_mutex_lock(&c->wmu);
+    c->closing = 1;
+    pthread_cond_signal(&c->wcv);
+    pthread_mutex_unlock(&c->wmu);
+    if (c->has_answerer) pthread_join(c->answerer, NULL);
+    while (c->held) { struct held *h = c->held; c->held = h->next; free(h->body); free(h); }
+    pthread_mutex_destroy(&c->wmu);
+    pthread_cond_destroy(&c->wcv);
     close(c->fd);
     while (c->streams) drop_stream(c, c->streams->id);
     while (c->pending) { struct pending *p = c->pending; c->pending = p->next; free(p->body); free(p); }
@@ -665,6 +732,7 @@ int main(int argc, char **argv) {
     int port = 0;
     for (int i = 1; i < argc; i++) {
         if (!strncmp(argv[i], "--port=", 7)) port = atoi(argv[i] + 7);
+        else if (!strncmp(argv[i], "--answer-delay-ms=", 18)) answer_delay_us = (long long)(atof(argv[i] + 18) * 1000);
         else if (!strcmp(argv[i], "--port") && i + 1 < argc) port = atoi(argv[++i]);
         else { fprintf(stderr, "fakepubsub: unknown argument %s\n", argv[i]); return 2; }
     }

@@ -59,6 +59,13 @@ bytes, an ordering key over 1,024 bytes (INVALID_ARGUMENT). Tests run the
 daemon against it so that those rules are checked by something other than
 ingest's own code; the Report counts what it refused (``refused``: reason ->
 requests) and the messages taken per topic (``topics``).
+
+``--answer-delay-ms N`` (both engines) holds each Publish answer until N ms
+after its request arrived, as a nearby region's round trip would: what a
+publisher that waits for answers (one request in flight per ordering key)
+makes of a remote service. The latency the report gives stays send ->
+arrival here. The python engine holds a handler thread per held answer, so
+its ``--workers`` bound the requests in flight.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -338,8 +346,30 @@ def check(
     }
 
 
-def serve(port: int, keep_max_bytes: int, workers: int, *, strict: bool = False) -> grpc.Server:
+def held(
+    publish: Callable[[bytes, grpc.ServicerContext], bytes], delay_s: float
+) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    """``publish`` answering ``delay_s`` after the request arrived (--answer-delay-ms)."""
+
+    def answer_later(request: bytes, context: grpc.ServicerContext) -> bytes:
+        due = time.monotonic() + delay_s
+        response = publish(request, context)
+        time.sleep(max(0.0, due - time.monotonic()))
+        return response
+
+    return answer_later
+
+
+def serve(
+    port: int,
+    keep_max_bytes: int,
+    workers: int,
+    *,
+    strict: bool = False,
+    answer_delay_s: float = 0.0,
+) -> grpc.Server:
     ledger = Ledger(keep_max_bytes, strict=strict)
+    publish = held(ledger.publish, answer_delay_s) if answer_delay_s > 0 else ledger.publish
     raw = grpc.unary_unary_rpc_method_handler  # no serializers: bytes in, bytes out
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
@@ -354,7 +384,7 @@ def serve(port: int, keep_max_bytes: int, workers: int, *, strict: bool = False)
             grpc.method_handlers_generic_handler(
                 PUBLISHER,
                 {
-                    "Publish": raw(ledger.publish),
+                    "Publish": raw(publish),
                     "GetTopic": raw(ledger.probe),
                     "CreateTopic": raw(ledger.probe),
                 },
@@ -387,15 +417,23 @@ class FakePubSub:
         self._channel: grpc.Channel | None = None
 
     def start(
-        self, engine: str = "c", timeout_s: float = 30.0, *, strict: bool = False
+        self,
+        engine: str = "c",
+        timeout_s: float = 30.0,
+        *,
+        strict: bool = False,
+        answer_delay_ms: float = 0.0,
     ) -> FakePubSub:
         """Start it; ``strict`` (the python engine: the C one does not check
-        requests) refuses what the real service refuses."""
+        requests) refuses what the real service refuses; ``answer_delay_ms``
+        holds each Publish answer that long after its request arrived."""
         binary = c_server() if engine == "c" and not strict else None
         command = [sys.executable, "-m", "tools.testing.fakepubsub", "--engine=python"]
         command += ["--strict"] if strict else []
         if binary is not None:
             command = [binary]
+        if answer_delay_ms > 0:
+            command.append(f"--answer-delay-ms={answer_delay_ms:g}")
         self.engine = "C" if binary else "python (grpcio)" + (", strict" if strict else "")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -470,11 +508,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="refuse what the real service refuses (python engine; implies --engine python)",
     )
+    parser.add_argument(
+        "--answer-delay-ms",
+        type=float,
+        default=0.0,
+        help="answer each Publish this long after its request arrived (a remote region)",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     binary = c_server() if args.engine == "c" and not args.strict else None
     if binary is not None:
-        os.execv(binary, [binary, f"--port={args.port}"])
-    server = serve(args.port, args.keep_max_bytes, args.workers, strict=args.strict)
+        delay = [f"--answer-delay-ms={args.answer_delay_ms:g}"] if args.answer_delay_ms > 0 else []
+        os.execv(binary, [binary, f"--port={args.port}", *delay])
+    server = serve(
+        args.port,
+        args.keep_max_bytes,
+        args.workers,
+        strict=args.strict,
+        answer_delay_s=args.answer_delay_ms / 1000,
+    )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

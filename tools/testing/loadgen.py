@@ -68,6 +68,7 @@ import sys
 import time
 import zlib
 from collections import Counter
+from typing import Protocol
 
 from tools.native import cbuild
 
@@ -170,8 +171,15 @@ def connect(udp: str | None, unix: str | None) -> socket.socket:
     return sock
 
 
+class Sender(Protocol):
+    """What ``run`` sends through: a socket, or anything that takes one
+    event's bytes a call (a publisher client paced by the same schedule)."""
+
+    def send(self, data: bytes, /) -> object: ...
+
+
 def run(
-    sock: socket.socket,
+    sock: Sender,
     *,
     rate: float,
     total: int,
