@@ -14,7 +14,7 @@ go straight to the queue while there is room, so live and replayed events
 interleave; no global order is promised. Each ordering key's is: a key with
 messages on disk sends its live ones there too until replay has caught up
 (lanes.SpooledLanes), and what replay moves of messages goes to memory whole
-(README, "Ordering keys").
+(docs/concepts/metadata.md, "Ordering keys").
 
 What comes back depends on the pipeline's flow (``admit``, flows.Flow.admit):
 the plain one takes the events (and syslog bodies) as they are, and the data

@@ -52,8 +52,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 # --publish-compression: gRPC message compression of Publish requests, as
 # Google's Java, Go and C++ publishers offer. Per call, so only Publish is
 # compressed; the first name is the default. Pub/Sub bills the uncompressed
-# bytes either way; what shrinks is the traffic on the link (README,
-# "Compression", has the measured sizes and CPU).
+# bytes either way; what shrinks is the traffic on the link (docs/performance.md,
+# the compression suite, has the measured sizes and CPU).
 PUBLISH_COMPRESSIONS: dict[str, grpc.Compression] = {
     "none": grpc.Compression.NoCompression,
     "gzip": grpc.Compression.Gzip,
