@@ -105,6 +105,7 @@ class Settings:
     batch_max_messages: int = PUBSUB_MAX_REQUEST_MESSAGES
     batch_max_bytes: int = PUBSUB_MAX_REQUEST_BYTES
     batch_linger_ms: float = 5.0
+    batch_max_latency_ms: float = 1000.0
     max_datagram_bytes: int = 65_535
     udp_rcvbuf_bytes: int = 32 << 20
     unix_mode: int = 0o660
@@ -558,6 +559,13 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "batch_linger_ms",
         _float_range(0, 10_000),
         "how long a partial batch waits (5 ms; per lane with metadata)",
+    ),
+    Option(
+        "batch_max_latency_ms",
+        _float_range(0, 60_000),
+        "longest a partial batch waits past its linger for the request budget "
+        "(~20 partial requests a second across lanes), from its oldest event "
+        "(1000 ms; at or below --batch-linger-ms: no budget)",
     ),
     Option(
         "max_datagram_bytes",

@@ -158,6 +158,7 @@ LIVE = (
     "batch_max_messages",
     "batch_max_bytes",
     "batch_linger_ms",
+    "batch_max_latency_ms",
     "max_datagram_bytes",
     "udp_rcvbuf_bytes",
     "unix_mode",

@@ -87,6 +87,7 @@ class Pipeline:
             settings.batch_max_bytes,
             reserved + TOPIC_FIELD_OVERHEAD_BYTES,
             settings.batch_linger_ms / 1000,
+            settings.batch_max_latency_ms / 1000,
         )
         self.batcher: Batcher | LaneBatcher
         if isinstance(self.queue, LaneQueue):
@@ -193,7 +194,10 @@ class Pipeline:
         self.queue.max_events = settings.queue_max_events
         self.queue.max_bytes = settings.queue_max_bytes
         self.batcher.set_bounds(
-            settings.batch_max_messages, settings.batch_max_bytes, settings.batch_linger_ms / 1000
+            settings.batch_max_messages,
+            settings.batch_max_bytes,
+            settings.batch_linger_ms / 1000,
+            settings.batch_max_latency_ms / 1000,
         )
 
     def spill_to_spool(self) -> Spill:

@@ -32,6 +32,7 @@ from ingest.receive.codec import (
     decode_datagram,
 )
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.receive.pacing import PacedWatch
 from ingest.receive.tapped import Hub, TappedWakeUp
 from ingest.stats import Stats
 from ingest.vocabulary import Ignore, Reject
@@ -403,6 +404,8 @@ class DatagramSource:
             Reject.SENDER_DENIED if self.senders is not None else Reject.SOURCE_DENIED
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: PacedWatch | None = None  # the loop's watch of the socket, once started
+        self.last_datagrams = 0  # what the last drain read (read pacing)
         self.kind = listener.kind
         self.problem: str | None = None  # shown in /healthz and on the dashboard
         self.udp_inode: int | None = None
@@ -442,7 +445,12 @@ class DatagramSource:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sock.fileno(), self.drain)
+        self._watch = PacedWatch(loop, self.sock.fileno(), self._paced_drain)
+
+    def _paced_drain(self) -> tuple[int, bool]:
+        """The loop's callback: a drain, and what pacing.PacedWatch needs of it."""
+        more = self.drain()
+        return self.last_datagrams, more
 
     def drain(self) -> bool:
         """Read until EAGAIN or the wake-up budget; True when the budget
@@ -525,6 +533,7 @@ class DatagramSource:
                 break
         else:
             more = True
+        self.last_datagrams = datagrams
         if datagrams or self._denied:
             self._settle(datagrams, received, events, empty=empty, full=full, unknown=unknown)
         return more
@@ -669,9 +678,10 @@ class DatagramSource:
 
     def stop(self) -> None:
         """Stop reading, leaving the socket open (a reload's new reader takes it)."""
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-            self._loop = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        self._loop = None
 
     def close(self) -> None:
         self.stop()
@@ -716,15 +726,15 @@ class DatagramSource:
                 log, "rebind", logging.ERROR, "%s: cannot re-create: %s", self.label, exc
             )
             return
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
+        if self._watch is not None:
+            self._watch.stop()
         self.sock.close()
         self.sock = fresh
         self._receive = self._receiver()
         self.socket_file.rebound()
         self.problem = None
         if self._loop is not None:
-            self._loop.add_reader(self.sock.fileno(), self.drain)
+            self._watch = PacedWatch(self._loop, self.sock.fileno(), self._paced_drain)
         log.info("%s: socket file re-created", self.label)
 
 
