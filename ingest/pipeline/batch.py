@@ -33,7 +33,7 @@ MESSAGE_OVERHEAD_BYTES = 8
 # before their maximum latency (measured in docs/design.md, "Coalescing and
 # the request budget"): at 2,000 events/s a plain daemon sends ~20 requests
 # of ~100 events rather than ~200 of ~10.
-PARTIAL_REQUESTS_PER_S = 20.0
+PARTIAL_REQUESTS_PER_S = 10.0
 
 
 class RequestBudget:

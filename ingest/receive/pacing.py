@@ -6,7 +6,7 @@ wakes the loop once per datagram, and each wake-up pays the whole chain
 wake-up that read few datagrams, the socket is read on a timer: every
 ``pause`` seconds, so that each read finds several waiting, the kernel
 holding them meanwhile. The pause is chosen so that a read carries about
-FEW_DATAGRAMS at the recent rate, and is at most READ_PAUSE_MAX_S. A read
+half FEW_DATAGRAMS at the recent rate, and is at most READ_PAUSE_MAX_S. A read
 that finds nothing (traffic stopped) watches the socket again, so an idle
 daemon wakes for nothing; a read that found many, or stopped at its budget,
 or a rate at which the pause would be under READ_PAUSE_MIN_S (the loop's
@@ -15,7 +15,9 @@ carry many datagrams each, and nothing changes there.
 
 A datagram waits at most READ_PAUSE_MAX_S (plus the loop's own delay) on
 the kernel before it is read, and at the recent rate a pause leaves about
-FEW_DATAGRAMS there: far below what even the kernel's default buffer holds.
+half FEW_DATAGRAMS there (a rate that doubles within one pause, FEW_DATAGRAMS,
+and the read that finds them watches the socket again): far below what even
+the kernel's default buffer holds.
 
 ``ReadPacing`` decides (state only, no loop); ``PacedWatch`` is the loop's
 side: it watches one file descriptor, or reads it on the timer.
@@ -24,6 +26,7 @@ side: it watches one file descriptor, or reads it on the timer.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 # The longest a datagram waits on the kernel before it is read. Short beside
@@ -33,10 +36,10 @@ from collections.abc import Callable
 READ_PAUSE_MAX_S = 0.005
 # The shortest pause worth a timer: uvloop's timers are in milliseconds.
 READ_PAUSE_MIN_S = 0.001
-# A read is paced to carry about this many datagrams; one that carried this
-# many or more is followed by watching the socket (a high rate). Pausing at
-# the rate where a read carries FEW_DATAGRAMS per READ_PAUSE_MIN_S (64,000 a
-# second) leaves at most that many queued in the kernel at a time.
+# A read is paced to carry about half this many datagrams; one that carried
+# this many or more is followed by watching the socket (the rate rose). So
+# pacing stops where half of it arrive within READ_PAUSE_MIN_S: 32,000 a
+# second.
 FEW_DATAGRAMS = 64
 # The recent rate is the datagrams read since a mark over the time since it;
 # past this age both are halved, so the estimate follows a rate that changes
@@ -48,7 +51,7 @@ class ReadPacing:
     """After each read: how long to wait before the next (``after``), or
     None to watch the socket (read when it is readable)."""
 
-    __slots__ = ("count", "few", "mark", "max_s", "min_s")
+    __slots__ = ("count", "few", "mark", "max_s", "hold_until", "min_s")
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class ReadPacing:
         self.few = few
         self.max_s = max_s
         self.min_s = min_s
+        self.hold_until = -math.inf  # no pause before this (a burst's window)
         self.mark = now  # the start of the rate's window
         self.count = 0.0  # datagrams read since ``mark`` (halved with its age)
 
@@ -68,18 +72,26 @@ class ReadPacing:
         """A read at ``now`` took ``datagrams`` (``more``: its budget stopped
         it, the socket may hold more): the pause before the next read, or
         None: watch the socket."""
-        count = self.count
+        if more or datagrams >= self.few:
+            # The rate rose: a fresh window, not paced until it has spanned
+            # RATE_WINDOW_S (an estimate over a spell of idling before the
+            # burst would read far too low).
+            self.mark = now
+            self.count = float(datagrams)
+            self.hold_until = now + RATE_WINDOW_S
+            return None
+        count = self.count + datagrams
         age = now - self.mark
-        if age > RATE_WINDOW_S:
+        if age > 2 * RATE_WINDOW_S:
             count /= 2
             age /= 2
             self.mark = now - age
-        count += datagrams
         self.count = count
-        if more or not datagrams or datagrams >= self.few:
+        if not datagrams or now < self.hold_until:
             return None
-        # At count / age datagrams a second, ``few`` of them take this long.
-        pause = min(self.max_s, self.few * max(age, self.min_s) / count)
+        # At count / age datagrams a second, half of ``few`` take this long:
+        # a read that carries ``few`` means the rate doubled.
+        pause = min(self.max_s, self.few * max(age, self.min_s) / (2 * count))
         return pause if pause >= self.min_s else None
 
 
