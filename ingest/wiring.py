@@ -87,14 +87,14 @@ class Pipeline:
             settings.batch_max_bytes,
             reserved + TOPIC_FIELD_OVERHEAD_BYTES,
             settings.batch_linger_ms / 1000,
-            settings.batch_max_latency_ms / 1000,
         )
+        max_latency_s = settings.batch_max_latency_ms / 1000
         self.batcher: Batcher | LaneBatcher
         if isinstance(self.queue, LaneQueue):
-            self.batcher = LaneBatcher(self.queue, *bounds)
+            self.batcher = LaneBatcher(self.queue, *bounds, max_latency_s=max_latency_s)
             encoders = [RequestEncoder(path) for path in self.topic_paths]
         else:
-            self.batcher = Batcher(self.queue, *bounds)
+            self.batcher = Batcher(self.queue, *bounds, max_latency_s=max_latency_s)
             encoders = []  # the pool's default: raw events to --topic
         self.pool = PublisherPool(
             client,
@@ -197,7 +197,7 @@ class Pipeline:
             settings.batch_max_messages,
             settings.batch_max_bytes,
             settings.batch_linger_ms / 1000,
-            settings.batch_max_latency_ms / 1000,
+            max_latency_s=settings.batch_max_latency_ms / 1000,
         )
 
     def spill_to_spool(self) -> Spill:

@@ -75,12 +75,13 @@ class BatchRule(Generic[Q]):
         max_request_bytes: int,
         reserved_bytes: int,
         linger_s: float,
+        *,
         max_latency_s: float = 0.0,
     ) -> None:
         self._queue = queue
         self._reserved_bytes = reserved_bytes
         self.budget: RequestBudget | None = None
-        self.set_bounds(max_messages, max_request_bytes, linger_s, max_latency_s)
+        self.set_bounds(max_messages, max_request_bytes, linger_s, max_latency_s=max_latency_s)
         self._fill_lock = asyncio.Lock()
 
     def set_bounds(
@@ -88,6 +89,7 @@ class BatchRule(Generic[Q]):
         max_messages: int,
         max_request_bytes: int,
         linger_s: float,
+        *,
         max_latency_s: float = 0.0,
     ) -> None:
         """The bounds of batches started from now on (a reload may change
@@ -129,10 +131,16 @@ class Batcher(BatchRule[EventQueue]):
         max_request_bytes: int,
         reserved_bytes: int,
         linger_s: float,
+        *,
         max_latency_s: float = 0.0,
     ) -> None:
         super().__init__(
-            queue, max_messages, max_request_bytes, reserved_bytes, linger_s, max_latency_s
+            queue,
+            max_messages,
+            max_request_bytes,
+            reserved_bytes,
+            linger_s,
+            max_latency_s=max_latency_s,
         )
         # Parked: when the next probe may go (loop time; inf while one is
         # out). None: not parked. Set on each change of it.

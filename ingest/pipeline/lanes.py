@@ -489,6 +489,7 @@ class LaneQueue(Bounded):
         max_count: int,
         max_bytes: int,
         overhead: int,
+        *,
         budget: RequestBudget | None = None,
     ) -> tuple[Lane | None, float | None]:
         """The lane to send next, oldest first among those no publisher
@@ -782,10 +783,11 @@ class LaneBatcher(BatchRule["LaneQueue"]):
         max_messages: int,
         max_request_bytes: int,
         linger_s: float,
+        *,
         max_latency_s: float = 0.0,
     ) -> None:
         """As BatchRule's; a filler waiting out the old linger looks again."""
-        super().set_bounds(max_messages, max_request_bytes, linger_s, max_latency_s)
+        super().set_bounds(max_messages, max_request_bytes, linger_s, max_latency_s=max_latency_s)
         self._queue.wake()
 
     async def fill(self, batch: Batch) -> bool:
@@ -801,7 +803,7 @@ class LaneBatcher(BatchRule["LaneQueue"]):
                     self._max_messages,
                     self._max_bytes,
                     MESSAGE_OVERHEAD_BYTES,
-                    self.budget,
+                    budget=self.budget,
                 )
                 if lane is not None:
                     break

@@ -51,7 +51,7 @@ class ReadPacing:
     """After each read: how long to wait before the next (``after``), or
     None to watch the socket (read when it is readable)."""
 
-    __slots__ = ("count", "few", "mark", "max_s", "hold_until", "min_s")
+    __slots__ = ("count", "few", "hold_until", "mark", "max_s", "min_s")
 
     def __init__(
         self,

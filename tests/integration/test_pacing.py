@@ -21,7 +21,7 @@ def test_paced_watch_reads_everything_sent_within_the_pause_bound() -> None:
         loop = asyncio.get_running_loop()
         receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        receiver.bind("\0ingest-test-pacing-%d" % id(receiver))
+        receiver.bind(f"\0ingest-test-pacing-{id(receiver)}")
         sender.connect(receiver.getsockname())
         receiver.setblocking(False)
         got: list[bytes] = []

@@ -40,7 +40,9 @@ def test_an_idle_spell_buys_no_burst() -> None:
 def test_a_batch_at_its_maximum_latency_goes_without_a_token() -> None:
     budget = RequestBudget(0.5, per_s=1.0)
     assert budget.wait_s(0.0, 0.0) == 0.0
-    assert budget.wait_s(0.1, 0.2) == pytest.approx(0.4)  # its maximum latency comes before the token
+    assert budget.wait_s(0.1, 0.2) == pytest.approx(
+        0.4
+    )  # its maximum latency comes before the token
     assert budget.wait_s(0.1, 0.6) == 0.0
 
 
@@ -70,7 +72,9 @@ def test_the_default_rate_is_the_documented_one() -> None:
 
 def keyed(n_keys: int, per_key: int) -> list[tuple[Lane, bytes]]:
     return [
-        ((0, b"k%d" % key), b"k%d-%d" % (key, seq)) for seq in range(per_key) for key in range(n_keys)
+        ((0, b"k%d" % key), b"k%d-%d" % (key, seq))
+        for seq in range(per_key)
+        for key in range(n_keys)
     ]
 
 
@@ -81,14 +85,14 @@ def test_many_keys_wait_for_the_budget_in_their_order_a_lone_key_within_its_late
     queue = LaneQueue(100_000, 1 << 30, Stats())
     budget = RequestBudget(0.5, per_s=1.0)
     queue.put(keyed(100, 1), 10.0)
-    lane, _ = queue.ready_lane(10.0, 0.0, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, budget)
+    lane, _ = queue.ready_lane(10.0, 0.0, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, budget=budget)
     assert lane == (0, b"k0")
     assert queue.take(lane, 1000, PUBSUB_MAX_REQUEST_BYTES, 0) is not None
-    lane, wait_s = queue.ready_lane(10.1, 0.0, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, budget)
+    lane, wait_s = queue.ready_lane(10.1, 0.0, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, budget=budget)
     assert lane is None and wait_s == pytest.approx(0.4)  # its latency
     served = []
     while queue.events:
-        lane, wait_s = queue.ready_lane(10.5, 0.0, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, budget)
+        lane, wait_s = queue.ready_lane(10.5, 0.0, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, budget=budget)
         assert lane is not None
         served.append(lane[1])
         queue.take(lane, 1000, PUBSUB_MAX_REQUEST_BYTES, 0)
@@ -99,10 +103,10 @@ def test_a_lane_that_fills_a_request_does_not_wait_for_the_budget() -> None:
     queue = LaneQueue(100_000, 1 << 30, Stats())
     budget = RequestBudget(LONG_LATENCY_S, per_s=1.0)
     queue.put(keyed(1, 1), 0.0)
-    assert queue.ready_lane(0.0, 0.0, 10, PUBSUB_MAX_REQUEST_BYTES, 0, budget)[0] is not None
+    assert queue.ready_lane(0.0, 0.0, 10, PUBSUB_MAX_REQUEST_BYTES, 0, budget=budget)[0] is not None
     queue.take((0, b"k0"), 10, PUBSUB_MAX_REQUEST_BYTES, 0)
     queue.put(keyed(2, 10), 0.0)  # k1 and k0: ten each, a full request each
-    assert queue.ready_lane(0.0, 0.0, 10, PUBSUB_MAX_REQUEST_BYTES, 0, budget)[0] is not None
+    assert queue.ready_lane(0.0, 0.0, 10, PUBSUB_MAX_REQUEST_BYTES, 0, budget=budget)[0] is not None
 
 
 def test_order_per_key_holds_under_the_budget() -> None:
@@ -111,7 +115,7 @@ def test_order_per_key_holds_under_the_budget() -> None:
 
     async def main() -> None:
         queue = LaneQueue(100_000, 1 << 30, Stats())
-        lanes = LaneBatcher(queue, 7, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, 0.05)
+        lanes = LaneBatcher(queue, 7, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, max_latency_s=0.05)
         assert lanes.budget is not None
         published: dict[bytes, list[bytes]] = {}
 
@@ -134,7 +138,9 @@ def test_order_per_key_holds_under_the_budget() -> None:
         queue.close()
         async with asyncio.timeout(DEADLINE_S):
             await asyncio.gather(*workers)
-        assert published == {b"k%d" % key: [b"k%d-%d" % (key, s) for s in range(30)] for key in range(20)}
+        assert published == {
+            b"k%d" % key: [b"k%d-%d" % (key, s) for s in range(30)] for key in range(20)
+        }
 
     asyncio.run(main())
 
@@ -145,9 +151,13 @@ def test_draining_does_not_wait_for_the_budget() -> None:
 
     async def main() -> None:
         queue = LaneQueue(100_000, 1 << 30, Stats())
-        lanes = LaneBatcher(queue, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, LONG_LATENCY_S)
+        lanes = LaneBatcher(
+            queue, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, max_latency_s=LONG_LATENCY_S
+        )
         plain = EventQueue(100_000, 1 << 30, Stats())
-        batcher = Batcher(plain, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, LONG_LATENCY_S)
+        batcher = Batcher(
+            plain, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, max_latency_s=LONG_LATENCY_S
+        )
         now = asyncio.get_running_loop().time()
         queue.put(keyed(3, 2), now)
         plain.put([b"a", b"b"], now)
@@ -171,7 +181,9 @@ def test_a_plain_batch_waits_for_the_budget_then_goes_within_its_latency() -> No
         loop = asyncio.get_running_loop()
         queue = EventQueue(100_000, 1 << 30, Stats())
         max_latency_s = 0.2
-        batcher = Batcher(queue, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, max_latency_s)
+        batcher = Batcher(
+            queue, 1000, PUBSUB_MAX_REQUEST_BYTES, 0, 0.0, max_latency_s=max_latency_s
+        )
         assert batcher.budget is not None
         batcher.budget.per_s = 0.001  # a token a quarter hour: only the latency ends the wait
         queue.put([b"first"], loop.time())
