@@ -564,7 +564,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "batch_max_latency_ms",
         _float_range(0, 60_000),
         "longest a partial batch waits past its linger for the request budget "
-        "(~20 partial requests a second across lanes), from its oldest event "
+        "(~10 partial requests a second across lanes), from its oldest event "
         "(1000 ms; at or below --batch-linger-ms: no budget)",
     ),
     Option(
