@@ -209,8 +209,7 @@ class Batcher(BatchRule[EventQueue]):
                     return False
                 await queue.wait_nonempty()
             loop = asyncio.get_running_loop()
-            started = loop.time()
-            deadline = started + self._linger_s
+            deadline = loop.time() + self._linger_s
             lingered = False
             while True:
                 chunk = queue.take(*self.room(batch), MESSAGE_OVERHEAD_BYTES)
@@ -225,7 +224,7 @@ class Batcher(BatchRule[EventQueue]):
                 now = loop.time()
                 remaining = deadline - now
                 if remaining <= 0 and self.budget is not None:
-                    remaining = self.budget.wait_s(started, now)
+                    remaining = self.budget.wait_s(batch.oldest_received_at, now)
                 if remaining <= 0:
                     lingered = True  # what came meanwhile joins it, then it goes
                     continue

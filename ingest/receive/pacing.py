@@ -128,10 +128,16 @@ class PacedWatch:
             self._timer = self._loop.call_later(pause, self._due)
 
     def _due(self) -> None:
-        datagrams, more = self._read()
+        self._timer = None
+        try:
+            datagrams, more = self._read()
+        except BaseException:
+            # Watched again, as a socket whose read raised stays watched:
+            # without a timer or a watch it would never be read again.
+            self._loop.add_reader(self._fd, self._readable)
+            raise
         pause = self._pacing.after(self._loop.time(), datagrams, more)
         if pause is None:
-            self._timer = None
             self._loop.add_reader(self._fd, self._readable)
         else:
             self._timer = self._loop.call_later(pause, self._due)

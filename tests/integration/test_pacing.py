@@ -92,3 +92,49 @@ def test_stop_cancels_a_pending_read() -> None:
         receiver.close()
 
     asyncio.run(main())
+
+
+def test_a_read_that_raises_on_the_timer_leaves_the_socket_watched() -> None:
+    """As a watched socket whose read raised is read again, so is one read
+    on the timer: it must not be left neither watched nor timed."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[object] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+        receiver, sender = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.setblocking(False)
+        calls = 0
+        got: list[bytes] = []
+
+        def read() -> tuple[int, bool]:
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # the first read on the timer
+                raise RuntimeError("a bug in the drain")
+            count = 0
+            while True:
+                try:
+                    got.append(receiver.recv(64))
+                except BlockingIOError:
+                    return count, False
+                count += 1
+
+        watch = PacedWatch(loop, receiver.fileno(), read)
+        try:
+            sender.send(b"a")
+            async with asyncio.timeout(DEADLINE_S):
+                while calls < 2:  # noqa: ASYNC110 -- a poll with a deadline
+                    await asyncio.sleep(0.001)
+            sender.send(b"b")
+            async with asyncio.timeout(DEADLINE_S):
+                while b"b" not in got:  # noqa: ASYNC110 -- a poll with a deadline
+                    await asyncio.sleep(0.001)
+            assert got == [b"a", b"b"]
+            assert [type(error) for error in errors] == [RuntimeError]
+        finally:
+            watch.stop()
+            sender.close()
+            receiver.close()
+
+    asyncio.run(main())
