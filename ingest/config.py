@@ -106,6 +106,7 @@ class Settings:
     batch_max_messages: int = PUBSUB_MAX_REQUEST_MESSAGES
     batch_max_bytes: int = PUBSUB_MAX_REQUEST_BYTES
     batch_linger_ms: float = 5.0
+    batch_max_latency_ms: float = 1000.0
     max_datagram_bytes: int = 65_535
     udp_rcvbuf_bytes: int = 32 << 20
     unix_mode: int = 0o660
@@ -729,6 +730,15 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "batch_linger_ms",
         _float_range(0, 10_000),
         "how long a partial batch waits, in milliseconds (per lane with metadata)",
+        section=Section.BATCHING,
+        reload=Reload.LIVE,
+    ),
+    Option(
+        "batch_max_latency_ms",
+        _float_range(0, 60_000),
+        "longest a partial batch waits past its linger for the request budget "
+        "(~10 partial requests a second across lanes), from its oldest event "
+        "(at or below --batch-linger-ms: no budget)",
         section=Section.BATCHING,
         reload=Reload.LIVE,
     ),

@@ -130,7 +130,8 @@ def flow_for(
 
 def _batch_bounds(settings: Settings) -> tuple[int, int, int, float]:
     """A batcher's bounds: count, request bytes, the request's own fields
-    (the longest topic's, tag and length included), linger."""
+    (the longest topic's, tag and length included), linger (the maximum
+    latency, a keyword, is _max_latency_s's)."""
     reserved = max(len(path.encode()) for path in settings.topic_paths)
     return (
         settings.batch_max_messages,
@@ -147,8 +148,15 @@ def _rebound(
     queue.max_events = settings.queue_max_events
     queue.max_bytes = settings.queue_max_bytes
     batcher.set_bounds(
-        settings.batch_max_messages, settings.batch_max_bytes, settings.batch_linger_ms / 1000
+        settings.batch_max_messages,
+        settings.batch_max_bytes,
+        settings.batch_linger_ms / 1000,
+        max_latency_s=_max_latency_s(settings),
     )
+
+
+def _max_latency_s(settings: Settings) -> float:
+    return settings.batch_max_latency_ms / 1000
 
 
 class PlainFlow:
@@ -163,7 +171,9 @@ class PlainFlow:
             stats,
             spill=self._spool_data if spool is not None else None,
         )
-        self.batcher = Batcher(self.queue, *_batch_bounds(settings))
+        self.batcher = Batcher(
+            self.queue, *_batch_bounds(settings), max_latency_s=_max_latency_s(settings)
+        )
         self.encoders: list[Encoder] = [RequestEncoder(settings.topic_path)]
         self.spill: Spill | None = self._leave if spool is not None else None
 
@@ -212,7 +222,9 @@ class MessageFlow:
     ) -> None:
         self.lanes = MessageLanes(settings, stats, spool, spooled)
         self.queue = self.lanes.queue
-        self.batcher = LaneBatcher(self.queue, *_batch_bounds(settings))
+        self.batcher = LaneBatcher(
+            self.queue, *_batch_bounds(settings), max_latency_s=_max_latency_s(settings)
+        )
         self.encoders: list[Encoder] = [BodyEncoder(path) for path in settings.topic_paths]
         self.spill: Spill | None = self.lanes.leave if spool is not None else None
 

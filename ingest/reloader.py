@@ -103,6 +103,9 @@ class Reloader:
         loop = asyncio.get_running_loop()
         removed = [source for source in pipeline.sources if source.label not in wanted]
         for source, fresh in replaced:
+            # What the kernel holds arrived under the old configuration: read
+            # it so (read pacing may have left a few milliseconds of it there).
+            source.read_until_empty(REBIND_READ_MAX_S)
             source.stop()
             fresh.start(loop)
         for source in added:

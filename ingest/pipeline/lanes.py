@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ingest.config import Settings
-from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, BatchRule
+from ingest.pipeline.batch import MESSAGE_OVERHEAD_BYTES, BatchRule, RequestBudget
 from ingest.pipeline.message import Lane, MessageBuilder, Route, from_data_record
 from ingest.pipeline.queue import Bounded, Chunk
 from ingest.publish.publisher import Batch
@@ -483,10 +483,18 @@ class LaneQueue(Bounded):
             self.drop_full(len(bodies))
 
     def ready_lane(
-        self, now: float, linger_s: float, max_count: int, max_bytes: int, overhead: int
+        self,
+        now: float,
+        linger_s: float,
+        max_count: int,
+        max_bytes: int,
+        overhead: int,
+        *,
+        budget: RequestBudget | None = None,
     ) -> tuple[Lane | None, float | None]:
         """The lane to send next, oldest first among those no publisher
-        holds: once its oldest message has waited ``linger_s``, or at once
+        holds: once its oldest message has waited ``linger_s`` (and, with a
+        ``budget``, once that lets a partial request go), or at once
         when it fills a request (``max_count``, or ``max_bytes`` counting
         ``overhead`` a message), when the queue is half full by either bound
         (no lingering while memory fills), or closed (draining). Else None,
@@ -517,9 +525,16 @@ class LaneQueue(Bounded):
         for lane, fifo in self._lanes.items():
             if lane in held:
                 continue
-            wait_s = fifo.stamps[0][1] + linger_s - now
-            if wait_s <= 0 or urgent or self._fills_request(fifo):
+            if urgent or self._fills_request(fifo):
                 return lane, None
+            since = fifo.stamps[0][1]
+            wait_s = since + linger_s - now
+            if wait_s <= 0:
+                if budget is None:
+                    return lane, None
+                wait_s = budget.wait_s(since, now)
+                if wait_s <= 0:
+                    return lane, None
             self._lingering = True
             return None, wait_s if probe_wait_s is None else min(wait_s, probe_wait_s)
         return None, probe_wait_s
@@ -757,12 +772,22 @@ class LaneBatcher(BatchRule["LaneQueue"]):
     lane, so each lane's requests are at most one a linger unless they are
     full: the number of requests a second is bounded by the lanes with
     traffic over ``--batch-linger-ms``, not by how fast publishers can turn
-    around (which spent every idle cycle on smaller requests).
+    around (which spent every idle cycle on smaller requests). With a
+    budget (batch.RequestBudget) partial requests are bounded across lanes
+    too: many keys each wait longer, up to the maximum latency, rather than
+    each costing a request a linger.
     """
 
-    def set_bounds(self, max_messages: int, max_request_bytes: int, linger_s: float) -> None:
+    def set_bounds(
+        self,
+        max_messages: int,
+        max_request_bytes: int,
+        linger_s: float,
+        *,
+        max_latency_s: float = 0.0,
+    ) -> None:
         """As BatchRule's; a filler waiting out the old linger looks again."""
-        super().set_bounds(max_messages, max_request_bytes, linger_s)
+        super().set_bounds(max_messages, max_request_bytes, linger_s, max_latency_s=max_latency_s)
         self._queue.wake()
 
     async def fill(self, batch: Batch) -> bool:
@@ -778,6 +803,7 @@ class LaneBatcher(BatchRule["LaneQueue"]):
                     self._max_messages,
                     self._max_bytes,
                     MESSAGE_OVERHEAD_BYTES,
+                    budget=self.budget,
                 )
                 if lane is not None:
                     break

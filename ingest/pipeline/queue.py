@@ -143,6 +143,13 @@ class EventQueue(Bounded):
         super().__init__(max_events, max_bytes, stats)
         self._chunks: deque[Chunk] = deque()
         self._nonempty = asyncio.Event()
+        # A lingering filler's wait (wait_filled): set by the put that makes
+        # the queue hold ``_wanted`` (events, bytes counting an overhead per
+        # event, the overhead), by close and by give_back; other puts leave
+        # it sleeping, as waking it only to find its batch still short costs
+        # a wake-up and a new timer each time.
+        self._filled = asyncio.Event()
+        self._wanted = (sys.maxsize, sys.maxsize, 0)
         # Where the overflow goes instead of being dropped (spool.Spool.append).
         self.spill = spill
 
@@ -160,6 +167,9 @@ class EventQueue(Bounded):
         self._chunks.append(chunk)
         self.count_in(chunk)
         self._nonempty.set()
+        count, wanted_bytes, overhead = self._wanted
+        if self.events >= count or self.bytes + overhead * self.events >= wanted_bytes:
+            self._filled.set()
 
     def take(self, max_count: int, max_bytes: int, overhead: int) -> Chunk | None:
         """``take_from`` the queue's FIFO."""
@@ -179,6 +189,7 @@ class EventQueue(Bounded):
         self._chunks.appendleft(chunk)
         self.count_in(chunk)
         self._nonempty.set()
+        self._filled.set()
 
     def take_all(self) -> list[Chunk]:
         """Remove and return everything queued (shutdown)."""
@@ -193,7 +204,21 @@ class EventQueue(Bounded):
     async def wait_nonempty(self) -> None:
         await self._nonempty.wait()
 
+    async def wait_filled(self, count: int, nbytes: int, overhead: int) -> None:
+        """Until the queue holds ``count`` events or ``nbytes`` bytes
+        counting ``overhead`` an event (what fills a lingering batch), or is
+        closed; one waiter at a time (the filler holding the fill lock)."""
+        if self.closed or self.events >= count or self.bytes + overhead * self.events >= nbytes:
+            return
+        self._wanted = (count, nbytes, overhead)
+        self._filled.clear()
+        try:
+            await self._filled.wait()
+        finally:
+            self._wanted = (sys.maxsize, sys.maxsize, 0)
+
     def close(self) -> None:
         """No more puts are coming: wake waiters so they can see the end."""
         self.closed = True
         self._nonempty.set()
+        self._filled.set()

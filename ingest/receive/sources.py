@@ -23,6 +23,7 @@ from ingest.pipeline.queue import Intake
 from ingest.ratelimit import LogLimiter
 from ingest.receive.codec import Decoder, count_events, decode_datagram
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
+from ingest.receive.pacing import PacedWatch
 from ingest.receive.receivers import AllowList, DeniedBurst, Receiver, Senders, receiver_for
 from ingest.receive.sockets import SocketFile, bind_unix, remove_stale_socket
 from ingest.receive.tapped import Hub, TappedWakeUp
@@ -120,6 +121,8 @@ class DatagramSource:
             Reject.SENDER_DENIED if self.senders is not None else Reject.SOURCE_DENIED
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: PacedWatch | None = None  # the loop's watch of the socket, once started
+        self.last_datagrams = 0  # what the last read took (read pacing)
         self.kind = listener.kind
         self.problem: str | None = None  # shown in /healthz and on the dashboard
         self.udp_inode: int | None = None
@@ -158,7 +161,12 @@ class DatagramSource:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.sock.fileno(), self.read)
+        self._watch = PacedWatch(loop, self.sock.fileno(), self._paced_read)
+
+    def _paced_read(self) -> tuple[int, bool]:
+        """The loop's callback: a read, and what pacing.PacedWatch needs of it."""
+        more = self.read()
+        return self.last_datagrams, more
 
     def read(self) -> bool:
         """Read until EAGAIN or the wake-up budget; True when the budget
@@ -243,6 +251,7 @@ class DatagramSource:
                 break
         else:
             more = True
+        self.last_datagrams = datagrams
         if datagrams or wake.denied:
             self._count_and_put(
                 wake, datagrams, received, events, empty=empty, full=full, unknown=unknown
@@ -317,9 +326,10 @@ class DatagramSource:
 
     def stop(self) -> None:
         """Stop reading, leaving the socket open (a reload's new reader takes it)."""
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
-            self._loop = None
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        self._loop = None
 
     def close(self) -> None:
         self.stop()
@@ -364,13 +374,13 @@ class DatagramSource:
                 log, "rebind", logging.ERROR, "%s: cannot re-create: %s", self.label, exc
             )
             return
-        if self._loop is not None:
-            self._loop.remove_reader(self.sock.fileno())
+        if self._watch is not None:
+            self._watch.stop()
         self.sock.close()
         self.sock = fresh
         self._receiver = self._receiver_for(fresh)
         self.socket_file.rebound()
         self.problem = None
         if self._loop is not None:
-            self._loop.add_reader(self.sock.fileno(), self.read)
+            self._watch = PacedWatch(self._loop, self.sock.fileno(), self._paced_read)
         log.info("%s: socket file re-created", self.label)

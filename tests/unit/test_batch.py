@@ -224,12 +224,17 @@ def test_one_filler_at_a_time() -> None:
         # lock B would take these events into a second partial batch.
         task_b = asyncio.create_task(batcher.fill(b))
         queue.put(events(2, tag="y"), 0.0)
-        await until_taken(queue)
-        assert a.messages == events(2, tag="x") + events(2, tag="y")
+        for _ in range(10):
+            await asyncio.sleep(0)
+        # A lingers on (a put that does not fill its batch leaves it
+        # asleep), and B has not taken them into a batch of its own.
+        assert a.messages == events(2, tag="x") and queue.events == 2
         assert b.messages == []
         queue.close()
         async with asyncio.timeout(DEADLINE_S):
             assert await asyncio.gather(task_a, task_b) == [True, False]
+        assert a.messages == events(2, tag="x") + events(2, tag="y")
+        assert b.messages == []
 
     asyncio.run(main())
 

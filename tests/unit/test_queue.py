@@ -211,3 +211,28 @@ def test_take_all_returns_everything_in_order_and_resets() -> None:
         waiter.cancel()
 
     asyncio.run(main())
+
+
+def test_wait_filled_wakes_only_for_what_fills_the_batch_or_the_end() -> None:
+    """A lingering filler's wait: puts that leave its batch short do not
+    wake it (each wake-up would cost it a new timer); the put that fills it
+    by count or by bytes (with the framing overhead), or close, does."""
+
+    async def main() -> None:
+        for why in ("count", "bytes", "close"):
+            queue = EventQueue(1000, 1 << 20, Stats())
+            waiter = asyncio.create_task(queue.wait_filled(5, 100, 8))
+            queue.put([b"x"] * 2, 0.0)  # 2 events, 2 + 16 bytes
+            for _ in range(10):
+                await asyncio.sleep(0)
+            assert not waiter.done()
+            if why == "count":
+                queue.put([b"x"] * 3, 0.0)
+            elif why == "bytes":
+                queue.put([b"y" * 80], 0.0)  # 82 bytes + 3 x 8
+            else:
+                queue.close()
+            async with asyncio.timeout(5.0):
+                await waiter
+
+    asyncio.run(main())
