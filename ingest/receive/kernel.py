@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 UNIX_QLEN_PATH = "/proc/sys/net/unix/max_dgram_qlen"
+UNIX_QLEN_DEFAULT = 10  # the kernel's, where the sysctl cannot be read
 # Below this, non-blocking same-host senders lose events to EAGAIN at load.
 # Measured at 150k events/s from 4 senders (docs/guides/kernel.md): 43-60 % of
 # sends failed with the default 10, up to 0.04 % with 512, none with 1024.

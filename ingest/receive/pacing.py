@@ -2,7 +2,7 @@
 
 Watched all the time, a socket receiving a few thousand datagrams a second
 wakes the loop once per datagram, and each wake-up pays the whole chain
-(epoll, the drain's setup, the counters, a queue put). Instead, after a
+(epoll, the read's setup, the counters, a queue put). Instead, after a
 wake-up that read few datagrams, the socket is read on a timer: every
 ``pause`` seconds, so that each read finds several waiting, the kernel
 holding them meanwhile. The pause is chosen so that a read carries about
@@ -10,14 +10,17 @@ half FEW_DATAGRAMS at the recent rate, and is at most READ_PAUSE_MAX_S. A read
 that finds nothing (traffic stopped) watches the socket again, so an idle
 daemon wakes for nothing; a read that found many, or stopped at its budget,
 or a rate at which the pause would be under READ_PAUSE_MIN_S (the loop's
-timers are only that fine), watches it too: drains at high rates already
+timers are only that fine), watches it too: reads at high rates already
 carry many datagrams each, and nothing changes there.
 
 A datagram waits at most READ_PAUSE_MAX_S (plus the loop's own delay) on
 the kernel before it is read, and at the recent rate a pause leaves about
-half FEW_DATAGRAMS there (a rate that doubles within one pause, FEW_DATAGRAMS,
-and the read that finds them watches the socket again): far below what even
-the kernel's default buffer holds.
+half ``few`` there (a rate that doubles within one pause, ``few``, and the
+read that finds them watches the socket again). For UDP ``few`` is
+FEW_DATAGRAMS, far below what even the kernel's default buffer holds; a unix
+socket's queue holds only net.unix.max_dgram_qlen datagrams (10 by default)
+before senders get EAGAIN, so its reader passes that (sources.py), and its
+pauses leave at most half of it waiting.
 
 ``ReadPacing`` decides (state only, no loop); ``PacedWatch`` is the loop's
 side: it watches one file descriptor, or reads it on the timer.

@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from ingest.config import INPUT_FORMATS, ConfigError, IPNetwork, Listener
 from ingest.pipeline.queue import Intake
 from ingest.ratelimit import LogLimiter
+from ingest.receive import kernel
 from ingest.receive.codec import Decoder, count_events, decode_datagram
 from ingest.receive.dialects import GELF, JSON, UNKNOWN, Dialects
-from ingest.receive.pacing import PacedWatch
+from ingest.receive.pacing import FEW_DATAGRAMS, PacedWatch, ReadPacing
 from ingest.receive.receivers import AllowList, DeniedBurst, Receiver, Senders, receiver_for
 from ingest.receive.sockets import SocketFile, bind_unix, remove_stale_socket
 from ingest.receive.tapped import Hub, TappedWakeUp
@@ -161,7 +162,21 @@ class DatagramSource:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._watch = PacedWatch(loop, self.sock.fileno(), self._paced_read)
+        self._watch = self._paced_watch(loop)
+
+    def _paced_watch(self, loop: asyncio.AbstractEventLoop) -> PacedWatch:
+        """The loop's watch of the socket, paced (pacing.py). A unix
+        socket holds only net.unix.max_dgram_qlen datagrams (10 unless the
+        host raised it) before its senders get EAGAIN, so its pauses are
+        sized to leave at most half of that waiting; UDP's buffer holds
+        megabytes."""
+        few = FEW_DATAGRAMS
+        if self.kind == "unix":
+            qlen = kernel.unix_max_dgram_qlen()
+            few = min(few, qlen if qlen is not None else kernel.UNIX_QLEN_DEFAULT)
+        return PacedWatch(
+            loop, self.sock.fileno(), self._paced_read, ReadPacing(loop.time(), few=few)
+        )
 
     def _paced_read(self) -> tuple[int, bool]:
         """The loop's callback: a read, and what pacing.PacedWatch needs of it."""
@@ -382,5 +397,5 @@ class DatagramSource:
         self.socket_file.rebound()
         self.problem = None
         if self._loop is not None:
-            self._watch = PacedWatch(self._loop, self.sock.fileno(), self._paced_read)
+            self._watch = self._paced_watch(self._loop)
         log.info("%s: socket file re-created", self.label)

@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from pathlib import Path
+
+import pytest
 
 from ingest.config import Listener
 from ingest.pipeline.queue import EventQueue
-from ingest.receive.sockets import bind_udp
+from ingest.receive import kernel
+from ingest.receive.sockets import bind_udp, bind_unix
 from ingest.receive.sources import DatagramSource
 from ingest.receive.wakeup import WAKEUP_MAX_BYTES, WAKEUP_MAX_DATAGRAMS, WAKEUP_MAX_EVENTS
 from ingest.stats import Stats
@@ -168,5 +172,45 @@ def test_denied_senders_are_counted_and_bounded_per_wake_up() -> None:
         assert queue.events == 0
         source.close()
         sender.close()
+
+    asyncio.run(main())
+
+
+def test_a_paced_unix_source_leaves_its_senders_room_in_a_short_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unix socket holds net.unix.max_dgram_qlen datagrams (10 unless the
+    host raised it) before a non-blocking sender gets EAGAIN: read pacing
+    must not leave that many waiting. A sender at 2,000 datagrams a second
+    (4 every 2 ms, on the same loop) never finds the queue full, and every
+    datagram is read. Pacing sized for UDP's buffer (5 ms pauses) leaves 10
+    or more there."""
+    monkeypatch.setattr(kernel, "unix_max_dgram_qlen", lambda: 10)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stats = Stats()
+        listener = Listener("unix", path=str(tmp_path / "paced.sock"))
+        sock = bind_unix(listener, 0o600)
+        queue = EventQueue(1_000_000, 1 << 30, stats)
+        source = DatagramSource(listener, sock, queue, stats, 1000)
+        source.start(loop)
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.connect(listener.path)
+        sender.setblocking(False)
+        sent = full = 0
+        for _ in range(250):  # 0.5 s
+            for _ in range(4):
+                try:
+                    sender.send(b"{}")
+                    sent += 1
+                except BlockingIOError:
+                    full += 1
+            await asyncio.sleep(0.002)
+        source.read_until_empty()  # the last pause's few
+        source.close()
+        sender.close()
+        assert full == 0, f"{full} sends found the queue full"
+        assert stats.datagrams_received[listener.label] == sent == 1000
 
     asyncio.run(main())
