@@ -73,7 +73,7 @@ class Reloader:
             pipeline.reconfigure(new, metadata_changed)
             # Rebuilt around the same socket: the new decoding, allow-lists
             # and bounds, nothing dropped (the old reader stops between two
-            # wake-ups; what the socket holds is the new reader's).
+            # wake-ups, once it has read what the socket holds).
             replaced = [
                 (
                     source,

@@ -79,7 +79,11 @@ from tools.testing.procfs import machine_cpu_s, process_cpu_s
 from tools.testing.verify import Metadata, Verification
 
 RATES = "1000,2000,7000,20000,50000,150000"
-DURATION_S = 5.0
+# Seconds per step. A fresh daemon's first traffic costs it ~0.1 s of CPU
+# once (code paths run for the first time, the channel's first Publish): over
+# 5 s that is 0.02 cores, as much as a low rate's whole steady cost, over
+# 15 s under 0.007, so the figures say what a rate costs a second.
+DURATION_S = 15.0
 ANSWER_DELAY_MS = 25.0  # the stand-in's answer latency: a nearby region
 KEYS = 100
 IDLE_S = 3.0
