@@ -38,9 +38,9 @@ from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
 from tests.helpers import PublishResponse, PubSubNames, publish_server
-from tests.unit.test_dashboard import _View
 from tests.unit.test_lanes import DEADLINE_S, ERRORS, LONG_LINGER_S, PLAIN, batcher, fill, items
 from tools.testing.emulator import Emulator
+from tools.testing.views import View
 
 PUBLISHERS = 4  # the default
 RETRY_S = 0.05  # the sink-unavailable retry interval, shortened
@@ -662,14 +662,12 @@ def test_metrics_show_each_topics_publish_results_and_failing_state() -> None:
     """Every configured topic from the start (OK at 0, not failing); the
     failing one as the health verdict names it."""
 
-    class View(_View):
-        def __init__(self, verdict: Verdict) -> None:
-            super().__init__()
-            self.topic_paths = ("projects/p/topics/main", "projects/p/topics/gone")
-            self._verdict = verdict
-
-        def verdict(self) -> Verdict:
-            return self._verdict
+    def with_topics(verdict: Verdict) -> View:
+        return View(
+            in_flight=3,
+            topic_paths=("projects/p/topics/main", "projects/p/topics/gone"),
+            health=verdict,
+        )
 
     def families(view: View) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = generate_latest(build_registry(view)).decode()  # type: ignore[arg-type]
@@ -680,14 +678,14 @@ def test_metrics_show_each_topics_publish_results_and_failing_state() -> None:
             if sample.name.startswith("ingest_topic_")
         }
 
-    fresh = families(View(Verdict(True, ())))
+    fresh = families(with_topics(Verdict(True, ())))
     assert {k: v for k, v in fresh.items() if k[0] != "ingest_topic_info"} == {
         ("ingest_topic_publish_requests_total", (("code", "OK"), ("topic", "main"))): 0,
         ("ingest_topic_publish_requests_total", (("code", "OK"), ("topic", "gone"))): 0,
         ("ingest_topic_failing", (("topic", "main"),)): 0,
         ("ingest_topic_failing", (("topic", "gone"),)): 0,
     }
-    view = View(Verdict(False, ("publishing to gone is failing (NOT_FOUND)",), ("gone",)))
+    view = with_topics(Verdict(False, ("publishing to gone is failing (NOT_FOUND)",), ("gone",)))
     view.stats.publish_requests_by_topic["main", "OK"] += 7
     view.stats.publish_requests_by_topic["gone", "NOT_FOUND"] += 2
     samples = families(view)

@@ -8,7 +8,6 @@ import io
 import logging
 import re
 import sys
-from dataclasses import dataclass
 
 import pytest
 from prometheus_client import generate_latest
@@ -17,11 +16,9 @@ from rich.console import Console
 
 from ingest.config import INPUT_FORMATS
 from ingest.observe.dashboard import History, InlineDashboard, Snapshot, histogram_quantile, render
-from ingest.observe.health import Verdict
 from ingest.observe.metrics import build_registry
-from ingest.pipeline.queue import EventQueue
-from ingest.stats import LATENCY_BUCKETS_S, Stats
-from ingest.systemd import Notifier
+from ingest.stats import LATENCY_BUCKETS_S
+from tools.testing.views import Listener, View
 
 UDP = "udp:127.0.0.1:5140"
 UNIX = "unix:/run/ingest/ingest.sock"
@@ -488,46 +485,9 @@ def test_disconnected_keeps_the_numbers_marked_stale() -> None:
     assert "DISCONNECTED: nope" in text_of(History(), None, disconnected="nope")
 
 
-@dataclass
-class _Listener:
-    """A ListenerView without a socket, taking every format."""
-
-    label: str
-    kind: str = "udp"
-    udp_inode: int | None = None  # no kernel drop counter, which could move between scrapes
-    rcvbuf_granted: int | None = 32 << 20
-    problem: str | None = None
-    input_formats: tuple[str, ...] = INPUT_FORMATS
-    gelf_pending: tuple[int, int] | None = (0, 0)
-
-
-class _View:
-    """A PipelineView over real Stats and a real queue, without a daemon."""
-
-    def __init__(self) -> None:
-        self.stats = Stats()
-        self.queue = EventQueue(1000, 1_000_000, self.stats)
-        self.in_flight = 3
-        self.listener_views: list[object] = []
-        self.topic_paths: tuple[str, ...] = ("projects/p/topics/t",)
-        self.udp_rcvbuf_requested = 32 << 20
-        self.spool = None
-        self.notifier = Notifier()  # disabled: no NOTIFY_SOCKET
-
-    @property
-    def topic_path(self) -> str:
-        return self.topic_paths[0]
-
-    def verdict(self) -> Verdict:
-        return Verdict(True, ())
-
-    def outage_s(self) -> float:
-        return 0.0
-
-
 def test_registry_and_parsed_text_give_the_same_snapshot() -> None:
-    view = _View()
-    view.listener_views = [_Listener(UDP)]
+    view = View(in_flight=3)
+    view.listener_views = [Listener(UDP)]
     view.stats.events_received[UDP] += 1_234
     view.stats.events_by_format[(UDP, "statsd")] += 34  # of the 1,234
     view.stats.rejected["not_object"] += 4
@@ -556,7 +516,7 @@ def test_registry_and_parsed_text_give_the_same_snapshot() -> None:
 
 
 def test_metrics_export_every_configured_topic_by_id() -> None:
-    view = _View()
+    view = View(in_flight=3)
     view.topic_paths = (
         "projects/p/topics/events",
         "projects/p/topics/errors",
@@ -592,7 +552,7 @@ def test_metrics_export_every_configured_topic_by_id() -> None:
 
 
 def test_inline_dashboard_draws_and_logs_above_until_cancelled() -> None:
-    view = _View()
+    view = View(in_flight=3)
     view.stats.events_received[UDP] += 12_345
     view.stats.published += 12_342
     view.stats.published_by_topic["t"] += 12_342

@@ -4,76 +4,40 @@ rendered by the collector alone (the process collector's numbers move)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ingest.observe.health import Verdict
 from ingest.observe.metrics import IngestCollector
-from ingest.pipeline.queue import EventQueue
 from ingest.receive import kernel
 from ingest.stats import Stats
 from ingest.vocabulary import Drop, Ignore, Reject, Skip
+from tools.testing.views import Listener, Notifier, Spool, View
 
 UDP = "udp:127.0.0.1:5140"
 UNIX = "unix:/run/ingest/ingest.sock"
 GELF = "udp:127.0.0.1:12201"
 
 
-@dataclass
-class _Listener:
-    label: str
-    kind: str
-    udp_inode: int | None
-    rcvbuf_granted: int | None
-    problem: str | None
-    input_formats: tuple[str, ...]
-    gelf_pending: tuple[int, int] | None
-
-
-@dataclass
-class _Spool:
-    events: int = 41
-    bytes: int = 40_960
-    segments: int = 3
-    corrupt_records: int = 2
-
-
-@dataclass
-class _Notifier:
-    enabled: bool = True
-    sent: int = 17
-    dropped: int = 1
-
-
-class _View:
-    """A PipelineView with every number set, without a daemon or a socket."""
-
-    def __init__(self) -> None:
-        self.stats = _stats()
-        self.queue = EventQueue(1000, 1_000_000, self.stats)
-        self.queue.events, self.queue.bytes = 12, 3_456
-        self.in_flight = 7
-        self.listener_views = [
-            _Listener(UDP, "udp", 1001, 32 << 20, None, ("json", "statsd"), None),
-            _Listener(UNIX, "unix", None, None, "socket gone", ("json",), None),
-            _Listener(GELF, "udp", 1002, 4 << 20, None, ("gelf",), (2, 8_192)),
-        ]
-        self.topic_paths = ("projects/p/topics/events", "projects/p/topics/errors")
-        self.udp_rcvbuf_requested = 64 << 20
-        self.spool = _Spool()
-        self.notifier = _Notifier()
-
-    @property
-    def topic_path(self) -> str:
-        return self.topic_paths[0]
-
-    def verdict(self) -> Verdict:
-        return Verdict(False, ("topic errors failing: UNAVAILABLE",), ("errors",))
-
-    def outage_s(self) -> float:
-        return 12.5
+def _view() -> View:
+    """Every number set."""
+    view = View(
+        stats=_stats(),
+        listener_views=[
+            Listener(UDP, "udp", 1001, 32 << 20, None, ("json", "statsd"), None),
+            Listener(UNIX, "unix", None, None, "socket gone", ("json",), None),
+            Listener(GELF, "udp", 1002, 4 << 20, None, ("gelf",), (2, 8_192)),
+        ],
+        topic_paths=("projects/p/topics/events", "projects/p/topics/errors"),
+        spool=Spool(events=41, bytes=40_960, segments=3, corrupt_records=2),
+        notifier=Notifier(enabled=True, sent=17, dropped=1),
+        in_flight=7,
+        udp_rcvbuf_requested=64 << 20,
+        health=Verdict(False, ("topic errors failing: UNAVAILABLE",), ("errors",)),
+        outage=12.5,
+    )
+    view.queue.events, view.queue.bytes = 12, 3_456
+    return view
 
 
 def _stats() -> Stats:
@@ -116,7 +80,7 @@ def test_exposition_is_byte_for_byte_the_pinned_one(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(kernel, "unix_max_dgram_qlen", lambda: 512)
     monkeypatch.setattr("ingest.observe.metrics.__version__", "9.8.7")
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(IngestCollector(_View()))  # type: ignore[arg-type]
+    registry.register(IngestCollector(_view()))  # type: ignore[arg-type]
     assert generate_latest(registry).decode() == EXPECTED
 
 
@@ -126,9 +90,9 @@ def test_without_spool_notify_or_qlen_the_families_are_the_pinned_ones(
     """The optional parts: spool numbers at 0, no sd_notify families, no qlen."""
     monkeypatch.setattr(kernel, "udp_drops_by_inode", lambda: {})
     monkeypatch.setattr(kernel, "unix_max_dgram_qlen", lambda: None)
-    view = _View()
-    view.spool = None  # type: ignore[assignment]
-    view.notifier = _Notifier(enabled=False)
+    view = _view()
+    view.spool = None
+    view.notifier = Notifier(enabled=False)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(IngestCollector(view))  # type: ignore[arg-type]
     text = generate_latest(registry).decode()

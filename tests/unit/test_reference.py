@@ -18,8 +18,8 @@ from ingest import cli, reload
 from ingest.config import SERVE_OPTIONS, Settings, show_value
 from ingest.observe.metrics import build_registry
 from ingest.vocabulary import Described, DescribedCode, Drop, Exit, Ignore, Reject, Reload, Skip
-from tests.unit.test_dashboard import _View
 from tools.docs import pages, reference
+from tools.testing.views import View
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "run `make reference` (python -m tools.docs) and commit what it writes"
@@ -64,7 +64,7 @@ def test_every_flag_serve_help_lists_is_in_the_flags_page() -> None:
 def test_every_metric_family_the_collector_exports_is_in_the_metrics_page() -> None:
     """From a registry as the daemon builds it (observe/metrics.build_registry),
     over a fresh Stats; tests/system/test_metrics_http scrapes a real daemon."""
-    text = generate_latest(build_registry(_View())).decode()  # type: ignore[arg-type]
+    text = generate_latest(build_registry(View())).decode()  # type: ignore[arg-type]
     page = read("docs/reference/metrics.md")
     families = list(text_string_to_metric_families(text))
     assert len(families) > 30

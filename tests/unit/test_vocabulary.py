@@ -11,7 +11,7 @@ from ingest.observe.metrics import build_registry
 from ingest.pipeline import message
 from ingest.receive import codec, dialects, gelf, statsd, syslog
 from ingest.vocabulary import Drop, Ignore, Reject, Skip
-from tests.unit.test_dashboard import _View
+from tools.testing.views import View
 
 
 def test_every_reason_a_module_counts_is_in_the_vocabulary() -> None:
@@ -31,7 +31,7 @@ def test_every_reason_a_module_counts_is_in_the_vocabulary() -> None:
 
 
 def test_metrics_export_every_member_at_zero_from_the_start() -> None:
-    text = generate_latest(build_registry(_View())).decode()  # type: ignore[arg-type]
+    text = generate_latest(build_registry(View())).decode()  # type: ignore[arg-type]
     labels: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
