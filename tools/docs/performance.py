@@ -18,7 +18,30 @@ from tools.docs.reference import GENERATED, capitalized, cell, table
 FIGURES = "docs/bench.json"
 
 
+# The columns a suite's rows show, where the figures hold more (the rest
+# stays in the figures file): by suite.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "rates": (
+        "target",
+        "publisher",
+        "mode",
+        "rate",
+        "cores",
+        "cpu_us_per_event",
+        "requests_per_s",
+        "events_per_request",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "delivered",
+        "offered",
+        "note",
+    ),
+}
+
+
 def number(value: Any) -> str:
+    if value is None:
+        return "\u2013"  # an en dash: no figure
     if isinstance(value, bool) or not isinstance(value, int | float):
         return cell(value)
     if isinstance(value, int) or abs(value) >= 100:
@@ -40,7 +63,8 @@ def _scalar(value: Any) -> bool:
     return not isinstance(value, Mapping | list)
 
 
-def render_figures(figures: Mapping[str, Any]) -> list[str]:
+def render_figures(figures: Mapping[str, Any], shown: tuple[str, ...] = ()) -> list[str]:
+    """``shown``: the columns of a list of rows, in order (all when empty)."""
     lines: list[str] = []
     scalars = {key: value for key, value in figures.items() if _scalar(value) and key != "ok"}
     if scalars:
@@ -54,7 +78,7 @@ def render_figures(figures: Mapping[str, Any]) -> list[str]:
         if key != "rows":  # a suite's one table needs no name
             lines += [f"**{capitalized(_words(key))}**", ""]
         if isinstance(value, list) and all(isinstance(row, Mapping) for row in value):
-            columns = list(dict.fromkeys(column for row in value for column in row))
+            columns = list(shown) or list(dict.fromkeys(column for row in value for column in row))
             rows = [[number(row.get(column, "")) for column in columns] for row in value]
             lines += table([_words(c) for c in columns], rows)
         elif isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values()):
@@ -118,7 +142,7 @@ def performance_page(doc: Mapping[str, Any]) -> str:
                 "",
             ]
         if record.get("figures"):
-            body += render_figures(record["figures"])
+            body += render_figures(record["figures"], COLUMNS.get(name, ()))
     return "\n".join(body).rstrip() + "\n"
 
 
