@@ -20,7 +20,23 @@ FIGURES = "docs/bench.json"
 
 # The columns a suite's rows show, where the figures hold more (the rest
 # stays in the figures file): by suite.
+# The harness's phases: the load, what arrived, what it cost.
+_PHASE_COLUMNS = (
+    "config",
+    "offered_events_per_s",
+    "delivered",
+    "loss_pct",
+    "latency_ms",
+    "daemon_cpu_us_per_event",
+    "daemon_cores",
+    "daemon_peak_rss_kib",
+    "events_per_request",
+    "requests_per_s",
+    "kernel_udp_drops",
+)
 COLUMNS: dict[str, tuple[str, ...]] = {
+    "emulator": _PHASE_COLUMNS,
+    "standin": _PHASE_COLUMNS,
     "rates": (
         "target",
         "publisher",
@@ -42,6 +58,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 def number(value: Any) -> str:
     if value is None:
         return "\u2013"  # an en dash: no figure
+    if isinstance(value, Mapping):  # a figure of parts, e.g. latency's p50, p99, max
+        return ", ".join(f"{key} {number(part)}" for key, part in value.items())
     if isinstance(value, bool) or not isinstance(value, int | float):
         return cell(value)
     if isinstance(value, int) or abs(value) >= 100:
