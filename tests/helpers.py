@@ -17,10 +17,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import grpc.aio
@@ -281,3 +281,22 @@ def publish_server(
     )
     server.add_generic_rpc_handlers((handler,))
     return server, server.add_insecure_port("127.0.0.1:0")
+
+
+class ServedFake(Protocol):
+    """A fake gRPC service for a fault the emulator cannot produce: its
+    server, not yet started, and the port it is bound to."""
+
+    server: grpc.aio.Server
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def serving(fake: ServedFake) -> AsyncIterator[grpc.aio.Channel]:
+    """``fake`` started, and a channel to it; both stopped afterwards."""
+    await fake.server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{fake.port}") as channel:
+            yield channel
+    finally:
+        await fake.server.stop(None)

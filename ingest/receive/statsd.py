@@ -125,7 +125,6 @@ Tags = dict[str, TagValue]
 
 _METRIC_TYPES = frozenset(("c", "g", "ms", "h", "d", "s"))
 _BLANK = " \t\r"
-_BLANK_BYTES = b" \t\r"
 _PIPE = 0x7C
 # An int of at most 18 digits (and a sign) fits in 64 bits, which orjson
 # and JSON readers keep exact; longer integral text is read as a float.
@@ -188,17 +187,42 @@ def decode_statsd(
 
     Returns the number of events, accepted plus rejected (see the module
     docstring for how lines count). Never raises."""
-    # The line functions append to ``out`` and return the room left, so the
-    # events are what ``out`` gained, and the rejects are counted here.
     try:
         text = data.decode()
+    except UnicodeDecodeError:  # its lines one by one: only the bad ones are lost
+        return _decode_lines((_utf8(raw) for raw in data.split(b"\n")), out, rejected, build, wake)
+    return _decode_lines(
+        iter(text.split("\n")) if "\n" in text else (text,), out, rejected, build, wake
+    )
+
+
+def _utf8(raw: bytes) -> str | None:
+    """A line of a datagram that is not UTF-8 as a whole; None: not this one."""
+    try:
+        return raw.decode()
     except UnicodeDecodeError:
-        return _decode_lines_apart(data, out, rejected, build, wake)
+        return None
+
+
+def _decode_lines(
+    lines: Iterable[str | None],
+    out: list[Any],
+    rejected: MutableMapping[str, int],
+    build: Build | None,
+    wake: WakeUp | None,
+) -> int:
+    """``decode_statsd`` over a datagram's lines (None: a line that is not
+    UTF-8, rejected alone). The line functions append to ``out`` and return
+    the room left, so the events are what ``out`` gained, and the rejects are
+    counted here."""
     start = len(out)
     room = MAX_DECODED_BYTES
     bad = 0
-    lines = iter(text.split("\n")) if "\n" in text else (text,)
     for line in lines:
+        if line is None:
+            rejected[Reject.INVALID_UTF8] += 1
+            bad += 1
+            continue
         if not line.strip(_BLANK):
             continue
         try:
@@ -208,53 +232,20 @@ def decode_statsd(
             bad += 1
         except _Full as full:
             room = full.room
-            bad += _cut(full, lines, _BLANK, rejected)
+            bad += _cut(full, lines, rejected)
             break
     if wake is not None:
         wake.written += MAX_DECODED_BYTES - room
     return len(out) - start + bad
 
 
-def _decode_lines_apart(
-    data: bytes,
-    out: list[Any],
-    rejected: MutableMapping[str, int],
-    build: Build | None,
-    wake: WakeUp | None,
-) -> int:
-    """``decode_statsd`` for a datagram that is not UTF-8 as a whole: its
-    lines are decoded one by one, so that only the bad ones are lost."""
-    start = len(out)
-    room = MAX_DECODED_BYTES
-    bad = 0
-    lines = iter(data.split(b"\n"))
-    for raw in lines:
-        if not raw.strip(_BLANK_BYTES):
-            continue
-        try:
-            room = _decode_line(raw.decode(), out, build, room)
-        except UnicodeDecodeError:
-            rejected[Reject.INVALID_UTF8] += 1
-            bad += 1
-        except _Invalid as invalid:
-            rejected[invalid.reason] += 1
-            bad += 1
-        except _Full as full:
-            room = full.room
-            bad += _cut(full, lines, _BLANK_BYTES, rejected)
-            break
-    if wake is not None:
-        wake.written += MAX_DECODED_BYTES - room
-    return len(out) - start + bad
-
-
-def _cut(full: _Full, lines: Iterable[Any], blank: Any, rejected: MutableMapping[str, int]) -> int:
+def _cut(full: _Full, lines: Iterable[str | None], rejected: MutableMapping[str, int]) -> int:
     """The events rejected at the bound: the current line's unbuilt ones and
     one per later non-blank line (not decoded; ``lines``: an iterator past
     the current one, or a datagram's one line). Returns how many."""
     rest = full.unbuilt
     if isinstance(lines, Iterator):
-        rest += sum(1 for line in lines if line.strip(blank))
+        rest += sum(1 for line in lines if line is None or line.strip(_BLANK))
     rejected[Reject.DECODED_TOO_LARGE] += rest
     return rest
 

@@ -37,7 +37,7 @@ from ingest.publish.publisher import Batch, PublisherPool
 from ingest.publish.pubsub import PubSubClient, RequestEncoder
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
-from tests.helpers import PublishResponse, PubSubNames, publish_server
+from tests.helpers import PublishResponse, PubSubNames, publish_server, serving
 from tests.unit.test_lanes import DEADLINE_S, ERRORS, LONG_LINGER_S, PLAIN, batcher, fill, items
 from tools.testing.emulator import Emulator
 from tools.testing.views import View
@@ -520,12 +520,8 @@ class TopicFake:
 @asynccontextmanager
 async def topic_fake() -> AsyncIterator[tuple[TopicFake, grpc.aio.Channel]]:
     fake = TopicFake()
-    await fake.server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{fake.port}") as channel:
-            yield fake, channel
-    finally:
-        await fake.server.stop(None)
+    async with serving(fake) as channel:
+        yield fake, channel
 
 
 @pytest.mark.parametrize(

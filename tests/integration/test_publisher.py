@@ -31,7 +31,7 @@ from ingest.publish.publisher import (
 from ingest.publish.pubsub import PubSubClient
 from ingest.stats import Stats
 from ingest.vocabulary import Drop
-from tests.helpers import PublishResponse, PubSubNames, publish_server
+from tests.helpers import PublishResponse, PubSubNames, publish_server, serving
 from tools.testing.emulator import Emulator
 
 TOPIC = "projects/fake/topics/events"
@@ -187,12 +187,8 @@ class FakePublisher:
 @asynccontextmanager
 async def fake_publisher(rule: Rule) -> AsyncIterator[tuple[FakePublisher, grpc.aio.Channel]]:
     fake = FakePublisher(rule)
-    await fake.server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{fake.port}") as channel:
-            yield fake, channel
-    finally:
-        await fake.server.stop(None)
+    async with serving(fake) as channel:
+        yield fake, channel
 
 
 async def run_until_drained(pool: PublisherPool, queue: EventQueue) -> None:
