@@ -36,7 +36,7 @@ from tests.helpers import (
     serve_args,
     wait_for,
 )
-from tools.testing.daemon import Daemons
+from tools.testing.daemon import DaemonProcess, Daemons
 from tools.testing.emulator import Emulator, free_port
 
 UNITS = REPO / "systemd"
@@ -495,6 +495,15 @@ def socket_activate_cmd(*listen: str) -> list[str]:
     return [*cmd, "-E", "PUBSUB_EMULATOR_HOST"]
 
 
+def start_activated(daemons: Daemons, args: list[str], path: Path, *more: str) -> DaemonProcess:
+    """``ingest serve ARGS`` under systemd-socket-activate, which binds the
+    unix socket ``path`` and the addresses ``more``; returned once the
+    socket file exists (the daemon starts on the first datagram)."""
+    daemon = daemons.start(*args, wrapper=socket_activate_cmd(str(path), *more))
+    wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
+    return daemon
+
+
 def unix_inodes(path: Path) -> list[int]:
     """Inodes of the sockets bound at ``path`` (from /proc/net/unix)."""
     out = []
@@ -524,11 +533,12 @@ def test_socket_activation_adopts_unix_and_udp(
 ) -> None:
     path = sockdir / "in.sock"
     port = free_udp_port()
-    daemon = daemons.start(
-        *serve_args(pubsub, "--unix", str(path), "--udp", f"127.0.0.1:{port}"),
-        wrapper=socket_activate_cmd(str(path), f"127.0.0.1:{port}"),
+    daemon = start_activated(
+        daemons,
+        serve_args(pubsub, "--unix", str(path), "--udp", f"127.0.0.1:{port}"),
+        path,
+        f"127.0.0.1:{port}",
     )
-    wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
     file_inode = path.stat().st_ino
     [kernel_inode] = unix_inodes(path)
     # systemd-socket-activate starts the service on the first datagram; it
@@ -558,8 +568,7 @@ def test_socket_activation_without_configured_listeners_serves_what_is_passed(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     path = sockdir / "only.sock"
-    daemon = daemons.start(*serve_args(pubsub), wrapper=socket_activate_cmd(str(path)))
-    wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
+    daemon = start_activated(daemons, serve_args(pubsub), path)
     send_unix(path, b'{"first":true}')
     ready = daemon.wait_ready()
     # Only the passed socket: the defaults (127.0.0.1:5140, /run/ingest) are
@@ -575,11 +584,9 @@ def test_socket_activation_with_an_unconfigured_socket_is_a_startup_error(
 ) -> None:
     path = sockdir / "in.sock"
     port = free_udp_port()
-    daemon = daemons.start(
-        *serve_args(pubsub, "--unix", str(path)),
-        wrapper=socket_activate_cmd(str(path), f"127.0.0.1:{port}"),
+    daemon = start_activated(
+        daemons, serve_args(pubsub, "--unix", str(path)), path, f"127.0.0.1:{port}"
     )
-    wait_for(path.exists, 10, "systemd-socket-activate to create the socket file")
     send_unix(path, b"{}")
     assert daemon.wait(30) == EXIT_CONFIG
     last = daemon.log.strip().splitlines()[-1]
