@@ -31,7 +31,7 @@ from tests.helpers import (
     subject_to_file_modes,
     udp_addr,
 )
-from tools.testing.daemon import Daemons
+from tools.testing.daemon import DaemonProcess, Daemons
 from tools.testing.emulator import Emulator
 
 EXIT_OK = 0
@@ -109,15 +109,24 @@ def test_exact_bytes_over_unix_udp4_and_udp6(
     assert daemon.stopped_counts()["published"] == len(sent)
 
 
-def test_ndjson_datagrams(
-    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
-) -> None:
+def serving_unix_and_udp(
+    daemons: Daemons, pubsub: PubSubNames, sockdir: Path, *extra: str
+) -> tuple[DaemonProcess, Path, int]:
+    """A ready daemon on sockdir/in.sock and a free UDP port on 127.0.0.1
+    (``extra``: more flags): the daemon, the socket's path, the port."""
     path = sockdir / "in.sock"
     port = free_udp_port()
     daemon = daemons.start(
-        *serve_args(pubsub, "--unix", str(path), "--udp", udp_addr("127.0.0.1", port))
+        *serve_args(pubsub, "--unix", str(path), "--udp", udp_addr("127.0.0.1", port), *extra)
     )
     daemon.wait_ready()
+    return daemon, path, port
+
+
+def test_ndjson_datagrams(
+    daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
+) -> None:
+    daemon, path, port = serving_unix_and_udp(daemons, pubsub, sockdir)
     # Several objects per datagram.
     send_unix(path, b'{"n":1}\n{"n":2}\n{"n":3}')
     # Blank lines (empty, spaces, tabs, a trailing newline) are ignored.
@@ -153,20 +162,9 @@ def test_invalid_and_oversized_input_is_never_forwarded(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
     max_bytes = 64
-    path = sockdir / "in.sock"
-    port = free_udp_port()
-    daemon = daemons.start(
-        *serve_args(
-            pubsub,
-            "--unix",
-            str(path),
-            "--udp",
-            udp_addr("127.0.0.1", port),
-            "--max-datagram-bytes",
-            str(max_bytes),
-        )
+    daemon, path, port = serving_unix_and_udp(
+        daemons, pubsub, sockdir, "--max-datagram-bytes", str(max_bytes)
     )
-    daemon.wait_ready()
     exactly_max = b'{"edge":"' + b"x" * (max_bytes - 11) + b'"}'
     assert len(exactly_max) == max_bytes
     one_over = b'{"edge":"' + b"y" * (max_bytes - 10) + b'"}'
@@ -511,22 +509,9 @@ def test_missing_topic_needs_create_topic(
 def test_accounting_adds_up_after_a_mixed_load(
     daemons: Daemons, emulator: Emulator, pubsub: PubSubNames, sockdir: Path
 ) -> None:
-    path = sockdir / "in.sock"
-    port = free_udp_port()
-    daemon = daemons.start(
-        *serve_args(
-            pubsub,
-            "--unix",
-            str(path),
-            "--udp",
-            udp_addr("127.0.0.1", port),
-            "--max-datagram-bytes",
-            "1500",
-            "--queue-max-bytes",
-            "1024",
-        )
+    daemon, path, port = serving_unix_and_udp(
+        daemons, pubsub, sockdir, "--max-datagram-bytes", "1500", "--queue-max-bytes", "1024"
     )
-    daemon.wait_ready()
     to_udp = ("127.0.0.1", port)
     for i in range(5):
         send_unix(path, b'{"u":%d}' % i)
