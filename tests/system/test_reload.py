@@ -39,7 +39,7 @@ from ingest.reload import DEPENDENCIES, LIVE, METADATA, RESTART_ONLY, STARTUP_FI
 from ingest.stats import Stats
 from tests.helpers import PubSubNames, UnixSender, wait_for
 from tests.scrape import scrape, unaccounted, value
-from tools.testing.daemon import Daemons
+from tools.testing.daemon import DaemonProcess, Daemons
 from tools.testing.emulator import Emulator, free_port
 
 
@@ -425,20 +425,35 @@ def _serve_config(path: Path, pubsub: PubSubNames, port: int, body: str) -> None
     )
 
 
+def _reloaded_unix(
+    daemons: Daemons, pubsub: PubSubNames, tmp_path: Path, *, head: str, added: str
+) -> tuple[DaemonProcess, int]:
+    """A daemon started from a file of ``head``, sent
+    SIGHUP once ``added`` joins the file: the daemon, its metrics port."""
+    port = free_port()
+    config = tmp_path / "ingest.toml"
+    _serve_config(config, pubsub, port, head)
+    daemon = daemons.start("--config", str(config))
+    daemon.wait_ready()
+    _serve_config(config, pubsub, port, head + added)
+    daemon.send_signal(signal.SIGHUP)
+    return daemon, port
+
+
 def test_an_allow_list_without_credentials_is_reported_not_applied_and_not_enforced(
     daemons: Daemons, pubsub: PubSubNames, tmp_path: Path, sockdir: Path
 ) -> None:
     """The reported case: started without credentials, the file gains
     unix_allow_uid. The reload says it is not applied, and why; and indeed
     every sender still gets in (root's events are published), as logged."""
-    port, main = free_port(), sockdir / "main.sock"
-    config = tmp_path / "ingest.toml"
-    head = f'unix = ["{main}"]\n'
-    _serve_config(config, pubsub, port, head)
-    daemon = daemons.start("--config", str(config))
-    daemon.wait_ready()
-    _serve_config(config, pubsub, port, head + 'unix_allow_uid = ["4242"]\nlog_level = "debug"\n')
-    daemon.send_signal(signal.SIGHUP)
+    main = sockdir / "main.sock"
+    daemon, port = _reloaded_unix(
+        daemons,
+        pubsub,
+        tmp_path,
+        head=f'unix = ["{main}"]\n',
+        added='unix_allow_uid = ["4242"]\nlog_level = "debug"\n',
+    )
     reloaded = daemon.wait_for_log(r"reloaded: [^\n]*").group(0)
     assert reloaded == "reloaded: log_level"
     assert (
@@ -462,14 +477,14 @@ def test_an_allow_list_without_credentials_is_reported_not_applied_and_not_enfor
 def test_an_allow_list_with_credentials_on_is_applied_and_enforced(
     daemons: Daemons, pubsub: PubSubNames, tmp_path: Path, sockdir: Path
 ) -> None:
-    port, main = free_port(), sockdir / "main.sock"
-    config = tmp_path / "ingest.toml"
-    head = f'unix = ["{main}"]\nunix_credentials = true\n'
-    _serve_config(config, pubsub, port, head)
-    daemon = daemons.start("--config", str(config))
-    daemon.wait_ready()
-    _serve_config(config, pubsub, port, head + 'unix_allow_uid = ["4242"]\n')
-    daemon.send_signal(signal.SIGHUP)
+    main = sockdir / "main.sock"
+    daemon, port = _reloaded_unix(
+        daemons,
+        pubsub,
+        tmp_path,
+        head=f'unix = ["{main}"]\nunix_credentials = true\n',
+        added='unix_allow_uid = ["4242"]\n',
+    )
     daemon.wait_for_log(r"reloaded: unix_allow_uids\n")
     assert "not applied" not in daemon.log
     with UnixSender(main) as sender:
