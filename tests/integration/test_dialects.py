@@ -567,16 +567,9 @@ def test_one_wake_up_stops_at_its_bytes_budget_counting_inflated_gelf(readers: R
     bomb = zlib.compress(b"{" + b" " * (4 << 20) + b"}")
     for datagram in [zlib.compress(big)] * 10 + [bomb] * 10:
         reader.sender.send(datagram)
-    wake_ups = []
-    while True:
-        before = reader.stats.datagrams_received[reader.label]
-        more = reader.source.read()
-        wake_ups.append(reader.stats.datagrams_received[reader.label] - before)
-        if not more:
-            break
     # 1 MiB a wake-up, the datagram that crosses it included: 4 of 300 KiB,
     # again, then 2 of them and a bomb (charged its 512 KiB bound), then bombs
-    assert wake_ups == [4, 4, 3, 2, 2, 2, 2, 1]
+    assert read_per_wake_up(reader) == [4, 4, 3, 2, 2, 2, 2, 1]
     assert reader.stats.rejected["too_large"] == 10
     reader.close()
 
