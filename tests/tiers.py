@@ -70,6 +70,8 @@ FIXTURE_TIERS: dict[str, Tier] = {
     "tmux": Tier.SYSTEM,
     # tests/system/test_send.py, test_syslog_clients.py: a bound socket
     "receiver": Tier.INTEGRATION,
+    # tests/integration/test_dialects.py: UDP sources on an event loop
+    "readers": Tier.INTEGRATION,
     # tests/system/test_tls_adc.py: TLS Pub/Sub and token servers
     "long_lived": Tier.SYSTEM,
     "short_lived_first": Tier.SYSTEM,
